@@ -1,0 +1,179 @@
+//! Conversations: the caller's own; another user's is a 404.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{AppQuery, double_option, page_limit, parse_id};
+use crate::AppState;
+use crate::auth::AuthUser;
+use crate::error::{ApiError, AppJson};
+use crate::store::{Conversation, ConversationFilter, Id};
+
+/// Longest title, in characters.
+const MAX_TITLE_CHARS: usize = 200;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/conversations", post(create).get(list))
+        .route("/api/v1/conversations/{id}", get(get_one).patch(update).delete(delete))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateConversation {
+    persona_id: Id,
+    #[serde(default)]
+    title: Option<String>,
+    /// Answer with the caller's latest unarchived conversation with this persona, if any, instead of a new one.
+    #[serde(default)]
+    reuse_existing: bool,
+}
+
+fn check_title(title: Option<&str>) -> Result<(), ApiError> {
+    if let Some(title) = title
+        && title.chars().count() > MAX_TITLE_CHARS
+    {
+        return Err(ApiError::validation("title", format!("must be at most {MAX_TITLE_CHARS} characters")));
+    }
+    Ok(())
+}
+
+/// `POST /api/v1/conversations` → 201, or 200 with the existing one when `reuse_existing` finds one.
+async fn create(
+    State(state): State<AppState>,
+    user: AuthUser,
+    AppJson(body): AppJson<CreateConversation>,
+) -> Result<(StatusCode, Json<Conversation>), ApiError> {
+    check_title(body.title.as_deref())?;
+    let persona = state.store.get_persona(body.persona_id).await?;
+    if !persona.is_some_and(|p| p.is_active) {
+        return Err(ApiError::not_found("persona"));
+    }
+    if body.reuse_existing
+        && let Some(existing) = state.store.latest_conversation(&user.user_id, body.persona_id).await?
+    {
+        return Ok((StatusCode::OK, Json(existing)));
+    }
+    let title = body.title.as_deref().map(str::trim).filter(|t| !t.is_empty());
+    let conversation = state.store.create_conversation(&user.user_id, body.persona_id, title).await?;
+    Ok((StatusCode::CREATED, Json(conversation)))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    limit: Option<i64>,
+    cursor: Option<String>,
+    persona_id: Option<Id>,
+    archived: Option<bool>,
+}
+
+fn encode_cursor(at: DateTime<Utc>, id: Id) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}|{id}", at.to_rfc3339()))
+}
+
+fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, Id), ApiError> {
+    let bad = || ApiError::validation("cursor", "is not a cursor returned by this endpoint");
+    let raw = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
+    let raw = String::from_utf8(raw).map_err(|_| bad())?;
+    let (at, id) = raw.split_once('|').ok_or_else(bad)?;
+    let at = DateTime::parse_from_rfc3339(at).map_err(|_| bad())?.with_timezone(&Utc);
+    Ok((at, id.parse().map_err(|_| bad())?))
+}
+
+/// `GET /api/v1/conversations?limit&cursor&persona_id&archived` → `{conversations, next_cursor}`, most recent
+/// activity first, each with its `last_message` preview.
+async fn list(
+    State(state): State<AppState>,
+    user: AuthUser,
+    AppQuery(q): AppQuery<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = page_limit(q.limit, 20, 100)?;
+    let filter = ConversationFilter {
+        persona_id: q.persona_id,
+        archived: q.archived,
+        after: q.cursor.as_deref().filter(|c| !c.is_empty()).map(decode_cursor).transpose()?,
+        // One more than asked, to know whether another page exists.
+        limit: limit + 1,
+    };
+    let mut conversations = state.store.list_conversations(&user.user_id, &filter).await?;
+    let next_cursor = if conversations.len() as i64 > limit {
+        conversations.truncate(limit as usize);
+        conversations.last().map(|c| encode_cursor(c.conversation.last_message_at, c.conversation.id))
+    } else {
+        None
+    };
+    Ok(Json(json!({ "conversations": conversations, "next_cursor": next_cursor })))
+}
+
+/// Loads one of the caller's conversations; 404 otherwise.
+pub(crate) async fn owned(state: &AppState, user: &AuthUser, raw_id: &str) -> Result<Conversation, ApiError> {
+    let id = parse_id(raw_id, "conversation")?;
+    state.store.get_conversation(&user.user_id, id).await?.ok_or_else(|| ApiError::not_found("conversation"))
+}
+
+async fn get_one(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<Conversation>, ApiError> {
+    Ok(Json(owned(&state, &user, &id).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateConversation {
+    /// Absent: unchanged; `null`: cleared.
+    #[serde(default, deserialize_with = "double_option")]
+    title: Option<Option<String>>,
+    #[serde(default)]
+    archived: Option<bool>,
+}
+
+/// `PATCH /api/v1/conversations/{id}` with `{title?, archived?}`.
+async fn update(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+    AppJson(body): AppJson<UpdateConversation>,
+) -> Result<Json<Conversation>, ApiError> {
+    let id = parse_id(&id, "conversation")?;
+    let title = body.title.as_ref().map(|t| t.as_deref().map(str::trim).filter(|t| !t.is_empty()));
+    check_title(title.flatten())?;
+    let updated = state
+        .store
+        .update_conversation(&user.user_id, id, title, body.archived)
+        .await?
+        .ok_or_else(|| ApiError::not_found("conversation"))?;
+    Ok(Json(updated))
+}
+
+/// `DELETE /api/v1/conversations/{id}` → 204; its messages go too.
+async fn delete(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id, "conversation")?;
+    if state.store.delete_conversation(&user.user_id, id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("conversation"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_rejected() {
+        let at = crate::store::now();
+        let id = Id::new();
+        assert_eq!(decode_cursor(&encode_cursor(at, id)).expect("valid"), (at, id));
+        assert_eq!(decode_cursor("!!!").expect_err("bad").status, StatusCode::BAD_REQUEST);
+        assert!(decode_cursor(&URL_SAFE_NO_PAD.encode("no-separator")).is_err());
+    }
+}

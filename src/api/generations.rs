@@ -1,0 +1,118 @@
+//! Generations: status, re-attachable SSE stream, cancel. A generation's id is its assistant message's id.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{AppQuery, parse_id};
+use crate::AppState;
+use crate::auth::AuthUser;
+use crate::error::ApiError;
+use crate::stream::hub::CancelReason;
+use crate::stream::{Generation, sse_event, sse_response};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/generations/{id}", get(get_one))
+        .route("/api/v1/generations/{id}/stream", get(stream))
+        .route("/api/v1/generations/{id}/cancel", post(cancel))
+}
+
+/// The caller's live (or recently finished) generation.
+fn live(state: &AppState, user: &AuthUser, id: crate::store::Id) -> Option<Arc<Generation>> {
+    state.hub.get(id).filter(|g| g.user_id == user.user_id)
+}
+
+/// `GET /api/v1/generations/{id}` → `{id, conversation_id, status, text, message?, model}`.
+async fn get_one(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id, "generation")?;
+    if let Some(generation) = live(&state, &user, id) {
+        let outcome = generation.outcome_now();
+        let message = outcome.as_ref().and_then(|o| o.message.clone());
+        let status = match (&outcome, &message) {
+            (None, _) => "streaming".to_string(),
+            (Some(_), Some(m)) => m.status.clone(),
+            (Some(_), None) => "failed".to_string(),
+        };
+        return Ok(Json(json!({
+            "id": generation.id,
+            "conversation_id": generation.conversation_id,
+            "model": generation.model,
+            "status": status,
+            "text": generation.text(),
+            "message": message,
+        })));
+    }
+    let message = state
+        .store
+        .get_message(&user.user_id, id)
+        .await?
+        .filter(|m| m.role == crate::store::role::ASSISTANT)
+        .ok_or_else(|| ApiError::not_found("generation"))?;
+    Ok(Json(json!({
+        "id": message.id,
+        "conversation_id": message.conversation_id,
+        "model": message.model,
+        "status": message.status,
+        "text": message.content,
+        "message": message,
+    })))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct StreamQuery {
+    after: Option<u64>,
+}
+
+/// `GET /api/v1/generations/{id}/stream`: replays events after `Last-Event-ID` (or `?after=seq`), then follows
+/// live; ends after the terminal event. 204 when the generation is unknown or expired, which makes
+/// `EventSource` stop reconnecting.
+async fn stream(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    AppQuery(query): AppQuery<StreamQuery>,
+) -> Result<Response, ApiError> {
+    let Some(generation) = parse_id(&id, "generation").ok().and_then(|id| live(&state, &user, id)) else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+    let after = last_event_id.or(query.after).unwrap_or(0);
+    let events = generation.subscribe(after).map(|e| Ok::<_, Infallible>(sse_event(&e)));
+    Ok(sse_response(events, Duration::from_secs(state.config.server.sse_keepalive_secs)))
+}
+
+/// `POST /api/v1/generations/{id}/cancel`: stops the upstream, saves the partial text as `cancelled`, then
+/// answers `{cancelled, message}`. Cancelling a finished generation changes nothing and says so.
+async fn cancel(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let id = parse_id(&id, "generation")?;
+    let Some(generation) = live(&state, &user, id) else {
+        let message = state
+            .store
+            .get_message(&user.user_id, id)
+            .await?
+            .filter(|m| m.role == crate::store::role::ASSISTANT)
+            .ok_or_else(|| ApiError::not_found("generation"))?;
+        return Ok(Json(json!({ "cancelled": false, "reason": "the generation had already ended", "message": message })));
+    };
+    let already_over = generation.outcome_now().is_some();
+    generation.cancel(CancelReason::User);
+    let outcome = generation.outcome().await;
+    let cancelled = !already_over && generation.cancel_reason() == Some(CancelReason::User)
+        && outcome.message.as_ref().is_some_and(|m| m.status == crate::store::status::CANCELLED);
+    Ok(Json(json!({
+        "cancelled": cancelled,
+        "reason": if cancelled { "cancelled" } else { "the generation had already ended" },
+        "message": outcome.message,
+    })))
+}

@@ -1,0 +1,48 @@
+//! `GET /health`: public liveness and readiness.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{Map, Value, json};
+
+use crate::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/health", get(health))
+}
+
+/// `{status, version, database: {ok, latency_ms, backend}, providers: {name: {ok, checked_at}}}`; 503 when the
+/// database does not answer within 2 s.
+async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    let started = Instant::now();
+    let db = tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await;
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let db_ok = matches!(db, Ok(Ok(())));
+    if !db_ok {
+        let cause = match db {
+            Ok(Err(e)) => e.to_string(),
+            _ => "timed out after 2 s".into(),
+        };
+        tracing::warn!(%cause, "health: database check failed");
+    }
+    let mut providers = Map::new();
+    for alias in state.models.aliases() {
+        if let Some(route) = state.models.get(alias) {
+            // Providers are not probed yet: `ok` stays null until a background check has run.
+            providers.entry(route.provider.name().to_string()).or_insert_with(|| json!({ "ok": null, "checked_at": null }));
+        }
+    }
+    let status = if db_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = json!({
+        "status": if db_ok { "ok" } else { "unavailable" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_secs": state.started_at.elapsed().as_secs(),
+        "database": { "ok": db_ok, "latency_ms": (latency_ms * 100.0).round() / 100.0, "backend": state.store.backend() },
+        "providers": providers,
+        "generations": { "running": state.hub.running() },
+    });
+    (status, Json(body))
+}

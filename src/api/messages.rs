@@ -1,0 +1,334 @@
+//! Messages: send (SSE, JSON or 202), history, delete.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::Event;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, post};
+use axum::{Json, Router};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::conversations::owned;
+use super::{AppQuery, page_limit, parse_id};
+use crate::AppState;
+use crate::auth::AuthUser;
+use crate::error::{ApiError, AppJson};
+use crate::providers::{ChatMessage, ChatRequest, ModelRoute};
+use crate::store::{HistoryPage, Id, Message, NewMessage, Persona, role, status};
+use crate::stream::generation::{self, GenerationJob};
+use crate::stream::{sse_event, sse_response};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/conversations/{id}/messages", post(send).get(history))
+        .route("/api/v1/messages/{id}", delete(delete_message))
+}
+
+/// Body of `POST /api/v1/conversations/{id}/messages`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendMessage {
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default = "text_type")]
+    message_type: String,
+    #[serde(default)]
+    media_ids: Vec<Id>,
+    #[serde(default)]
+    media_urls: Vec<String>,
+    #[serde(default)]
+    audio_url: Option<String>,
+    #[serde(default)]
+    audio_duration_seconds: Option<f64>,
+    /// Model alias; the persona's, else `[defaults].model`, when absent.
+    #[serde(default)]
+    model: Option<String>,
+    /// The message this one answers (defaults to none).
+    #[serde(default)]
+    parent_id: Option<Id>,
+}
+
+fn text_type() -> String {
+    "text".into()
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct SendQuery {
+    stream: Option<bool>,
+}
+
+/// How the caller wants the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Sse,
+    Json,
+    Async,
+}
+
+fn negotiate(headers: &HeaderMap, query: &SendQuery) -> Answer {
+    let header_has = |name: header::HeaderName, needle: &str| {
+        headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).any(|v| v.to_ascii_lowercase().contains(needle))
+    };
+    if header_has(header::HeaderName::from_static("prefer"), "respond-async") {
+        Answer::Async
+    } else if query.stream == Some(true) || (query.stream.is_none() && header_has(header::ACCEPT, "text/event-stream")) {
+        Answer::Sse
+    } else {
+        Answer::Json
+    }
+}
+
+/// `POST /api/v1/conversations/{id}/messages`: commits the user message, starts a generation, then answers
+/// with its SSE stream (`Accept: text/event-stream` or `?stream=true`), with the saved reply (JSON, the
+/// default), or at once with 202 (`Prefer: respond-async`).
+async fn send(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(conversation_id): Path<String>,
+    AppQuery(query): AppQuery<SendQuery>,
+    headers: HeaderMap,
+    AppJson(body): AppJson<SendMessage>,
+) -> Result<Response, ApiError> {
+    let answer = negotiate(&headers, &query);
+    let content = validate(&state, &body)?;
+    let conversation = owned(&state, &user, &conversation_id).await?;
+    let persona = state.store.get_persona(conversation.persona_id).await?.ok_or_else(|| ApiError::not_found("persona"))?;
+    let alias = body.model.as_deref().or(persona.model.as_deref()).unwrap_or(state.models.default_alias());
+    let route = state.models.get(alias).cloned().ok_or_else(|| {
+        let known: Vec<_> = state.models.aliases().collect();
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_model", format!("model alias '{alias}' is not configured"))
+            .with_details(json!({ "model": alias, "available": known }))
+    })?;
+    if let Some(parent_id) = body.parent_id {
+        let parent = state.store.get_message(&user.user_id, parent_id).await?;
+        if !parent.is_some_and(|p| p.conversation_id == conversation.id) {
+            return Err(ApiError::not_found("parent message"));
+        }
+    }
+
+    // Fit the prompt before writing anything, so a message too long for the model leaves no row behind.
+    let history = state
+        .store
+        .list_messages(conversation.id, HistoryPage::Offset(0), i64::from(state.config.generation.max_history_messages), false)
+        .await?;
+    let new_message = ChatMessage::user(content.clone());
+    let messages = build_prompt(&state, &persona, &route, &history, new_message)?;
+
+    let user_message = state
+        .store
+        .insert_message(&NewMessage {
+            id: Id::new(),
+            conversation_id: conversation.id,
+            parent_id: body.parent_id,
+            role: role::USER,
+            content,
+            message_type: body.message_type.clone(),
+            media: json!([]),
+            status: status::COMPLETE,
+            model: None,
+            provider: None,
+            finish_reason: None,
+            error: None,
+            created_at: crate::store::now(),
+        })
+        .await?;
+
+    let job = GenerationJob {
+        request: ChatRequest { model: route.upstream_model.clone(), messages, max_tokens: route.max_output_tokens },
+        route,
+        store: state.store.clone(),
+        user_id: user.user_id.clone(),
+        conversation_id: conversation.id,
+        persona_id: Some(persona.id),
+        parent_id: Some(user_message.id),
+        persist_attempts: state.config.generation.persist_attempts,
+    };
+    let generation = state
+        .hub
+        .start(Id::new(), conversation.id, &user.user_id, &job.route.alias.clone(), move |g| generation::run(g, job))
+        .map_err(|e| ApiError::unavailable("the server is shutting down; retry shortly", e))?;
+
+    match answer {
+        Answer::Async => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "generation_id": generation.id,
+                "user_message": user_message,
+                "stream_url": format!("/api/v1/generations/{}/stream", generation.id),
+            })),
+        )
+            .into_response()),
+        Answer::Sse => {
+            let first = Event::default()
+                .id("0")
+                .event("user_message")
+                .data(serde_json::to_string(&user_message).map_err(ApiError::internal)?);
+            let events = futures::stream::once(async move { first })
+                .chain(generation.subscribe(0).map(|e| sse_event(&e)))
+                .map(Ok::<_, Infallible>);
+            Ok(sse_response(events, Duration::from_secs(state.config.server.sse_keepalive_secs)))
+        }
+        Answer::Json => {
+            let outcome = generation.outcome().await;
+            if let Some(error) = outcome.error.clone() {
+                return Err(error);
+            }
+            let assistant_message = outcome.message.clone().ok_or_else(|| ApiError::internal("generation ended without a message"))?;
+            let conversation = state.store.get_conversation(&user.user_id, conversation.id).await?.unwrap_or(conversation);
+            Ok(Json(json!({
+                "conversation": conversation,
+                "user_message": user_message,
+                "assistant_message": assistant_message,
+            }))
+            .into_response())
+        }
+    }
+}
+
+/// Checks the body; returns the message text.
+fn validate(state: &AppState, body: &SendMessage) -> Result<String, ApiError> {
+    match body.message_type.as_str() {
+        "text" => {}
+        "multimodal" | "image" | "audio" => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unsupported_message_type",
+                format!("'{}' messages are not supported by this server yet; send message_type \"text\"", body.message_type),
+            ));
+        }
+        other => {
+            return Err(ApiError::validation("message_type", format!("'{other}' is not one of text, multimodal, image, audio")));
+        }
+    }
+    if !body.media_ids.is_empty() || !body.media_urls.is_empty() || body.audio_url.is_some() || body.audio_duration_seconds.is_some() {
+        return Err(ApiError::validation("media_ids", "media can only be sent with a multimodal, image or audio message"));
+    }
+    let content = body.content.as_deref().unwrap_or("");
+    if content.trim().is_empty() {
+        return Err(ApiError::validation("content", "must not be empty"));
+    }
+    let limit = state.config.limits.max_message_bytes;
+    if content.len() > limit {
+        return Err(ApiError::payload_too_large(format!("content is {} bytes; the limit is {limit}", content.len()))
+            .with_details(json!({ "field": "content", "limit_bytes": limit, "size_bytes": content.len() })));
+    }
+    Ok(content.to_string())
+}
+
+/// The persona's system prompt, then as much recent history as fits, then the new message.
+///
+/// The budget is the smaller of `generation.max_history_tokens` and the model's context window less the system
+/// prompt and `generation.reserve_output_tokens`. A message never has more tokens than bytes (byte-level BPE),
+/// so messages are counted with tiktoken only when their byte length alone could overflow the budget.
+fn build_prompt(
+    state: &AppState,
+    persona: &Persona,
+    route: &ModelRoute,
+    history_newest_first: &[Message],
+    new_message: ChatMessage,
+) -> Result<Vec<ChatMessage>, ApiError> {
+    let config = &state.config.generation;
+    let system = ChatMessage::system(crate::personas::system_prompt(persona));
+    let tokenizer = route.tokenizer;
+    let system_tokens = tokenizer.count_message(&system) + 3;
+    let window_budget = u64::from(route.context_window)
+        .saturating_sub(u64::from(config.reserve_output_tokens))
+        .saturating_sub(system_tokens);
+    let budget = window_budget.min(u64::from(config.max_history_tokens));
+    let cost = |m: &ChatMessage, spent: u64| {
+        let upper = 3 + m.content.len() as u64;
+        if spent + upper <= budget { upper } else { tokenizer.count_message(m) }
+    };
+
+    let mut spent = cost(&new_message, 0);
+    if spent > budget {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "context_length_exceeded",
+            format!("the message needs {spent} tokens; model '{}' has room for {budget}", route.alias),
+        )
+        .with_details(json!({ "tokens": spent, "budget": budget })));
+    }
+    let mut included = Vec::new();
+    for message in history_newest_first {
+        let chat = match message.role.as_str() {
+            role::USER => ChatMessage::user(message.content.clone()),
+            role::ASSISTANT if !message.content.is_empty() => ChatMessage::assistant(message.content.clone()),
+            _ => continue,
+        };
+        let tokens = cost(&chat, spent);
+        if spent + tokens > budget {
+            break;
+        }
+        spent += tokens;
+        included.push(chat);
+    }
+    let mut messages = Vec::with_capacity(included.len() + 2);
+    messages.push(system);
+    messages.extend(included.into_iter().rev());
+    messages.push(new_message);
+    Ok(messages)
+}
+
+#[derive(Debug, Deserialize)]
+struct HistoryQuery {
+    limit: Option<i64>,
+    before: Option<Id>,
+    after: Option<Id>,
+    offset: Option<i64>,
+    order: Option<String>,
+}
+
+/// `GET /api/v1/conversations/{id}/messages?limit&before|after|offset&order=asc|desc` →
+/// `{messages, has_more}`. Without a cursor, `desc` (the default) gives the newest page.
+async fn history(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(conversation_id): Path<String>,
+    AppQuery(q): AppQuery<HistoryQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let conversation = owned(&state, &user, &conversation_id).await?;
+    let limit = page_limit(q.limit, 50, 200)?;
+    let ascending = match q.order.as_deref() {
+        None | Some("desc") => false,
+        Some("asc") => true,
+        Some(_) => return Err(ApiError::validation("order", "must be asc or desc")),
+    };
+    let page = match (q.before, q.after, q.offset) {
+        (Some(id), None, None) => HistoryPage::Before(id),
+        (None, Some(id), None) => HistoryPage::After(id),
+        (None, None, offset) => HistoryPage::Offset(offset.unwrap_or(0).max(0)),
+        _ => return Err(ApiError::validation("before", "use one of before, after or offset")),
+    };
+    let mut messages = state.store.list_messages(conversation.id, page, limit + 1, ascending).await?;
+    let has_more = messages.len() as i64 > limit;
+    if has_more {
+        // The extra row is the one farthest from the cursor: last when reading away from it.
+        let reads_forward = match page {
+            HistoryPage::Offset(_) => true,
+            HistoryPage::Before(_) => !ascending,
+            HistoryPage::After(_) => ascending,
+        };
+        if reads_forward {
+            messages.truncate(limit as usize);
+        } else {
+            messages.remove(0);
+        }
+    }
+    Ok(Json(json!({ "messages": messages, "has_more": has_more })))
+}
+
+/// `DELETE /api/v1/messages/{id}` → 204; 404 for anyone else's message.
+async fn delete_message(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id, "message")?;
+    if state.store.delete_message(&user.user_id, id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("message"))
+    }
+}

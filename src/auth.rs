@@ -1,0 +1,308 @@
+//! Bearer JWT authentication, deny by default.
+//!
+//! Tokens are HS256 JWTs (RFC 7519) verified with jsonwebtoken: `exp` is required, `iss` and `aud` are checked
+//! when configured. The user id is `sub`, or `user_id` when `sub` is absent (the seeds' tokens). Admin routes
+//! need `role: "admin"` (or `"admin"` in `roles`, or `app_metadata.role` / `app_metadata.roles` as Supabase
+//! writes custom claims). Every route needs a token unless it is in [`PUBLIC_ROUTES`].
+
+use std::time::Duration;
+
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::AppState;
+use crate::config::AuthConfig;
+use crate::error::ApiError;
+
+/// The only routes served without a token: `(method, route pattern)`.
+pub const PUBLIC_ROUTES: &[(Method, &str)] = &[
+    (Method::GET, "/health"),
+    (Method::GET, "/api/v1/personas"),
+    (Method::GET, "/api/v1/personas/{id}"),
+];
+
+/// The authenticated caller, put in request extensions by [`require_auth`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthUser {
+    pub user_id: String,
+    pub admin: bool,
+}
+
+/// A caller with the admin role; 403 for anyone else.
+#[derive(Debug, Clone)]
+pub struct AdminUser(pub AuthUser);
+
+#[derive(Debug, Deserialize)]
+struct Claims {
+    sub: Option<String>,
+    user_id: Option<Value>,
+    role: Option<String>,
+    #[serde(default)]
+    roles: Vec<String>,
+    app_metadata: Option<Value>,
+}
+
+impl Claims {
+    fn user_id(&self) -> Option<String> {
+        if let Some(sub) = self.sub.as_deref().filter(|s| !s.is_empty()) {
+            return Some(sub.to_string());
+        }
+        match &self.user_id {
+            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        }
+    }
+
+    fn is_admin(&self) -> bool {
+        let meta = self.app_metadata.as_ref();
+        self.role.as_deref() == Some("admin")
+            || self.roles.iter().any(|r| r == "admin")
+            || meta.and_then(|m| m.get("role")).and_then(Value::as_str) == Some("admin")
+            || meta
+                .and_then(|m| m.get("roles"))
+                .and_then(Value::as_array)
+                .is_some_and(|roles| roles.iter().any(|r| r.as_str() == Some("admin")))
+    }
+}
+
+#[derive(Serialize)]
+struct MintClaims<'a> {
+    sub: &'a str,
+    iat: u64,
+    exp: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aud: Option<&'a str>,
+}
+
+/// Verifies (and, for the CLI, mints) tokens with the configured secret.
+#[derive(Clone)]
+pub struct Authenticator {
+    decoding: DecodingKey,
+    encoding: EncodingKey,
+    validation: Validation,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator").finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    pub fn new(config: &AuthConfig) -> Self {
+        let secret = config.jwt_secret.expose_secret().as_bytes();
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp"]);
+        validation.leeway = config.leeway_secs;
+        let issuer = Some(config.issuer.clone()).filter(|s| !s.is_empty());
+        let audience = Some(config.audience.clone()).filter(|s| !s.is_empty());
+        if let Some(iss) = &issuer {
+            validation.set_issuer(&[iss]);
+        }
+        match &audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        Self {
+            decoding: DecodingKey::from_secret(secret),
+            encoding: EncodingKey::from_secret(secret),
+            validation,
+            issuer,
+            audience,
+        }
+    }
+
+    /// Verifies a token.
+    ///
+    /// # Errors
+    /// 401 `unauthorized` saying why (expired, bad signature, wrong issuer/audience, no user id).
+    pub fn verify(&self, token: &str) -> Result<AuthUser, ApiError> {
+        use jsonwebtoken::errors::ErrorKind;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| {
+            let why = match e.kind() {
+                ErrorKind::ExpiredSignature => "the token has expired",
+                ErrorKind::InvalidSignature => "the token's signature is invalid",
+                ErrorKind::InvalidIssuer => "the token's issuer is not accepted",
+                ErrorKind::InvalidAudience => "the token's audience is not accepted",
+                ErrorKind::MissingRequiredClaim(_) => "the token has no exp claim",
+                ErrorKind::InvalidAlgorithm => "the token's algorithm is not accepted (HS256 expected)",
+                ErrorKind::ImmatureSignature => "the token is not valid yet",
+                _ => "the token is malformed",
+            };
+            ApiError::unauthorized(why)
+        })?;
+        let user_id = data.claims.user_id().ok_or_else(|| ApiError::unauthorized("the token has no sub or user_id"))?;
+        Ok(AuthUser { user_id, admin: data.claims.is_admin() })
+    }
+
+    /// Signs a token for `sub` valid for `ttl`, with `role: "admin"` when `admin`; `iss`/`aud` as configured.
+    ///
+    /// # Errors
+    /// When signing fails (it does not with an HMAC key).
+    pub fn mint(&self, sub: &str, admin: bool, ttl: Duration) -> Result<String, jsonwebtoken::errors::Error> {
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = MintClaims {
+            sub,
+            iat: now,
+            exp: now + ttl.as_secs(),
+            role: admin.then_some("admin"),
+            iss: self.issuer.as_deref(),
+            aud: self.audience.as_deref(),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+    }
+}
+
+/// Reads the bearer token: the `Authorization` header, or `access_token` in the query of a GET (EventSource
+/// and WebSocket clients cannot set headers).
+fn bearer_token(parts: &Parts) -> Option<String> {
+    if let Some(value) = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        let (scheme, token) = value.split_once(' ')?;
+        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string());
+    }
+    if parts.method == Method::GET {
+        let query = parts.uri.query()?;
+        return form_urlencoded::parse(query.as_bytes())
+            .find_map(|(k, v)| (k == "access_token").then(|| v.into_owned()));
+    }
+    None
+}
+
+/// Middleware: lets [`PUBLIC_ROUTES`] through, and requires a valid token everywhere else.
+pub async fn require_auth(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let route = parts.extensions.get::<MatchedPath>().map(|p| p.as_str().to_string());
+    let Some(route) = route else {
+        // No route matched: the fallback answers 404 and reveals nothing.
+        return next.run(Request::from_parts(parts, body)).await;
+    };
+    let is_public = PUBLIC_ROUTES.iter().any(|(method, path)| *method == parts.method && *path == route)
+        || (parts.method == Method::HEAD && PUBLIC_ROUTES.iter().any(|(m, p)| *m == Method::GET && *p == route));
+    let user = match bearer_token(&parts) {
+        Some(token) => match state.auth.verify(&token) {
+            Ok(user) => Some(user),
+            Err(err) if !is_public => return err.into_response(),
+            Err(_) => None,
+        },
+        None if is_public => None,
+        None => return ApiError::unauthorized("a bearer token is required").into_response(),
+    };
+    if let Some(user) = user {
+        parts.extensions.insert(user);
+    }
+    next.run(Request::from_parts(parts, body)).await
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<AuthUser>().cloned().ok_or_else(|| ApiError::unauthorized("a bearer token is required"))
+    }
+}
+
+impl<S: Send + Sync> axum::extract::OptionalFromRequestParts<S> for AuthUser {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Option<Self>, Self::Rejection> {
+        Ok(parts.extensions.get::<AuthUser>().cloned())
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for AdminUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let user = AuthUser::from_request_parts(parts, state).await?;
+        if !user.admin {
+            return Err(ApiError::forbidden("this route needs the admin role"));
+        }
+        Ok(AdminUser(user))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn authenticator(extra: &str) -> Authenticator {
+        let config = Config::from_toml(&format!(
+            "[auth]\njwt_secret = \"s3cret\"\n{extra}\n[providers.mock]\n[models.default]\nprovider = \"mock\"\nmodel = \"m\""
+        ))
+        .expect("config");
+        Authenticator::new(&config.auth)
+    }
+
+    fn sign(claims: serde_json::Value, secret: &str) -> String {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
+            .expect("sign")
+    }
+
+    fn in_an_hour() -> u64 {
+        jsonwebtoken::get_current_timestamp() + 3600
+    }
+
+    #[test]
+    fn minted_tokens_verify_with_role() {
+        let auth = authenticator("");
+        let user = auth.verify(&auth.mint("alice", true, Duration::from_secs(60)).expect("mint")).expect("valid");
+        assert_eq!(user, AuthUser { user_id: "alice".into(), admin: true });
+        let user = auth.verify(&auth.mint("bob", false, Duration::from_secs(60)).expect("mint")).expect("valid");
+        assert!(!user.admin);
+    }
+
+    #[test]
+    fn user_id_claim_is_used_when_sub_is_absent() {
+        let auth = authenticator("");
+        let user = auth.verify(&sign(serde_json::json!({"user_id": 42, "exp": in_an_hour()}), "s3cret")).expect("valid");
+        assert_eq!(user.user_id, "42");
+        let supabase = serde_json::json!({"sub": "u-1", "aud": "authenticated", "role": "authenticated",
+            "app_metadata": {"role": "admin"}, "exp": in_an_hour()});
+        assert_eq!(auth.verify(&sign(supabase, "s3cret")).expect("valid"), AuthUser { user_id: "u-1".into(), admin: true });
+    }
+
+    #[test]
+    fn bad_tokens_are_401_with_the_reason() {
+        let auth = authenticator("");
+        let cases = [
+            (sign(serde_json::json!({"sub": "a", "exp": in_an_hour()}), "other-secret"), "signature"),
+            (sign(serde_json::json!({"sub": "a", "exp": 1_000}), "s3cret"), "expired"),
+            (sign(serde_json::json!({"sub": "a"}), "s3cret"), "exp"),
+            (sign(serde_json::json!({"exp": in_an_hour()}), "s3cret"), "no sub"),
+            ("not-a-jwt".to_string(), "malformed"),
+        ];
+        for (token, why) in cases {
+            let err = auth.verify(&token).expect_err(why);
+            assert_eq!(err.status, 401);
+            assert!(err.message.contains(why), "{} should mention {why}", err.message);
+        }
+    }
+
+    #[test]
+    fn issuer_and_audience_are_checked_when_configured() {
+        let auth = authenticator("issuer = \"https://issuer.example\"\naudience = \"chatgate\"");
+        let good = serde_json::json!({"sub": "a", "exp": in_an_hour(), "iss": "https://issuer.example", "aud": "chatgate"});
+        assert!(auth.verify(&sign(good, "s3cret")).is_ok());
+        let wrong_iss = serde_json::json!({"sub": "a", "exp": in_an_hour(), "iss": "https://evil", "aud": "chatgate"});
+        assert!(auth.verify(&sign(wrong_iss, "s3cret")).expect_err("iss").message.contains("issuer"));
+        let wrong_aud = serde_json::json!({"sub": "a", "exp": in_an_hour(), "iss": "https://issuer.example", "aud": "x"});
+        assert!(auth.verify(&sign(wrong_aud, "s3cret")).expect_err("aud").message.contains("audience"));
+        // And minted tokens carry both.
+        assert!(auth.verify(&auth.mint("a", false, Duration::from_secs(60)).expect("mint")).is_ok());
+    }
+}

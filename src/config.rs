@@ -1,0 +1,561 @@
+//! Typed configuration, read once at startup.
+//!
+//! Sources, later ones winning: built-in defaults, the TOML file (`config.toml`, or `--config PATH` /
+//! `CHATGATE_CONFIG`), the usual environment names (`DATABASE_URL`, `JWT_SECRET`, `OPENAI_API_KEY`,
+//! `ANTHROPIC_API_KEY`, `GEMINI_API_KEY`, `GROQ_API_KEY`), then `CHATGATE_SECTION__KEY` overrides
+//! (for example `CHATGATE_SERVER__BIND=0.0.0.0:8000`). Every error names the key at fault.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// The JWT secret used when none is configured. Fine on a laptop, never in production: startup warns.
+pub const DEV_JWT_SECRET: &str = "chatgate-dev-secret-change-me";
+
+/// A configuration that could not be loaded or failed validation; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or an environment override could not be parsed into the typed configuration.
+    #[error("{0}")]
+    Parse(#[from] Box<figment::Error>),
+    /// The configuration parsed but a value is not acceptable.
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+    /// `--config PATH` named a file that does not exist.
+    #[error("config file {0} does not exist")]
+    Missing(PathBuf),
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), message: message.into() }
+}
+
+/// The whole configuration. See `config.toml` for every key with its meaning.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub generation: GenerationConfig,
+    /// Upstream providers by name.
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// Model aliases by name: what users, personas and `[defaults]` refer to.
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelConfig>,
+    #[serde(default)]
+    pub defaults: DefaultsConfig,
+}
+
+/// `[server]`: the listener and HTTP behaviour.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on, `host:port`.
+    pub bind: String,
+    /// Origins allowed by CORS. Empty: no cross-origin access. `["*"]`: any origin.
+    pub cors_origins: Vec<String>,
+    /// Time allowed to produce a response's headers, in seconds (streams are not cut by it).
+    pub request_timeout_secs: u64,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+    /// On SIGTERM/SIGINT, how long running generations may finish before they are cancelled, in seconds.
+    pub shutdown_grace_secs: u64,
+    /// Interval of the SSE keep-alive comment on an idle stream, in seconds.
+    pub sse_keepalive_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8000".into(),
+            cors_origins: Vec::new(),
+            request_timeout_secs: 300,
+            max_body_bytes: 1024 * 1024,
+            shutdown_grace_secs: 30,
+            sse_keepalive_secs: 15,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Rotation period of the log file.
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogRotation {
+    Hourly,
+    #[default]
+    Daily,
+    Never,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter (`info`, `chatgate=debug,tower_http=info`); `RUST_LOG` wins when set.
+    pub level: String,
+    /// Directory for a rotating log file (`chatgate.log.<date>`); empty logs to stderr only.
+    pub dir: String,
+    pub rotation: LogRotation,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Text, level: "info".into(), dir: String::new(), rotation: LogRotation::Daily }
+    }
+}
+
+/// `[database]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://path/to/file.db` (created when missing) or `postgres://user:pass@host/db`.
+    pub url: SecretString,
+    pub max_connections: u32,
+    /// Apply pending migrations at startup.
+    pub migrate_on_start: bool,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self { url: SecretString::from("sqlite://data/chatgate.db"), max_connections: 10, migrate_on_start: true }
+    }
+}
+
+/// `[auth]`: bearer JWT verification.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// HS256 secret. Defaults to a development secret, with a warning at startup.
+    pub jwt_secret: SecretString,
+    /// Required `iss` claim; checked when non-empty.
+    pub issuer: String,
+    /// Required `aud` claim; checked when non-empty.
+    pub audience: String,
+    /// Clock skew tolerated on `exp`/`nbf`, in seconds.
+    pub leeway_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret: SecretString::from(DEV_JWT_SECRET),
+            issuer: String::new(),
+            audience: String::new(),
+            leeway_secs: 30,
+        }
+    }
+}
+
+/// `[limits]`: input limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest message `content`, in bytes (UTF-8).
+    pub max_message_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self { max_message_bytes: 32 * 1024 }
+    }
+}
+
+/// `[generation]`: how prompts are built and generations kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GenerationConfig {
+    /// Cap on the history sent upstream, in tokens (the model's context window caps it too).
+    pub max_history_tokens: u32,
+    /// Cap on the number of past messages read for the prompt.
+    pub max_history_messages: u32,
+    /// Tokens kept free in the context window for the reply when fitting history.
+    pub reserve_output_tokens: u32,
+    /// How long a finished generation's event log stays in memory for re-attaching clients, in seconds.
+    pub retention_secs: u64,
+    /// Attempts to write the finished message and its usage before giving up.
+    pub persist_attempts: u32,
+}
+
+impl Default for GenerationConfig {
+    fn default() -> Self {
+        Self {
+            max_history_tokens: 16_000,
+            max_history_messages: 200,
+            reserve_output_tokens: 1024,
+            retention_secs: 300,
+            persist_attempts: 5,
+        }
+    }
+}
+
+/// Which adapter talks to a provider.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// OpenAI Chat Completions and every compatible server (Groq, OpenRouter, vLLM, LM Studio, Ollama's /v1).
+    Openai,
+    Anthropic,
+    Gemini,
+    Ollama,
+    /// In-process deterministic replies; no network.
+    Mock,
+}
+
+/// `[providers.NAME]`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Adapter; when absent it is inferred from the provider's name (`openai`, `groq`, `anthropic`, `gemini`,
+    /// `ollama`, `mock`).
+    pub kind: Option<ProviderKind>,
+    /// API base URL, e.g. `https://api.openai.com/v1`; defaults by kind and name.
+    pub base_url: Option<String>,
+    /// API key; never logged.
+    pub api_key: Option<SecretString>,
+    /// TCP/TLS connect timeout, in ms (default 10000).
+    pub connect_timeout_ms: Option<u64>,
+    /// Time allowed from request to the first streamed event, in ms (default 60000).
+    pub first_token_timeout_ms: Option<u64>,
+    /// Time allowed between two streamed events, in ms (default 60000).
+    pub idle_timeout_ms: Option<u64>,
+    /// Mock only: delay between two streamed tokens, in ms (default 20).
+    pub delay_ms: Option<u64>,
+}
+
+impl ProviderConfig {
+    /// The adapter kind, explicit or inferred from `name`.
+    pub fn kind_for(&self, name: &str) -> Option<ProviderKind> {
+        self.kind.or(match name {
+            "openai" | "groq" | "openrouter" | "vllm" | "lmstudio" => Some(ProviderKind::Openai),
+            "anthropic" => Some(ProviderKind::Anthropic),
+            "gemini" | "google" => Some(ProviderKind::Gemini),
+            "ollama" => Some(ProviderKind::Ollama),
+            "mock" => Some(ProviderKind::Mock),
+            _ => None,
+        })
+    }
+
+    /// The base URL, explicit or the official one for the kind and name.
+    pub fn base_url_for(&self, name: &str, kind: ProviderKind) -> String {
+        if let Some(url) = self.base_url.as_deref().filter(|u| !u.is_empty()) {
+            return url.trim_end_matches('/').to_string();
+        }
+        match (kind, name) {
+            (ProviderKind::Openai, "groq") => "https://api.groq.com/openai/v1",
+            (ProviderKind::Openai, "openrouter") => "https://openrouter.ai/api/v1",
+            (ProviderKind::Openai, _) => "https://api.openai.com/v1",
+            (ProviderKind::Anthropic, _) => "https://api.anthropic.com/v1",
+            (ProviderKind::Gemini, _) => "https://generativelanguage.googleapis.com/v1beta",
+            (ProviderKind::Ollama, _) => "http://127.0.0.1:11434",
+            (ProviderKind::Mock, _) => "",
+        }
+        .to_string()
+    }
+
+    /// The API key when one is set and non-empty.
+    pub fn api_key(&self) -> Option<&SecretString> {
+        self.api_key.as_ref().filter(|k| !k.expose_secret().is_empty())
+    }
+
+    /// True when this provider cannot work without a key and has none: a hosted API at its official URL.
+    pub fn needs_key(&self, name: &str, kind: ProviderKind) -> bool {
+        if self.api_key().is_some() {
+            return false;
+        }
+        match kind {
+            ProviderKind::Anthropic | ProviderKind::Gemini => true,
+            ProviderKind::Openai => {
+                let url = self.base_url_for(name, kind);
+                url.contains("api.openai.com") || url.contains("api.groq.com") || url.contains("openrouter.ai")
+            }
+            ProviderKind::Ollama | ProviderKind::Mock => false,
+        }
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms.unwrap_or(10_000))
+    }
+    pub fn first_token_timeout(&self) -> Duration {
+        Duration::from_millis(self.first_token_timeout_ms.unwrap_or(60_000))
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms.unwrap_or(60_000))
+    }
+}
+
+/// `[models.ALIAS]`: a model users may pick, with its prices.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Name of a `[providers.NAME]` entry.
+    pub provider: String,
+    /// The upstream model name, e.g. `gpt-4o-mini`.
+    pub model: String,
+    /// USD per million prompt tokens.
+    #[serde(default)]
+    pub input_per_mtok: f64,
+    /// USD per million completion tokens.
+    #[serde(default)]
+    pub output_per_mtok: f64,
+    /// USD per million cached prompt tokens; defaults to `input_per_mtok`.
+    #[serde(default)]
+    pub cached_input_per_mtok: Option<f64>,
+    /// Context window, in tokens.
+    #[serde(default = "default_context_window")]
+    pub context_window: u32,
+    /// Upper bound on the reply, in tokens, sent upstream as `max_tokens`; none sent when absent.
+    #[serde(default)]
+    pub max_output_tokens: Option<u32>,
+    /// Aliases tried in order when this one fails before its first token.
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
+}
+
+fn default_context_window() -> u32 {
+    8192
+}
+
+/// `[defaults]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DefaultsConfig {
+    /// Alias used when neither the request nor the persona names one.
+    pub model: String,
+}
+
+impl Default for DefaultsConfig {
+    fn default() -> Self {
+        Self { model: "default".into() }
+    }
+}
+
+/// Well-known environment names and the keys they set.
+const ENV_ALIASES: &[(&str, &str)] = &[
+    ("DATABASE_URL", "database.url"),
+    ("JWT_SECRET", "auth.jwt_secret"),
+    ("OPENAI_API_KEY", "providers.openai.api_key"),
+    ("ANTHROPIC_API_KEY", "providers.anthropic.api_key"),
+    ("GEMINI_API_KEY", "providers.gemini.api_key"),
+    ("GROQ_API_KEY", "providers.groq.api_key"),
+];
+
+impl Config {
+    /// Loads from `path` (which must exist) or from `./config.toml` when present, then the environment,
+    /// and validates.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first bad key.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::new();
+        match path {
+            Some(path) if !path.exists() => return Err(ConfigError::Missing(path.to_path_buf())),
+            Some(path) => figment = figment.merge(Toml::file_exact(path)),
+            None if Path::new("config.toml").exists() => figment = figment.merge(Toml::file_exact("config.toml")),
+            None => {}
+        }
+        Self::from_figment(figment.merge(env_provider()))
+    }
+
+    /// Parses a TOML string (no environment), and validates. Handy for tests and examples.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first bad key.
+    pub fn from_toml(toml: &str) -> Result<Self, ConfigError> {
+        Self::from_figment(Figment::from(Toml::string(toml)))
+    }
+
+    fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every cross-reference and value that serde cannot.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.server
+            .bind
+            .parse::<SocketAddr>()
+            .map_err(|e| invalid("server.bind", format!("'{}' is not host:port ({e})", self.server.bind)))?;
+        for origin in &self.server.cors_origins {
+            if origin != "*" && (origin.parse::<axum::http::HeaderValue>().is_err() || !origin.contains("://")) {
+                return Err(invalid("server.cors_origins", format!("'{origin}' is not an origin like https://app.example.com")));
+            }
+        }
+        let url = self.database.url.expose_secret();
+        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(invalid("database.url", "must start with sqlite:, postgres:// or postgresql://"));
+        }
+        if self.database.max_connections == 0 {
+            return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        if self.auth.jwt_secret.expose_secret().is_empty() {
+            return Err(invalid("auth.jwt_secret", "is empty: set it in the config file or JWT_SECRET"));
+        }
+        if self.limits.max_message_bytes == 0 {
+            return Err(invalid("limits.max_message_bytes", "must be at least 1"));
+        }
+        for (name, provider) in &self.providers {
+            if provider.kind_for(name).is_none() {
+                return Err(invalid(
+                    format!("providers.{name}.kind"),
+                    "is required for this name: openai, anthropic, gemini, ollama or mock",
+                ));
+            }
+            if let Some(url) = provider.base_url.as_deref().filter(|u| !u.is_empty())
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return Err(invalid(format!("providers.{name}.base_url"), format!("'{url}' is not an http(s) URL")));
+            }
+        }
+        if self.models.is_empty() {
+            return Err(invalid("models", "no model alias is configured"));
+        }
+        for (alias, model) in &self.models {
+            let key = |field: &str| format!("models.{alias}.{field}");
+            if !self.providers.contains_key(&model.provider) {
+                let known: Vec<_> = self.providers.keys().map(String::as_str).collect();
+                return Err(invalid(
+                    key("provider"),
+                    format!("unknown provider '{}' (configured: {})", model.provider, known.join(", ")),
+                ));
+            }
+            if model.model.is_empty() {
+                return Err(invalid(key("model"), "is empty"));
+            }
+            for (field, price) in [
+                ("input_per_mtok", Some(model.input_per_mtok)),
+                ("output_per_mtok", Some(model.output_per_mtok)),
+                ("cached_input_per_mtok", model.cached_input_per_mtok),
+            ] {
+                if let Some(price) = price
+                    && !(price.is_finite() && price >= 0.0)
+                {
+                    return Err(invalid(key(field), format!("{price} is not a price (USD per million tokens, >= 0)")));
+                }
+            }
+            if model.context_window < 16 {
+                return Err(invalid(key("context_window"), "must be at least 16 tokens"));
+            }
+            for fallback in &model.fallbacks {
+                if !self.models.contains_key(fallback) {
+                    return Err(invalid(key("fallbacks"), format!("unknown model alias '{fallback}'")));
+                }
+            }
+        }
+        if !self.models.contains_key(&self.defaults.model) {
+            return Err(invalid("defaults.model", format!("unknown model alias '{}'", self.defaults.model)));
+        }
+        Ok(())
+    }
+
+    /// The listen address (validated by [`Config::validate`]).
+    pub fn bind_addr(&self) -> SocketAddr {
+        self.server.bind.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8000)))
+    }
+}
+
+fn env_provider() -> Figment {
+    let mut figment = Figment::new();
+    for (var, key) in ENV_ALIASES {
+        figment = figment.merge(Env::raw().only(&[var]).map(move |_| (*key).into()));
+    }
+    figment.merge(
+        Env::prefixed("CHATGATE_")
+            .split("__")
+            .filter(|key| key != "config" && !key.as_str().starts_with("test_")),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [providers.mock]
+        [models.default]
+        provider = "mock"
+        model = "mock-1"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_laptop_defaults() {
+        let config = Config::from_toml(MINIMAL).expect("valid");
+        assert_eq!(config.server.bind, "127.0.0.1:8000");
+        assert_eq!(config.database.url.expose_secret(), "sqlite://data/chatgate.db");
+        assert_eq!(config.providers["mock"].kind_for("mock"), Some(ProviderKind::Mock));
+        assert_eq!(config.limits.max_message_bytes, 32 * 1024);
+    }
+
+    #[test]
+    fn errors_name_the_bad_key() {
+        let err = Config::from_toml(&format!("{MINIMAL}\n[server]\nbind = \"nowhere\"")).unwrap_err();
+        assert!(err.to_string().starts_with("server.bind:"), "{err}");
+
+        let err = Config::from_toml(&MINIMAL.replace("provider = \"mock\"", "provider = \"grok\"")).unwrap_err();
+        assert!(err.to_string().contains("models.default.provider: unknown provider 'grok'"), "{err}");
+
+        let err = Config::from_toml(&format!("{MINIMAL}\n[defaults]\nmodel = \"nope\"")).unwrap_err();
+        assert!(err.to_string().starts_with("defaults.model:"), "{err}");
+
+        let err = Config::from_toml(&format!("{MINIMAL}\n[server]\nbindd = \"x\"")).unwrap_err();
+        assert!(err.to_string().contains("bindd"), "{err}");
+
+        let err = Config::from_toml(&format!("{MINIMAL}\ninput_per_mtok = -1.0")).unwrap_err();
+        assert!(err.to_string().contains("models.default.input_per_mtok"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_reach_debug_output() {
+        let config = Config::from_toml(&format!(
+            "{MINIMAL}\n[auth]\njwt_secret = \"hunter2-secret\"\n[providers.openai]\napi_key = \"sk-live-123\""
+        ))
+        .expect("valid");
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2-secret") && !debug.contains("sk-live-123"), "{debug}");
+    }
+
+    #[test]
+    fn official_hosted_apis_need_a_key_local_servers_do_not() {
+        let config = Config::from_toml(&format!(
+            "{MINIMAL}\n[providers.openai]\n[providers.vllm]\nbase_url = \"http://127.0.0.1:9000/v1\"\n[providers.groq]\napi_key = \"gsk\""
+        ))
+        .expect("valid");
+        let check = |name: &str| {
+            let p = &config.providers[name];
+            p.needs_key(name, p.kind_for(name).expect("kind"))
+        };
+        assert!(check("openai"));
+        assert!(!check("vllm"));
+        assert!(!check("groq"));
+        assert_eq!(config.providers["groq"].base_url_for("groq", ProviderKind::Openai), "https://api.groq.com/openai/v1");
+    }
+}

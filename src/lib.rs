@@ -1,0 +1,148 @@
+//! chatgate: a streaming-first chat gateway.
+//!
+//! Clients (browser SSE, mobile WebSocket, dashboards) talk to chatgate; chatgate talks to LLM providers. Each
+//! user message starts a *generation*: a server-owned task that relays every token to its subscribers the
+//! moment it arrives and, off the hot path, saves the assistant message with its token usage and cost.
+//!
+//! Embedding: build an [`AppState`] with [`AppState::new`], then [`serve`] it on a listener you bind, with a
+//! shutdown future you choose (tests bind port 0).
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod id;
+pub mod personas;
+pub mod providers;
+pub mod store;
+pub mod stream;
+pub mod telemetry;
+pub mod usage;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::providers::Models;
+use crate::store::Store;
+use crate::stream::Hub;
+
+/// Shared state of every handler: cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<AppInner>);
+
+/// What [`AppState`] holds.
+pub struct AppInner {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub auth: Authenticator,
+    pub models: Models,
+    pub hub: Hub,
+    pub started_at: Instant,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+/// A startup failure, reported plainly by `main`.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("configuration: {0}")]
+    Config(#[from] config::ConfigError),
+    #[error("database: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl AppState {
+    /// Connects the database (migrating it when `database.migrate_on_start`), loads the default personas,
+    /// builds the providers and loads the tokenizers.
+    ///
+    /// # Errors
+    /// [`StartupError`] naming what failed.
+    pub async fn new(config: Config) -> Result<Self, StartupError> {
+        let store = store::connect(config.database.url.expose_secret(), config.database.max_connections).await?;
+        Self::with_store(config, store).await
+    }
+
+    /// As [`AppState::new`], on an already opened store.
+    ///
+    /// # Errors
+    /// [`StartupError`] naming what failed.
+    pub async fn with_store(config: Config, store: Arc<dyn Store>) -> Result<Self, StartupError> {
+        if config.database.migrate_on_start {
+            store.migrate().await?;
+        }
+        let defaults = personas::defaults().map_err(StartupError::Other)?;
+        let inserted = store.seed_personas(&defaults).await?;
+        if inserted > 0 {
+            tracing::info!(inserted, "default personas loaded");
+        }
+        if config.auth.jwt_secret.expose_secret() == config::DEV_JWT_SECRET {
+            tracing::warn!(
+                "auth.jwt_secret is the built-in development secret: anyone can mint tokens; set JWT_SECRET in production"
+            );
+        }
+        let models = Models::from_config(&config).map_err(StartupError::Other)?;
+        usage::tokens::warm_up();
+        Ok(AppState(Arc::new(AppInner {
+            auth: Authenticator::new(&config.auth),
+            hub: Hub::new(Duration::from_secs(config.generation.retention_secs)),
+            models,
+            store,
+            config,
+            started_at: Instant::now(),
+        })))
+    }
+}
+
+/// Serves `state` on `listener` until `shutdown` resolves, then shuts down gracefully: no new connections or
+/// generations, running generations finish (up to `server.shutdown_grace_secs`, then they are cancelled and
+/// saved), open streams end with their final event, and every pending write completes.
+///
+/// # Errors
+/// I/O errors of the listener.
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+
+    let hub = state.hub.clone();
+    let grace = Duration::from_secs(state.config.server.shutdown_grace_secs);
+    let app = api::app(state);
+    // Tokens go out as they come: no Nagle delay on client sockets.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(%err, "could not set TCP_NODELAY");
+        }
+    });
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel();
+    let signal_hub = hub.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections or generations");
+            let drained = tokio::spawn(async move { signal_hub.shutdown(grace).await });
+            let _ = drained_tx.send(drained);
+        })
+        .await?;
+    match drained_rx.await {
+        Ok(drained) => {
+            let _ = drained.await;
+        }
+        Err(_) => hub.shutdown(grace).await,
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,410 @@
+//! Storage: one [`Store`] interface, two backends (SQLite, PostgreSQL) with the same schema and the same SQL.
+//!
+//! Both backends are generated from one body of queries (`sql.rs`), so they cannot drift apart; each has its
+//! own migrations folder (`migrations/sqlite`, `migrations/postgres`). Timestamps are bound from Rust (UTC,
+//! microsecond precision) so both backends order and compare them the same way.
+
+mod sql;
+mod postgres;
+mod sqlite;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::types::Json;
+
+pub use self::postgres::PgStore;
+pub use self::sqlite::SqliteStore;
+pub use crate::id::Id;
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique key or reference was violated; the message says which.
+    #[error("{0}")]
+    Conflict(String),
+    /// The row does not exist (or belongs to another user).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The database failed or is unreachable.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Now, truncated to microseconds (PostgreSQL's precision) so a value round-trips exactly on both backends.
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+/// A persona users chat with.
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, PartialEq)]
+pub struct Persona {
+    pub id: Id,
+    /// Unique, URL-safe name, e.g. `alex-friend`.
+    pub slug: String,
+    pub display_name: String,
+    pub avatar_url: Option<String>,
+    pub description: String,
+    pub category: String,
+    /// `parent|spouse|child|sibling|friend|colleague|other`.
+    pub relationship: String,
+    pub system_prompt: String,
+    pub personality_traits: Json<Vec<String>>,
+    /// Model alias this persona prefers; `[defaults].model` when absent.
+    pub model: Option<String>,
+    pub is_active: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Fields of a new persona.
+#[derive(Debug, Clone, Deserialize)]
+pub struct NewPersona {
+    pub slug: String,
+    pub display_name: String,
+    #[serde(default)]
+    pub avatar_url: Option<String>,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default = "default_category")]
+    pub category: String,
+    pub relationship: String,
+    pub system_prompt: String,
+    #[serde(default)]
+    pub personality_traits: Vec<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default = "default_true")]
+    pub is_active: bool,
+}
+
+fn default_category() -> String {
+    "general".into()
+}
+fn default_true() -> bool {
+    true
+}
+
+/// Filter of the persona list.
+#[derive(Debug, Clone, Default)]
+pub struct PersonaFilter {
+    pub category: Option<String>,
+    pub include_inactive: bool,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// A conversation, owned by one user.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, PartialEq)]
+pub struct Conversation {
+    pub id: Id,
+    pub user_id: String,
+    pub persona_id: Id,
+    pub title: Option<String>,
+    pub archived: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub last_message_at: DateTime<Utc>,
+}
+
+/// A conversation in a list, with a preview of its latest message.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConversationSummary {
+    #[serde(flatten)]
+    pub conversation: Conversation,
+    pub last_message: Option<MessagePreview>,
+}
+
+/// The latest message of a conversation, its content cut to [`PREVIEW_CHARS`] characters.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MessagePreview {
+    pub id: Id,
+    pub role: String,
+    pub content: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Characters of content kept in a [`MessagePreview`].
+pub const PREVIEW_CHARS: usize = 160;
+
+/// Filter and page of the conversation list: newest activity first.
+#[derive(Debug, Clone, Default)]
+pub struct ConversationFilter {
+    pub persona_id: Option<Id>,
+    pub archived: Option<bool>,
+    /// Keyset cursor: conversations strictly after this `(last_message_at, id)` in newest-first order.
+    pub after: Option<(DateTime<Utc>, Id)>,
+    pub limit: i64,
+}
+
+/// Message role.
+pub mod role {
+    pub const USER: &str = "user";
+    pub const ASSISTANT: &str = "assistant";
+    pub const SYSTEM: &str = "system";
+}
+
+/// Message status: where its generation stands.
+pub mod status {
+    pub const STREAMING: &str = "streaming";
+    pub const COMPLETE: &str = "complete";
+    pub const CANCELLED: &str = "cancelled";
+    pub const FAILED: &str = "failed";
+    pub const INTERRUPTED: &str = "interrupted";
+}
+
+/// A message as stored, with the usage of the generation that wrote it (assistant messages).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Message {
+    pub id: Id,
+    pub conversation_id: Id,
+    pub parent_id: Option<Id>,
+    /// `user|assistant|system`.
+    pub role: String,
+    pub content: String,
+    /// `text|multimodal|image|audio`.
+    pub message_type: String,
+    pub media: Value,
+    /// `streaming|complete|cancelled|failed|interrupted`.
+    pub status: String,
+    /// Model alias that answered (assistant messages).
+    pub model: Option<String>,
+    /// Provider name that answered (assistant messages).
+    pub provider: Option<String>,
+    pub finish_reason: Option<String>,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Prompt + completion tokens, as chat UIs expect (`null` for user messages).
+    pub tokens_used: Option<i64>,
+    /// The upstream model name that answered.
+    pub model_used: Option<String>,
+    /// Time from request to the last token, in ms.
+    pub response_time_ms: Option<i64>,
+    /// Time to first token, in ms.
+    pub ttft_ms: Option<i64>,
+    /// Cost of the generation, in USD.
+    pub cost_usd: Option<f64>,
+}
+
+/// A message row joined with its usage record.
+#[derive(Debug, sqlx::FromRow)]
+struct MessageRow {
+    id: Id,
+    conversation_id: Id,
+    parent_id: Option<Id>,
+    role: String,
+    content: String,
+    message_type: String,
+    media: Json<Value>,
+    status: String,
+    model: Option<String>,
+    provider: Option<String>,
+    finish_reason: Option<String>,
+    error: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    u_prompt_tokens: Option<i64>,
+    u_completion_tokens: Option<i64>,
+    u_upstream_model: Option<String>,
+    u_duration_ms: Option<i64>,
+    u_ttft_ms: Option<i64>,
+    u_cost_nanousd: Option<i64>,
+}
+
+impl From<MessageRow> for Message {
+    fn from(r: MessageRow) -> Self {
+        Message {
+            id: r.id,
+            conversation_id: r.conversation_id,
+            parent_id: r.parent_id,
+            role: r.role,
+            content: r.content,
+            message_type: r.message_type,
+            media: r.media.0,
+            status: r.status,
+            model: r.model,
+            provider: r.provider,
+            finish_reason: r.finish_reason,
+            error: r.error,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            tokens_used: r.u_prompt_tokens.zip(r.u_completion_tokens).map(|(p, c)| p + c),
+            model_used: r.u_upstream_model,
+            response_time_ms: r.u_duration_ms,
+            ttft_ms: r.u_ttft_ms,
+            cost_usd: r.u_cost_nanousd.map(crate::usage::nanousd_to_usd),
+        }
+    }
+}
+
+impl Message {
+    /// The stored form of a message just inserted, with its usage when it has one.
+    pub fn from_new(m: &NewMessage, usage: Option<&UsageRecord>) -> Self {
+        Message {
+            id: m.id,
+            conversation_id: m.conversation_id,
+            parent_id: m.parent_id,
+            role: m.role.to_string(),
+            content: m.content.clone(),
+            message_type: m.message_type.clone(),
+            media: m.media.clone(),
+            status: m.status.to_string(),
+            model: m.model.clone(),
+            provider: m.provider.clone(),
+            finish_reason: m.finish_reason.clone(),
+            error: m.error.clone(),
+            created_at: m.created_at,
+            updated_at: m.created_at,
+            tokens_used: usage.map(|u| u.prompt_tokens + u.completion_tokens),
+            model_used: usage.map(|u| u.upstream_model.clone()),
+            response_time_ms: usage.map(|u| u.duration_ms),
+            ttft_ms: usage.and_then(|u| u.ttft_ms),
+            cost_usd: usage.map(|u| crate::usage::nanousd_to_usd(u.cost_nanousd)),
+        }
+    }
+}
+
+/// A message to insert.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub id: Id,
+    pub conversation_id: Id,
+    pub parent_id: Option<Id>,
+    pub role: &'static str,
+    pub content: String,
+    pub message_type: String,
+    pub media: Value,
+    pub status: &'static str,
+    pub model: Option<String>,
+    pub provider: Option<String>,
+    pub finish_reason: Option<String>,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Page of a conversation's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryPage {
+    /// The newest `limit` messages (or oldest, ascending), skipping `offset`.
+    Offset(i64),
+    /// Messages older than this one.
+    Before(Id),
+    /// Messages newer than this one.
+    After(Id),
+}
+
+/// One usage record: exactly one per generation.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, PartialEq)]
+pub struct UsageRecord {
+    pub id: Id,
+    pub user_id: String,
+    pub conversation_id: Option<Id>,
+    pub message_id: Option<Id>,
+    pub persona_id: Option<Id>,
+    /// Model alias.
+    pub model: String,
+    /// Upstream model name.
+    pub upstream_model: String,
+    pub provider: String,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    /// Prompt tokens served from the provider's cache (part of `prompt_tokens`).
+    pub cached_tokens: i64,
+    /// Reasoning tokens (part of `completion_tokens`).
+    pub reasoning_tokens: i64,
+    /// True when any count is a local tiktoken estimate rather than the provider's figure.
+    pub estimated: bool,
+    /// Cost in nano-USD (1e-9 USD).
+    pub cost_nanousd: i64,
+    /// Time to first token, in ms; `None` when no token came.
+    pub ttft_ms: Option<i64>,
+    /// Time from request to the end of the generation, in ms.
+    pub duration_ms: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Storage interface shared by every backend. All user-scoped reads take the caller's `user_id` and return
+/// `None`/`false` for rows of other users.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Backend name: `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+    /// Applies pending migrations.
+    async fn migrate(&self) -> StoreResult<()>;
+    /// A trivial query, for health checks.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Inserts personas whose slug is not present yet; returns how many were inserted.
+    async fn seed_personas(&self, personas: &[NewPersona]) -> StoreResult<u64>;
+    async fn list_personas(&self, filter: &PersonaFilter) -> StoreResult<Vec<Persona>>;
+    async fn get_persona(&self, id: Id) -> StoreResult<Option<Persona>>;
+    /// # Errors
+    /// [`StoreError::Conflict`] when the slug exists.
+    async fn create_persona(&self, persona: &NewPersona) -> StoreResult<Persona>;
+    /// Replaces the persona's fields; `None` when it does not exist.
+    async fn update_persona(&self, id: Id, persona: &NewPersona) -> StoreResult<Option<Persona>>;
+    /// # Errors
+    /// [`StoreError::Conflict`] when conversations still refer to it.
+    async fn delete_persona(&self, id: Id) -> StoreResult<bool>;
+
+    async fn create_conversation(&self, user_id: &str, persona_id: Id, title: Option<&str>) -> StoreResult<Conversation>;
+    /// The caller's most recently active, unarchived conversation with this persona.
+    async fn latest_conversation(&self, user_id: &str, persona_id: Id) -> StoreResult<Option<Conversation>>;
+    async fn list_conversations(&self, user_id: &str, filter: &ConversationFilter) -> StoreResult<Vec<ConversationSummary>>;
+    async fn get_conversation(&self, user_id: &str, id: Id) -> StoreResult<Option<Conversation>>;
+    /// Sets the title (`Some(None)` clears it) and/or the archived flag.
+    async fn update_conversation(
+        &self,
+        user_id: &str,
+        id: Id,
+        title: Option<Option<&str>>,
+        archived: Option<bool>,
+    ) -> StoreResult<Option<Conversation>>;
+    /// Deletes the conversation and its messages (usage records stay, detached).
+    async fn delete_conversation(&self, user_id: &str, id: Id) -> StoreResult<bool>;
+
+    /// Inserts a message and bumps its conversation's `last_message_at`, in one transaction.
+    async fn insert_message(&self, message: &NewMessage) -> StoreResult<Message>;
+    async fn get_message(&self, user_id: &str, id: Id) -> StoreResult<Option<Message>>;
+    /// A page of history, `limit` messages, in `ascending` or descending `(created_at, id)` order.
+    async fn list_messages(&self, conversation_id: Id, page: HistoryPage, limit: i64, ascending: bool) -> StoreResult<Vec<Message>>;
+    /// Deletes one of the caller's messages; `false` when it is not theirs or does not exist.
+    async fn delete_message(&self, user_id: &str, id: Id) -> StoreResult<bool>;
+    /// Writes a finished generation's assistant message and its usage record in one transaction.
+    async fn save_generation(&self, message: &NewMessage, usage: &UsageRecord) -> StoreResult<Message>;
+    /// Usage records of one message.
+    async fn usage_for_message(&self, message_id: Id) -> StoreResult<Vec<UsageRecord>>;
+}
+
+/// Opens the backend named by the URL's scheme (`sqlite:` or `postgres://`), creating a SQLite file and its
+/// folder when missing.
+///
+/// # Errors
+/// [`StoreError::Database`] when the database cannot be reached.
+pub async fn connect(url: &str, max_connections: u32) -> StoreResult<std::sync::Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        Ok(std::sync::Arc::new(SqliteStore::connect(url, max_connections).await?))
+    } else {
+        Ok(std::sync::Arc::new(PgStore::connect(url, max_connections).await?))
+    }
+}
+
+fn map_write_error(err: sqlx::Error, what: &str) -> StoreError {
+    match &err {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(format!("{what} already exists")),
+        sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
+            StoreError::Conflict(format!("{what} refers to a missing row or is still referred to"))
+        }
+        _ => StoreError::Database(err),
+    }
+}
+
+fn preview(content: &str) -> String {
+    match content.char_indices().nth(PREVIEW_CHARS) {
+        Some((cut, _)) => format!("{}…", &content[..cut]),
+        None => content.to_string(),
+    }
+}

@@ -1,0 +1,483 @@
+//! The queries of [`Store`](super::Store), written once and compiled for each backend by [`impl_store!`].
+//!
+//! The SQL is the common subset of SQLite (≥ 3.35) and PostgreSQL: `$N` parameters (SQLite accepts them),
+//! `RETURNING`, row-value comparisons, `ON CONFLICT DO NOTHING`. Types that differ (ids, timestamps, JSON)
+//! are handled by their Rust encodings ([`Id`](crate::id::Id), `DateTime<Utc>`, `Json<T>`).
+
+macro_rules! persona_columns {
+    () => {
+        "id, slug, display_name, avatar_url, description, category, relationship, system_prompt, \
+         personality_traits, model, is_active, created_at, updated_at"
+    };
+}
+
+macro_rules! conversation_columns {
+    () => {
+        "c.id, c.user_id, c.persona_id, c.title, c.archived, c.created_at, c.updated_at, c.last_message_at"
+    };
+}
+
+macro_rules! conversation_returning {
+    () => {
+        "id, user_id, persona_id, title, archived, created_at, updated_at, last_message_at"
+    };
+}
+
+macro_rules! message_select {
+    () => {
+        "SELECT m.id, m.conversation_id, m.parent_id, m.role, m.content, m.message_type, m.media, m.status, \
+         m.model, m.provider, m.finish_reason, m.error, m.created_at, m.updated_at, \
+         u.prompt_tokens AS u_prompt_tokens, u.completion_tokens AS u_completion_tokens, \
+         u.upstream_model AS u_upstream_model, u.duration_ms AS u_duration_ms, u.ttft_ms AS u_ttft_ms, \
+         u.cost_nanousd AS u_cost_nanousd \
+         FROM messages m LEFT JOIN usage_records u ON u.message_id = m.id "
+    };
+}
+
+macro_rules! usage_columns {
+    () => {
+        "id, user_id, conversation_id, message_id, persona_id, model, upstream_model, provider, prompt_tokens, \
+         completion_tokens, cached_tokens, reasoning_tokens, estimated, cost_nanousd, ttft_ms, duration_ms, created_at"
+    };
+}
+
+/// Implements [`Store`](super::Store) for `$store`, a struct with a `pool: sqlx::Pool<$db>` field.
+macro_rules! impl_store {
+    ($store:ty, $db:ty, $backend:literal) => {
+        #[async_trait::async_trait]
+        impl $crate::store::Store for $store {
+            fn backend(&self) -> &'static str {
+                $backend
+            }
+
+            async fn migrate(&self) -> StoreResult<()> {
+                self.migrator().run(&self.pool).await.map_err(|e| StoreError::Database(e.into()))
+            }
+
+            async fn ping(&self) -> StoreResult<()> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn seed_personas(&self, personas: &[NewPersona]) -> StoreResult<u64> {
+                let mut inserted = 0;
+                let mut tx = self.pool.begin().await?;
+                for p in personas {
+                    let now = now();
+                    inserted += sqlx::query(
+                        "INSERT INTO personas (id, slug, display_name, avatar_url, description, category, relationship, \
+                         system_prompt, personality_traits, model, is_active, created_at, updated_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) ON CONFLICT (slug) DO NOTHING",
+                    )
+                    .bind(Id::new())
+                    .bind(&p.slug)
+                    .bind(&p.display_name)
+                    .bind(&p.avatar_url)
+                    .bind(&p.description)
+                    .bind(&p.category)
+                    .bind(&p.relationship)
+                    .bind(&p.system_prompt)
+                    .bind(Json(&p.personality_traits))
+                    .bind(&p.model)
+                    .bind(p.is_active)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                }
+                tx.commit().await?;
+                Ok(inserted)
+            }
+
+            async fn list_personas(&self, filter: &PersonaFilter) -> StoreResult<Vec<Persona>> {
+                Ok(sqlx::query_as::<_, Persona>(concat!(
+                    "SELECT ",
+                    persona_columns!(),
+                    " FROM personas WHERE ($1 IS NULL OR category = $1) AND ($2 OR is_active) \
+                     ORDER BY display_name, id LIMIT $3 OFFSET $4"
+                ))
+                .bind(&filter.category)
+                .bind(filter.include_inactive)
+                .bind(filter.limit)
+                .bind(filter.offset)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn get_persona(&self, id: Id) -> StoreResult<Option<Persona>> {
+                Ok(sqlx::query_as::<_, Persona>(concat!("SELECT ", persona_columns!(), " FROM personas WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            async fn create_persona(&self, p: &NewPersona) -> StoreResult<Persona> {
+                let now = now();
+                sqlx::query_as::<_, Persona>(concat!(
+                    "INSERT INTO personas (id, slug, display_name, avatar_url, description, category, relationship, \
+                     system_prompt, personality_traits, model, is_active, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) RETURNING ",
+                    persona_columns!()
+                ))
+                .bind(Id::new())
+                .bind(&p.slug)
+                .bind(&p.display_name)
+                .bind(&p.avatar_url)
+                .bind(&p.description)
+                .bind(&p.category)
+                .bind(&p.relationship)
+                .bind(&p.system_prompt)
+                .bind(Json(&p.personality_traits))
+                .bind(&p.model)
+                .bind(p.is_active)
+                .bind(now)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| map_write_error(e, "a persona with this slug"))
+            }
+
+            async fn update_persona(&self, id: Id, p: &NewPersona) -> StoreResult<Option<Persona>> {
+                sqlx::query_as::<_, Persona>(concat!(
+                    "UPDATE personas SET slug = $2, display_name = $3, avatar_url = $4, description = $5, category = $6, \
+                     relationship = $7, system_prompt = $8, personality_traits = $9, model = $10, is_active = $11, \
+                     updated_at = $12 WHERE id = $1 RETURNING ",
+                    persona_columns!()
+                ))
+                .bind(id)
+                .bind(&p.slug)
+                .bind(&p.display_name)
+                .bind(&p.avatar_url)
+                .bind(&p.description)
+                .bind(&p.category)
+                .bind(&p.relationship)
+                .bind(&p.system_prompt)
+                .bind(Json(&p.personality_traits))
+                .bind(&p.model)
+                .bind(p.is_active)
+                .bind(now())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| map_write_error(e, "a persona with this slug"))
+            }
+
+            async fn delete_persona(&self, id: Id) -> StoreResult<bool> {
+                let in_use: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM conversations WHERE persona_id = $1")
+                    .bind(id)
+                    .fetch_one(&self.pool)
+                    .await?;
+                if in_use > 0 {
+                    return Err(StoreError::Conflict(format!(
+                        "the persona has {in_use} conversation(s); set is_active = false to retire it instead"
+                    )));
+                }
+                let result = sqlx::query("DELETE FROM personas WHERE id = $1")
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| map_write_error(e, "the persona"))?;
+                Ok(result.rows_affected() > 0)
+            }
+
+            async fn create_conversation(
+                &self,
+                user_id: &str,
+                persona_id: Id,
+                title: Option<&str>,
+            ) -> StoreResult<Conversation> {
+                let now = now();
+                sqlx::query_as::<_, Conversation>(concat!(
+                    "INSERT INTO conversations (id, user_id, persona_id, title, archived, created_at, updated_at, \
+                     last_message_at) VALUES ($1, $2, $3, $4, $5, $6, $6, $6) RETURNING ",
+                    conversation_returning!()
+                ))
+                .bind(Id::new())
+                .bind(user_id)
+                .bind(persona_id)
+                .bind(title)
+                .bind(false)
+                .bind(now)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| map_write_error(e, "the conversation"))
+            }
+
+            async fn latest_conversation(&self, user_id: &str, persona_id: Id) -> StoreResult<Option<Conversation>> {
+                Ok(sqlx::query_as::<_, Conversation>(concat!(
+                    "SELECT ",
+                    conversation_columns!(),
+                    " FROM conversations c WHERE c.user_id = $1 AND c.persona_id = $2 AND NOT c.archived \
+                     ORDER BY c.last_message_at DESC, c.id DESC LIMIT 1"
+                ))
+                .bind(user_id)
+                .bind(persona_id)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn list_conversations(
+                &self,
+                user_id: &str,
+                filter: &ConversationFilter,
+            ) -> StoreResult<Vec<ConversationSummary>> {
+                #[derive(sqlx::FromRow)]
+                struct Row {
+                    #[sqlx(flatten)]
+                    conversation: Conversation,
+                    lm_id: Option<Id>,
+                    lm_role: Option<String>,
+                    lm_content: Option<String>,
+                    lm_created_at: Option<chrono::DateTime<chrono::Utc>>,
+                }
+                let (after_at, after_id) = filter.after.map_or((None, None), |(at, id)| (Some(at), Some(id)));
+                let rows = sqlx::query_as::<_, Row>(concat!(
+                    "SELECT ",
+                    conversation_columns!(),
+                    ", lm.id AS lm_id, lm.role AS lm_role, SUBSTR(lm.content, 1, 161) AS lm_content, \
+                     lm.created_at AS lm_created_at \
+                     FROM conversations c \
+                     LEFT JOIN messages lm ON lm.id = (SELECT m.id FROM messages m WHERE m.conversation_id = c.id \
+                       ORDER BY m.created_at DESC, m.id DESC LIMIT 1) \
+                     WHERE c.user_id = $1 AND ($2 IS NULL OR c.persona_id = $2) AND ($3 IS NULL OR c.archived = $3) \
+                       AND ($4 IS NULL OR (c.last_message_at, c.id) < ($4, $5)) \
+                     ORDER BY c.last_message_at DESC, c.id DESC LIMIT $6"
+                ))
+                .bind(user_id)
+                .bind(filter.persona_id)
+                .bind(filter.archived)
+                .bind(after_at)
+                .bind(after_id)
+                .bind(filter.limit)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|r| ConversationSummary {
+                        conversation: r.conversation,
+                        last_message: match (r.lm_id, r.lm_role, r.lm_content, r.lm_created_at) {
+                            (Some(id), Some(role), Some(content), Some(created_at)) => {
+                                Some(MessagePreview { id, role, content: preview(&content), created_at })
+                            }
+                            _ => None,
+                        },
+                    })
+                    .collect())
+            }
+
+            async fn get_conversation(&self, user_id: &str, id: Id) -> StoreResult<Option<Conversation>> {
+                Ok(sqlx::query_as::<_, Conversation>(concat!(
+                    "SELECT ",
+                    conversation_columns!(),
+                    " FROM conversations c WHERE c.id = $1 AND c.user_id = $2"
+                ))
+                .bind(id)
+                .bind(user_id)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn update_conversation(
+                &self,
+                user_id: &str,
+                id: Id,
+                title: Option<Option<&str>>,
+                archived: Option<bool>,
+            ) -> StoreResult<Option<Conversation>> {
+                Ok(sqlx::query_as::<_, Conversation>(concat!(
+                    "UPDATE conversations SET title = CASE WHEN $3 THEN $4 ELSE title END, \
+                     archived = COALESCE($5, archived), updated_at = $6 WHERE id = $1 AND user_id = $2 RETURNING ",
+                    conversation_returning!()
+                ))
+                .bind(id)
+                .bind(user_id)
+                .bind(title.is_some())
+                .bind(title.flatten())
+                .bind(archived)
+                .bind(now())
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn delete_conversation(&self, user_id: &str, id: Id) -> StoreResult<bool> {
+                let result = sqlx::query("DELETE FROM conversations WHERE id = $1 AND user_id = $2")
+                    .bind(id)
+                    .bind(user_id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(result.rows_affected() > 0)
+            }
+
+            async fn insert_message(&self, m: &NewMessage) -> StoreResult<Message> {
+                let mut tx = self.pool.begin().await?;
+                insert_message_row(&mut *tx, m).await?;
+                touch_conversation(&mut *tx, m.conversation_id, m.created_at).await?;
+                tx.commit().await?;
+                Ok(Message::from_new(m, None))
+            }
+
+            async fn get_message(&self, user_id: &str, id: Id) -> StoreResult<Option<Message>> {
+                let row = sqlx::query_as::<_, MessageRow>(concat!(
+                    message_select!(),
+                    "JOIN conversations c ON c.id = m.conversation_id WHERE m.id = $1 AND c.user_id = $2"
+                ))
+                .bind(id)
+                .bind(user_id)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.map(Message::from))
+            }
+
+            async fn list_messages(
+                &self,
+                conversation_id: Id,
+                page: HistoryPage,
+                limit: i64,
+                ascending: bool,
+            ) -> StoreResult<Vec<Message>> {
+                let query = match (page, ascending) {
+                    (HistoryPage::Offset(_), true) => sqlx::query_as::<_, MessageRow>(concat!(
+                        message_select!(),
+                        "WHERE m.conversation_id = $1 ORDER BY m.created_at ASC, m.id ASC LIMIT $2 OFFSET $3"
+                    )),
+                    (HistoryPage::Offset(_), false) => sqlx::query_as::<_, MessageRow>(concat!(
+                        message_select!(),
+                        "WHERE m.conversation_id = $1 ORDER BY m.created_at DESC, m.id DESC LIMIT $2 OFFSET $3"
+                    )),
+                    (HistoryPage::Before(_), _) => sqlx::query_as::<_, MessageRow>(concat!(
+                        message_select!(),
+                        "WHERE m.conversation_id = $1 AND (m.created_at, m.id) < \
+                         (SELECT x.created_at, x.id FROM messages x WHERE x.id = $3 AND x.conversation_id = $1) \
+                         ORDER BY m.created_at DESC, m.id DESC LIMIT $2"
+                    )),
+                    (HistoryPage::After(_), _) => sqlx::query_as::<_, MessageRow>(concat!(
+                        message_select!(),
+                        "WHERE m.conversation_id = $1 AND (m.created_at, m.id) > \
+                         (SELECT x.created_at, x.id FROM messages x WHERE x.id = $3 AND x.conversation_id = $1) \
+                         ORDER BY m.created_at ASC, m.id ASC LIMIT $2"
+                    )),
+                };
+                let query = query.bind(conversation_id).bind(limit);
+                let query = match page {
+                    HistoryPage::Offset(offset) => query.bind(offset),
+                    HistoryPage::Before(id) | HistoryPage::After(id) => query.bind(id),
+                };
+                let mut messages: Vec<Message> =
+                    query.fetch_all(&self.pool).await?.into_iter().map(Message::from).collect();
+                // Keyset pages are read walking away from the cursor; present them in the order asked for.
+                let read_ascending = match page {
+                    HistoryPage::Offset(_) => ascending,
+                    HistoryPage::Before(_) => false,
+                    HistoryPage::After(_) => true,
+                };
+                if read_ascending != ascending {
+                    messages.reverse();
+                }
+                Ok(messages)
+            }
+
+            async fn delete_message(&self, user_id: &str, id: Id) -> StoreResult<bool> {
+                let result = sqlx::query(
+                    "DELETE FROM messages WHERE id = $1 AND conversation_id IN \
+                     (SELECT id FROM conversations WHERE user_id = $2)",
+                )
+                .bind(id)
+                .bind(user_id)
+                .execute(&self.pool)
+                .await?;
+                Ok(result.rows_affected() > 0)
+            }
+
+            async fn save_generation(&self, m: &NewMessage, u: &UsageRecord) -> StoreResult<Message> {
+                let mut tx = self.pool.begin().await?;
+                insert_message_row(&mut *tx, m).await?;
+                sqlx::query(concat!(
+                    "INSERT INTO usage_records (",
+                    usage_columns!(),
+                    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+                ))
+                .bind(u.id)
+                .bind(&u.user_id)
+                .bind(u.conversation_id)
+                .bind(u.message_id)
+                .bind(u.persona_id)
+                .bind(&u.model)
+                .bind(&u.upstream_model)
+                .bind(&u.provider)
+                .bind(u.prompt_tokens)
+                .bind(u.completion_tokens)
+                .bind(u.cached_tokens)
+                .bind(u.reasoning_tokens)
+                .bind(u.estimated)
+                .bind(u.cost_nanousd)
+                .bind(u.ttft_ms)
+                .bind(u.duration_ms)
+                .bind(u.created_at)
+                .execute(&mut *tx)
+                .await?;
+                touch_conversation(&mut *tx, m.conversation_id, m.created_at).await?;
+                tx.commit().await?;
+                Ok(Message::from_new(m, Some(u)))
+            }
+
+            async fn usage_for_message(&self, message_id: Id) -> StoreResult<Vec<UsageRecord>> {
+                Ok(sqlx::query_as::<_, UsageRecord>(concat!(
+                    "SELECT ",
+                    usage_columns!(),
+                    " FROM usage_records WHERE message_id = $1 ORDER BY created_at"
+                ))
+                .bind(message_id)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+        }
+
+        async fn insert_message_row(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            m: &NewMessage,
+        ) -> StoreResult<()> {
+            sqlx::query(
+                "INSERT INTO messages (id, conversation_id, parent_id, role, content, message_type, media, status, \
+                 model, provider, finish_reason, error, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)",
+            )
+            .bind(m.id)
+            .bind(m.conversation_id)
+            .bind(m.parent_id)
+            .bind(m.role)
+            .bind(&m.content)
+            .bind(&m.message_type)
+            .bind(Json(&m.media))
+            .bind(m.status)
+            .bind(&m.model)
+            .bind(&m.provider)
+            .bind(&m.finish_reason)
+            .bind(&m.error)
+            .bind(m.created_at)
+            .execute(conn)
+            .await
+            .map_err(|e| map_write_error(e, "the message"))?;
+            Ok(())
+        }
+
+        /// Marks activity on a conversation; never moves `last_message_at` backwards.
+        async fn touch_conversation(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            conversation_id: Id,
+            at: chrono::DateTime<chrono::Utc>,
+        ) -> StoreResult<()> {
+            let updated = sqlx::query(
+                "UPDATE conversations SET last_message_at = CASE WHEN last_message_at < $2 THEN $2 ELSE last_message_at END, \
+                 updated_at = $2 WHERE id = $1",
+            )
+            .bind(conversation_id)
+            .bind(at)
+            .execute(conn)
+            .await?;
+            if updated.rows_affected() == 0 {
+                return Err(StoreError::NotFound("conversation"));
+            }
+            Ok(())
+        }
+    };
+}
+
+pub(crate) use {conversation_columns, conversation_returning, impl_store, message_select, persona_columns, usage_columns};

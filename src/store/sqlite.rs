@@ -1,0 +1,44 @@
+//! SQLite backend: the embedded default, one file under `./data/`.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::types::Json;
+use sqlx::{Pool, Sqlite};
+
+use super::sql::*;
+use super::*;
+
+/// [`Store`] on SQLite, in WAL mode with foreign keys enforced.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: Pool<Sqlite>,
+}
+
+impl SqliteStore {
+    /// Opens (creating when missing, with its folder) the database at `url`, e.g. `sqlite://data/chatgate.db`.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] when the file cannot be opened.
+    pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Self> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .foreign_keys(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10));
+        let path = options.get_filename();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+        }
+        let pool = SqlitePoolOptions::new().max_connections(max_connections).connect_with(options).await?;
+        Ok(Self { pool })
+    }
+
+    fn migrator(&self) -> sqlx::migrate::Migrator {
+        sqlx::migrate!("migrations/sqlite")
+    }
+}
+
+impl_store!(SqliteStore, Sqlite, "sqlite");

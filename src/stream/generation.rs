@@ -1,0 +1,224 @@
+//! One generation's life: stream from the provider, relay each delta the moment it arrives, then — off the
+//! relay path — count tokens, price them and write the assistant message and its usage record in one
+//! transaction, and only then announce `done`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::json;
+
+use super::hub::{CancelReason, EventKind, Generation, Outcome};
+use crate::error::ApiError;
+use crate::providers::{ChatRequest, ModelRoute, ProviderError, ProviderEvent};
+use crate::store::{self, Id, Message, NewMessage, Store, StoreError, UsageRecord, role, status};
+use crate::usage::{TokenCounts, Usage, nanousd_to_usd};
+
+/// Everything a generation needs, prepared by the handler.
+pub struct GenerationJob {
+    pub route: ModelRoute,
+    pub request: ChatRequest,
+    pub store: Arc<dyn Store>,
+    pub user_id: String,
+    pub conversation_id: Id,
+    pub persona_id: Option<Id>,
+    /// The user message this answers (`parent_id` of the reply).
+    pub parent_id: Option<Id>,
+    /// Attempts at the final write before giving up.
+    pub persist_attempts: u32,
+}
+
+/// What the provider stream produced.
+struct Streamed {
+    usage: Usage,
+    finish_reason: Option<String>,
+    error: Option<ProviderError>,
+    cancelled: Option<CancelReason>,
+    ttft: Option<Duration>,
+}
+
+/// Emits `error` if the task ends (or panics) without a terminal event, so no subscriber waits forever.
+struct TerminalGuard(Arc<Generation>);
+
+impl Drop for TerminalGuard {
+    fn drop(&mut self) {
+        if self.0.outcome_now().is_none() {
+            let err = ApiError::internal("generation task ended without a terminal event");
+            let data = json!({ "error": err.error, "message": "the generation stopped unexpectedly", "details": {} });
+            self.0.finish(Outcome { message: None, error: Some(err) }, EventKind::Error, data.to_string());
+        }
+    }
+}
+
+/// Runs a generation to its end. Never fails: every failure becomes a saved message and a terminal event.
+pub async fn run(generation: Arc<Generation>, job: GenerationJob) {
+    let _guard = TerminalGuard(Arc::clone(&generation));
+    let started = Instant::now();
+    let created_at = store::now();
+    generation.emit(
+        EventKind::Start,
+        json!({
+            "generation_id": generation.id,
+            "message_id": generation.id,
+            "conversation_id": job.conversation_id,
+            "model": job.route.alias,
+        })
+        .to_string(),
+    );
+
+    let streamed = relay(&generation, &job).await;
+    let duration = started.elapsed();
+    let text = generation.text();
+
+    let counts = count_tokens(&job, &streamed.usage, &text);
+    let cost_nanousd = job.route.prices.cost_nanousd(&counts);
+    let (message_status, finish_reason) = match (&streamed.error, streamed.cancelled) {
+        (Some(_), _) => (status::FAILED, "error".to_string()),
+        (None, Some(CancelReason::User)) => (status::CANCELLED, "cancelled".to_string()),
+        (None, Some(CancelReason::Shutdown)) => (status::INTERRUPTED, "shutdown".to_string()),
+        (None, None) => (status::COMPLETE, streamed.finish_reason.clone().unwrap_or_else(|| "stop".into())),
+    };
+    let message = NewMessage {
+        id: generation.id,
+        conversation_id: job.conversation_id,
+        parent_id: job.parent_id,
+        role: role::ASSISTANT,
+        content: text,
+        message_type: "text".into(),
+        media: json!([]),
+        status: message_status,
+        model: Some(job.route.alias.clone()),
+        provider: Some(job.route.provider.name().to_string()),
+        finish_reason: Some(finish_reason.clone()),
+        error: streamed.error.as_ref().map(ToString::to_string),
+        created_at,
+    };
+    let usage = UsageRecord {
+        id: Id::new(),
+        user_id: job.user_id.clone(),
+        conversation_id: Some(job.conversation_id),
+        message_id: Some(generation.id),
+        persona_id: job.persona_id,
+        model: job.route.alias.clone(),
+        upstream_model: job.route.upstream_model.clone(),
+        provider: job.route.provider.name().to_string(),
+        prompt_tokens: to_i64(counts.prompt_tokens),
+        completion_tokens: to_i64(counts.completion_tokens),
+        cached_tokens: to_i64(counts.cached_tokens),
+        reasoning_tokens: to_i64(counts.reasoning_tokens),
+        estimated: counts.estimated,
+        cost_nanousd,
+        ttft_ms: streamed.ttft.map(|d| to_i64(d.as_millis() as u64)),
+        duration_ms: to_i64(duration.as_millis() as u64),
+        created_at: store::now(),
+    };
+
+    let saved = persist(&job, &message, &usage).await;
+    let usage_json = json!({
+        "prompt_tokens": counts.prompt_tokens,
+        "completion_tokens": counts.completion_tokens,
+        "cached_tokens": counts.cached_tokens,
+        "reasoning_tokens": counts.reasoning_tokens,
+        "estimated": counts.estimated,
+        "cost_usd": nanousd_to_usd(cost_nanousd),
+    });
+    generation.emit(EventKind::Usage, usage_json.to_string());
+
+    match (saved, streamed.error) {
+        (Ok(saved), None) => {
+            let data = json!({ "message": saved, "usage": usage_json, "finish_reason": finish_reason });
+            generation.finish(Outcome { message: Some(saved), error: None }, EventKind::Done, data.to_string());
+        }
+        (Ok(saved), Some(error)) => {
+            let api = ApiError::from(&error).with_details(json!({ "message_id": saved.id, "partial": !saved.content.is_empty() }));
+            let data = api.body();
+            generation.finish(Outcome { message: Some(saved), error: Some(api) }, EventKind::Error, data.to_string());
+        }
+        (Err(err), _) => {
+            tracing::error!(generation_id = %generation.id, error = %err, "could not save the generation");
+            let api = ApiError::unavailable("the reply could not be saved", err);
+            let data = json!({ "error": api.error, "message": api.message, "details": { "message_id": generation.id } });
+            generation.finish(Outcome { message: None, error: Some(api) }, EventKind::Error, data.to_string());
+        }
+    }
+}
+
+/// The relay loop: the only code on the per-token path.
+async fn relay(generation: &Generation, job: &GenerationJob) -> Streamed {
+    let started = Instant::now();
+    let mut out = Streamed { usage: Usage::default(), finish_reason: None, error: None, cancelled: None, ttft: None };
+    let mut upstream = job.route.provider.stream(job.request.clone());
+    loop {
+        let event = tokio::select! {
+            biased;
+            () = generation.cancelled() => {
+                out.cancelled = generation.cancel_reason();
+                break;
+            }
+            event = upstream.next() => event,
+        };
+        match event {
+            Some(Ok(ProviderEvent::TextDelta(text))) => {
+                if out.ttft.is_none() {
+                    out.ttft = Some(started.elapsed());
+                }
+                generation.emit_delta(&text);
+            }
+            Some(Ok(ProviderEvent::Usage(usage))) => out.usage.merge(usage),
+            Some(Ok(ProviderEvent::Finish(reason))) => out.finish_reason = Some(reason),
+            Some(Err(error)) => {
+                tracing::warn!(generation_id = %generation.id, provider = job.route.provider.name(), error = %error, "upstream failed");
+                out.error = Some(error);
+                break;
+            }
+            None => break,
+        }
+    }
+    out
+}
+
+/// The provider's figures where it gave them, local tiktoken counts (flagged `estimated`) for the rest.
+fn count_tokens(job: &GenerationJob, usage: &Usage, text: &str) -> TokenCounts {
+    let tokenizer = job.route.tokenizer;
+    let mut estimated = false;
+    let prompt_tokens = usage.prompt_tokens.unwrap_or_else(|| {
+        estimated = true;
+        tokenizer.count_prompt(&job.request.messages)
+    });
+    let completion_tokens = usage.completion_tokens.unwrap_or_else(|| {
+        estimated = true;
+        tokenizer.count(text)
+    });
+    TokenCounts {
+        prompt_tokens,
+        completion_tokens,
+        cached_tokens: usage.cached_tokens.unwrap_or(0),
+        reasoning_tokens: usage.reasoning_tokens.unwrap_or(0),
+        estimated,
+    }
+}
+
+/// Writes message and usage in one transaction, retrying transient failures with backoff.
+async fn persist(job: &GenerationJob, message: &NewMessage, usage: &UsageRecord) -> Result<Message, StoreError> {
+    let mut delay = Duration::from_millis(50);
+    let attempts = job.persist_attempts.max(1);
+    let mut attempt = 1;
+    loop {
+        match job.store.save_generation(message, usage).await {
+            Ok(saved) => return Ok(saved),
+            // The conversation was deleted meanwhile: retrying cannot help.
+            Err(err @ (StoreError::Conflict(_) | StoreError::NotFound(_))) => return Err(err),
+            Err(err) if attempt >= attempts => return Err(err),
+            Err(err) => {
+                tracing::warn!(message_id = %message.id, attempt, error = %err, "saving the generation failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+                attempt += 1;
+            }
+        }
+    }
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,324 @@
+//! The generation hub: every running generation, its seq-numbered event log, and its subscribers.
+//!
+//! A generation appends events to its log and bumps a `watch` channel holding the latest seq; each subscriber
+//! keeps its own cursor into the log and reads what it has not seen yet. The generation never waits for a
+//! subscriber, so a slow or gone client cannot slow it, and any client can re-attach from any seq it saw.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::store::{Id, Message};
+
+/// The kind of a generation event; the SSE `event:` name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// `{generation_id, message_id, conversation_id, model}`
+    Start,
+    /// `{text}`
+    Delta,
+    /// `{prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, estimated, cost_usd}`
+    Usage,
+    /// `{message, usage, finish_reason}`: the generation ended and its message is saved. Terminal.
+    Done,
+    /// `{error, message, details}`: the generation failed; what was streamed is saved. Terminal.
+    Error,
+}
+
+impl EventKind {
+    /// The SSE event name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Start => "start",
+            EventKind::Delta => "delta",
+            EventKind::Usage => "usage",
+            EventKind::Done => "done",
+            EventKind::Error => "error",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, EventKind::Done | EventKind::Error)
+    }
+}
+
+/// One logged event. `data` is its JSON, serialized once for every subscriber.
+#[derive(Debug)]
+pub struct GenerationEvent {
+    /// 1-based, monotonic within the generation: the SSE `id:`.
+    pub seq: u64,
+    pub kind: EventKind,
+    pub data: String,
+}
+
+/// Why a generation was cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CancelReason {
+    /// A user asked for it: status `cancelled`.
+    User = 1,
+    /// The server is shutting down and the grace period ran out: status `interrupted`.
+    Shutdown = 2,
+}
+
+/// How a generation ended, for callers that wait for it (the JSON answer).
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The saved assistant message; `None` only when it could not be saved.
+    pub message: Option<Message>,
+    /// The upstream (or persistence) failure, when the generation failed.
+    pub error: Option<crate::error::ApiError>,
+}
+
+#[derive(Debug, Default)]
+struct LogState {
+    events: Vec<Arc<GenerationEvent>>,
+    text: String,
+    outcome: Option<Arc<Outcome>>,
+}
+
+/// A running (or recently finished) generation. Its id is the id of the assistant message it writes.
+#[derive(Debug)]
+pub struct Generation {
+    pub id: Id,
+    pub conversation_id: Id,
+    pub user_id: String,
+    /// Model alias.
+    pub model: String,
+    state: Mutex<LogState>,
+    latest: watch::Sender<u64>,
+    cancel: CancellationToken,
+    cancel_reason: AtomicU8,
+    finished_at: Mutex<Option<Instant>>,
+}
+
+impl Generation {
+    fn state(&self) -> MutexGuard<'_, LogState> {
+        // A panic while holding this lock cannot leave the log inconsistent (pushes are atomic), so recover.
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Appends an event and wakes subscribers; returns its seq.
+    pub fn emit(&self, kind: EventKind, data: String) -> u64 {
+        let seq = {
+            let mut state = self.state();
+            let seq = state.events.len() as u64 + 1;
+            state.events.push(Arc::new(GenerationEvent { seq, kind, data }));
+            seq
+        };
+        self.latest.send_replace(seq);
+        seq
+    }
+
+    /// Appends a delta: logs it and extends the running text.
+    pub fn emit_delta(&self, text: &str) -> u64 {
+        let data = serde_json::json!({ "text": text }).to_string();
+        let seq = {
+            let mut state = self.state();
+            state.text.push_str(text);
+            let seq = state.events.len() as u64 + 1;
+            state.events.push(Arc::new(GenerationEvent { seq, kind: EventKind::Delta, data }));
+            seq
+        };
+        self.latest.send_replace(seq);
+        seq
+    }
+
+    /// The text streamed so far.
+    pub fn text(&self) -> String {
+        self.state().text.clone()
+    }
+
+    /// Records the outcome, then appends the terminal event, so that whoever sees the terminal event finds
+    /// the outcome.
+    pub fn finish(&self, outcome: Outcome, kind: EventKind, data: String) {
+        self.state().outcome = Some(Arc::new(outcome));
+        self.emit(kind, data);
+        *self.finished_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+    }
+
+    /// The outcome, once finished.
+    pub fn outcome_now(&self) -> Option<Arc<Outcome>> {
+        self.state().outcome.clone()
+    }
+
+    /// Waits for the end of the generation.
+    pub async fn outcome(&self) -> Arc<Outcome> {
+        let mut rx = self.latest.subscribe();
+        loop {
+            if let Some(outcome) = self.outcome_now() {
+                return outcome;
+            }
+            // The sender lives as long as `self`, so `changed` only fails if the generation is gone.
+            if rx.changed().await.is_err() {
+                return Arc::new(Outcome { message: None, error: None });
+            }
+        }
+    }
+
+    /// Asks the generation to stop; it saves what it has.
+    pub fn cancel(&self, reason: CancelReason) {
+        let _ = self.cancel_reason.compare_exchange(0, reason as u8, Ordering::SeqCst, Ordering::SeqCst);
+        self.cancel.cancel();
+    }
+
+    /// Resolves when cancelled.
+    pub fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.cancel.cancelled()
+    }
+
+    /// Why it was cancelled, if it was.
+    pub fn cancel_reason(&self) -> Option<CancelReason> {
+        match self.cancel_reason.load(Ordering::SeqCst) {
+            1 => Some(CancelReason::User),
+            2 => Some(CancelReason::Shutdown),
+            _ => None,
+        }
+    }
+
+    /// Events with seq > `after`, then live ones, ending after the terminal event.
+    pub fn subscribe(self: &Arc<Self>, after: u64) -> impl Stream<Item = Arc<GenerationEvent>> + Send + 'static {
+        let generation = Arc::clone(self);
+        let mut rx = generation.latest.subscribe();
+        async_stream::stream! {
+            let mut next = after + 1;
+            loop {
+                // Mark the current value seen *before* reading the log: anything appended later wakes us.
+                rx.borrow_and_update();
+                let batch: Vec<Arc<GenerationEvent>> = {
+                    let state = generation.state();
+                    let from = usize::try_from(next - 1).unwrap_or(usize::MAX).min(state.events.len());
+                    state.events[from..].to_vec()
+                };
+                let mut ended = false;
+                for event in batch {
+                    next = event.seq + 1;
+                    ended = event.kind.is_terminal();
+                    yield event;
+                }
+                if ended || rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// All generations of this process.
+#[derive(Debug, Clone)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+#[derive(Debug)]
+struct HubInner {
+    generations: Mutex<HashMap<Id, Arc<Generation>>>,
+    tracker: TaskTracker,
+    retention: Duration,
+    accepting: AtomicBool,
+}
+
+/// The hub refuses new generations: the server is shutting down.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the server is shutting down")]
+pub struct ShuttingDown;
+
+impl Hub {
+    /// A hub keeping finished generations' logs for `retention`.
+    pub fn new(retention: Duration) -> Self {
+        Self {
+            inner: Arc::new(HubInner {
+                generations: Mutex::new(HashMap::new()),
+                tracker: TaskTracker::new(),
+                retention,
+                accepting: AtomicBool::new(true),
+            }),
+        }
+    }
+
+    fn generations(&self) -> MutexGuard<'_, HashMap<Id, Arc<Generation>>> {
+        self.inner.generations.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Registers a generation and runs `task` for it as a tracked background task that no connection owns.
+    ///
+    /// # Errors
+    /// [`ShuttingDown`] once shutdown has begun.
+    pub fn start<F, Fut>(&self, id: Id, conversation_id: Id, user_id: &str, model: &str, task: F) -> Result<Arc<Generation>, ShuttingDown>
+    where
+        F: FnOnce(Arc<Generation>) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        if !self.inner.accepting.load(Ordering::SeqCst) {
+            return Err(ShuttingDown);
+        }
+        let generation = Arc::new(Generation {
+            id,
+            conversation_id,
+            user_id: user_id.to_string(),
+            model: model.to_string(),
+            state: Mutex::new(LogState::default()),
+            latest: watch::Sender::new(0),
+            cancel: CancellationToken::new(),
+            cancel_reason: AtomicU8::new(0),
+            finished_at: Mutex::new(None),
+        });
+        {
+            let mut generations = self.generations();
+            self.sweep(&mut generations);
+            generations.insert(id, Arc::clone(&generation));
+        }
+        self.inner.tracker.spawn(task(Arc::clone(&generation)));
+        Ok(generation)
+    }
+
+    /// A generation by id, if it is running or finished within the retention time.
+    pub fn get(&self, id: Id) -> Option<Arc<Generation>> {
+        let mut generations = self.generations();
+        self.sweep(&mut generations);
+        generations.get(&id).cloned()
+    }
+
+    /// Number of generations still running.
+    pub fn running(&self) -> usize {
+        self.generations().values().filter(|g| g.outcome_now().is_none()).count()
+    }
+
+    /// Drops finished generations older than the retention time.
+    fn sweep(&self, generations: &mut HashMap<Id, Arc<Generation>>) {
+        let retention = self.inner.retention;
+        generations.retain(|_, g| {
+            g.finished_at
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .is_none_or(|at| at.elapsed() < retention)
+        });
+    }
+
+    /// Graceful shutdown: refuse new generations, let running ones finish for up to `grace`, then cancel the
+    /// rest (they save their partial text as `interrupted`) and wait for every task, saves included.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.accepting.store(false, Ordering::SeqCst);
+        self.inner.tracker.close();
+        let running = self.running();
+        if running > 0 {
+            tracing::info!(running, grace_secs = grace.as_secs(), "waiting for running generations to finish");
+        }
+        if tokio::time::timeout(grace, self.inner.tracker.wait()).await.is_err() {
+            let generations: Vec<_> = self.generations().values().cloned().collect();
+            tracing::warn!(running = self.running(), "grace period over: cancelling the remaining generations");
+            for generation in generations {
+                generation.cancel(CancelReason::Shutdown);
+            }
+            self.inner.tracker.wait().await;
+        }
+    }
+}
