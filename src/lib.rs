@@ -93,7 +93,8 @@ impl AppState {
             );
         }
         let models = Models::from_config(&config).map_err(StartupError::Other)?;
-        usage::tokens::warm_up();
+        // Loading the tokenizers takes about a second: do it beside startup, not in front of it.
+        tokio::task::spawn_blocking(usage::tokens::warm_up);
         Ok(AppState(Arc::new(AppInner {
             auth: Authenticator::new(&config.auth),
             hub: Hub::new(Duration::from_secs(config.generation.retention_secs)),

@@ -205,15 +205,17 @@ impl Models {
     /// A message naming the provider whose HTTP client could not be built, or whose adapter is not available.
     pub fn from_config(config: &Config) -> Result<Self, String> {
         let mut providers: BTreeMap<&str, Arc<dyn Provider>> = BTreeMap::new();
+        let mut mocked: Vec<&str> = Vec::new();
         for (name, pc) in &config.providers {
             let kind = pc.kind_for(name).ok_or_else(|| format!("providers.{name}.kind is missing"))?;
             let provider: Arc<dyn Provider> = if pc.needs_key(name, kind) {
                 tracing::warn!(
                     provider = %name,
-                    "provider '{name}' has no API key: its models are served by the built-in mock provider \
-                     (set providers.{name}.api_key or the usual environment variable for real replies)"
+                    "provider '{name}' has no API key: its models are served by the built-in mock provider, free of \
+                     charge (set providers.{name}.api_key or the usual environment variable for real replies)"
                 );
-                Arc::new(mock::MockProvider::new(name, Duration::from_millis(pc.delay_ms.unwrap_or(20))))
+                mocked.push(name.as_str());
+                Arc::new(mock::MockProvider::new("mock", Duration::from_millis(pc.delay_ms.unwrap_or(20))))
             } else {
                 match kind {
                     ProviderKind::Mock => {
@@ -251,7 +253,8 @@ impl Models {
                     alias: alias.clone(),
                     provider,
                     upstream_model: mc.model.clone(),
-                    prices: Prices::of(mc),
+                    // A stand-in mock costs nothing; billing it at the real model's prices would be wrong.
+                    prices: if mocked.contains(&mc.provider.as_str()) { Prices::default() } else { Prices::of(mc) },
                     context_window: mc.context_window,
                     max_output_tokens: mc.max_output_tokens,
                     tokenizer: Tokenizer::for_model(&mc.model),
