@@ -132,28 +132,42 @@ impl Authenticator {
     /// 401 `unauthorized` saying why (expired, bad signature, wrong issuer/audience, no user id).
     pub fn verify(&self, token: &str) -> Result<AuthUser, ApiError> {
         use jsonwebtoken::errors::ErrorKind;
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| {
-            let why = match e.kind() {
-                ErrorKind::ExpiredSignature => "the token has expired",
-                ErrorKind::InvalidSignature => "the token's signature is invalid",
-                ErrorKind::InvalidIssuer => "the token's issuer is not accepted",
-                ErrorKind::InvalidAudience => "the token's audience is not accepted",
-                ErrorKind::MissingRequiredClaim(_) => "the token has no exp claim",
-                ErrorKind::InvalidAlgorithm => "the token's algorithm is not accepted (HS256 expected)",
-                ErrorKind::ImmatureSignature => "the token is not valid yet",
-                _ => "the token is malformed",
-            };
-            ApiError::unauthorized(why)
-        })?;
-        let user_id = data.claims.user_id().ok_or_else(|| ApiError::unauthorized("the token has no sub or user_id"))?;
-        Ok(AuthUser { user_id, admin: data.claims.is_admin() })
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| {
+                let why = match e.kind() {
+                    ErrorKind::ExpiredSignature => "the token has expired",
+                    ErrorKind::InvalidSignature => "the token's signature is invalid",
+                    ErrorKind::InvalidIssuer => "the token's issuer is not accepted",
+                    ErrorKind::InvalidAudience => "the token's audience is not accepted",
+                    ErrorKind::MissingRequiredClaim(_) => "the token has no exp claim",
+                    ErrorKind::InvalidAlgorithm => {
+                        "the token's algorithm is not accepted (HS256 expected)"
+                    }
+                    ErrorKind::ImmatureSignature => "the token is not valid yet",
+                    _ => "the token is malformed",
+                };
+                ApiError::unauthorized(why)
+            })?;
+        let user_id = data
+            .claims
+            .user_id()
+            .ok_or_else(|| ApiError::unauthorized("the token has no sub or user_id"))?;
+        Ok(AuthUser {
+            user_id,
+            admin: data.claims.is_admin(),
+        })
     }
 
     /// Signs a token for `sub` valid for `ttl`, with `role: "admin"` when `admin`; `iss`/`aud` as configured.
     ///
     /// # Errors
     /// When signing fails (it does not with an HMAC key).
-    pub fn mint(&self, sub: &str, admin: bool, ttl: Duration) -> Result<String, jsonwebtoken::errors::Error> {
+    pub fn mint(
+        &self,
+        sub: &str,
+        admin: bool,
+        ttl: Duration,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
         let now = jsonwebtoken::get_current_timestamp();
         let claims = MintClaims {
             sub,
@@ -170,9 +184,15 @@ impl Authenticator {
 /// Reads the bearer token: the `Authorization` header, or `access_token` in the query of a GET (EventSource
 /// and WebSocket clients cannot set headers).
 fn bearer_token(parts: &Parts) -> Option<String> {
-    if let Some(value) = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+    if let Some(value) = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
         let (scheme, token) = value.split_once(' ')?;
-        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string());
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_string());
     }
     if parts.method == Method::GET {
         let query = parts.uri.query()?;
@@ -185,13 +205,21 @@ fn bearer_token(parts: &Parts) -> Option<String> {
 /// Middleware: lets [`PUBLIC_ROUTES`] through, and requires a valid token everywhere else.
 pub async fn require_auth(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let (mut parts, body) = request.into_parts();
-    let route = parts.extensions.get::<MatchedPath>().map(|p| p.as_str().to_string());
+    let route = parts
+        .extensions
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string());
     let Some(route) = route else {
         // No route matched: the fallback answers 404 and reveals nothing.
         return next.run(Request::from_parts(parts, body)).await;
     };
-    let is_public = PUBLIC_ROUTES.iter().any(|(method, path)| *method == parts.method && *path == route)
-        || (parts.method == Method::HEAD && PUBLIC_ROUTES.iter().any(|(m, p)| *m == Method::GET && *p == route));
+    let is_public = PUBLIC_ROUTES
+        .iter()
+        .any(|(method, path)| *method == parts.method && *path == route)
+        || (parts.method == Method::HEAD
+            && PUBLIC_ROUTES
+                .iter()
+                .any(|(m, p)| *m == Method::GET && *p == route));
     let user = match bearer_token(&parts) {
         Some(token) => match state.auth.verify(&token) {
             Ok(user) => Some(user),
@@ -211,7 +239,11 @@ impl<S: Send + Sync> FromRequestParts<S> for AuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        parts.extensions.get::<AuthUser>().cloned().ok_or_else(|| ApiError::unauthorized("a bearer token is required"))
+        parts
+            .extensions
+            .get::<AuthUser>()
+            .cloned()
+            .ok_or_else(|| ApiError::unauthorized("a bearer token is required"))
     }
 }
 
@@ -249,8 +281,12 @@ mod tests {
     }
 
     fn sign(claims: serde_json::Value, secret: &str) -> String {
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
-            .expect("sign")
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .expect("sign")
     }
 
     fn in_an_hour() -> u64 {
@@ -260,36 +296,81 @@ mod tests {
     #[test]
     fn minted_tokens_verify_with_role() {
         let auth = authenticator("");
-        let user = auth.verify(&auth.mint("alice", true, Duration::from_secs(60)).expect("mint")).expect("valid");
-        assert_eq!(user, AuthUser { user_id: "alice".into(), admin: true });
-        let user = auth.verify(&auth.mint("bob", false, Duration::from_secs(60)).expect("mint")).expect("valid");
+        let user = auth
+            .verify(
+                &auth
+                    .mint("alice", true, Duration::from_secs(60))
+                    .expect("mint"),
+            )
+            .expect("valid");
+        assert_eq!(
+            user,
+            AuthUser {
+                user_id: "alice".into(),
+                admin: true
+            }
+        );
+        let user = auth
+            .verify(
+                &auth
+                    .mint("bob", false, Duration::from_secs(60))
+                    .expect("mint"),
+            )
+            .expect("valid");
         assert!(!user.admin);
     }
 
     #[test]
     fn user_id_claim_is_used_when_sub_is_absent() {
         let auth = authenticator("");
-        let user = auth.verify(&sign(serde_json::json!({"user_id": 42, "exp": in_an_hour()}), "s3cret")).expect("valid");
+        let user = auth
+            .verify(&sign(
+                serde_json::json!({"user_id": 42, "exp": in_an_hour()}),
+                "s3cret",
+            ))
+            .expect("valid");
         assert_eq!(user.user_id, "42");
         let supabase = serde_json::json!({"sub": "u-1", "aud": "authenticated", "role": "authenticated",
             "app_metadata": {"role": "admin"}, "exp": in_an_hour()});
-        assert_eq!(auth.verify(&sign(supabase, "s3cret")).expect("valid"), AuthUser { user_id: "u-1".into(), admin: true });
+        assert_eq!(
+            auth.verify(&sign(supabase, "s3cret")).expect("valid"),
+            AuthUser {
+                user_id: "u-1".into(),
+                admin: true
+            }
+        );
     }
 
     #[test]
     fn bad_tokens_are_401_with_the_reason() {
         let auth = authenticator("");
         let cases = [
-            (sign(serde_json::json!({"sub": "a", "exp": in_an_hour()}), "other-secret"), "signature"),
-            (sign(serde_json::json!({"sub": "a", "exp": 1_000}), "s3cret"), "expired"),
+            (
+                sign(
+                    serde_json::json!({"sub": "a", "exp": in_an_hour()}),
+                    "other-secret",
+                ),
+                "signature",
+            ),
+            (
+                sign(serde_json::json!({"sub": "a", "exp": 1_000}), "s3cret"),
+                "expired",
+            ),
             (sign(serde_json::json!({"sub": "a"}), "s3cret"), "exp"),
-            (sign(serde_json::json!({"exp": in_an_hour()}), "s3cret"), "no sub"),
+            (
+                sign(serde_json::json!({"exp": in_an_hour()}), "s3cret"),
+                "no sub",
+            ),
             ("not-a-jwt".to_string(), "malformed"),
         ];
         for (token, why) in cases {
             let err = auth.verify(&token).expect_err(why);
             assert_eq!(err.status, 401);
-            assert!(err.message.contains(why), "{} should mention {why}", err.message);
+            assert!(
+                err.message.contains(why),
+                "{} should mention {why}",
+                err.message
+            );
         }
     }
 
@@ -299,10 +380,27 @@ mod tests {
         let good = serde_json::json!({"sub": "a", "exp": in_an_hour(), "iss": "https://issuer.example", "aud": "chatgate"});
         assert!(auth.verify(&sign(good, "s3cret")).is_ok());
         let wrong_iss = serde_json::json!({"sub": "a", "exp": in_an_hour(), "iss": "https://evil", "aud": "chatgate"});
-        assert!(auth.verify(&sign(wrong_iss, "s3cret")).expect_err("iss").message.contains("issuer"));
+        assert!(
+            auth.verify(&sign(wrong_iss, "s3cret"))
+                .expect_err("iss")
+                .message
+                .contains("issuer")
+        );
         let wrong_aud = serde_json::json!({"sub": "a", "exp": in_an_hour(), "iss": "https://issuer.example", "aud": "x"});
-        assert!(auth.verify(&sign(wrong_aud, "s3cret")).expect_err("aud").message.contains("audience"));
+        assert!(
+            auth.verify(&sign(wrong_aud, "s3cret"))
+                .expect_err("aud")
+                .message
+                .contains("audience")
+        );
         // And minted tokens carry both.
-        assert!(auth.verify(&auth.mint("a", false, Duration::from_secs(60)).expect("mint")).is_ok());
+        assert!(
+            auth.verify(
+                &auth
+                    .mint("a", false, Duration::from_secs(60))
+                    .expect("mint")
+            )
+            .is_ok()
+        );
     }
 }

@@ -33,7 +33,10 @@ pub enum ConfigError {
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.into(), message: message.into() }
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
 }
 
 /// The whole configuration. See `config.toml` for every key with its meaning.
@@ -126,7 +129,12 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { format: LogFormat::Text, level: "info".into(), dir: String::new(), rotation: LogRotation::Daily }
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+            dir: String::new(),
+            rotation: LogRotation::Daily,
+        }
     }
 }
 
@@ -143,7 +151,11 @@ pub struct DatabaseConfig {
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        Self { url: SecretString::from("sqlite://data/chatgate.db"), max_connections: 10, migrate_on_start: true }
+        Self {
+            url: SecretString::from("sqlite://data/chatgate.db"),
+            max_connections: 10,
+            migrate_on_start: true,
+        }
     }
 }
 
@@ -182,7 +194,9 @@ pub struct LimitsConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        Self { max_message_bytes: 32 * 1024 }
+        Self {
+            max_message_bytes: 32 * 1024,
+        }
     }
 }
 
@@ -280,7 +294,9 @@ impl ProviderConfig {
 
     /// The API key when one is set and non-empty.
     pub fn api_key(&self) -> Option<&SecretString> {
-        self.api_key.as_ref().filter(|k| !k.expose_secret().is_empty())
+        self.api_key
+            .as_ref()
+            .filter(|k| !k.expose_secret().is_empty())
     }
 
     /// True when this provider cannot work without a key and has none: a hosted API at its official URL.
@@ -292,7 +308,9 @@ impl ProviderConfig {
             ProviderKind::Anthropic | ProviderKind::Gemini => true,
             ProviderKind::Openai => {
                 let url = self.base_url_for(name, kind);
-                url.contains("api.openai.com") || url.contains("api.groq.com") || url.contains("openrouter.ai")
+                url.contains("api.openai.com")
+                    || url.contains("api.groq.com")
+                    || url.contains("openrouter.ai")
             }
             ProviderKind::Ollama | ProviderKind::Mock => false,
         }
@@ -351,7 +369,9 @@ pub struct DefaultsConfig {
 
 impl Default for DefaultsConfig {
     fn default() -> Self {
-        Self { model: "default".into() }
+        Self {
+            model: "default".into(),
+        }
     }
 }
 
@@ -376,7 +396,9 @@ impl Config {
         match path {
             Some(path) if !path.exists() => return Err(ConfigError::Missing(path.to_path_buf())),
             Some(path) => figment = figment.merge(Toml::file_exact(path)),
-            None if Path::new("config.toml").exists() => figment = figment.merge(Toml::file_exact("config.toml")),
+            None if Path::new("config.toml").exists() => {
+                figment = figment.merge(Toml::file_exact("config.toml"))
+            }
             None => {}
         }
         Self::from_figment(figment.merge(env_provider()))
@@ -401,24 +423,40 @@ impl Config {
     /// # Errors
     /// [`ConfigError::Invalid`] naming the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.server
-            .bind
-            .parse::<SocketAddr>()
-            .map_err(|e| invalid("server.bind", format!("'{}' is not host:port ({e})", self.server.bind)))?;
+        self.server.bind.parse::<SocketAddr>().map_err(|e| {
+            invalid(
+                "server.bind",
+                format!("'{}' is not host:port ({e})", self.server.bind),
+            )
+        })?;
         for origin in &self.server.cors_origins {
-            if origin != "*" && (origin.parse::<axum::http::HeaderValue>().is_err() || !origin.contains("://")) {
-                return Err(invalid("server.cors_origins", format!("'{origin}' is not an origin like https://app.example.com")));
+            if origin != "*"
+                && (origin.parse::<axum::http::HeaderValue>().is_err() || !origin.contains("://"))
+            {
+                return Err(invalid(
+                    "server.cors_origins",
+                    format!("'{origin}' is not an origin like https://app.example.com"),
+                ));
             }
         }
         let url = self.database.url.expose_secret();
-        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err(invalid("database.url", "must start with sqlite:, postgres:// or postgresql://"));
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "database.url",
+                "must start with sqlite:, postgres:// or postgresql://",
+            ));
         }
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be at least 1"));
         }
         if self.auth.jwt_secret.expose_secret().is_empty() {
-            return Err(invalid("auth.jwt_secret", "is empty: set it in the config file or JWT_SECRET"));
+            return Err(invalid(
+                "auth.jwt_secret",
+                "is empty: set it in the config file or JWT_SECRET",
+            ));
         }
         if self.limits.max_message_bytes == 0 {
             return Err(invalid("limits.max_message_bytes", "must be at least 1"));
@@ -433,7 +471,10 @@ impl Config {
             if let Some(url) = provider.base_url.as_deref().filter(|u| !u.is_empty())
                 && !(url.starts_with("http://") || url.starts_with("https://"))
             {
-                return Err(invalid(format!("providers.{name}.base_url"), format!("'{url}' is not an http(s) URL")));
+                return Err(invalid(
+                    format!("providers.{name}.base_url"),
+                    format!("'{url}' is not an http(s) URL"),
+                ));
             }
         }
         if self.models.is_empty() {
@@ -445,7 +486,11 @@ impl Config {
                 let known: Vec<_> = self.providers.keys().map(String::as_str).collect();
                 return Err(invalid(
                     key("provider"),
-                    format!("unknown provider '{}' (configured: {})", model.provider, known.join(", ")),
+                    format!(
+                        "unknown provider '{}' (configured: {})",
+                        model.provider,
+                        known.join(", ")
+                    ),
                 ));
             }
             if model.model.is_empty() {
@@ -459,7 +504,10 @@ impl Config {
                 if let Some(price) = price
                     && !(price.is_finite() && price >= 0.0)
                 {
-                    return Err(invalid(key(field), format!("{price} is not a price (USD per million tokens, >= 0)")));
+                    return Err(invalid(
+                        key(field),
+                        format!("{price} is not a price (USD per million tokens, >= 0)"),
+                    ));
                 }
             }
             if model.context_window < 16 {
@@ -467,19 +515,28 @@ impl Config {
             }
             for fallback in &model.fallbacks {
                 if !self.models.contains_key(fallback) {
-                    return Err(invalid(key("fallbacks"), format!("unknown model alias '{fallback}'")));
+                    return Err(invalid(
+                        key("fallbacks"),
+                        format!("unknown model alias '{fallback}'"),
+                    ));
                 }
             }
         }
         if !self.models.contains_key(&self.defaults.model) {
-            return Err(invalid("defaults.model", format!("unknown model alias '{}'", self.defaults.model)));
+            return Err(invalid(
+                "defaults.model",
+                format!("unknown model alias '{}'", self.defaults.model),
+            ));
         }
         Ok(())
     }
 
     /// The listen address (validated by [`Config::validate`]).
     pub fn bind_addr(&self) -> SocketAddr {
-        self.server.bind.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8000)))
+        self.server
+            .bind
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8000)))
     }
 }
 
@@ -489,9 +546,9 @@ fn env_provider() -> Figment {
         figment = figment.merge(Env::raw().only(&[var]).map(move |_| (*key).into()));
     }
     figment.merge(
-        Env::prefixed("CHATGATE_")
-            .split("__")
-            .filter(|key| key != "config" && !key.as_str().starts_with("test_")),
+        Env::prefixed("CHATGATE_").split("__").filter(|key| {
+            key != "config" && !key.as_str().to_ascii_lowercase().starts_with("test_")
+        }),
     )
 }
 
@@ -510,27 +567,73 @@ mod tests {
     fn minimal_config_gets_laptop_defaults() {
         let config = Config::from_toml(MINIMAL).expect("valid");
         assert_eq!(config.server.bind, "127.0.0.1:8000");
-        assert_eq!(config.database.url.expose_secret(), "sqlite://data/chatgate.db");
-        assert_eq!(config.providers["mock"].kind_for("mock"), Some(ProviderKind::Mock));
+        assert_eq!(
+            config.database.url.expose_secret(),
+            "sqlite://data/chatgate.db"
+        );
+        assert_eq!(
+            config.providers["mock"].kind_for("mock"),
+            Some(ProviderKind::Mock)
+        );
         assert_eq!(config.limits.max_message_bytes, 32 * 1024);
     }
 
     #[test]
     fn errors_name_the_bad_key() {
-        let err = Config::from_toml(&format!("{MINIMAL}\n[server]\nbind = \"nowhere\"")).unwrap_err();
+        let err =
+            Config::from_toml(&format!("{MINIMAL}\n[server]\nbind = \"nowhere\"")).unwrap_err();
         assert!(err.to_string().starts_with("server.bind:"), "{err}");
 
-        let err = Config::from_toml(&MINIMAL.replace("provider = \"mock\"", "provider = \"grok\"")).unwrap_err();
-        assert!(err.to_string().contains("models.default.provider: unknown provider 'grok'"), "{err}");
+        let err = Config::from_toml(&MINIMAL.replace("provider = \"mock\"", "provider = \"grok\""))
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("models.default.provider: unknown provider 'grok'"),
+            "{err}"
+        );
 
-        let err = Config::from_toml(&format!("{MINIMAL}\n[defaults]\nmodel = \"nope\"")).unwrap_err();
+        let err =
+            Config::from_toml(&format!("{MINIMAL}\n[defaults]\nmodel = \"nope\"")).unwrap_err();
         assert!(err.to_string().starts_with("defaults.model:"), "{err}");
 
         let err = Config::from_toml(&format!("{MINIMAL}\n[server]\nbindd = \"x\"")).unwrap_err();
         assert!(err.to_string().contains("bindd"), "{err}");
 
         let err = Config::from_toml(&format!("{MINIMAL}\ninput_per_mtok = -1.0")).unwrap_err();
-        assert!(err.to_string().contains("models.default.input_per_mtok"), "{err}");
+        assert!(
+            err.to_string().contains("models.default.input_per_mtok"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    #[expect(
+        clippy::result_large_err,
+        reason = "figment's Jail closure returns figment::Error"
+    )]
+    fn environment_overrides_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "chatgate.toml",
+                &format!("{MINIMAL}\n[server]\nbind = \"127.0.0.1:1\""),
+            )?;
+            jail.set_env("CHATGATE_SERVER__BIND", "0.0.0.0:9000");
+            jail.set_env("DATABASE_URL", "postgres://db/chat");
+            jail.set_env("OPENAI_API_KEY", "sk-env");
+            jail.set_env("CHATGATE_TEST_POSTGRES_URL", "postgres://ignored");
+            let config =
+                Config::load(Some(Path::new("chatgate.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(config.server.bind, "0.0.0.0:9000");
+            assert_eq!(config.database.url.expose_secret(), "postgres://db/chat");
+            let openai = &config.providers["openai"];
+            assert_eq!(openai.api_key().map(|k| k.expose_secret()), Some("sk-env"));
+            assert_eq!(
+                openai.kind_for("openai"),
+                Some(ProviderKind::Openai),
+                "kind inferred from the name"
+            );
+            Ok(())
+        });
     }
 
     #[test]
@@ -540,7 +643,10 @@ mod tests {
         ))
         .expect("valid");
         let debug = format!("{config:?}");
-        assert!(!debug.contains("hunter2-secret") && !debug.contains("sk-live-123"), "{debug}");
+        assert!(
+            !debug.contains("hunter2-secret") && !debug.contains("sk-live-123"),
+            "{debug}"
+        );
     }
 
     #[test]
@@ -556,6 +662,9 @@ mod tests {
         assert!(check("openai"));
         assert!(!check("vllm"));
         assert!(!check("groq"));
-        assert_eq!(config.providers["groq"].base_url_for("groq", ProviderKind::Openai), "https://api.groq.com/openai/v1");
+        assert_eq!(
+            config.providers["groq"].base_url_for("groq", ProviderKind::Openai),
+            "https://api.groq.com/openai/v1"
+        );
     }
 }

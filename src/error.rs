@@ -29,7 +29,14 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, error: &'static str, message: impl Into<String>) -> Self {
-        Self { status, error, message: message.into(), details: json!({}), retry_after_secs: None, cause: None }
+        Self {
+            status,
+            error,
+            message: message.into(),
+            details: json!({}),
+            retry_after_secs: None,
+            cause: None,
+        }
     }
 
     #[must_use]
@@ -41,13 +48,21 @@ impl ApiError {
     /// 400 `validation_error` about one field.
     pub fn validation(field: &str, message: impl Into<String>) -> Self {
         let message = message.into();
-        Self::new(StatusCode::BAD_REQUEST, "validation_error", format!("{field}: {message}"))
-            .with_details(json!({ "field": field }))
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "validation_error",
+            format!("{field}: {message}"),
+        )
+        .with_details(json!({ "field": field }))
     }
 
     /// 404 `not_found`; used for another user's resource too, so that its existence is not confirmed.
     pub fn not_found(what: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
@@ -68,7 +83,11 @@ impl ApiError {
 
     /// 500 `internal_error`; `cause` goes to the log only.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
-        let mut err = Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error");
+        let mut err = Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "internal error",
+        );
         err.cause = Some(cause.to_string());
         err
     }
@@ -88,23 +107,44 @@ impl ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.error, self.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.error,
+            self.message
+        )
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() {
-            tracing::error!(status = self.status.as_u16(), error = self.error, cause = self.cause.as_deref().unwrap_or(""), "{}", self.message);
+            tracing::error!(
+                status = self.status.as_u16(),
+                error = self.error,
+                cause = self.cause.as_deref().unwrap_or(""),
+                "{}",
+                self.message
+            );
         } else {
-            tracing::debug!(status = self.status.as_u16(), error = self.error, "{}", self.message);
+            tracing::debug!(
+                status = self.status.as_u16(),
+                error = self.error,
+                "{}",
+                self.message
+            );
         }
         let mut response = (self.status, axum::Json(self.body())).into_response();
         if let Some(secs) = self.retry_after_secs {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if self.status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }
@@ -159,7 +199,11 @@ where
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::payload_too_large("request body is larger than server.max_body_bytes")
             } else {
-                ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", rejection.body_text())
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_body",
+                    rejection.body_text(),
+                )
             }
         })?;
         parse_json(&bytes).map(AppJson)
@@ -175,7 +219,12 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
-        let message = if path == "." { inner.to_string() } else { format!("{path}: {inner}") };
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", message).with_details(json!({ "path": path }))
+        let message = if path == "." {
+            inner.to_string()
+        } else {
+            format!("{path}: {inner}")
+        };
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", message)
+            .with_details(json!({ "path": path }))
     })
 }

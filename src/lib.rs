@@ -70,7 +70,11 @@ impl AppState {
     /// # Errors
     /// [`StartupError`] naming what failed.
     pub async fn new(config: Config) -> Result<Self, StartupError> {
-        let store = store::connect(config.database.url.expose_secret(), config.database.max_connections).await?;
+        let store = store::connect(
+            config.database.url.expose_secret(),
+            config.database.max_connections,
+        )
+        .await?;
         Self::with_store(config, store).await
     }
 

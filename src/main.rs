@@ -11,7 +11,11 @@ use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
 
 #[derive(Debug, Parser)]
-#[command(name = "chatgate", version, about = "A streaming-first chat gateway for LLM providers")]
+#[command(
+    name = "chatgate",
+    version,
+    about = "A streaming-first chat gateway for LLM providers"
+)]
 struct Cli {
     /// Configuration file (default: ./config.toml when present).
     #[arg(long, global = true, env = "CHATGATE_CONFIG")]
@@ -50,16 +54,18 @@ fn main() -> ExitCode {
         }
     };
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Token { sub, admin, ttl } => match Authenticator::new(&config.auth).mint(&sub, admin, ttl) {
-            Ok(token) => {
-                println!("{token}");
-                ExitCode::SUCCESS
+        Command::Token { sub, admin, ttl } => {
+            match Authenticator::new(&config.auth).mint(&sub, admin, ttl) {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("chatgate: cannot sign the token: {err}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(err) => {
-                eprintln!("chatgate: cannot sign the token: {err}");
-                ExitCode::FAILURE
-            }
-        },
+        }
         Command::Migrate => run(config, migrate),
         Command::Serve => run(config, serve),
     }
@@ -77,7 +83,10 @@ where
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("chatgate: cannot start the runtime: {err}");
@@ -95,8 +104,13 @@ where
 }
 
 async fn migrate(config: Config) -> Result<(), String> {
-    let store = store::connect(config.database.url.expose_secret(), 1).await.map_err(|e| format!("database: {e}"))?;
-    store.migrate().await.map_err(|e| format!("migrations: {e}"))?;
+    let store = store::connect(config.database.url.expose_secret(), 1)
+        .await
+        .map_err(|e| format!("database: {e}"))?;
+    store
+        .migrate()
+        .await
+        .map_err(|e| format!("migrations: {e}"))?;
     println!("migrations applied ({})", store.backend());
     Ok(())
 }
@@ -104,10 +118,17 @@ async fn migrate(config: Config) -> Result<(), String> {
 async fn serve(config: Config) -> Result<(), String> {
     let bind = config.bind_addr();
     let state = AppState::new(config).await.map_err(|e| e.to_string())?;
-    let listener = tokio::net::TcpListener::bind(bind).await.map_err(|e| format!("cannot listen on {bind}: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .map_err(|e| format!("cannot listen on {bind}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    tracing::info!(backend = state.store.backend(), "chatgate listening on http://{addr}");
-    chatgate::serve(state, listener, shutdown_signal()).await.map_err(|e| format!("server: {e}"))
+    tracing::info!(
+        backend = state.store.backend(),
+        "chatgate listening on http://{addr}"
+    );
+    chatgate::serve(state, listener, shutdown_signal())
+        .await
+        .map_err(|e| format!("server: {e}"))
 }
 
 /// SIGINT (Ctrl-C) or SIGTERM.

@@ -5,17 +5,37 @@ use crate::error::ApiError;
 use crate::store::{NewPersona, Persona};
 
 /// Relationship types, as in the seed systems.
-pub const RELATIONSHIPS: [&str; 7] = ["parent", "spouse", "child", "sibling", "friend", "colleague", "other"];
+pub const RELATIONSHIPS: [&str; 7] = [
+    "parent",
+    "spouse",
+    "child",
+    "sibling",
+    "friend",
+    "colleague",
+    "other",
+];
 
 /// How a persona of each relationship behaves towards the user.
 pub fn relationship_behaviour(relationship: &str) -> &'static str {
     match relationship {
-        "parent" => "caring and nurturing: give advice when asked, show concern for the user's well-being, be supportive and protective",
-        "spouse" => "loving and romantic: be understanding and supportive, share in the user's joys and concerns, be intimate and personal",
-        "child" => "curious and energetic: ask questions, show enthusiasm for learning, be playful and innocent",
-        "sibling" => "friendly and supportive: share experiences, offer brotherly or sisterly advice, be casual and familiar",
-        "friend" => "supportive and fun: offer companionship, keep a casual conversational style, be trustworthy and reliable",
-        "colleague" => "professional and helpful: focus on work topics, collaborate, be respectful and fairly formal",
+        "parent" => {
+            "caring and nurturing: give advice when asked, show concern for the user's well-being, be supportive and protective"
+        }
+        "spouse" => {
+            "loving and romantic: be understanding and supportive, share in the user's joys and concerns, be intimate and personal"
+        }
+        "child" => {
+            "curious and energetic: ask questions, show enthusiasm for learning, be playful and innocent"
+        }
+        "sibling" => {
+            "friendly and supportive: share experiences, offer brotherly or sisterly advice, be casual and familiar"
+        }
+        "friend" => {
+            "supportive and fun: offer companionship, keep a casual conversational style, be trustworthy and reliable"
+        }
+        "colleague" => {
+            "professional and helpful: focus on work topics, collaborate, be respectful and fairly formal"
+        }
         _ => "supportive and engaging, following the persona's description",
     }
 }
@@ -48,7 +68,8 @@ pub fn defaults() -> Result<Vec<NewPersona>, String> {
     let personas: Vec<NewPersona> = serde_json::from_str(include_str!("personas_defaults.json"))
         .map_err(|e| format!("personas_defaults.json: {e}"))?;
     for persona in &personas {
-        validate(persona).map_err(|e| format!("personas_defaults.json, {}: {}", persona.slug, e.message))?;
+        validate(persona)
+            .map_err(|e| format!("personas_defaults.json, {}: {}", persona.slug, e.message))?;
     }
     Ok(personas)
 }
@@ -60,15 +81,24 @@ pub fn defaults() -> Result<Vec<NewPersona>, String> {
 pub fn validate(persona: &NewPersona) -> Result<(), ApiError> {
     let slug_ok = !persona.slug.is_empty()
         && persona.slug.len() <= 64
-        && persona.slug.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        && persona
+            .slug
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if !slug_ok {
-        return Err(ApiError::validation("slug", "must be 1-64 characters of a-z, 0-9 and '-'"));
+        return Err(ApiError::validation(
+            "slug",
+            "must be 1-64 characters of a-z, 0-9 and '-'",
+        ));
     }
     if persona.display_name.trim().is_empty() {
         return Err(ApiError::validation("display_name", "must not be empty"));
     }
     if !RELATIONSHIPS.contains(&persona.relationship.as_str()) {
-        return Err(ApiError::validation("relationship", format!("must be one of {}", RELATIONSHIPS.join(", "))));
+        return Err(ApiError::validation(
+            "relationship",
+            format!("must be one of {}", RELATIONSHIPS.join(", ")),
+        ));
     }
     if persona.system_prompt.trim().is_empty() {
         return Err(ApiError::validation("system_prompt", "must not be empty"));
@@ -84,7 +114,10 @@ mod tests {
     fn defaults_are_valid_and_cover_every_relationship() {
         let personas = defaults().expect("valid defaults");
         for relationship in RELATIONSHIPS {
-            assert!(personas.iter().any(|p| p.relationship == relationship), "no default {relationship} persona");
+            assert!(
+                personas.iter().any(|p| p.relationship == relationship),
+                "no default {relationship} persona"
+            );
         }
     }
 

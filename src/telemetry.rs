@@ -14,7 +14,9 @@ use crate::config::{LogConfig, LogFormat, LogRotation};
 /// When `log.level` is not a valid filter or a subscriber is already installed.
 pub fn init(config: &LogConfig) -> Result<Option<WorkerGuard>, String> {
     let filter = match std::env::var("RUST_LOG") {
-        Ok(env) if !env.is_empty() => EnvFilter::try_new(env).map_err(|e| format!("RUST_LOG: {e}"))?,
+        Ok(env) if !env.is_empty() => {
+            EnvFilter::try_new(env).map_err(|e| format!("RUST_LOG: {e}"))?
+        }
         _ => EnvFilter::try_new(&config.level).map_err(|e| format!("log.level: {e}"))?,
     };
     let (file, guard) = if config.dir.is_empty() {
@@ -31,9 +33,15 @@ pub fn init(config: &LogConfig) -> Result<Option<WorkerGuard>, String> {
     };
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let result = match (config.format, file) {
-        (LogFormat::Json, Some(file)) => builder.json().with_writer(std::io::stderr.and(file)).try_init(),
+        (LogFormat::Json, Some(file)) => builder
+            .json()
+            .with_writer(std::io::stderr.and(file))
+            .try_init(),
         (LogFormat::Json, None) => builder.json().with_writer(std::io::stderr).try_init(),
-        (LogFormat::Text, Some(file)) => builder.with_writer(std::io::stderr.and(file)).with_ansi(false).try_init(),
+        (LogFormat::Text, Some(file)) => builder
+            .with_writer(std::io::stderr.and(file))
+            .with_ansi(false)
+            .try_init(),
         (LogFormat::Text, None) => builder.with_writer(std::io::stderr).try_init(),
     };
     result.map_err(|e| format!("cannot install the logger: {e}"))?;

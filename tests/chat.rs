@@ -5,7 +5,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Backend, FakeOpenAi, Script, Step, TestServer, content_chunk, full_stream, role_chunk, sse_events};
+use common::{
+    Backend, FakeOpenAi, Script, Step, TestServer, content_chunk, full_stream, role_chunk,
+    sse_events,
+};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
@@ -22,28 +25,50 @@ backend_tests!(
     prompt_carries_persona_and_history,
 );
 
-async fn send_sse(server: &TestServer, user: &str, conversation_id: &str, content: &str) -> reqwest::Response {
+async fn send_sse(
+    server: &TestServer,
+    user: &str,
+    conversation_id: &str,
+    content: &str,
+) -> reqwest::Response {
     let response = server
-        .post(&format!("/api/v1/conversations/{conversation_id}/messages"), user, json!({ "content": content }))
+        .post(
+            &format!("/api/v1/conversations/{conversation_id}/messages"),
+            user,
+            json!({ "content": content }),
+        )
         .header("accept", "text/event-stream")
         .send()
         .await
         .expect("send");
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
-    assert_eq!(response.headers()["cache-control"], "no-cache, no-transform");
+    assert_eq!(
+        response.headers()["cache-control"],
+        "no-cache, no-transform"
+    );
     assert_eq!(response.headers()["x-accel-buffering"], "no");
     response
 }
 
 async fn deltas_arrive_one_by_one_before_the_upstream_finishes(backend: Backend) {
-    let mut steps = vec![Step::Chunk(role_chunk()), Step::Chunk(content_chunk("Hel")), Step::Delay(Duration::from_millis(20))];
+    let mut steps = vec![
+        Step::Chunk(role_chunk()),
+        Step::Chunk(content_chunk("Hel")),
+        Step::Delay(Duration::from_millis(20)),
+    ];
     steps.push(Step::Chunk(content_chunk("lo")));
     // The upstream holds the rest of its answer until the test has seen the first deltas.
     steps.push(Step::Gate);
-    steps.extend(full_stream(&[",", " world", "!"], 79, 6, Duration::from_millis(5)).into_iter().skip(1));
+    steps.extend(
+        full_stream(&[",", " world", "!"], 79, 6, Duration::from_millis(5))
+            .into_iter()
+            .skip(1),
+    );
     let upstream = FakeOpenAi::start(vec![Script::stream(steps)]).await;
-    let Some(server) = TestServer::start(backend, Some(&upstream.url), "").await else { return };
+    let Some(server) = TestServer::start(backend, Some(&upstream.url), "").await else {
+        return;
+    };
     let conversation_id = server.conversation("alice").await;
 
     let mut events = sse_events(send_sse(&server, "alice", &conversation_id, "Say hello").await);
@@ -56,8 +81,15 @@ async fn deltas_arrive_one_by_one_before_the_upstream_finishes(backend: Backend)
         }
         seen.push(event);
     }
-    assert_eq!(deltas, ["Hel", "lo"], "each upstream chunk is relayed as its own delta");
-    assert!(!upstream.finished(), "the deltas reached the client while the upstream was still streaming");
+    assert_eq!(
+        deltas,
+        ["Hel", "lo"],
+        "each upstream chunk is relayed as its own delta"
+    );
+    assert!(
+        !upstream.finished(),
+        "the deltas reached the client while the upstream was still streaming"
+    );
     assert_eq!(seen[0].event, "user_message");
     assert_eq!(seen[0].id, "0");
     assert_eq!(seen[1].event, "start");
@@ -74,9 +106,19 @@ async fn deltas_arrive_one_by_one_before_the_upstream_finishes(backend: Backend)
         }
         seen.push(event);
     }
-    let ids: Vec<u64> = seen.iter().map(|e| e.id.parse().expect("numeric id")).collect();
-    assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "ids are consecutive: {ids:?}");
-    assert_eq!(seen.last().expect("last").event, "done", "the stream ends with done");
+    let ids: Vec<u64> = seen
+        .iter()
+        .map(|e| e.id.parse().expect("numeric id"))
+        .collect();
+    assert!(
+        ids.windows(2).all(|w| w[1] == w[0] + 1),
+        "ids are consecutive: {ids:?}"
+    );
+    assert_eq!(
+        seen.last().expect("last").event,
+        "done",
+        "the stream ends with done"
+    );
     let text: String = deltas.concat();
     assert_eq!(text, "Hello, world!");
     assert_eq!(done["message"]["content"], text);
@@ -86,7 +128,10 @@ async fn deltas_arrive_one_by_one_before_the_upstream_finishes(backend: Backend)
     assert_eq!(usage["estimated"], false);
 
     let saved = server.wait_for_reply("alice", &conversation_id).await;
-    assert_eq!(saved["content"], text, "the saved message equals the concatenated deltas");
+    assert_eq!(
+        saved["content"], text,
+        "the saved message equals the concatenated deltas"
+    );
     assert_eq!(saved["status"], "complete");
     assert_eq!(saved["id"], done["message"]["id"]);
 }
@@ -100,10 +145,16 @@ async fn json_answer_saves_reply_usage_and_exact_cost(backend: Backend) {
         steps
     })])
     .await;
-    let Some(server) = TestServer::start(backend, Some(&upstream.url), "").await else { return };
+    let Some(server) = TestServer::start(backend, Some(&upstream.url), "").await else {
+        return;
+    };
     let conversation_id = server.conversation("alice").await;
     let response = server
-        .post(&format!("/api/v1/conversations/{conversation_id}/messages"), "alice", json!({ "content": "Hello" }))
+        .post(
+            &format!("/api/v1/conversations/{conversation_id}/messages"),
+            "alice",
+            json!({ "content": "Hello" }),
+        )
         .send()
         .await
         .expect("send");
@@ -124,10 +175,22 @@ async fn json_answer_saves_reply_usage_and_exact_cost(backend: Backend) {
     // Exactly one usage record, with the upstream's numbers and the configured prices:
     // 600 × 150 + 400 × 75 + 10 × 600 = 126 000 nano-USD.
     let message_id = reply["id"].as_str().expect("id").parse().expect("uuid");
-    let records = server.state.store.usage_for_message(message_id).await.expect("usage");
+    let records = server
+        .state
+        .store
+        .usage_for_message(message_id)
+        .await
+        .expect("usage");
     assert_eq!(records.len(), 1);
     let record = &records[0];
-    assert_eq!((record.prompt_tokens, record.completion_tokens, record.cached_tokens), (1000, 10, 400));
+    assert_eq!(
+        (
+            record.prompt_tokens,
+            record.completion_tokens,
+            record.cached_tokens
+        ),
+        (1000, 10, 400)
+    );
     assert!(!record.estimated);
     assert_eq!(record.cost_nanousd, 126_000);
     assert_eq!(record.user_id, "alice");
@@ -144,11 +207,20 @@ async fn json_answer_saves_reply_usage_and_exact_cost(backend: Backend) {
 }
 
 async fn client_disconnect_after_first_delta_still_saves_the_whole_reply(backend: Backend) {
-    let mut steps = vec![Step::Chunk(role_chunk()), Step::Chunk(content_chunk("First"))];
+    let mut steps = vec![
+        Step::Chunk(role_chunk()),
+        Step::Chunk(content_chunk("First")),
+    ];
     steps.push(Step::Gate);
-    steps.extend(full_stream(&[" second", " third"], 20, 3, Duration::from_millis(5)).into_iter().skip(1));
+    steps.extend(
+        full_stream(&[" second", " third"], 20, 3, Duration::from_millis(5))
+            .into_iter()
+            .skip(1),
+    );
     let upstream = FakeOpenAi::start(vec![Script::stream(steps)]).await;
-    let Some(server) = TestServer::start(backend, Some(&upstream.url), "").await else { return };
+    let Some(server) = TestServer::start(backend, Some(&upstream.url), "").await else {
+        return;
+    };
     let conversation_id = server.conversation("alice").await;
 
     let mut events = sse_events(send_sse(&server, "alice", &conversation_id, "Count").await);
@@ -171,16 +243,28 @@ async fn client_disconnect_after_first_delta_still_saves_the_whole_reply(backend
 }
 
 async fn upstream_dying_mid_stream_yields_error_event_and_failed_partial(backend: Backend) {
-    let steps = vec![Step::Chunk(role_chunk()), Step::Chunk(content_chunk("Partial")), Step::Chunk(content_chunk(" text")),
+    let steps = vec![
+        Step::Chunk(role_chunk()),
+        Step::Chunk(content_chunk("Partial")),
+        Step::Chunk(content_chunk(" text")),
         // Let the bytes reach the wire before the connection is torn down.
-        Step::Delay(Duration::from_millis(50)), Step::Die];
+        Step::Delay(Duration::from_millis(50)),
+        Step::Die,
+    ];
     let upstream = FakeOpenAi::start(vec![Script::stream(steps)]).await;
-    let Some(server) = TestServer::start(backend, Some(&upstream.url), "").await else { return };
+    let Some(server) = TestServer::start(backend, Some(&upstream.url), "").await else {
+        return;
+    };
     let conversation_id = server.conversation("alice").await;
 
-    let events: Vec<_> = sse_events(send_sse(&server, "alice", &conversation_id, "Go").await).collect().await;
+    let events: Vec<_> = sse_events(send_sse(&server, "alice", &conversation_id, "Go").await)
+        .collect()
+        .await;
     let kinds: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
-    assert_eq!(kinds, ["user_message", "start", "delta", "delta", "usage", "error"]);
+    assert_eq!(
+        kinds,
+        ["user_message", "start", "delta", "delta", "usage", "error"]
+    );
     let error = &events.last().expect("error").data;
     assert_eq!(error["error"], "upstream_interrupted");
     assert_eq!(error["details"]["partial"], true);
@@ -189,33 +273,59 @@ async fn upstream_dying_mid_stream_yields_error_event_and_failed_partial(backend
     assert_eq!(saved["status"], "failed");
     assert_eq!(saved["content"], "Partial text");
     assert_eq!(saved["id"], error["details"]["message_id"]);
-    assert!(saved["error"].as_str().expect("error text").contains("closed the stream"));
+    assert!(
+        saved["error"]
+            .as_str()
+            .expect("error text")
+            .contains("closed the stream")
+    );
     // The partial generation is billed once, with an estimate (the upstream never sent usage).
-    let records = server.state.store.usage_for_message(saved["id"].as_str().expect("id").parse().expect("id")).await.expect("usage");
+    let records = server
+        .state
+        .store
+        .usage_for_message(saved["id"].as_str().expect("id").parse().expect("id"))
+        .await
+        .expect("usage");
     assert_eq!(records.len(), 1);
     assert!(records[0].estimated);
-    assert_eq!(records[0].completion_tokens, 2, "'Partial text' is two tokens in o200k_base");
+    assert_eq!(
+        records[0].completion_tokens, 2,
+        "'Partial text' is two tokens in o200k_base"
+    );
 }
 
 async fn upstream_error_inside_200_stream_is_an_error(backend: Backend) {
     let steps = vec![
         Step::Chunk(role_chunk()),
         Step::Chunk(content_chunk("Some")),
-        Step::Chunk(json!({"error": {"message": "stream failed after output", "type": "server_error", "param": null, "code": null}})),
+        Step::Chunk(
+            json!({"error": {"message": "stream failed after output", "type": "server_error", "param": null, "code": null}}),
+        ),
     ];
     let upstream = FakeOpenAi::start(vec![Script::stream(steps)]).await;
-    let Some(server) = TestServer::start(backend, Some(&upstream.url), "").await else { return };
+    let Some(server) = TestServer::start(backend, Some(&upstream.url), "").await else {
+        return;
+    };
     let conversation_id = server.conversation("alice").await;
     // JSON answer: the upstream's failure is a 502 naming the saved partial message.
     let response = server
-        .post(&format!("/api/v1/conversations/{conversation_id}/messages"), "alice", json!({ "content": "Go" }))
+        .post(
+            &format!("/api/v1/conversations/{conversation_id}/messages"),
+            "alice",
+            json!({ "content": "Go" }),
+        )
         .send()
         .await
         .expect("send");
     assert_eq!(response.status(), 502);
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["error"], "upstream_error");
-    assert!(body["message"].as_str().expect("message").contains("stream failed after output"));
+    assert!(
+        body["message"]
+            .as_str()
+            .expect("message")
+            .contains("stream failed after output")
+    );
     let saved = server.wait_for_reply("alice", &conversation_id).await;
     assert_eq!(saved["status"], "failed");
     assert_eq!(saved["content"], "Some");
@@ -232,17 +342,30 @@ async fn upstream_status_errors_map_to_gateway_errors(backend: Backend) {
         ),
     ])
     .await;
-    let Some(server) = TestServer::start(backend, Some(&upstream.url), "").await else { return };
+    let Some(server) = TestServer::start(backend, Some(&upstream.url), "").await else {
+        return;
+    };
     let conversation_id = server.conversation("alice").await;
     let path = format!("/api/v1/conversations/{conversation_id}/messages");
 
-    let response = server.post(&path, "alice", json!({ "content": "one" })).send().await.expect("send");
+    let response = server
+        .post(&path, "alice", json!({ "content": "one" }))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(response.status(), 502);
     let text = response.text().await.expect("body");
     assert!(text.contains("upstream_auth"), "{text}");
-    assert!(!text.contains("sk-test-key-123"), "the key never leaks: {text}");
+    assert!(
+        !text.contains("sk-test-key-123"),
+        "the key never leaks: {text}"
+    );
 
-    let response = server.post(&path, "alice", json!({ "content": "two" })).send().await.expect("send");
+    let response = server
+        .post(&path, "alice", json!({ "content": "two" }))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(response.status(), 429);
     assert_eq!(response.headers()["retry-after"], "7");
     let body: Value = response.json().await.expect("json");
@@ -250,15 +373,37 @@ async fn upstream_status_errors_map_to_gateway_errors(backend: Backend) {
 
     // Both user messages and both failed replies are kept.
     let history = server.history("alice", &conversation_id).await;
-    let statuses: Vec<_> = history.iter().map(|m| (m["role"].as_str().unwrap_or(""), m["status"].as_str().unwrap_or(""))).collect();
-    assert_eq!(statuses, [("user", "complete"), ("assistant", "failed"), ("user", "complete"), ("assistant", "failed")]);
+    let statuses: Vec<_> = history
+        .iter()
+        .map(|m| {
+            (
+                m["role"].as_str().unwrap_or(""),
+                m["status"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("user", "complete"),
+            ("assistant", "failed"),
+            ("user", "complete"),
+            ("assistant", "failed")
+        ]
+    );
 }
 
 async fn another_users_conversation_is_404_everywhere(backend: Backend) {
-    let Some(server) = TestServer::start(backend, None, "").await else { return };
+    let Some(server) = TestServer::start(backend, None, "").await else {
+        return;
+    };
     let conversation_id = server.conversation("alice").await;
     let sent: Value = server
-        .post(&format!("/api/v1/conversations/{conversation_id}/messages"), "alice", json!({ "content": "mine" }))
+        .post(
+            &format!("/api/v1/conversations/{conversation_id}/messages"),
+            "alice",
+            json!({ "content": "mine" }),
+        )
         .send()
         .await
         .expect("send")
@@ -266,14 +411,21 @@ async fn another_users_conversation_is_404_everywhere(backend: Backend) {
         .await
         .expect("json");
     let message_id = sent["user_message"]["id"].as_str().expect("id").to_string();
-    let generation_id = sent["assistant_message"]["id"].as_str().expect("id").to_string();
+    let generation_id = sent["assistant_message"]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
 
     let conv = format!("/api/v1/conversations/{conversation_id}");
     let requests = [
         server.get(&conv, "bob"),
         server.patch(&conv, "bob", json!({ "title": "stolen" })),
         server.get(&format!("{conv}/messages"), "bob"),
-        server.post(&format!("{conv}/messages"), "bob", json!({ "content": "intrude" })),
+        server.post(
+            &format!("{conv}/messages"),
+            "bob",
+            json!({ "content": "intrude" }),
+        ),
         server.delete(&format!("/api/v1/messages/{message_id}"), "bob"),
         server.get(&format!("/api/v1/generations/{generation_id}"), "bob"),
         server.delete(&conv, "bob"),
@@ -285,29 +437,66 @@ async fn another_users_conversation_is_404_everywhere(backend: Backend) {
         assert_eq!(status, 404, "{body}");
         assert_eq!(body["error"], "not_found");
     }
-    let listed: Value = server.get("/api/v1/conversations", "bob").send().await.expect("list").json().await.expect("json");
+    let listed: Value = server
+        .get("/api/v1/conversations", "bob")
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(listed["conversations"], json!([]));
     // Nothing of alice's changed.
     let history = server.history("alice", &conversation_id).await;
     assert_eq!(history.len(), 2);
-    let conversation: Value = server.get(&conv, "alice").send().await.expect("get").json().await.expect("json");
+    let conversation: Value = server
+        .get(&conv, "alice")
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(conversation["title"], Value::Null);
 }
 
 async fn bad_input_gets_clear_errors_and_writes_nothing(backend: Backend) {
-    let Some(server) = TestServer::start(backend, None, "[limits]\nmax_message_bytes = 100").await else { return };
+    let Some(server) = TestServer::start(backend, None, "[limits]\nmax_message_bytes = 100").await
+    else {
+        return;
+    };
     let conversation_id = server.conversation("alice").await;
     let path = format!("/api/v1/conversations/{conversation_id}/messages");
     let cases = [
         (json!({ "content": "   " }), 400, "validation_error"),
-        (json!({ "content": "x".repeat(101) }), 413, "payload_too_large"),
-        (json!({ "content": "hi", "model": "gpt-9" }), 422, "unknown_model"),
+        (
+            json!({ "content": "x".repeat(101) }),
+            413,
+            "payload_too_large",
+        ),
+        (
+            json!({ "content": "hi", "model": "gpt-9" }),
+            422,
+            "unknown_model",
+        ),
         (json!({ "content": 5 }), 400, "invalid_json"),
-        (json!({ "content": "hi", "message_type": "video" }), 400, "validation_error"),
-        (json!({ "content": "hi", "surprise": true }), 400, "invalid_json"),
+        (
+            json!({ "content": "hi", "message_type": "video" }),
+            400,
+            "validation_error",
+        ),
+        (
+            json!({ "content": "hi", "surprise": true }),
+            400,
+            "invalid_json",
+        ),
     ];
     for (body, status, kind) in cases {
-        let response = server.post(&path, "alice", body.clone()).send().await.expect("send");
+        let response = server
+            .post(&path, "alice", body.clone())
+            .send()
+            .await
+            .expect("send");
         assert_eq!(response.status(), status, "{body}");
         let error: Value = response.json().await.expect("json");
         assert_eq!(error["error"], kind, "{body}: {error}");
@@ -315,18 +504,47 @@ async fn bad_input_gets_clear_errors_and_writes_nothing(backend: Backend) {
         assert!(error["details"].is_object());
     }
     // The bad field's path is named.
-    let error: Value = server.post(&path, "alice", json!({ "content": 5 })).send().await.expect("send").json().await.expect("json");
+    let error: Value = server
+        .post(&path, "alice", json!({ "content": 5 }))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(error["details"]["path"], "content");
     // Malformed JSON and a wrong content type.
-    let response = server.client.post(format!("{}{path}", server.url)).bearer_auth(server.token("alice"))
-        .header("content-type", "application/json").body("{\"content\": ").send().await.expect("send");
+    let response = server
+        .client
+        .post(format!("{}{path}", server.url))
+        .bearer_auth(server.token("alice"))
+        .header("content-type", "application/json")
+        .body("{\"content\": ")
+        .send()
+        .await
+        .expect("send");
     assert_eq!(response.status(), 400);
-    let response = server.client.post(format!("{}{path}", server.url)).bearer_auth(server.token("alice"))
-        .header("content-type", "text/plain").body("hi").send().await.expect("send");
+    let response = server
+        .client
+        .post(format!("{}{path}", server.url))
+        .bearer_auth(server.token("alice"))
+        .header("content-type", "text/plain")
+        .body("hi")
+        .send()
+        .await
+        .expect("send");
     assert_eq!(response.status(), 415);
     // Unknown and malformed conversation ids.
     for id in [uuid::Uuid::now_v7().to_string(), "not-a-uuid".to_string()] {
-        let response = server.post(&format!("/api/v1/conversations/{id}/messages"), "alice", json!({ "content": "hi" })).send().await.expect("send");
+        let response = server
+            .post(
+                &format!("/api/v1/conversations/{id}/messages"),
+                "alice",
+                json!({ "content": "hi" }),
+            )
+            .send()
+            .await
+            .expect("send");
         assert_eq!(response.status(), 404);
     }
     // No token, a bad token, an expired one: 401 with WWW-Authenticate.
@@ -337,7 +555,10 @@ async fn bad_input_gets_clear_errors_and_writes_nothing(backend: Backend) {
     )
     .expect("sign");
     for token in [None, Some("garbage".to_string()), Some(expired)] {
-        let mut request = server.client.post(format!("{}{path}", server.url)).json(&json!({ "content": "hi" }));
+        let mut request = server
+            .client
+            .post(format!("{}{path}", server.url))
+            .json(&json!({ "content": "hi" }));
         if let Some(token) = &token {
             request = request.bearer_auth(token);
         }
@@ -352,21 +573,40 @@ async fn bad_input_gets_clear_errors_and_writes_nothing(backend: Backend) {
 async fn async_answer_then_resume_with_last_event_id(backend: Backend) {
     let steps = full_stream(&["a", "b", "c", "d", "e"], 10, 5, Duration::from_millis(10));
     let upstream = FakeOpenAi::start(vec![Script::stream(steps)]).await;
-    let Some(server) = TestServer::start(backend, Some(&upstream.url), "").await else { return };
+    let Some(server) = TestServer::start(backend, Some(&upstream.url), "").await else {
+        return;
+    };
     let conversation_id = server.conversation("alice").await;
     let response = server
-        .post(&format!("/api/v1/conversations/{conversation_id}/messages"), "alice", json!({ "content": "letters" }))
+        .post(
+            &format!("/api/v1/conversations/{conversation_id}/messages"),
+            "alice",
+            json!({ "content": "letters" }),
+        )
         .header("prefer", "respond-async")
         .send()
         .await
         .expect("send");
     assert_eq!(response.status(), 202);
     let accepted: Value = response.json().await.expect("json");
-    let stream_url = accepted["stream_url"].as_str().expect("stream_url").to_string();
-    assert_eq!(stream_url, format!("/api/v1/generations/{}/stream", accepted["generation_id"].as_str().expect("id")));
+    let stream_url = accepted["stream_url"]
+        .as_str()
+        .expect("stream_url")
+        .to_string();
+    assert_eq!(
+        stream_url,
+        format!(
+            "/api/v1/generations/{}/stream",
+            accepted["generation_id"].as_str().expect("id")
+        )
+    );
 
     // Read the first two deltas, drop the connection, resume after the last seen id.
-    let first = server.get(&stream_url, "alice").send().await.expect("stream");
+    let first = server
+        .get(&stream_url, "alice")
+        .send()
+        .await
+        .expect("stream");
     let mut events = sse_events(first);
     let mut text = String::new();
     let mut last_id = String::new();
@@ -380,11 +620,19 @@ async fn async_answer_then_resume_with_last_event_id(backend: Backend) {
         last_id = event.id;
     }
     drop(events);
-    let resumed = server.get(&stream_url, "alice").header("last-event-id", &last_id).send().await.expect("resume");
+    let resumed = server
+        .get(&stream_url, "alice")
+        .header("last-event-id", &last_id)
+        .send()
+        .await
+        .expect("resume");
     let mut events = sse_events(resumed);
     let mut done = Value::Null;
     while let Some(event) = events.next().await {
-        assert!(event.id.parse::<u64>().expect("id") > last_id.parse::<u64>().expect("id"), "no event is repeated");
+        assert!(
+            event.id.parse::<u64>().expect("id") > last_id.parse::<u64>().expect("id"),
+            "no event is repeated"
+        );
         match event.event.as_str() {
             "delta" => text.push_str(event.data["text"].as_str().expect("text")),
             "done" => done = event.data,
@@ -395,36 +643,81 @@ async fn async_answer_then_resume_with_last_event_id(backend: Backend) {
     assert_eq!(done["message"]["content"], "abcde");
 
     // Finished: a replay with ?after=0 gives the whole log; an unknown generation is 204.
-    let replay: Vec<_> = sse_events(server.get(&format!("{stream_url}?after=0"), "alice").send().await.expect("replay")).collect().await;
+    let replay: Vec<_> = sse_events(
+        server
+            .get(&format!("{stream_url}?after=0"), "alice")
+            .send()
+            .await
+            .expect("replay"),
+    )
+    .collect()
+    .await;
     assert_eq!(replay.first().map(|e| e.event.as_str()), Some("start"));
     assert_eq!(replay.last().map(|e| e.event.as_str()), Some("done"));
-    let unknown = server.get(&format!("/api/v1/generations/{}/stream", uuid::Uuid::now_v7()), "alice").send().await.expect("unknown");
+    let unknown = server
+        .get(
+            &format!("/api/v1/generations/{}/stream", uuid::Uuid::now_v7()),
+            "alice",
+        )
+        .send()
+        .await
+        .expect("unknown");
     assert_eq!(unknown.status(), 204);
     // Another user cannot follow it.
     let other = server.get(&stream_url, "bob").send().await.expect("other");
     assert_eq!(other.status(), 204);
     // Status endpoint.
-    let status: Value = server.get(&format!("/api/v1/generations/{}", accepted["generation_id"].as_str().expect("id")), "alice")
-        .send().await.expect("status").json().await.expect("json");
+    let status: Value = server
+        .get(
+            &format!(
+                "/api/v1/generations/{}",
+                accepted["generation_id"].as_str().expect("id")
+            ),
+            "alice",
+        )
+        .send()
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(status["status"], "complete");
     assert_eq!(status["text"], "abcde");
 }
 
 async fn prompt_carries_persona_and_history(backend: Backend) {
-    let upstream = FakeOpenAi::start(vec![Script::stream(full_stream(&["ok"], 5, 1, Duration::ZERO))]).await;
-    let Some(server) = TestServer::start(backend, Some(&upstream.url), "").await else { return };
+    let upstream = FakeOpenAi::start(vec![Script::stream(full_stream(
+        &["ok"],
+        5,
+        1,
+        Duration::ZERO,
+    ))])
+    .await;
+    let Some(server) = TestServer::start(backend, Some(&upstream.url), "").await else {
+        return;
+    };
     let conversation_id = server.conversation("alice").await;
     let path = format!("/api/v1/conversations/{conversation_id}/messages");
     for content in ["first", "second"] {
-        let response = server.post(&path, "alice", json!({ "content": content })).send().await.expect("send");
+        let response = server
+            .post(&path, "alice", json!({ "content": content }))
+            .send()
+            .await
+            .expect("send");
         assert_eq!(response.status(), 200);
     }
     let (_, request) = upstream.requests().pop().expect("request");
     let messages = request["messages"].as_array().expect("messages");
-    let roles: Vec<_> = messages.iter().map(|m| m["role"].as_str().expect("role")).collect();
+    let roles: Vec<_> = messages
+        .iter()
+        .map(|m| m["role"].as_str().expect("role"))
+        .collect();
     assert_eq!(roles, ["system", "user", "assistant", "user"]);
     let system = messages[0]["content"].as_str().expect("system");
-    assert!(system.contains("Personality traits:") && system.contains("relationship to the user"), "{system}");
+    assert!(
+        system.contains("Personality traits:") && system.contains("relationship to the user"),
+        "{system}"
+    );
     assert_eq!(messages[1]["content"], "first");
     assert_eq!(messages[2]["content"], "ok");
     assert_eq!(messages[3]["content"], "second");

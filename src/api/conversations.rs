@@ -22,7 +22,10 @@ const MAX_TITLE_CHARS: usize = 200;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/conversations", post(create).get(list))
-        .route("/api/v1/conversations/{id}", get(get_one).patch(update).delete(delete))
+        .route(
+            "/api/v1/conversations/{id}",
+            get(get_one).patch(update).delete(delete),
+        )
 }
 
 #[derive(Debug, Deserialize)]
@@ -40,7 +43,10 @@ fn check_title(title: Option<&str>) -> Result<(), ApiError> {
     if let Some(title) = title
         && title.chars().count() > MAX_TITLE_CHARS
     {
-        return Err(ApiError::validation("title", format!("must be at most {MAX_TITLE_CHARS} characters")));
+        return Err(ApiError::validation(
+            "title",
+            format!("must be at most {MAX_TITLE_CHARS} characters"),
+        ));
     }
     Ok(())
 }
@@ -57,12 +63,22 @@ async fn create(
         return Err(ApiError::not_found("persona"));
     }
     if body.reuse_existing
-        && let Some(existing) = state.store.latest_conversation(&user.user_id, body.persona_id).await?
+        && let Some(existing) = state
+            .store
+            .latest_conversation(&user.user_id, body.persona_id)
+            .await?
     {
         return Ok((StatusCode::OK, Json(existing)));
     }
-    let title = body.title.as_deref().map(str::trim).filter(|t| !t.is_empty());
-    let conversation = state.store.create_conversation(&user.user_id, body.persona_id, title).await?;
+    let title = body
+        .title
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    let conversation = state
+        .store
+        .create_conversation(&user.user_id, body.persona_id, title)
+        .await?;
     Ok((StatusCode::CREATED, Json(conversation)))
 }
 
@@ -83,7 +99,9 @@ fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, Id), ApiError> {
     let raw = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
     let raw = String::from_utf8(raw).map_err(|_| bad())?;
     let (at, id) = raw.split_once('|').ok_or_else(bad)?;
-    let at = DateTime::parse_from_rfc3339(at).map_err(|_| bad())?.with_timezone(&Utc);
+    let at = DateTime::parse_from_rfc3339(at)
+        .map_err(|_| bad())?
+        .with_timezone(&Utc);
     Ok((at, id.parse().map_err(|_| bad())?))
 }
 
@@ -98,24 +116,44 @@ async fn list(
     let filter = ConversationFilter {
         persona_id: q.persona_id,
         archived: q.archived,
-        after: q.cursor.as_deref().filter(|c| !c.is_empty()).map(decode_cursor).transpose()?,
+        after: q
+            .cursor
+            .as_deref()
+            .filter(|c| !c.is_empty())
+            .map(decode_cursor)
+            .transpose()?,
         // One more than asked, to know whether another page exists.
         limit: limit + 1,
     };
-    let mut conversations = state.store.list_conversations(&user.user_id, &filter).await?;
+    let mut conversations = state
+        .store
+        .list_conversations(&user.user_id, &filter)
+        .await?;
     let next_cursor = if conversations.len() as i64 > limit {
         conversations.truncate(limit as usize);
-        conversations.last().map(|c| encode_cursor(c.conversation.last_message_at, c.conversation.id))
+        conversations
+            .last()
+            .map(|c| encode_cursor(c.conversation.last_message_at, c.conversation.id))
     } else {
         None
     };
-    Ok(Json(json!({ "conversations": conversations, "next_cursor": next_cursor })))
+    Ok(Json(
+        json!({ "conversations": conversations, "next_cursor": next_cursor }),
+    ))
 }
 
 /// Loads one of the caller's conversations; 404 otherwise.
-pub(crate) async fn owned(state: &AppState, user: &AuthUser, raw_id: &str) -> Result<Conversation, ApiError> {
+pub(crate) async fn owned(
+    state: &AppState,
+    user: &AuthUser,
+    raw_id: &str,
+) -> Result<Conversation, ApiError> {
     let id = parse_id(raw_id, "conversation")?;
-    state.store.get_conversation(&user.user_id, id).await?.ok_or_else(|| ApiError::not_found("conversation"))
+    state
+        .store
+        .get_conversation(&user.user_id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("conversation"))
 }
 
 async fn get_one(
@@ -144,7 +182,10 @@ async fn update(
     AppJson(body): AppJson<UpdateConversation>,
 ) -> Result<Json<Conversation>, ApiError> {
     let id = parse_id(&id, "conversation")?;
-    let title = body.title.as_ref().map(|t| t.as_deref().map(str::trim).filter(|t| !t.is_empty()));
+    let title = body
+        .title
+        .as_ref()
+        .map(|t| t.as_deref().map(str::trim).filter(|t| !t.is_empty()));
     check_title(title.flatten())?;
     let updated = state
         .store
@@ -155,7 +196,11 @@ async fn update(
 }
 
 /// `DELETE /api/v1/conversations/{id}` → 204; its messages go too.
-async fn delete(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+async fn delete(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     let id = parse_id(&id, "conversation")?;
     if state.store.delete_conversation(&user.user_id, id).await? {
         Ok(StatusCode::NO_CONTENT)
@@ -172,8 +217,14 @@ mod tests {
     fn cursors_round_trip_and_garbage_is_rejected() {
         let at = crate::store::now();
         let id = Id::new();
-        assert_eq!(decode_cursor(&encode_cursor(at, id)).expect("valid"), (at, id));
-        assert_eq!(decode_cursor("!!!").expect_err("bad").status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            decode_cursor(&encode_cursor(at, id)).expect("valid"),
+            (at, id)
+        );
+        assert_eq!(
+            decode_cursor("!!!").expect_err("bad").status,
+            StatusCode::BAD_REQUEST
+        );
         assert!(decode_cursor(&URL_SAFE_NO_PAD.encode("no-separator")).is_err());
     }
 }

@@ -33,7 +33,11 @@ fn live(state: &AppState, user: &AuthUser, id: crate::store::Id) -> Option<Arc<G
 }
 
 /// `GET /api/v1/generations/{id}` → `{id, conversation_id, status, text, message?, model}`.
-async fn get_one(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn get_one(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id, "generation")?;
     if let Some(generation) = live(&state, &user, id) {
         let outcome = generation.outcome_now();
@@ -83,18 +87,33 @@ async fn stream(
     headers: HeaderMap,
     AppQuery(query): AppQuery<StreamQuery>,
 ) -> Result<Response, ApiError> {
-    let Some(generation) = parse_id(&id, "generation").ok().and_then(|id| live(&state, &user, id)) else {
+    let Some(generation) = parse_id(&id, "generation")
+        .ok()
+        .and_then(|id| live(&state, &user, id))
+    else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
-    let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
     let after = last_event_id.or(query.after).unwrap_or(0);
-    let events = generation.subscribe(after).map(|e| Ok::<_, Infallible>(sse_event(&e)));
-    Ok(sse_response(events, Duration::from_secs(state.config.server.sse_keepalive_secs)))
+    let events = generation
+        .subscribe(after)
+        .map(|e| Ok::<_, Infallible>(sse_event(&e)));
+    Ok(sse_response(
+        events,
+        Duration::from_secs(state.config.server.sse_keepalive_secs),
+    ))
 }
 
 /// `POST /api/v1/generations/{id}/cancel`: stops the upstream, saves the partial text as `cancelled`, then
 /// answers `{cancelled, message}`. Cancelling a finished generation changes nothing and says so.
-async fn cancel(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn cancel(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id, "generation")?;
     let Some(generation) = live(&state, &user, id) else {
         let message = state
@@ -103,13 +122,19 @@ async fn cancel(State(state): State<AppState>, user: AuthUser, Path(id): Path<St
             .await?
             .filter(|m| m.role == crate::store::role::ASSISTANT)
             .ok_or_else(|| ApiError::not_found("generation"))?;
-        return Ok(Json(json!({ "cancelled": false, "reason": "the generation had already ended", "message": message })));
+        return Ok(Json(
+            json!({ "cancelled": false, "reason": "the generation had already ended", "message": message }),
+        ));
     };
     let already_over = generation.outcome_now().is_some();
     generation.cancel(CancelReason::User);
     let outcome = generation.outcome().await;
-    let cancelled = !already_over && generation.cancel_reason() == Some(CancelReason::User)
-        && outcome.message.as_ref().is_some_and(|m| m.status == crate::store::status::CANCELLED);
+    let cancelled = !already_over
+        && generation.cancel_reason() == Some(CancelReason::User)
+        && outcome
+            .message
+            .as_ref()
+            .is_some_and(|m| m.status == crate::store::status::CANCELLED);
     Ok(Json(json!({
         "cancelled": cancelled,
         "reason": if cancelled { "cancelled" } else { "the generation had already ended" },

@@ -32,10 +32,16 @@ async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     for alias in state.models.aliases() {
         if let Some(route) = state.models.get(alias) {
             // Providers are not probed yet: `ok` stays null until a background check has run.
-            providers.entry(route.provider.name().to_string()).or_insert_with(|| json!({ "ok": null, "checked_at": null }));
+            providers
+                .entry(route.provider.name().to_string())
+                .or_insert_with(|| json!({ "ok": null, "checked_at": null }));
         }
     }
-    let status = if db_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if db_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let body = json!({
         "status": if db_ok { "ok" } else { "unavailable" },
         "version": env!("CARGO_PKG_VERSION"),

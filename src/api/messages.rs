@@ -25,7 +25,10 @@ use crate::stream::{sse_event, sse_response};
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/api/v1/conversations/{id}/messages", post(send).get(history))
+        .route(
+            "/api/v1/conversations/{id}/messages",
+            post(send).get(history),
+        )
         .route("/api/v1/messages/{id}", delete(delete_message))
 }
 
@@ -72,11 +75,17 @@ enum Answer {
 
 fn negotiate(headers: &HeaderMap, query: &SendQuery) -> Answer {
     let header_has = |name: header::HeaderName, needle: &str| {
-        headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).any(|v| v.to_ascii_lowercase().contains(needle))
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.to_ascii_lowercase().contains(needle))
     };
     if header_has(header::HeaderName::from_static("prefer"), "respond-async") {
         Answer::Async
-    } else if query.stream == Some(true) || (query.stream.is_none() && header_has(header::ACCEPT, "text/event-stream")) {
+    } else if query.stream == Some(true)
+        || (query.stream.is_none() && header_has(header::ACCEPT, "text/event-stream"))
+    {
         Answer::Sse
     } else {
         Answer::Json
@@ -97,16 +106,28 @@ async fn send(
     let answer = negotiate(&headers, &query);
     let content = validate(&state, &body)?;
     let conversation = owned(&state, &user, &conversation_id).await?;
-    let persona = state.store.get_persona(conversation.persona_id).await?.ok_or_else(|| ApiError::not_found("persona"))?;
-    let alias = body.model.as_deref().or(persona.model.as_deref()).unwrap_or(state.models.default_alias());
+    let persona = state
+        .store
+        .get_persona(conversation.persona_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("persona"))?;
+    let alias = body
+        .model
+        .as_deref()
+        .or(persona.model.as_deref())
+        .unwrap_or(state.models.default_alias());
     let route = state.models.get(alias).cloned().ok_or_else(|| {
         let known: Vec<_> = state.models.aliases().collect();
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_model", format!("model alias '{alias}' is not configured"))
-            .with_details(json!({ "model": alias, "available": known }))
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_model",
+            format!("model alias '{alias}' is not configured"),
+        )
+        .with_details(json!({ "model": alias, "available": known }))
     })?;
     if let Some(parent_id) = body.parent_id {
         let parent = state.store.get_message(&user.user_id, parent_id).await?;
-        if !parent.is_some_and(|p| p.conversation_id == conversation.id) {
+        if parent.is_none_or(|p| p.conversation_id != conversation.id) {
             return Err(ApiError::not_found("parent message"));
         }
     }
@@ -114,7 +135,12 @@ async fn send(
     // Fit the prompt before writing anything, so a message too long for the model leaves no row behind.
     let history = state
         .store
-        .list_messages(conversation.id, HistoryPage::Offset(0), i64::from(state.config.generation.max_history_messages), false)
+        .list_messages(
+            conversation.id,
+            HistoryPage::Offset(0),
+            i64::from(state.config.generation.max_history_messages),
+            false,
+        )
         .await?;
     let new_message = ChatMessage::user(content.clone());
     let messages = build_prompt(&state, &persona, &route, &history, new_message)?;
@@ -139,7 +165,11 @@ async fn send(
         .await?;
 
     let job = GenerationJob {
-        request: ChatRequest { model: route.upstream_model.clone(), messages, max_tokens: route.max_output_tokens },
+        request: ChatRequest {
+            model: route.upstream_model.clone(),
+            messages,
+            max_tokens: route.max_output_tokens,
+        },
         route,
         store: state.store.clone(),
         user_id: user.user_id.clone(),
@@ -150,7 +180,13 @@ async fn send(
     };
     let generation = state
         .hub
-        .start(Id::new(), conversation.id, &user.user_id, &job.route.alias.clone(), move |g| generation::run(g, job))
+        .start(
+            Id::new(),
+            conversation.id,
+            &user.user_id,
+            &job.route.alias.clone(),
+            move |g| generation::run(g, job),
+        )
         .map_err(|e| ApiError::unavailable("the server is shutting down; retry shortly", e))?;
 
     match answer {
@@ -171,15 +207,25 @@ async fn send(
             let events = futures::stream::once(async move { first })
                 .chain(generation.subscribe(0).map(|e| sse_event(&e)))
                 .map(Ok::<_, Infallible>);
-            Ok(sse_response(events, Duration::from_secs(state.config.server.sse_keepalive_secs)))
+            Ok(sse_response(
+                events,
+                Duration::from_secs(state.config.server.sse_keepalive_secs),
+            ))
         }
         Answer::Json => {
             let outcome = generation.outcome().await;
             if let Some(error) = outcome.error.clone() {
                 return Err(error);
             }
-            let assistant_message = outcome.message.clone().ok_or_else(|| ApiError::internal("generation ended without a message"))?;
-            let conversation = state.store.get_conversation(&user.user_id, conversation.id).await?.unwrap_or(conversation);
+            let assistant_message = outcome
+                .message
+                .clone()
+                .ok_or_else(|| ApiError::internal("generation ended without a message"))?;
+            let conversation = state
+                .store
+                .get_conversation(&user.user_id, conversation.id)
+                .await?
+                .unwrap_or(conversation);
             Ok(Json(json!({
                 "conversation": conversation,
                 "user_message": user_message,
@@ -198,15 +244,28 @@ fn validate(state: &AppState, body: &SendMessage) -> Result<String, ApiError> {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "unsupported_message_type",
-                format!("'{}' messages are not supported by this server yet; send message_type \"text\"", body.message_type),
+                format!(
+                    "'{}' messages are not supported by this server yet; send message_type \"text\"",
+                    body.message_type
+                ),
             ));
         }
         other => {
-            return Err(ApiError::validation("message_type", format!("'{other}' is not one of text, multimodal, image, audio")));
+            return Err(ApiError::validation(
+                "message_type",
+                format!("'{other}' is not one of text, multimodal, image, audio"),
+            ));
         }
     }
-    if !body.media_ids.is_empty() || !body.media_urls.is_empty() || body.audio_url.is_some() || body.audio_duration_seconds.is_some() {
-        return Err(ApiError::validation("media_ids", "media can only be sent with a multimodal, image or audio message"));
+    if !body.media_ids.is_empty()
+        || !body.media_urls.is_empty()
+        || body.audio_url.is_some()
+        || body.audio_duration_seconds.is_some()
+    {
+        return Err(ApiError::validation(
+            "media_ids",
+            "media can only be sent with a multimodal, image or audio message",
+        ));
     }
     let content = body.content.as_deref().unwrap_or("");
     if content.trim().is_empty() {
@@ -214,8 +273,13 @@ fn validate(state: &AppState, body: &SendMessage) -> Result<String, ApiError> {
     }
     let limit = state.config.limits.max_message_bytes;
     if content.len() > limit {
-        return Err(ApiError::payload_too_large(format!("content is {} bytes; the limit is {limit}", content.len()))
-            .with_details(json!({ "field": "content", "limit_bytes": limit, "size_bytes": content.len() })));
+        return Err(ApiError::payload_too_large(format!(
+            "content is {} bytes; the limit is {limit}",
+            content.len()
+        ))
+        .with_details(
+            json!({ "field": "content", "limit_bytes": limit, "size_bytes": content.len() }),
+        ));
     }
     Ok(content.to_string())
 }
@@ -242,7 +306,11 @@ fn build_prompt(
     let budget = window_budget.min(u64::from(config.max_history_tokens));
     let cost = |m: &ChatMessage, spent: u64| {
         let upper = 3 + m.content.len() as u64;
-        if spent + upper <= budget { upper } else { tokenizer.count_message(m) }
+        if spent + upper <= budget {
+            upper
+        } else {
+            tokenizer.count_message(m)
+        }
     };
 
     let mut spent = cost(&new_message, 0);
@@ -250,7 +318,10 @@ fn build_prompt(
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "context_length_exceeded",
-            format!("the message needs {spent} tokens; model '{}' has room for {budget}", route.alias),
+            format!(
+                "the message needs {spent} tokens; model '{}' has room for {budget}",
+                route.alias
+            ),
         )
         .with_details(json!({ "tokens": spent, "budget": budget })));
     }
@@ -258,7 +329,9 @@ fn build_prompt(
     for message in history_newest_first {
         let chat = match message.role.as_str() {
             role::USER => ChatMessage::user(message.content.clone()),
-            role::ASSISTANT if !message.content.is_empty() => ChatMessage::assistant(message.content.clone()),
+            role::ASSISTANT if !message.content.is_empty() => {
+                ChatMessage::assistant(message.content.clone())
+            }
             _ => continue,
         };
         let tokens = cost(&chat, spent);
@@ -303,9 +376,17 @@ async fn history(
         (Some(id), None, None) => HistoryPage::Before(id),
         (None, Some(id), None) => HistoryPage::After(id),
         (None, None, offset) => HistoryPage::Offset(offset.unwrap_or(0).max(0)),
-        _ => return Err(ApiError::validation("before", "use one of before, after or offset")),
+        _ => {
+            return Err(ApiError::validation(
+                "before",
+                "use one of before, after or offset",
+            ));
+        }
     };
-    let mut messages = state.store.list_messages(conversation.id, page, limit + 1, ascending).await?;
+    let mut messages = state
+        .store
+        .list_messages(conversation.id, page, limit + 1, ascending)
+        .await?;
     let has_more = messages.len() as i64 > limit;
     if has_more {
         // The extra row is the one farthest from the cursor: last when reading away from it.
@@ -324,7 +405,11 @@ async fn history(
 }
 
 /// `DELETE /api/v1/messages/{id}` → 204; 404 for anyone else's message.
-async fn delete_message(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+async fn delete_message(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     let id = parse_id(&id, "message")?;
     if state.store.delete_message(&user.user_id, id).await? {
         Ok(StatusCode::NO_CONTENT)

@@ -17,7 +17,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::trace::TraceLayer;
 
 use crate::AppState;
@@ -35,10 +37,17 @@ pub fn app(state: AppState) -> Router {
         .merge(conversations::router())
         .merge(messages::router())
         .merge(generations::router())
-        .route_layer(middleware::from_fn_with_state(state.clone(), crate::auth::require_auth))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::require_auth,
+        ))
         .fallback(|| async { ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
         })
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(middleware::from_fn_with_state(timeout, request_timeout))
@@ -69,7 +78,13 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
     Some(
         CorsLayer::new()
             .allow_origin(allow_origin)
-            .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE, Method::OPTIONS])
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PATCH,
+                Method::DELETE,
+                Method::OPTIONS,
+            ])
             .allow_headers([
                 header::AUTHORIZATION,
                 header::CONTENT_TYPE,
@@ -85,11 +100,19 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
 
 /// Bounds the time to produce a response's head. A streamed body is not cut by it, and a generation whose
 /// JSON answer timed out runs on and is saved.
-async fn request_timeout(State(timeout): State<Duration>, request: Request, next: Next) -> Response {
+async fn request_timeout(
+    State(timeout): State<Duration>,
+    request: Request,
+    next: Next,
+) -> Response {
     match tokio::time::timeout(timeout, next.run(request)).await {
         Ok(response) => response,
-        Err(_) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "request_timeout", "the request took longer than server.request_timeout_secs")
-            .into_response(),
+        Err(_) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "request_timeout",
+            "the request took longer than server.request_timeout_secs",
+        )
+        .into_response(),
     }
 }
 
@@ -117,7 +140,10 @@ pub fn page_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64, Api
     match limit {
         None => Ok(default),
         Some(l) if (1..=max).contains(&l) => Ok(l),
-        Some(_) => Err(ApiError::validation("limit", format!("must be between 1 and {max}"))),
+        Some(_) => Err(ApiError::validation(
+            "limit",
+            format!("must be between 1 and {max}"),
+        )),
     }
 }
 

@@ -17,7 +17,10 @@ use crate::store::{NewPersona, Persona, PersonaFilter};
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/personas", get(list).post(create))
-        .route("/api/v1/personas/{id}", get(get_one).patch(update).delete(delete))
+        .route(
+            "/api/v1/personas/{id}",
+            get(get_one).patch(update).delete(delete),
+        )
 }
 
 #[derive(Debug, Deserialize)]
@@ -28,7 +31,10 @@ struct ListQuery {
 }
 
 /// `GET /api/v1/personas?limit&offset&category` → `{personas: [...]}`, active ones only.
-async fn list(State(state): State<AppState>, AppQuery(q): AppQuery<ListQuery>) -> Result<Json<Value>, ApiError> {
+async fn list(
+    State(state): State<AppState>,
+    AppQuery(q): AppQuery<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
     let filter = PersonaFilter {
         category: q.category.filter(|c| !c.is_empty()),
         include_inactive: false,
@@ -36,7 +42,9 @@ async fn list(State(state): State<AppState>, AppQuery(q): AppQuery<ListQuery>) -
         offset: q.offset.unwrap_or(0).max(0),
     };
     let personas = state.store.list_personas(&filter).await?;
-    Ok(Json(json!({ "personas": personas, "limit": filter.limit, "offset": filter.offset })))
+    Ok(Json(
+        json!({ "personas": personas, "limit": filter.limit, "offset": filter.offset }),
+    ))
 }
 
 /// `GET /api/v1/personas/{id}`; an inactive persona is visible to admins only.
@@ -46,7 +54,11 @@ async fn get_one(
     Path(id): Path<String>,
 ) -> Result<Json<Persona>, ApiError> {
     let id = parse_id(&id, "persona")?;
-    let persona = state.store.get_persona(id).await?.ok_or_else(|| ApiError::not_found("persona"))?;
+    let persona = state
+        .store
+        .get_persona(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("persona"))?;
     if !persona.is_active && !user.is_some_and(|u| u.admin) {
         return Err(ApiError::not_found("persona"));
     }
@@ -72,7 +84,10 @@ async fn create(
 ) -> Result<(StatusCode, Json<Persona>), ApiError> {
     validate(&persona)?;
     check_model(&state, &persona)?;
-    Ok((StatusCode::CREATED, Json(state.store.create_persona(&persona).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(state.store.create_persona(&persona).await?),
+    ))
 }
 
 /// `PATCH /api/v1/personas/{id}` (admin): any subset of the persona's fields.
@@ -83,7 +98,11 @@ async fn update(
     AppJson(patch): AppJson<serde_json::Map<String, Value>>,
 ) -> Result<Json<Persona>, ApiError> {
     let id = parse_id(&id, "persona")?;
-    let current = state.store.get_persona(id).await?.ok_or_else(|| ApiError::not_found("persona"))?;
+    let current = state
+        .store
+        .get_persona(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("persona"))?;
     let mut merged = serde_json::to_value(&current).map_err(ApiError::internal)?;
     for (key, value) in patch {
         if matches!(key.as_str(), "id" | "created_at" | "updated_at") {
@@ -94,12 +113,20 @@ async fn update(
     let persona: NewPersona = crate::error::parse_json(merged.to_string().as_bytes())?;
     validate(&persona)?;
     check_model(&state, &persona)?;
-    let updated = state.store.update_persona(id, &persona).await?.ok_or_else(|| ApiError::not_found("persona"))?;
+    let updated = state
+        .store
+        .update_persona(id, &persona)
+        .await?
+        .ok_or_else(|| ApiError::not_found("persona"))?;
     Ok(Json(updated))
 }
 
 /// `DELETE /api/v1/personas/{id}` (admin) → 204; 409 while conversations use it.
-async fn delete(State(state): State<AppState>, _: AdminUser, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+async fn delete(
+    State(state): State<AppState>,
+    _: AdminUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     let id = parse_id(&id, "persona")?;
     if state.store.delete_persona(id).await? {
         Ok(StatusCode::NO_CONTENT)

@@ -16,7 +16,10 @@ pub struct MockProvider {
 
 impl MockProvider {
     pub fn new(name: &str, delay: Duration) -> Self {
-        Self { name: name.to_string(), delay }
+        Self {
+            name: name.to_string(),
+            delay,
+        }
     }
 
     /// The full reply to `request`: a pure function of its last user message.
@@ -67,10 +70,16 @@ mod tests {
     async fn streams_the_reply_word_by_word_and_finishes() {
         let request = ChatRequest {
             model: "mock-1".into(),
-            messages: vec![ChatMessage::system("be nice"), ChatMessage::user("hi there")],
+            messages: vec![
+                ChatMessage::system("be nice"),
+                ChatMessage::user("hi there"),
+            ],
             max_tokens: None,
         };
-        let events: Vec<_> = MockProvider::new("mock", Duration::ZERO).stream(request.clone()).collect().await;
+        let events: Vec<_> = MockProvider::new("mock", Duration::ZERO)
+            .stream(request.clone())
+            .collect()
+            .await;
         let text: String = events
             .iter()
             .filter_map(|e| match e {
@@ -81,6 +90,9 @@ mod tests {
         assert_eq!(text, MockProvider::reply_to(&request));
         assert!(text.contains("\"hi there\""));
         assert!(events.len() > 5, "one delta per word");
-        assert_eq!(events.last(), Some(&Ok(ProviderEvent::Finish("stop".into()))));
+        assert_eq!(
+            events.last(),
+            Some(&Ok(ProviderEvent::Finish("stop".into())))
+        );
     }
 }

@@ -38,13 +38,22 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn system(content: impl Into<String>) -> Self {
-        Self { role: Role::System, content: content.into() }
+        Self {
+            role: Role::System,
+            content: content.into(),
+        }
     }
     pub fn user(content: impl Into<String>) -> Self {
-        Self { role: Role::User, content: content.into() }
+        Self {
+            role: Role::User,
+            content: content.into(),
+        }
     }
     pub fn assistant(content: impl Into<String>) -> Self {
-        Self { role: Role::Assistant, content: content.into() }
+        Self {
+            role: Role::Assistant,
+            content: content.into(),
+        }
     }
 }
 
@@ -107,11 +116,21 @@ pub enum ProviderError {
     #[error("could not reach provider '{provider}': {message}")]
     Connect { provider: String, message: String },
     #[error("provider '{provider}' is rate limiting: {message}")]
-    RateLimited { provider: String, message: String, retry_after: Option<Duration> },
-    #[error("provider '{provider}' refused the credentials (HTTP {status}); check providers.{provider}.api_key")]
+    RateLimited {
+        provider: String,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    #[error(
+        "provider '{provider}' refused the credentials (HTTP {status}); check providers.{provider}.api_key"
+    )]
     Auth { provider: String, status: u16 },
     #[error("provider '{provider}' answered HTTP {status}: {message}")]
-    Status { provider: String, status: u16, message: String },
+    Status {
+        provider: String,
+        status: u16,
+        message: String,
+    },
     #[error("provider '{provider}': {kind}")]
     Timeout { provider: String, kind: TimeoutKind },
     #[error("provider '{provider}' sent a malformed stream: {message}")]
@@ -207,7 +226,9 @@ impl Models {
         let mut providers: BTreeMap<&str, Arc<dyn Provider>> = BTreeMap::new();
         let mut mocked: Vec<&str> = Vec::new();
         for (name, pc) in &config.providers {
-            let kind = pc.kind_for(name).ok_or_else(|| format!("providers.{name}.kind is missing"))?;
+            let kind = pc
+                .kind_for(name)
+                .ok_or_else(|| format!("providers.{name}.kind is missing"))?;
             let provider: Arc<dyn Provider> = if pc.needs_key(name, kind) {
                 tracing::warn!(
                     provider = %name,
@@ -215,12 +236,16 @@ impl Models {
                      charge (set providers.{name}.api_key or the usual environment variable for real replies)"
                 );
                 mocked.push(name.as_str());
-                Arc::new(mock::MockProvider::new("mock", Duration::from_millis(pc.delay_ms.unwrap_or(20))))
+                Arc::new(mock::MockProvider::new(
+                    "mock",
+                    Duration::from_millis(pc.delay_ms.unwrap_or(20)),
+                ))
             } else {
                 match kind {
-                    ProviderKind::Mock => {
-                        Arc::new(mock::MockProvider::new(name, Duration::from_millis(pc.delay_ms.unwrap_or(20))))
-                    }
+                    ProviderKind::Mock => Arc::new(mock::MockProvider::new(
+                        name,
+                        Duration::from_millis(pc.delay_ms.unwrap_or(20)),
+                    )),
                     ProviderKind::Openai => Arc::new(openai::OpenAiProvider::new(
                         name,
                         &pc.base_url_for(name, kind),
@@ -246,7 +271,12 @@ impl Models {
             let provider = providers
                 .get(mc.provider.as_str())
                 .cloned()
-                .ok_or_else(|| format!("models.{alias}.provider: unknown provider '{}'", mc.provider))?;
+                .ok_or_else(|| {
+                    format!(
+                        "models.{alias}.provider: unknown provider '{}'",
+                        mc.provider
+                    )
+                })?;
             routes.insert(
                 alias.clone(),
                 ModelRoute {
@@ -254,14 +284,21 @@ impl Models {
                     provider,
                     upstream_model: mc.model.clone(),
                     // A stand-in mock costs nothing; billing it at the real model's prices would be wrong.
-                    prices: if mocked.contains(&mc.provider.as_str()) { Prices::default() } else { Prices::of(mc) },
+                    prices: if mocked.contains(&mc.provider.as_str()) {
+                        Prices::default()
+                    } else {
+                        Prices::of(mc)
+                    },
                     context_window: mc.context_window,
                     max_output_tokens: mc.max_output_tokens,
                     tokenizer: Tokenizer::for_model(&mc.model),
                 },
             );
         }
-        Ok(Self { routes, default_alias: config.defaults.model.clone() })
+        Ok(Self {
+            routes,
+            default_alias: config.defaults.model.clone(),
+        })
     }
 
     /// The route of an alias.

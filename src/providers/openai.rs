@@ -43,7 +43,12 @@ impl OpenAiProvider {
     ///
     /// # Errors
     /// When the HTTP client cannot be built (TLS backend failure).
-    pub fn new(name: &str, base_url: &str, api_key: Option<String>, timeouts: Timeouts) -> Result<Self, String> {
+    pub fn new(
+        name: &str,
+        base_url: &str,
+        api_key: Option<String>,
+        timeouts: Timeouts,
+    ) -> Result<Self, String> {
         let client = reqwest::Client::builder()
             .connect_timeout(timeouts.connect)
             .tcp_nodelay(true)
@@ -209,32 +214,57 @@ fn error_message(error: &Value) -> String {
         .get("message")
         .and_then(Value::as_str)
         .or_else(|| error.as_str())
-        .map_or_else(|| truncate(&error.to_string(), 300).to_string(), |m| truncate(m, 300).to_string())
+        .map_or_else(
+            || truncate(&error.to_string(), 300).to_string(),
+            |m| truncate(m, 300).to_string(),
+        )
 }
 
 fn send_error(provider: &str, err: &reqwest::Error) -> ProviderError {
     if err.is_timeout() {
-        ProviderError::Timeout { provider: provider.to_string(), kind: TimeoutKind::Connect }
+        ProviderError::Timeout {
+            provider: provider.to_string(),
+            kind: TimeoutKind::Connect,
+        }
     } else {
         // reqwest's message names the URL but never headers, so the key cannot leak.
-        ProviderError::Connect { provider: provider.to_string(), message: err.to_string() }
+        ProviderError::Connect {
+            provider: provider.to_string(),
+            message: err.to_string(),
+        }
     }
 }
 
-fn stream_error<E: std::fmt::Display>(provider: &str, err: eventsource_stream::EventStreamError<E>) -> ProviderError {
+fn stream_error<E: std::fmt::Display>(
+    provider: &str,
+    err: eventsource_stream::EventStreamError<E>,
+) -> ProviderError {
     match err {
         eventsource_stream::EventStreamError::Transport(e) => {
             tracing::debug!(provider, error = %e, "upstream body failed");
-            ProviderError::Interrupted { provider: provider.to_string() }
+            ProviderError::Interrupted {
+                provider: provider.to_string(),
+            }
         }
-        other => ProviderError::Malformed { provider: provider.to_string(), message: other.to_string() },
+        other => ProviderError::Malformed {
+            provider: provider.to_string(),
+            message: other.to_string(),
+        },
     }
 }
 
 /// `retry-after-ms` (OpenAI) or `retry-after` in seconds (RFC 9110 §10.2.3; the HTTP-date form is ignored).
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-    if let Some(ms) = header("retry-after-ms").and_then(|v| v.parse::<f64>().ok()).filter(|v| v.is_finite() && *v >= 0.0) {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(ms) = header("retry-after-ms")
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| v.is_finite() && *v >= 0.0)
+    {
         return Some(Duration::from_secs_f64(ms / 1000.0));
     }
     header(RETRY_AFTER.as_str())
@@ -244,7 +274,10 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// Passes a 2xx response through; turns any other into its typed error.
-async fn check_status(provider: &str, response: reqwest::Response) -> Result<reqwest::Response, ProviderError> {
+async fn check_status(
+    provider: &str,
+    response: reqwest::Response,
+) -> Result<reqwest::Response, ProviderError> {
     let status = response.status();
     if status.is_success() {
         return Ok(response);
@@ -261,12 +294,27 @@ fn status_error(provider: &str, status: u16, headers: &HeaderMap, body: &str) ->
     let parsed: Option<Value> = serde_json::from_str(body).ok();
     let error = parsed.as_ref().and_then(|v| v.get("error"));
     let message = error.map_or_else(|| truncate(body.trim(), 300).to_string(), error_message);
-    let code = error.and_then(|e| e.get("code")).and_then(Value::as_str).unwrap_or("");
+    let code = error
+        .and_then(|e| e.get("code"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
     match status {
         401 | 403 => ProviderError::Auth { provider, status },
-        429 if code == "insufficient_quota" => ProviderError::Status { provider, status, message },
-        429 => ProviderError::RateLimited { provider, message, retry_after: retry_after(headers) },
-        _ => ProviderError::Status { provider, status, message },
+        429 if code == "insufficient_quota" => ProviderError::Status {
+            provider,
+            status,
+            message,
+        },
+        429 => ProviderError::RateLimited {
+            provider,
+            message,
+            retry_after: retry_after(headers),
+        },
+        _ => ProviderError::Status {
+            provider,
+            status,
+            message,
+        },
     }
 }
 
@@ -287,10 +335,20 @@ mod tests {
         assert_eq!(err.retry_after(), Some(Duration::from_millis(1500)));
         assert!(err.is_retryable());
 
-        let err = status_error("openai", 429, &HeaderMap::new(), r#"{"error":{"message":"quota","code":"insufficient_quota"}}"#);
+        let err = status_error(
+            "openai",
+            429,
+            &HeaderMap::new(),
+            r#"{"error":{"message":"quota","code":"insufficient_quota"}}"#,
+        );
         assert!(!err.is_retryable());
 
-        let err = status_error("openai", 401, &HeaderMap::new(), r#"{"error":{"message":"Incorrect API key provided: sk-abc"}}"#);
+        let err = status_error(
+            "openai",
+            401,
+            &HeaderMap::new(),
+            r#"{"error":{"message":"Incorrect API key provided: sk-abc"}}"#,
+        );
         assert!(!err.to_string().contains("sk-abc"), "{err}");
         assert_eq!(err.http_status(), 502);
 
@@ -309,7 +367,12 @@ mod tests {
         let usage: Usage = chunk.usage.expect("usage").into();
         assert_eq!(
             usage,
-            Usage { prompt_tokens: Some(79), completion_tokens: Some(1), cached_tokens: Some(64), reasoning_tokens: Some(0) }
+            Usage {
+                prompt_tokens: Some(79),
+                completion_tokens: Some(1),
+                cached_tokens: Some(64),
+                reasoning_tokens: Some(0)
+            }
         );
     }
 }

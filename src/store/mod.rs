@@ -4,8 +4,8 @@
 //! own migrations folder (`migrations/sqlite`, `migrations/postgres`). Timestamps are bound from Rust (UTC,
 //! microsecond precision) so both backends order and compare them the same way.
 
-mod sql;
 mod postgres;
+mod sql;
 mod sqlite;
 
 use chrono::{DateTime, SubsecRound, Utc};
@@ -231,7 +231,10 @@ impl From<MessageRow> for Message {
             error: r.error,
             created_at: r.created_at,
             updated_at: r.updated_at,
-            tokens_used: r.u_prompt_tokens.zip(r.u_completion_tokens).map(|(p, c)| p + c),
+            tokens_used: r
+                .u_prompt_tokens
+                .zip(r.u_completion_tokens)
+                .map(|(p, c)| p + c),
             model_used: r.u_upstream_model,
             response_time_ms: r.u_duration_ms,
             ttft_ms: r.u_ttft_ms,
@@ -350,10 +353,23 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError::Conflict`] when conversations still refer to it.
     async fn delete_persona(&self, id: Id) -> StoreResult<bool>;
 
-    async fn create_conversation(&self, user_id: &str, persona_id: Id, title: Option<&str>) -> StoreResult<Conversation>;
+    async fn create_conversation(
+        &self,
+        user_id: &str,
+        persona_id: Id,
+        title: Option<&str>,
+    ) -> StoreResult<Conversation>;
     /// The caller's most recently active, unarchived conversation with this persona.
-    async fn latest_conversation(&self, user_id: &str, persona_id: Id) -> StoreResult<Option<Conversation>>;
-    async fn list_conversations(&self, user_id: &str, filter: &ConversationFilter) -> StoreResult<Vec<ConversationSummary>>;
+    async fn latest_conversation(
+        &self,
+        user_id: &str,
+        persona_id: Id,
+    ) -> StoreResult<Option<Conversation>>;
+    async fn list_conversations(
+        &self,
+        user_id: &str,
+        filter: &ConversationFilter,
+    ) -> StoreResult<Vec<ConversationSummary>>;
     async fn get_conversation(&self, user_id: &str, id: Id) -> StoreResult<Option<Conversation>>;
     /// Sets the title (`Some(None)` clears it) and/or the archived flag.
     async fn update_conversation(
@@ -370,11 +386,21 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_message(&self, message: &NewMessage) -> StoreResult<Message>;
     async fn get_message(&self, user_id: &str, id: Id) -> StoreResult<Option<Message>>;
     /// A page of history, `limit` messages, in `ascending` or descending `(created_at, id)` order.
-    async fn list_messages(&self, conversation_id: Id, page: HistoryPage, limit: i64, ascending: bool) -> StoreResult<Vec<Message>>;
+    async fn list_messages(
+        &self,
+        conversation_id: Id,
+        page: HistoryPage,
+        limit: i64,
+        ascending: bool,
+    ) -> StoreResult<Vec<Message>>;
     /// Deletes one of the caller's messages; `false` when it is not theirs or does not exist.
     async fn delete_message(&self, user_id: &str, id: Id) -> StoreResult<bool>;
     /// Writes a finished generation's assistant message and its usage record in one transaction.
-    async fn save_generation(&self, message: &NewMessage, usage: &UsageRecord) -> StoreResult<Message>;
+    async fn save_generation(
+        &self,
+        message: &NewMessage,
+        usage: &UsageRecord,
+    ) -> StoreResult<Message>;
     /// Usage records of one message.
     async fn usage_for_message(&self, message_id: Id) -> StoreResult<Vec<UsageRecord>>;
 }
@@ -386,18 +412,24 @@ pub trait Store: Send + Sync + 'static {
 /// [`StoreError::Database`] when the database cannot be reached.
 pub async fn connect(url: &str, max_connections: u32) -> StoreResult<std::sync::Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
-        Ok(std::sync::Arc::new(SqliteStore::connect(url, max_connections).await?))
+        Ok(std::sync::Arc::new(
+            SqliteStore::connect(url, max_connections).await?,
+        ))
     } else {
-        Ok(std::sync::Arc::new(PgStore::connect(url, max_connections).await?))
+        Ok(std::sync::Arc::new(
+            PgStore::connect(url, max_connections).await?,
+        ))
     }
 }
 
 fn map_write_error(err: sqlx::Error, what: &str) -> StoreError {
     match &err {
-        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(format!("{what} already exists")),
-        sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
-            StoreError::Conflict(format!("{what} refers to a missing row or is still referred to"))
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            StoreError::Conflict(format!("{what} already exists"))
         }
+        sqlx::Error::Database(db) if db.is_foreign_key_violation() => StoreError::Conflict(
+            format!("{what} refers to a missing row or is still referred to"),
+        ),
         _ => StoreError::Database(err),
     }
 }

@@ -480,4 +480,7 @@ macro_rules! impl_store {
     };
 }
 
-pub(crate) use {conversation_columns, conversation_returning, impl_store, message_select, persona_columns, usage_columns};
+pub(crate) use {
+    conversation_columns, conversation_returning, impl_store, message_select, persona_columns,
+    usage_columns,
+};

@@ -45,7 +45,14 @@ impl Drop for TerminalGuard {
         if self.0.outcome_now().is_none() {
             let err = ApiError::internal("generation task ended without a terminal event");
             let data = json!({ "error": err.error, "message": "the generation stopped unexpectedly", "details": {} });
-            self.0.finish(Outcome { message: None, error: Some(err) }, EventKind::Error, data.to_string());
+            self.0.finish(
+                Outcome {
+                    message: None,
+                    error: Some(err),
+                },
+                EventKind::Error,
+                data.to_string(),
+            );
         }
     }
 }
@@ -76,7 +83,13 @@ pub async fn run(generation: Arc<Generation>, job: GenerationJob) {
         (Some(_), _) => (status::FAILED, "error".to_string()),
         (None, Some(CancelReason::User)) => (status::CANCELLED, "cancelled".to_string()),
         (None, Some(CancelReason::Shutdown)) => (status::INTERRUPTED, "shutdown".to_string()),
-        (None, None) => (status::COMPLETE, streamed.finish_reason.clone().unwrap_or_else(|| "stop".into())),
+        (None, None) => (
+            status::COMPLETE,
+            streamed
+                .finish_reason
+                .clone()
+                .unwrap_or_else(|| "stop".into()),
+        ),
     };
     let message = NewMessage {
         id: generation.id,
@@ -126,19 +139,43 @@ pub async fn run(generation: Arc<Generation>, job: GenerationJob) {
 
     match (saved, streamed.error) {
         (Ok(saved), None) => {
-            let data = json!({ "message": saved, "usage": usage_json, "finish_reason": finish_reason });
-            generation.finish(Outcome { message: Some(saved), error: None }, EventKind::Done, data.to_string());
+            let data =
+                json!({ "message": saved, "usage": usage_json, "finish_reason": finish_reason });
+            generation.finish(
+                Outcome {
+                    message: Some(saved),
+                    error: None,
+                },
+                EventKind::Done,
+                data.to_string(),
+            );
         }
         (Ok(saved), Some(error)) => {
-            let api = ApiError::from(&error).with_details(json!({ "message_id": saved.id, "partial": !saved.content.is_empty() }));
+            let api = ApiError::from(&error).with_details(
+                json!({ "message_id": saved.id, "partial": !saved.content.is_empty() }),
+            );
             let data = api.body();
-            generation.finish(Outcome { message: Some(saved), error: Some(api) }, EventKind::Error, data.to_string());
+            generation.finish(
+                Outcome {
+                    message: Some(saved),
+                    error: Some(api),
+                },
+                EventKind::Error,
+                data.to_string(),
+            );
         }
         (Err(err), _) => {
             tracing::error!(generation_id = %generation.id, error = %err, "could not save the generation");
             let api = ApiError::unavailable("the reply could not be saved", err);
             let data = json!({ "error": api.error, "message": api.message, "details": { "message_id": generation.id } });
-            generation.finish(Outcome { message: None, error: Some(api) }, EventKind::Error, data.to_string());
+            generation.finish(
+                Outcome {
+                    message: None,
+                    error: Some(api),
+                },
+                EventKind::Error,
+                data.to_string(),
+            );
         }
     }
 }
@@ -146,7 +183,13 @@ pub async fn run(generation: Arc<Generation>, job: GenerationJob) {
 /// The relay loop: the only code on the per-token path.
 async fn relay(generation: &Generation, job: &GenerationJob) -> Streamed {
     let started = Instant::now();
-    let mut out = Streamed { usage: Usage::default(), finish_reason: None, error: None, cancelled: None, ttft: None };
+    let mut out = Streamed {
+        usage: Usage::default(),
+        finish_reason: None,
+        error: None,
+        cancelled: None,
+        ttft: None,
+    };
     let mut upstream = job.route.provider.stream(job.request.clone());
     loop {
         let event = tokio::select! {
@@ -199,7 +242,11 @@ fn count_tokens(job: &GenerationJob, usage: &Usage, text: &str) -> TokenCounts {
 }
 
 /// Writes message and usage in one transaction, retrying transient failures with backoff.
-async fn persist(job: &GenerationJob, message: &NewMessage, usage: &UsageRecord) -> Result<Message, StoreError> {
+async fn persist(
+    job: &GenerationJob,
+    message: &NewMessage,
+    usage: &UsageRecord,
+) -> Result<Message, StoreError> {
     let mut delay = Duration::from_millis(50);
     let attempts = job.persist_attempts.max(1);
     let mut attempt = 1;

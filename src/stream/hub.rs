@@ -103,7 +103,9 @@ pub struct Generation {
 impl Generation {
     fn state(&self) -> MutexGuard<'_, LogState> {
         // A panic while holding this lock cannot leave the log inconsistent (pushes are atomic), so recover.
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Appends an event and wakes subscribers; returns its seq.
@@ -111,7 +113,9 @@ impl Generation {
         let seq = {
             let mut state = self.state();
             let seq = state.events.len() as u64 + 1;
-            state.events.push(Arc::new(GenerationEvent { seq, kind, data }));
+            state
+                .events
+                .push(Arc::new(GenerationEvent { seq, kind, data }));
             seq
         };
         self.latest.send_replace(seq);
@@ -125,7 +129,11 @@ impl Generation {
             let mut state = self.state();
             state.text.push_str(text);
             let seq = state.events.len() as u64 + 1;
-            state.events.push(Arc::new(GenerationEvent { seq, kind: EventKind::Delta, data }));
+            state.events.push(Arc::new(GenerationEvent {
+                seq,
+                kind: EventKind::Delta,
+                data,
+            }));
             seq
         };
         self.latest.send_replace(seq);
@@ -142,7 +150,10 @@ impl Generation {
     pub fn finish(&self, outcome: Outcome, kind: EventKind, data: String) {
         self.state().outcome = Some(Arc::new(outcome));
         self.emit(kind, data);
-        *self.finished_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+        *self
+            .finished_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
     }
 
     /// The outcome, once finished.
@@ -159,14 +170,22 @@ impl Generation {
             }
             // The sender lives as long as `self`, so `changed` only fails if the generation is gone.
             if rx.changed().await.is_err() {
-                return Arc::new(Outcome { message: None, error: None });
+                return Arc::new(Outcome {
+                    message: None,
+                    error: None,
+                });
             }
         }
     }
 
     /// Asks the generation to stop; it saves what it has.
     pub fn cancel(&self, reason: CancelReason) {
-        let _ = self.cancel_reason.compare_exchange(0, reason as u8, Ordering::SeqCst, Ordering::SeqCst);
+        let _ = self.cancel_reason.compare_exchange(
+            0,
+            reason as u8,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
         self.cancel.cancel();
     }
 
@@ -185,7 +204,10 @@ impl Generation {
     }
 
     /// Events with seq > `after`, then live ones, ending after the terminal event.
-    pub fn subscribe(self: &Arc<Self>, after: u64) -> impl Stream<Item = Arc<GenerationEvent>> + Send + 'static {
+    pub fn subscribe(
+        self: &Arc<Self>,
+        after: u64,
+    ) -> impl Stream<Item = Arc<GenerationEvent>> + Send + 'static {
         let generation = Arc::clone(self);
         let mut rx = generation.latest.subscribe();
         async_stream::stream! {
@@ -245,14 +267,24 @@ impl Hub {
     }
 
     fn generations(&self) -> MutexGuard<'_, HashMap<Id, Arc<Generation>>> {
-        self.inner.generations.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .generations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Registers a generation and runs `task` for it as a tracked background task that no connection owns.
     ///
     /// # Errors
     /// [`ShuttingDown`] once shutdown has begun.
-    pub fn start<F, Fut>(&self, id: Id, conversation_id: Id, user_id: &str, model: &str, task: F) -> Result<Arc<Generation>, ShuttingDown>
+    pub fn start<F, Fut>(
+        &self,
+        id: Id,
+        conversation_id: Id,
+        user_id: &str,
+        model: &str,
+        task: F,
+    ) -> Result<Arc<Generation>, ShuttingDown>
     where
         F: FnOnce(Arc<Generation>) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
@@ -289,7 +321,10 @@ impl Hub {
 
     /// Number of generations still running.
     pub fn running(&self) -> usize {
-        self.generations().values().filter(|g| g.outcome_now().is_none()).count()
+        self.generations()
+            .values()
+            .filter(|g| g.outcome_now().is_none())
+            .count()
     }
 
     /// Drops finished generations older than the retention time.
@@ -310,11 +345,21 @@ impl Hub {
         self.inner.tracker.close();
         let running = self.running();
         if running > 0 {
-            tracing::info!(running, grace_secs = grace.as_secs(), "waiting for running generations to finish");
+            tracing::info!(
+                running,
+                grace_secs = grace.as_secs(),
+                "waiting for running generations to finish"
+            );
         }
-        if tokio::time::timeout(grace, self.inner.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.inner.tracker.wait())
+            .await
+            .is_err()
+        {
             let generations: Vec<_> = self.generations().values().cloned().collect();
-            tracing::warn!(running = self.running(), "grace period over: cancelling the remaining generations");
+            tracing::warn!(
+                running = self.running(),
+                "grace period over: cancelling the remaining generations"
+            );
             for generation in generations {
                 generation.cancel(CancelReason::Shutdown);
             }

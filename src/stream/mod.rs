@@ -15,7 +15,10 @@ pub use self::hub::{EventKind, Generation, GenerationEvent, Hub};
 
 /// The SSE form of a logged event: `id: <seq>`, `event: <kind>`, `data: <json>`.
 pub fn sse_event(event: &GenerationEvent) -> Event {
-    Event::default().id(event.seq.to_string()).event(event.kind.as_str()).data(&event.data)
+    Event::default()
+        .id(event.seq.to_string())
+        .event(event.kind.as_str())
+        .data(&event.data)
 }
 
 /// An SSE response with the headers of DESIGN.md: `Content-Type: text/event-stream`,
@@ -25,9 +28,14 @@ pub fn sse_response<S>(events: S, keepalive: Duration) -> Response
 where
     S: Stream<Item = Result<Event, Infallible>> + Send + 'static,
 {
-    let mut response = Sse::new(events).keep_alive(KeepAlive::new().interval(keepalive).text("keep-alive")).into_response();
+    let mut response = Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(keepalive).text("keep-alive"))
+        .into_response();
     let headers = response.headers_mut();
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-transform"));
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-transform"),
+    );
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
 }

@@ -62,7 +62,9 @@ impl Prices {
         Prices {
             input_picousd_per_token: input,
             output_picousd_per_token: per_mtok_to_picousd(model.output_per_mtok),
-            cached_input_picousd_per_token: model.cached_input_per_mtok.map_or(input, per_mtok_to_picousd),
+            cached_input_picousd_per_token: model
+                .cached_input_per_mtok
+                .map_or(input, per_mtok_to_picousd),
         }
     }
 
@@ -104,21 +106,52 @@ mod tests {
     fn cost_is_exact_to_the_nanousd() {
         // gpt-4o-mini: $0.15 / $0.60 per Mtok, cached $0.075.
         let prices = Prices::of(&model(0.15, 0.60, Some(0.075)));
-        let counts = TokenCounts { prompt_tokens: 79, completion_tokens: 1, ..Default::default() };
+        let counts = TokenCounts {
+            prompt_tokens: 79,
+            completion_tokens: 1,
+            ..Default::default()
+        };
         // 79 × 150 + 1 × 600 = 12_450 nano-USD.
         assert_eq!(prices.cost_nanousd(&counts), 12_450);
-        let counts = TokenCounts { prompt_tokens: 1000, cached_tokens: 400, completion_tokens: 10, ..Default::default() };
+        let counts = TokenCounts {
+            prompt_tokens: 1000,
+            cached_tokens: 400,
+            completion_tokens: 10,
+            ..Default::default()
+        };
         // 600 × 150 + 400 × 75 + 10 × 600 = 126_000.
         assert_eq!(prices.cost_nanousd(&counts), 126_000);
         // Sub-nano prices round once, half up: 3 × 37.5 = 112.5 → 113.
         let prices = Prices::of(&model(0.0375, 0.0, None));
-        assert_eq!(prices.cost_nanousd(&TokenCounts { prompt_tokens: 3, ..Default::default() }), 113);
+        assert_eq!(
+            prices.cost_nanousd(&TokenCounts {
+                prompt_tokens: 3,
+                ..Default::default()
+            }),
+            113
+        );
     }
 
     #[test]
     fn merge_keeps_known_figures() {
-        let mut usage = Usage { prompt_tokens: Some(11), completion_tokens: Some(1), cached_tokens: Some(3), ..Default::default() };
-        usage.merge(Usage { completion_tokens: Some(6), ..Default::default() });
-        assert_eq!(usage, Usage { prompt_tokens: Some(11), completion_tokens: Some(6), cached_tokens: Some(3), reasoning_tokens: None });
+        let mut usage = Usage {
+            prompt_tokens: Some(11),
+            completion_tokens: Some(1),
+            cached_tokens: Some(3),
+            ..Default::default()
+        };
+        usage.merge(Usage {
+            completion_tokens: Some(6),
+            ..Default::default()
+        });
+        assert_eq!(
+            usage,
+            Usage {
+                prompt_tokens: Some(11),
+                completion_tokens: Some(6),
+                cached_tokens: Some(3),
+                reasoning_tokens: None
+            }
+        );
     }
 }

@@ -27,15 +27,37 @@ pub enum Encoding {
 impl Tokenizer {
     /// The tokenizer for an upstream model name (any `provider/` prefix is ignored: `openai/gpt-4o`).
     pub fn for_model(model: &str) -> Self {
-        let name = model.rsplit('/').next().unwrap_or(model).to_ascii_lowercase();
-        let o200k = ["gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4-mini", "chatgpt-4o"];
+        let name = model
+            .rsplit('/')
+            .next()
+            .unwrap_or(model)
+            .to_ascii_lowercase();
+        let o200k = [
+            "gpt-4o",
+            "gpt-4.1",
+            "gpt-4.5",
+            "gpt-5",
+            "o1",
+            "o3",
+            "o4-mini",
+            "chatgpt-4o",
+        ];
         let cl100k = ["gpt-4", "gpt-3.5-turbo", "gpt-35-turbo"];
         if o200k.iter().any(|p| name.starts_with(p)) {
-            Tokenizer { encoding: Encoding::O200kBase, exact: true }
+            Tokenizer {
+                encoding: Encoding::O200kBase,
+                exact: true,
+            }
         } else if cl100k.iter().any(|p| name.starts_with(p)) {
-            Tokenizer { encoding: Encoding::Cl100kBase, exact: true }
+            Tokenizer {
+                encoding: Encoding::Cl100kBase,
+                exact: true,
+            }
         } else {
-            Tokenizer { encoding: Encoding::O200kBase, exact: false }
+            Tokenizer {
+                encoding: Encoding::O200kBase,
+                exact: false,
+            }
         }
     }
 
@@ -79,10 +101,34 @@ mod tests {
 
     #[test]
     fn encodings_follow_the_model_family() {
-        assert_eq!(Tokenizer::for_model("gpt-4o-mini"), Tokenizer { encoding: Encoding::O200kBase, exact: true });
-        assert_eq!(Tokenizer::for_model("openai/o3-mini"), Tokenizer { encoding: Encoding::O200kBase, exact: true });
-        assert_eq!(Tokenizer::for_model("gpt-4-turbo"), Tokenizer { encoding: Encoding::Cl100kBase, exact: true });
-        assert_eq!(Tokenizer::for_model("gpt-3.5-turbo"), Tokenizer { encoding: Encoding::Cl100kBase, exact: true });
+        assert_eq!(
+            Tokenizer::for_model("gpt-4o-mini"),
+            Tokenizer {
+                encoding: Encoding::O200kBase,
+                exact: true
+            }
+        );
+        assert_eq!(
+            Tokenizer::for_model("openai/o3-mini"),
+            Tokenizer {
+                encoding: Encoding::O200kBase,
+                exact: true
+            }
+        );
+        assert_eq!(
+            Tokenizer::for_model("gpt-4-turbo"),
+            Tokenizer {
+                encoding: Encoding::Cl100kBase,
+                exact: true
+            }
+        );
+        assert_eq!(
+            Tokenizer::for_model("gpt-3.5-turbo"),
+            Tokenizer {
+                encoding: Encoding::Cl100kBase,
+                exact: true
+            }
+        );
         assert!(!Tokenizer::for_model("claude-3-5-sonnet").exact);
         assert!(!Tokenizer::for_model("llama-3.3-70b-versatile").exact);
     }
@@ -94,6 +140,9 @@ mod tests {
         assert_eq!(Tokenizer::for_model("gpt-4").count("hello world"), 2);
         assert_eq!(Tokenizer::for_model("gpt-4o").count(""), 0);
         let messages = [ChatMessage::user("hello world")];
-        assert_eq!(Tokenizer::for_model("gpt-4o").count_prompt(&messages), 3 + 3 + 2);
+        assert_eq!(
+            Tokenizer::for_model("gpt-4o").count_prompt(&messages),
+            3 + 3 + 2
+        );
     }
 }

@@ -42,11 +42,17 @@ impl TestDb {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("tempdir");
                 let url = format!("sqlite://{}", dir.path().join("chatgate.db").display());
-                Some(Self { url, _dir: Some(dir), drop_pg: None })
+                Some(Self {
+                    url,
+                    _dir: Some(dir),
+                    drop_pg: None,
+                })
             }
             Backend::Postgres => {
                 let Ok(admin_url) = std::env::var("CHATGATE_TEST_POSTGRES_URL") else {
-                    eprintln!("SKIPPED (postgres): set CHATGATE_TEST_POSTGRES_URL to run this test on PostgreSQL");
+                    eprintln!(
+                        "SKIPPED (postgres): set CHATGATE_TEST_POSTGRES_URL to run this test on PostgreSQL"
+                    );
                     return None;
                 };
                 let name = format!("chatgate_test_{}", uuid::Uuid::new_v4().simple());
@@ -55,9 +61,14 @@ impl TestDb {
                     .execute(&mut admin)
                     .await
                     .expect("create test database");
-                let mut url = reqwest::Url::parse(&admin_url).expect("CHATGATE_TEST_POSTGRES_URL is a URL");
+                let mut url =
+                    reqwest::Url::parse(&admin_url).expect("CHATGATE_TEST_POSTGRES_URL is a URL");
                 url.set_path(&format!("/{name}"));
-                Some(Self { url: url.to_string(), _dir: None, drop_pg: Some((admin_url, name)) })
+                Some(Self {
+                    url: url.to_string(),
+                    _dir: None,
+                    drop_pg: Some((admin_url, name)),
+                })
             }
         }
     }
@@ -71,7 +82,9 @@ impl TestDb {
 
 async fn sqlx_connect(url: &str) -> sqlx::PgConnection {
     use sqlx::Connection;
-    sqlx::PgConnection::connect(url).await.expect("connect to CHATGATE_TEST_POSTGRES_URL")
+    sqlx::PgConnection::connect(url)
+        .await
+        .expect("connect to CHATGATE_TEST_POSTGRES_URL")
 }
 
 impl Drop for TestDb {
@@ -79,13 +92,20 @@ impl Drop for TestDb {
         if let Some((admin_url, name)) = self.drop_pg.take() {
             // Drop the database from a separate runtime: Drop cannot await.
             let _ = std::thread::spawn(move || {
-                let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
                 rt.block_on(async {
                     use sqlx::Connection;
                     if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url).await {
-                        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-                            .execute(&mut conn)
-                            .await;
+                        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        )))
+                        .execute(&mut conn)
+                        .await;
                     }
                 });
             })
@@ -148,53 +168,100 @@ impl TestServer {
 
     pub async fn start_with(config: Config, db: TestDb) -> Self {
         if std::env::var_os("TEST_LOG").is_some() {
-            let _ = tracing_subscriber::fmt().with_env_filter("chatgate=debug").with_test_writer().try_init();
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter("chatgate=debug")
+                .with_test_writer()
+                .try_init();
         }
         let state = AppState::new(config).await.expect("app state");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(chatgate::serve(state.clone(), listener, async move {
             let _ = rx.await;
         }));
-        Self { url, state, client: reqwest::Client::new(), db, shutdown: Some(tx), handle: Some(handle) }
+        Self {
+            url,
+            state,
+            client: reqwest::Client::new(),
+            db,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        }
     }
 
     /// A valid token for `user`.
     pub fn token(&self, user: &str) -> String {
-        self.state.auth.mint(user, false, Duration::from_secs(3600)).expect("mint")
+        self.state
+            .auth
+            .mint(user, false, Duration::from_secs(3600))
+            .expect("mint")
     }
 
     pub fn admin_token(&self, user: &str) -> String {
-        self.state.auth.mint(user, true, Duration::from_secs(3600)).expect("mint")
+        self.state
+            .auth
+            .mint(user, true, Duration::from_secs(3600))
+            .expect("mint")
     }
 
     pub fn get(&self, path: &str, user: &str) -> reqwest::RequestBuilder {
-        self.client.get(format!("{}{path}", self.url)).bearer_auth(self.token(user))
+        self.client
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(self.token(user))
     }
 
     pub fn post(&self, path: &str, user: &str, body: Value) -> reqwest::RequestBuilder {
-        self.client.post(format!("{}{path}", self.url)).bearer_auth(self.token(user)).json(&body)
+        self.client
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(self.token(user))
+            .json(&body)
     }
 
     pub fn patch(&self, path: &str, user: &str, body: Value) -> reqwest::RequestBuilder {
-        self.client.patch(format!("{}{path}", self.url)).bearer_auth(self.token(user)).json(&body)
+        self.client
+            .patch(format!("{}{path}", self.url))
+            .bearer_auth(self.token(user))
+            .json(&body)
     }
 
     pub fn delete(&self, path: &str, user: &str) -> reqwest::RequestBuilder {
-        self.client.delete(format!("{}{path}", self.url)).bearer_auth(self.token(user))
+        self.client
+            .delete(format!("{}{path}", self.url))
+            .bearer_auth(self.token(user))
     }
 
     /// The id of a default persona.
     pub async fn persona_id(&self) -> String {
-        let body: Value = self.client.get(format!("{}/api/v1/personas", self.url)).send().await.expect("personas").json().await.expect("json");
-        body["personas"][0]["id"].as_str().expect("a persona").to_string()
+        let body: Value = self
+            .client
+            .get(format!("{}/api/v1/personas", self.url))
+            .send()
+            .await
+            .expect("personas")
+            .json()
+            .await
+            .expect("json");
+        body["personas"][0]["id"]
+            .as_str()
+            .expect("a persona")
+            .to_string()
     }
 
     /// Creates a conversation for `user`; returns its id.
     pub async fn conversation(&self, user: &str) -> String {
         let persona_id = self.persona_id().await;
-        let response = self.post("/api/v1/conversations", user, json!({ "persona_id": persona_id })).send().await.expect("create");
+        let response = self
+            .post(
+                "/api/v1/conversations",
+                user,
+                json!({ "persona_id": persona_id }),
+            )
+            .send()
+            .await
+            .expect("create");
         assert_eq!(response.status(), 201);
         let body: Value = response.json().await.expect("json");
         body["id"].as_str().expect("id").to_string()
@@ -202,7 +269,14 @@ impl TestServer {
 
     /// The conversation's messages, oldest first.
     pub async fn history(&self, user: &str, conversation_id: &str) -> Vec<Value> {
-        let response = self.get(&format!("/api/v1/conversations/{conversation_id}/messages?order=asc"), user).send().await.expect("history");
+        let response = self
+            .get(
+                &format!("/api/v1/conversations/{conversation_id}/messages?order=asc"),
+                user,
+            )
+            .send()
+            .await
+            .expect("history");
         assert_eq!(response.status(), 200);
         let body: Value = response.json().await.expect("json");
         body["messages"].as_array().expect("messages").clone()
@@ -249,10 +323,19 @@ pub struct SseEvent {
 
 /// Parses an SSE response body with a real SSE parser (eventsource-stream).
 pub fn sse_events(response: reqwest::Response) -> impl Stream<Item = SseEvent> + Unpin {
-    Box::pin(response.bytes_stream().eventsource().filter_map(|event| async move {
-        let event = event.ok()?;
-        Some(SseEvent { id: event.id, event: event.event, data: serde_json::from_str(&event.data).unwrap_or(Value::Null) })
-    }))
+    Box::pin(
+        response
+            .bytes_stream()
+            .eventsource()
+            .filter_map(|event| async move {
+                let event = event.ok()?;
+                Some(SseEvent {
+                    id: event.id,
+                    event: event.event,
+                    data: serde_json::from_str(&event.data).unwrap_or(Value::Null),
+                })
+            }),
+    )
 }
 
 /// One step of a fake upstream's answer.
@@ -282,10 +365,20 @@ pub struct Script {
 
 impl Script {
     pub fn stream(steps: Vec<Step>) -> Self {
-        Self { status: 200, headers: vec![], error_body: Value::Null, steps }
+        Self {
+            status: 200,
+            headers: vec![],
+            error_body: Value::Null,
+            steps,
+        }
     }
     pub fn error(status: u16, headers: Vec<(&'static str, &'static str)>, body: Value) -> Self {
-        Self { status, headers, error_body: body, steps: vec![] }
+        Self {
+            status,
+            headers,
+            error_body: body,
+            steps: vec![],
+        }
     }
 }
 
@@ -330,7 +423,11 @@ pub fn full_stream(pieces: &[&str], prompt: u64, completion: u64, delay: Duratio
         steps.push(Step::Delay(delay));
         steps.push(Step::Chunk(content_chunk(piece)));
     }
-    steps.extend([Step::Chunk(finish_chunk("stop")), Step::Chunk(usage_chunk(prompt, completion, 0)), Step::Done]);
+    steps.extend([
+        Step::Chunk(finish_chunk("stop")),
+        Step::Chunk(usage_chunk(prompt, completion, 0)),
+        Step::Done,
+    ]);
     steps
 }
 
@@ -357,8 +454,12 @@ impl FakeOpenAi {
             gate: Semaphore::new(0),
             finished: AtomicBool::new(false),
         });
-        let app = axum::Router::new().route("/v1/chat/completions", post(serve_script)).with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let app = axum::Router::new()
+            .route("/v1/chat/completions", post(serve_script))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         tokio::spawn(async move { axum::serve(listener, app).await });
         Self { url, state }
@@ -380,18 +481,36 @@ impl FakeOpenAi {
     }
 }
 
-async fn serve_script(State(state): State<Arc<FakeState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn serve_script(
+    State(state): State<Arc<FakeState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    state.requests.lock().expect("lock").push((headers, request));
+    state
+        .requests
+        .lock()
+        .expect("lock")
+        .push((headers, request));
     let script = {
         let mut scripts = state.scripts.lock().expect("lock");
-        if scripts.len() > 1 { scripts.pop_front() } else { scripts.front().cloned() }
+        if scripts.len() > 1 {
+            scripts.pop_front()
+        } else {
+            scripts.front().cloned()
+        }
     }
     .expect("a script");
     if script.status != 200 {
-        let mut response = (StatusCode::from_u16(script.status).expect("status"), axum::Json(script.error_body)).into_response();
+        let mut response = (
+            StatusCode::from_u16(script.status).expect("status"),
+            axum::Json(script.error_body),
+        )
+            .into_response();
         for (name, value) in script.headers {
-            response.headers_mut().insert(name, value.parse().expect("header"));
+            response
+                .headers_mut()
+                .insert(name, value.parse().expect("header"));
         }
         return response;
     }

@@ -1,0 +1,667 @@
+//! Conversations, personas, health, HTTP basics, graceful shutdown and the CLI, over a real server.
+
+mod common;
+
+use chatgate::config::Config;
+use common::{Backend, TestServer};
+use serde_json::{Value, json};
+
+backend_tests!(
+    conversations_crud_list_and_reuse,
+    personas_public_reads_and_admin_writes,
+    shutdown_lets_running_generations_finish_and_saves_them,
+    shutdown_past_the_grace_period_saves_partial_text,
+);
+
+const SLOW_MODEL: &str = "[providers.slow]\nkind = \"mock\"\ndelay_ms = 25\n[models.slow]\nprovider = \"slow\"\nmodel = \"mock-1\"\n";
+
+async fn conversations_crud_list_and_reuse(backend: Backend) {
+    let Some(server) = TestServer::start(backend, None, "").await else {
+        return;
+    };
+    let persona_id = server.persona_id().await;
+
+    let response = server
+        .post(
+            "/api/v1/conversations",
+            "alice",
+            json!({ "persona_id": persona_id, "title": "First" }),
+        )
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(response.status(), 201);
+    let first: Value = response.json().await.expect("json");
+    let response = server
+        .post(
+            "/api/v1/conversations",
+            "alice",
+            json!({ "persona_id": persona_id, "reuse_existing": true }),
+        )
+        .send()
+        .await
+        .expect("reuse");
+    assert_eq!(
+        response.status(),
+        200,
+        "reuse_existing answers the existing one"
+    );
+    assert_eq!(
+        response.json::<Value>().await.expect("json")["id"],
+        first["id"]
+    );
+    let second: Value = server
+        .post(
+            "/api/v1/conversations",
+            "alice",
+            json!({ "persona_id": persona_id }),
+        )
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("json");
+    let third: Value = server
+        .post(
+            "/api/v1/conversations",
+            "alice",
+            json!({ "persona_id": persona_id }),
+        )
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("json");
+
+    // A message in the first one moves it to the top, with a preview.
+    let first_id = first["id"].as_str().expect("id");
+    let sent = server
+        .post(
+            &format!("/api/v1/conversations/{first_id}/messages"),
+            "alice",
+            json!({ "content": "hello there" }),
+        )
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(sent.status(), 200);
+    let page: Value = server
+        .get("/api/v1/conversations?limit=2", "alice")
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    let ids: Vec<_> = page["conversations"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|c| c["id"].clone())
+        .collect();
+    assert_eq!(ids, [first["id"].clone(), third["id"].clone()]);
+    assert_eq!(
+        page["conversations"][0]["last_message"]["role"],
+        "assistant"
+    );
+    let cursor = page["next_cursor"].as_str().expect("a next page");
+    let page: Value = server
+        .get(
+            &format!("/api/v1/conversations?limit=2&cursor={cursor}"),
+            "alice",
+        )
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(page["conversations"].as_array().expect("list").len(), 1);
+    assert_eq!(page["conversations"][0]["id"], second["id"]);
+    assert_eq!(page["next_cursor"], Value::Null);
+    let bad = server
+        .get("/api/v1/conversations?cursor=nonsense", "alice")
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(bad.status(), 400);
+    let bad = server
+        .get("/api/v1/conversations?limit=0", "alice")
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(bad.status(), 400);
+
+    // PATCH title and archived; archived ones can be filtered.
+    let path = format!(
+        "/api/v1/conversations/{}",
+        second["id"].as_str().expect("id")
+    );
+    let patched: Value = server
+        .patch(
+            &path,
+            "alice",
+            json!({ "title": "Renamed", "archived": true }),
+        )
+        .send()
+        .await
+        .expect("patch")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        (patched["title"].as_str(), patched["archived"].as_bool()),
+        (Some("Renamed"), Some(true))
+    );
+    let too_long = server
+        .patch(&path, "alice", json!({ "title": "x".repeat(201) }))
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(too_long.status(), 400);
+    let archived: Value = server
+        .get("/api/v1/conversations?archived=true", "alice")
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(archived["conversations"].as_array().expect("list").len(), 1);
+
+    // DELETE takes the messages with it.
+    let first_path = format!("/api/v1/conversations/{first_id}");
+    let message_id = server.history("alice", first_id).await[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    assert_eq!(
+        server
+            .delete(&first_path, "alice")
+            .send()
+            .await
+            .expect("delete")
+            .status(),
+        204
+    );
+    assert_eq!(
+        server
+            .get(&first_path, "alice")
+            .send()
+            .await
+            .expect("get")
+            .status(),
+        404
+    );
+    assert_eq!(
+        server
+            .get(&format!("{first_path}/messages"), "alice")
+            .send()
+            .await
+            .expect("history")
+            .status(),
+        404
+    );
+    assert_eq!(
+        server
+            .delete(&format!("/api/v1/messages/{message_id}"), "alice")
+            .send()
+            .await
+            .expect("delete")
+            .status(),
+        404
+    );
+    assert_eq!(
+        server
+            .delete(&first_path, "alice")
+            .send()
+            .await
+            .expect("delete again")
+            .status(),
+        404
+    );
+
+    // An unknown persona is a 404.
+    let response = server
+        .post(
+            "/api/v1/conversations",
+            "alice",
+            json!({ "persona_id": uuid::Uuid::now_v7() }),
+        )
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(response.status(), 404);
+}
+
+async fn personas_public_reads_and_admin_writes(backend: Backend) {
+    let Some(server) = TestServer::start(backend, None, "").await else {
+        return;
+    };
+    let url = |path: &str| format!("{}{path}", server.url);
+    let listed: Value = server
+        .client
+        .get(url("/api/v1/personas"))
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        listed["personas"].as_array().expect("list").len(),
+        7,
+        "the defaults, without a token"
+    );
+    let family: Value = server
+        .client
+        .get(url("/api/v1/personas?category=family"))
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        family["personas"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .all(|p| p["category"] == "family")
+    );
+
+    let new = json!({ "slug": "coach-kim", "display_name": "Kim", "relationship": "colleague", "system_prompt": "You coach.",
+                      "personality_traits": ["direct"], "category": "work" });
+    let response = server
+        .client
+        .post(url("/api/v1/personas"))
+        .json(&new)
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(response.status(), 401);
+    let response = server
+        .post("/api/v1/personas", "alice", new.clone())
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(response.status(), 403);
+    let admin = server.admin_token("root");
+    let response = server
+        .client
+        .post(url("/api/v1/personas"))
+        .bearer_auth(&admin)
+        .json(&new)
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(response.status(), 201);
+    let created: Value = response.json().await.expect("json");
+    let response = server
+        .client
+        .post(url("/api/v1/personas"))
+        .bearer_auth(&admin)
+        .json(&new)
+        .send()
+        .await
+        .expect("duplicate");
+    assert_eq!(response.status(), 409);
+    let mut bad = new.clone();
+    bad["slug"] = json!("other");
+    bad["relationship"] = json!("nemesis");
+    let response = server
+        .client
+        .post(url("/api/v1/personas"))
+        .bearer_auth(&admin)
+        .json(&bad)
+        .send()
+        .await
+        .expect("invalid");
+    assert_eq!(response.status(), 400);
+    assert!(
+        response
+            .text()
+            .await
+            .expect("body")
+            .contains("relationship")
+    );
+
+    let path = url(&format!(
+        "/api/v1/personas/{}",
+        created["id"].as_str().expect("id")
+    ));
+    let patched: Value = server
+        .client
+        .patch(&path)
+        .bearer_auth(&admin)
+        .json(&json!({ "display_name": "Coach Kim", "is_active": false }))
+        .send()
+        .await
+        .expect("patch")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(patched["display_name"], "Coach Kim");
+    assert_eq!(
+        patched["system_prompt"], "You coach.",
+        "fields not in the patch are kept"
+    );
+    assert_eq!(
+        server.client.get(&path).send().await.expect("get").status(),
+        404,
+        "inactive personas are hidden from the public"
+    );
+    assert_eq!(
+        server
+            .client
+            .get(&path)
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .expect("get")
+            .status(),
+        200
+    );
+
+    // In use: 409; after its conversation is gone: 204.
+    server
+        .client
+        .patch(&path)
+        .bearer_auth(&admin)
+        .json(&json!({ "is_active": true }))
+        .send()
+        .await
+        .expect("patch");
+    let conversation: Value = server
+        .post(
+            "/api/v1/conversations",
+            "alice",
+            json!({ "persona_id": created["id"] }),
+        )
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        server
+            .client
+            .delete(&path)
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .expect("delete")
+            .status(),
+        409
+    );
+    server
+        .delete(
+            &format!(
+                "/api/v1/conversations/{}",
+                conversation["id"].as_str().expect("id")
+            ),
+            "alice",
+        )
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(
+        server
+            .client
+            .delete(&path)
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .expect("delete")
+            .status(),
+        204
+    );
+}
+
+async fn shutdown_lets_running_generations_finish_and_saves_them(backend: Backend) {
+    let Some(mut server) = TestServer::start(backend, None, SLOW_MODEL).await else {
+        return;
+    };
+    let conversation_id = server.conversation("alice").await;
+    let response = server
+        .post(
+            &format!("/api/v1/conversations/{conversation_id}/messages"),
+            "alice",
+            json!({ "content": "take your time", "model": "slow" }),
+        )
+        .header("prefer", "respond-async")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 202);
+    let store = server.state.store.clone();
+    let stopped = server.begin_shutdown();
+    // New generations are refused meanwhile (the listener is closed, so the request fails or gets 503).
+    stopped.await.expect("join").expect("serve");
+    let conversation_id = conversation_id.parse().expect("id");
+    let messages = store
+        .list_messages(
+            conversation_id,
+            chatgate::store::HistoryPage::Offset(0),
+            10,
+            true,
+        )
+        .await
+        .expect("history");
+    let reply = messages
+        .iter()
+        .find(|m| m.role == "assistant")
+        .expect("the reply was saved before the server stopped");
+    assert_eq!(reply.status, "complete");
+    assert!(
+        reply.content.ends_with("talk to a real model."),
+        "{}",
+        reply.content
+    );
+}
+
+async fn shutdown_past_the_grace_period_saves_partial_text(backend: Backend) {
+    let extra = format!("{SLOW_MODEL}[server]\nshutdown_grace_secs = 0\n");
+    let Some(mut server) = TestServer::start(backend, None, &extra).await else {
+        return;
+    };
+    let conversation_id = server.conversation("alice").await;
+    let response = server
+        .post(
+            &format!("/api/v1/conversations/{conversation_id}/messages"),
+            "alice",
+            json!({ "content": "long one", "model": "slow" }),
+        )
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("send");
+    let mut events = common::sse_events(response);
+    use futures::StreamExt;
+    while events.next().await.expect("event").event != "delta" {}
+    let store = server.state.store.clone();
+    let stopped = server.begin_shutdown();
+    // The open stream gets its final event.
+    let mut last = None;
+    while let Some(event) = events.next().await {
+        last = Some(event);
+    }
+    let last = last.expect("a final event");
+    assert_eq!(last.event, "done");
+    assert_eq!(last.data["finish_reason"], "shutdown");
+    stopped.await.expect("join").expect("serve");
+    let conversation_id = conversation_id.parse().expect("id");
+    let messages = store
+        .list_messages(
+            conversation_id,
+            chatgate::store::HistoryPage::Offset(0),
+            10,
+            true,
+        )
+        .await
+        .expect("history");
+    let reply = messages
+        .iter()
+        .find(|m| m.role == "assistant")
+        .expect("saved");
+    assert_eq!(reply.status, "interrupted");
+    assert!(
+        !reply.content.is_empty() && !reply.content.ends_with("real model."),
+        "partial: {}",
+        reply.content
+    );
+    assert_eq!(reply.content, last.data["message"]["content"]);
+}
+
+#[tokio::test]
+async fn health_request_ids_cors_and_unknown_routes() {
+    let extra = "[server]\ncors_origins = [\"https://app.example.com\"]\n";
+    let Some(server) = TestServer::start(Backend::Sqlite, None, extra).await else {
+        return;
+    };
+    let response = server
+        .client
+        .get(format!("{}/health", server.url))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers().contains_key("x-request-id"),
+        "a request id is made up"
+    );
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["database"]["ok"], true);
+    assert_eq!(body["database"]["backend"], "sqlite");
+    assert!(body["providers"]["mock"].is_object());
+
+    let response = server
+        .client
+        .get(format!("{}/health", server.url))
+        .header("x-request-id", "req-42")
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(
+        response.headers()["x-request-id"],
+        "req-42",
+        "a given request id is echoed"
+    );
+
+    let preflight = server
+        .client
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/api/v1/conversations", server.url),
+        )
+        .header("origin", "https://app.example.com")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type",
+        )
+        .send()
+        .await
+        .expect("preflight");
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    let other = server
+        .client
+        .get(format!("{}/health", server.url))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .expect("get");
+    assert!(!other.headers().contains_key("access-control-allow-origin"));
+
+    let missing = server
+        .get("/api/v1/nothing-here", "alice")
+        .send()
+        .await
+        .expect("404");
+    assert_eq!(missing.status(), 404);
+    assert_eq!(
+        missing.json::<Value>().await.expect("json")["error"],
+        "not_found"
+    );
+    // Deny by default: a real route without a token is 401.
+    let response = server
+        .client
+        .get(format!("{}/api/v1/conversations", server.url))
+        .send()
+        .await
+        .expect("401");
+    assert_eq!(response.status(), 401);
+    // Stream endpoints take ?access_token= (EventSource cannot set headers).
+    let response = server
+        .client
+        .get(format!(
+            "{}/api/v1/conversations?access_token={}",
+            server.url,
+            server.token("alice")
+        ))
+        .send()
+        .await
+        .expect("200");
+    assert_eq!(response.status(), 200);
+}
+
+#[test]
+fn cli_token_prints_a_jwt_signed_with_the_configured_secret() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config_path = dir.path().join("config.toml");
+    let toml = "[auth]\njwt_secret = \"cli-secret\"\n[providers.mock]\n[models.default]\nprovider = \"mock\"\nmodel = \"m\"\n";
+    std::fs::write(&config_path, toml).expect("write config");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_chatgate"))
+        .args([
+            "--config",
+            config_path.to_str().expect("path"),
+            "token",
+            "--sub",
+            "carol",
+            "--admin",
+            "--ttl",
+            "2h",
+        ])
+        .env_remove("JWT_SECRET")
+        .output()
+        .expect("run chatgate token");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).expect("utf-8");
+    let token = stdout.trim();
+    assert_eq!(stdout.lines().count(), 1, "only the token on stdout");
+    let config = Config::from_toml(toml).expect("config");
+    let user = chatgate::auth::Authenticator::new(&config.auth)
+        .verify(token)
+        .expect("verifies");
+    assert_eq!((user.user_id.as_str(), user.admin), ("carol", true));
+
+    // A bad config names the key and exits non-zero.
+    std::fs::write(
+        &config_path,
+        format!("{toml}[server]\nbind = \"nowhere\"\n"),
+    )
+    .expect("write config");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_chatgate"))
+        .args([
+            "--config",
+            config_path.to_str().expect("path"),
+            "token",
+            "--sub",
+            "carol",
+        ])
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("server.bind"));
+}
