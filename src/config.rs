@@ -81,6 +81,9 @@ pub struct ServerConfig {
     pub shutdown_grace_secs: u64,
     /// Interval of the SSE keep-alive comment on an idle stream, in seconds.
     pub sse_keepalive_secs: u64,
+    /// This process's name in the database (which streaming rows are its own); default `HOSTNAME:bind`.
+    /// Keep it stable across restarts of the same instance and unique among instances.
+    pub instance_id: String,
 }
 
 impl Default for ServerConfig {
@@ -92,6 +95,7 @@ impl Default for ServerConfig {
             max_body_bytes: 1024 * 1024,
             shutdown_grace_secs: 30,
             sse_keepalive_secs: 15,
+            instance_id: String::new(),
         }
     }
 }
@@ -214,6 +218,29 @@ pub struct GenerationConfig {
     pub retention_secs: u64,
     /// Attempts to write the finished message and its usage before giving up.
     pub persist_attempts: u32,
+    /// How often a streaming reply's text is checkpointed to the database, in ms (the row exists from the
+    /// first token; a crash loses at most this much).
+    pub checkpoint_interval_ms: u64,
+    /// A `streaming` row whose heartbeat is older than this, in seconds, belongs to a dead process and is
+    /// marked `interrupted` (rows of this instance's previous life are marked at startup at once).
+    pub stale_after_secs: u64,
+    /// What happens when the last subscriber of a running generation goes away: `drain` (it finishes and is
+    /// saved) or `cancel` (it is stopped after `disconnect_grace_ms` unless someone re-attaches).
+    pub disconnect_policy: DisconnectPolicy,
+    /// Grace period of the `cancel` policy, in ms.
+    pub disconnect_grace_ms: u64,
+    /// Cap on running generations that nobody follows; past it, the newest unattended one is cancelled and new
+    /// `Prefer: respond-async` requests get 429.
+    pub max_unattended: usize,
+}
+
+/// See [`GenerationConfig::disconnect_policy`].
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DisconnectPolicy {
+    #[default]
+    Drain,
+    Cancel,
 }
 
 impl Default for GenerationConfig {
@@ -224,6 +251,11 @@ impl Default for GenerationConfig {
             reserve_output_tokens: 1024,
             retention_secs: 300,
             persist_attempts: 5,
+            checkpoint_interval_ms: 1000,
+            stale_after_secs: 60,
+            disconnect_policy: DisconnectPolicy::Drain,
+            disconnect_grace_ms: 10_000,
+            max_unattended: 1000,
         }
     }
 }
@@ -458,6 +490,18 @@ impl Config {
                 "is empty: set it in the config file or JWT_SECRET",
             ));
         }
+        if self.generation.checkpoint_interval_ms == 0 {
+            return Err(invalid(
+                "generation.checkpoint_interval_ms",
+                "must be at least 1",
+            ));
+        }
+        if self.generation.stale_after_secs * 1000 <= self.generation.checkpoint_interval_ms * 3 {
+            return Err(invalid(
+                "generation.stale_after_secs",
+                "must be longer than three checkpoint intervals, or live replies would be marked interrupted",
+            ));
+        }
         if self.limits.max_message_bytes == 0 {
             return Err(invalid("limits.max_message_bytes", "must be at least 1"));
         }
@@ -529,6 +573,20 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// `server.instance_id`, or `HOSTNAME:bind` when unset.
+    pub fn instance_id(&self) -> String {
+        if !self.server.instance_id.is_empty() {
+            return self.server.instance_id.clone();
+        }
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into());
+        format!("{host}:{}", self.server.bind)
     }
 
     /// The listen address (validated by [`Config::validate`]).

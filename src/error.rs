@@ -210,6 +210,29 @@ where
     }
 }
 
+/// An optional JSON body: an empty body is `None`.
+impl<S, T> axum::extract::OptionalFromRequest<S> for AppJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Option<Self>, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                rejection.body_text(),
+            )
+        })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
+        }
+        parse_json(&bytes).map(|v| Some(AppJson(v)))
+    }
+}
+
 /// Parses JSON with the path of the offending field in the error.
 ///
 /// # Errors

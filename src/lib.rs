@@ -30,6 +30,7 @@ use crate::config::Config;
 use crate::providers::Models;
 use crate::store::Store;
 use crate::stream::Hub;
+use crate::stream::hub::UnattendedPolicy;
 
 /// Shared state of every handler: cheap to clone.
 #[derive(Clone)]
@@ -43,6 +44,8 @@ pub struct AppInner {
     pub models: Models,
     pub hub: Hub,
     pub started_at: Instant,
+    /// This process's name on its streaming rows (`server.instance_id`).
+    pub instance_id: Arc<str>,
 }
 
 impl std::ops::Deref for AppState {
@@ -96,12 +99,33 @@ impl AppState {
                 "auth.jwt_secret is the built-in development secret: anyone can mint tokens; set JWT_SECRET in production"
             );
         }
+        let instance_id: Arc<str> = config.instance_id().into();
+        let stale_after = chrono::Duration::seconds(
+            i64::try_from(config.generation.stale_after_secs).unwrap_or(i64::MAX),
+        );
+        let recovered = store
+            .recover_streaming(&instance_id, store::now() - stale_after)
+            .await?;
+        if recovered > 0 {
+            tracing::warn!(
+                recovered,
+                "replies left streaming by a stopped process are now marked interrupted"
+            );
+        }
         let models = Models::from_config(&config).map_err(StartupError::Other)?;
         // Loading the tokenizers takes about a second: do it beside startup, not in front of it.
         tokio::task::spawn_blocking(usage::tokens::warm_up);
         Ok(AppState(Arc::new(AppInner {
             auth: Authenticator::new(&config.auth),
-            hub: Hub::new(Duration::from_secs(config.generation.retention_secs)),
+            hub: Hub::new(
+                Duration::from_secs(config.generation.retention_secs),
+                UnattendedPolicy {
+                    on_disconnect: config.generation.disconnect_policy,
+                    grace: Duration::from_millis(config.generation.disconnect_grace_ms),
+                    max_unattended: config.generation.max_unattended,
+                },
+            ),
+            instance_id,
             models,
             store,
             config,
@@ -125,6 +149,7 @@ pub async fn serve(
 
     let hub = state.hub.clone();
     let grace = Duration::from_secs(state.config.server.shutdown_grace_secs);
+    let sweeper = tokio::spawn(sweep_stale_replies(state.clone()));
     let app = api::app(state);
     // Tokens go out as they come: no Nagle delay on client sockets.
     let listener = listener.tap_io(|tcp| {
@@ -148,6 +173,28 @@ pub async fn serve(
         }
         Err(_) => hub.shutdown(grace).await,
     }
+    sweeper.abort();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Marks replies whose process died (no heartbeat for `generation.stale_after_secs`) as interrupted, every
+/// half of that period: instances sharing a database clean up after each other.
+async fn sweep_stale_replies(state: AppState) {
+    let stale_after = Duration::from_secs(state.config.generation.stale_after_secs);
+    let mut tick = tokio::time::interval(stale_after / 2);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let stale_before =
+            store::now() - chrono::Duration::from_std(stale_after).unwrap_or(chrono::Duration::MAX);
+        match state.store.recover_streaming("", stale_before).await {
+            Ok(0) => {}
+            Ok(recovered) => tracing::warn!(
+                recovered,
+                "replies of a stopped instance are now marked interrupted"
+            ),
+            Err(err) => tracing::warn!(error = %err, "sweeping stale replies failed"),
+        }
+    }
 }

@@ -448,6 +448,7 @@ async fn shutdown_lets_running_generations_finish_and_saves_them(backend: Backen
             chatgate::store::HistoryPage::Offset(0),
             10,
             true,
+            false,
         )
         .await
         .expect("history");
@@ -500,6 +501,7 @@ async fn shutdown_past_the_grace_period_saves_partial_text(backend: Backend) {
             chatgate::store::HistoryPage::Offset(0),
             10,
             true,
+            false,
         )
         .await
         .expect("history");

@@ -332,7 +332,7 @@ async fn history_pages_by_offset_and_cursor_in_both_orders(backend: Backend) {
         let store = store.clone();
         async move {
             store
-                .list_messages(c.id, page, limit, asc)
+                .list_messages(c.id, page, limit, asc, false)
                 .await
                 .expect("list")
                 .into_iter()

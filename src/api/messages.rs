@@ -1,6 +1,7 @@
 //! Messages: send (SSE, JSON or 202), history, delete.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -19,9 +20,9 @@ use crate::AppState;
 use crate::auth::AuthUser;
 use crate::error::{ApiError, AppJson};
 use crate::providers::{ChatMessage, ChatRequest, ModelRoute};
-use crate::store::{HistoryPage, Id, Message, NewMessage, Persona, role, status};
+use crate::store::{Conversation, HistoryPage, Id, Message, NewMessage, Persona, role, status};
 use crate::stream::generation::{self, GenerationJob};
-use crate::stream::{sse_event, sse_response};
+use crate::stream::{Generation, sse_event, sse_response};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -30,6 +31,7 @@ pub fn router() -> Router<AppState> {
             post(send).get(history),
         )
         .route("/api/v1/messages/{id}", delete(delete_message))
+        .route("/api/v1/messages/{id}/regenerate", post(regenerate))
 }
 
 /// Body of `POST /api/v1/conversations/{id}/messages`.
@@ -106,31 +108,14 @@ async fn send(
     let answer = negotiate(&headers, &query);
     let content = validate(&state, &body)?;
     let conversation = owned(&state, &user, &conversation_id).await?;
-    let persona = state
-        .store
-        .get_persona(conversation.persona_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("persona"))?;
-    let alias = body
-        .model
-        .as_deref()
-        .or(persona.model.as_deref())
-        .unwrap_or(state.models.default_alias());
-    let route = state.models.get(alias).cloned().ok_or_else(|| {
-        let known: Vec<_> = state.models.aliases().collect();
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unknown_model",
-            format!("model alias '{alias}' is not configured"),
-        )
-        .with_details(json!({ "model": alias, "available": known }))
-    })?;
+    let (persona, route) = persona_and_route(&state, &conversation, body.model.as_deref()).await?;
     if let Some(parent_id) = body.parent_id {
         let parent = state.store.get_message(&user.user_id, parent_id).await?;
         if parent.is_none_or(|p| p.conversation_id != conversation.id) {
             return Err(ApiError::not_found("parent message"));
         }
     }
+    refuse_if_unattended_full(&state, answer)?;
 
     // Fit the prompt before writing anything, so a message too long for the model leaves no row behind.
     let history = state
@@ -138,12 +123,18 @@ async fn send(
         .list_messages(
             conversation.id,
             HistoryPage::Offset(0),
-            i64::from(state.config.generation.max_history_messages),
+            history_limit(&state),
+            false,
             false,
         )
         .await?;
-    let new_message = ChatMessage::user(content.clone());
-    let messages = build_prompt(&state, &persona, &route, &history, new_message)?;
+    let messages = build_prompt(
+        &state,
+        &persona,
+        &route,
+        &history,
+        ChatMessage::user(content.clone()),
+    )?;
 
     let user_message = state
         .store
@@ -163,7 +154,166 @@ async fn send(
             created_at: crate::store::now(),
         })
         .await?;
+    let generation = start_generation(
+        &state,
+        &user,
+        &conversation,
+        &persona,
+        route,
+        messages,
+        user_message.id,
+    )?;
+    respond(
+        &state,
+        answer,
+        &user,
+        conversation,
+        generation,
+        user_message,
+        true,
+    )
+    .await
+}
 
+/// `POST /api/v1/messages/{id}/regenerate` (`{model?}`): a new reply to the same user message (the id of that
+/// message or of a previous reply to it). The previous reply stays as a sibling; history shows the latest by
+/// default. Answers like sending a message.
+async fn regenerate(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(message_id): Path<String>,
+    AppQuery(query): AppQuery<SendQuery>,
+    headers: HeaderMap,
+    body: Option<AppJson<RegenerateBody>>,
+) -> Result<Response, ApiError> {
+    let answer = negotiate(&headers, &query);
+    let model = body.as_ref().and_then(|b| b.0.model.clone());
+    let message_id = parse_id(&message_id, "message")?;
+    let message = state
+        .store
+        .get_message(&user.user_id, message_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("message"))?;
+    let question_id = match message.role.as_str() {
+        role::USER => message.id,
+        _ => message.parent_id.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "this message answers no user message; nothing to regenerate",
+            )
+        })?,
+    };
+    let question = state
+        .store
+        .get_message(&user.user_id, question_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("message"))?;
+    let conversation = owned(&state, &user, &question.conversation_id.to_string()).await?;
+    let (persona, route) = persona_and_route(&state, &conversation, model.as_deref()).await?;
+    refuse_if_unattended_full(&state, answer)?;
+    let history = state
+        .store
+        .list_messages(
+            conversation.id,
+            HistoryPage::Before(question.id),
+            history_limit(&state),
+            false,
+            false,
+        )
+        .await?;
+    let messages = build_prompt(
+        &state,
+        &persona,
+        &route,
+        &history,
+        ChatMessage::user(question.content.clone()),
+    )?;
+    let generation = start_generation(
+        &state,
+        &user,
+        &conversation,
+        &persona,
+        route,
+        messages,
+        question.id,
+    )?;
+    respond(
+        &state,
+        answer,
+        &user,
+        conversation,
+        generation,
+        question,
+        false,
+    )
+    .await
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegenerateBody {
+    #[serde(default)]
+    model: Option<String>,
+}
+
+fn history_limit(state: &AppState) -> i64 {
+    i64::from(state.config.generation.max_history_messages)
+}
+
+/// The conversation's persona and the model to answer with: the request's alias, else the persona's, else the
+/// default; 422 `unknown_model` for an alias that is not configured.
+async fn persona_and_route(
+    state: &AppState,
+    conversation: &Conversation,
+    requested: Option<&str>,
+) -> Result<(Persona, ModelRoute), ApiError> {
+    let persona = state
+        .store
+        .get_persona(conversation.persona_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("persona"))?;
+    let alias = requested
+        .or(persona.model.as_deref())
+        .unwrap_or(state.models.default_alias());
+    let route = state.models.get(alias).cloned().ok_or_else(|| {
+        let known: Vec<_> = state.models.aliases().collect();
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_model",
+            format!("model alias '{alias}' is not configured"),
+        )
+        .with_details(json!({ "model": alias, "available": known }))
+    })?;
+    Ok((persona, route))
+}
+
+/// A 202 answer starts a generation nobody follows yet: refused past `generation.max_unattended`.
+fn refuse_if_unattended_full(state: &AppState, answer: Answer) -> Result<(), ApiError> {
+    if answer == Answer::Async && state.hub.unattended_full() {
+        let mut err = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_unattended",
+            "too many replies are running with nobody following them; follow one or try again shortly",
+        );
+        err.retry_after_secs = Some(5);
+        return Err(err);
+    }
+    Ok(())
+}
+
+/// Starts the generation answering `question_id` as a tracked background task.
+fn start_generation(
+    state: &AppState,
+    user: &AuthUser,
+    conversation: &Conversation,
+    persona: &Persona,
+    route: ModelRoute,
+    messages: Vec<ChatMessage>,
+    question_id: Id,
+) -> Result<Arc<Generation>, ApiError> {
+    let config = &state.config.generation;
+    let alias = route.alias.clone();
     let job = GenerationJob {
         request: ChatRequest {
             model: route.upstream_model.clone(),
@@ -175,20 +325,34 @@ async fn send(
         user_id: user.user_id.clone(),
         conversation_id: conversation.id,
         persona_id: Some(persona.id),
-        parent_id: Some(user_message.id),
-        persist_attempts: state.config.generation.persist_attempts,
+        parent_id: Some(question_id),
+        persist_attempts: config.persist_attempts,
+        checkpoint_interval: Duration::from_millis(config.checkpoint_interval_ms),
+        heartbeat: Duration::from_secs(config.stale_after_secs) / 3,
+        instance_id: state.instance_id.clone(),
     };
-    let generation = state
+    state
         .hub
         .start(
             Id::new(),
             conversation.id,
             &user.user_id,
-            &job.route.alias.clone(),
+            &alias,
             move |g| generation::run(g, job),
         )
-        .map_err(|e| ApiError::unavailable("the server is shutting down; retry shortly", e))?;
+        .map_err(|e| ApiError::unavailable("the server is shutting down; retry shortly", e))
+}
 
+/// Answers with the generation's SSE stream, its final JSON, or 202.
+async fn respond(
+    state: &AppState,
+    answer: Answer,
+    user: &AuthUser,
+    conversation: Conversation,
+    generation: Arc<Generation>,
+    user_message: Message,
+    announce_user_message: bool,
+) -> Result<Response, ApiError> {
     match answer {
         Answer::Async => Ok((
             StatusCode::ACCEPTED,
@@ -200,11 +364,12 @@ async fn send(
         )
             .into_response()),
         Answer::Sse => {
-            let first = Event::default()
-                .id("0")
-                .event("user_message")
-                .data(serde_json::to_string(&user_message).map_err(ApiError::internal)?);
-            let events = futures::stream::once(async move { first })
+            let first = announce_user_message
+                .then(|| serde_json::to_string(&user_message))
+                .transpose()
+                .map_err(ApiError::internal)?
+                .map(|data| Event::default().id("0").event("user_message").data(data));
+            let events = futures::stream::iter(first)
                 .chain(generation.subscribe(0).map(|e| sse_event(&e)))
                 .map(Ok::<_, Infallible>);
             Ok(sse_response(
@@ -213,6 +378,8 @@ async fn send(
             ))
         }
         Answer::Json => {
+            // Waiting counts as following: under the `cancel` policy, a caller that hangs up stops it.
+            let _following = generation.attach();
             let outcome = generation.outcome().await;
             if let Some(error) = outcome.error.clone() {
                 return Err(error);
@@ -355,9 +522,11 @@ struct HistoryQuery {
     after: Option<Id>,
     offset: Option<i64>,
     order: Option<String>,
+    /// `latest` (default): only the newest reply to each message; `all`: regenerated replies too.
+    branches: Option<String>,
 }
 
-/// `GET /api/v1/conversations/{id}/messages?limit&before|after|offset&order=asc|desc` →
+/// `GET /api/v1/conversations/{id}/messages?limit&before|after|offset&order=asc|desc&branches=latest|all` →
 /// `{messages, has_more}`. Without a cursor, `desc` (the default) gives the newest page.
 async fn history(
     State(state): State<AppState>,
@@ -372,6 +541,11 @@ async fn history(
         Some("asc") => true,
         Some(_) => return Err(ApiError::validation("order", "must be asc or desc")),
     };
+    let all_branches = match q.branches.as_deref() {
+        None | Some("latest") => false,
+        Some("all") => true,
+        Some(_) => return Err(ApiError::validation("branches", "must be latest or all")),
+    };
     let page = match (q.before, q.after, q.offset) {
         (Some(id), None, None) => HistoryPage::Before(id),
         (None, Some(id), None) => HistoryPage::After(id),
@@ -385,7 +559,7 @@ async fn history(
     };
     let mut messages = state
         .store
-        .list_messages(conversation.id, page, limit + 1, ascending)
+        .list_messages(conversation.id, page, limit + 1, ascending, all_branches)
         .await?;
     let has_more = messages.len() as i64 > limit;
     if has_more {

@@ -385,22 +385,39 @@ pub trait Store: Send + Sync + 'static {
     /// Inserts a message and bumps its conversation's `last_message_at`, in one transaction.
     async fn insert_message(&self, message: &NewMessage) -> StoreResult<Message>;
     async fn get_message(&self, user_id: &str, id: Id) -> StoreResult<Option<Message>>;
-    /// A page of history, `limit` messages, in `ascending` or descending `(created_at, id)` order.
+    /// A page of history, `limit` messages, in `ascending` or descending `(created_at, id)` order. Unless
+    /// `all_branches`, an assistant reply that was regenerated is left out: only the latest reply to each
+    /// message is shown.
     async fn list_messages(
         &self,
         conversation_id: Id,
         page: HistoryPage,
         limit: i64,
         ascending: bool,
+        all_branches: bool,
     ) -> StoreResult<Vec<Message>>;
     /// Deletes one of the caller's messages; `false` when it is not theirs or does not exist.
     async fn delete_message(&self, user_id: &str, id: Id) -> StoreResult<bool>;
-    /// Writes a finished generation's assistant message and its usage record in one transaction.
+    /// Creates or updates an assistant message while it streams (status `streaming`): its text so far and a
+    /// heartbeat (`updated_at`). Does nothing once the message has a final status.
+    async fn checkpoint_message(&self, message: &NewMessage, instance_id: &str) -> StoreResult<()>;
+    /// Writes a finished generation's assistant message (over its checkpoint, if any) and its usage record in
+    /// one transaction.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when the message already has a usage record, or its conversation is gone.
     async fn save_generation(
         &self,
         message: &NewMessage,
         usage: &UsageRecord,
     ) -> StoreResult<Message>;
+    /// Marks `streaming` messages of a dead process `interrupted`: those of `instance_id` (this process's
+    /// previous life), and any whose heartbeat is older than `stale_before`. Returns how many.
+    async fn recover_streaming(
+        &self,
+        instance_id: &str,
+        stale_before: DateTime<Utc>,
+    ) -> StoreResult<u64>;
     /// Usage records of one message.
     async fn usage_for_message(&self, message_id: Id) -> StoreResult<Vec<UsageRecord>>;
 }

@@ -34,6 +34,15 @@ macro_rules! message_select {
     };
 }
 
+/// Leaves out assistant replies that have a newer sibling (a regenerated reply), unless `$4` is true.
+macro_rules! branch_filter {
+    () => {
+        "AND ($4 OR m.role <> 'assistant' OR m.parent_id IS NULL OR NOT EXISTS \
+         (SELECT 1 FROM messages s WHERE s.parent_id = m.parent_id AND s.role = 'assistant' \
+          AND (s.created_at, s.id) > (m.created_at, m.id))) "
+    };
+}
+
 macro_rules! usage_columns {
     () => {
         "id, user_id, conversation_id, message_id, persona_id, model, upstream_model, provider, prompt_tokens, \
@@ -332,27 +341,34 @@ macro_rules! impl_store {
                 page: HistoryPage,
                 limit: i64,
                 ascending: bool,
+                all_branches: bool,
             ) -> StoreResult<Vec<Message>> {
                 let query = match (page, ascending) {
                     (HistoryPage::Offset(_), true) => sqlx::query_as::<_, MessageRow>(concat!(
                         message_select!(),
-                        "WHERE m.conversation_id = $1 ORDER BY m.created_at ASC, m.id ASC LIMIT $2 OFFSET $3"
+                        "WHERE m.conversation_id = $1 ",
+                        branch_filter!(),
+                        "ORDER BY m.created_at ASC, m.id ASC LIMIT $2 OFFSET $3"
                     )),
                     (HistoryPage::Offset(_), false) => sqlx::query_as::<_, MessageRow>(concat!(
                         message_select!(),
-                        "WHERE m.conversation_id = $1 ORDER BY m.created_at DESC, m.id DESC LIMIT $2 OFFSET $3"
+                        "WHERE m.conversation_id = $1 ",
+                        branch_filter!(),
+                        "ORDER BY m.created_at DESC, m.id DESC LIMIT $2 OFFSET $3"
                     )),
                     (HistoryPage::Before(_), _) => sqlx::query_as::<_, MessageRow>(concat!(
                         message_select!(),
                         "WHERE m.conversation_id = $1 AND (m.created_at, m.id) < \
-                         (SELECT x.created_at, x.id FROM messages x WHERE x.id = $3 AND x.conversation_id = $1) \
-                         ORDER BY m.created_at DESC, m.id DESC LIMIT $2"
+                         (SELECT x.created_at, x.id FROM messages x WHERE x.id = $3 AND x.conversation_id = $1) ",
+                        branch_filter!(),
+                        "ORDER BY m.created_at DESC, m.id DESC LIMIT $2"
                     )),
                     (HistoryPage::After(_), _) => sqlx::query_as::<_, MessageRow>(concat!(
                         message_select!(),
                         "WHERE m.conversation_id = $1 AND (m.created_at, m.id) > \
-                         (SELECT x.created_at, x.id FROM messages x WHERE x.id = $3 AND x.conversation_id = $1) \
-                         ORDER BY m.created_at ASC, m.id ASC LIMIT $2"
+                         (SELECT x.created_at, x.id FROM messages x WHERE x.id = $3 AND x.conversation_id = $1) ",
+                        branch_filter!(),
+                        "ORDER BY m.created_at ASC, m.id ASC LIMIT $2"
                     )),
                 };
                 let query = query.bind(conversation_id).bind(limit);
@@ -360,6 +376,7 @@ macro_rules! impl_store {
                     HistoryPage::Offset(offset) => query.bind(offset),
                     HistoryPage::Before(id) | HistoryPage::After(id) => query.bind(id),
                 };
+                let query = query.bind(all_branches);
                 let mut messages: Vec<Message> =
                     query.fetch_all(&self.pool).await?.into_iter().map(Message::from).collect();
                 // Keyset pages are read walking away from the cursor; present them in the order asked for.
@@ -386,9 +403,61 @@ macro_rules! impl_store {
                 Ok(result.rows_affected() > 0)
             }
 
+            async fn checkpoint_message(&self, m: &NewMessage, instance_id: &str) -> StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO messages (id, conversation_id, parent_id, role, content, message_type, media, status, \
+                     model, provider, finish_reason, error, created_at, updated_at, instance_id) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, $11, $12, $13) \
+                     ON CONFLICT (id) DO UPDATE SET content = excluded.content, updated_at = excluded.updated_at \
+                     WHERE messages.status = 'streaming'",
+                )
+                .bind(m.id)
+                .bind(m.conversation_id)
+                .bind(m.parent_id)
+                .bind(m.role)
+                .bind(&m.content)
+                .bind(&m.message_type)
+                .bind(Json(&m.media))
+                .bind(status::STREAMING)
+                .bind(&m.model)
+                .bind(&m.provider)
+                .bind(m.created_at)
+                .bind(now())
+                .bind(instance_id)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| map_write_error(e, "the message"))?;
+                Ok(())
+            }
+
             async fn save_generation(&self, m: &NewMessage, u: &UsageRecord) -> StoreResult<Message> {
                 let mut tx = self.pool.begin().await?;
-                insert_message_row(&mut *tx, m).await?;
+                let updated_at = now();
+                sqlx::query(
+                    "INSERT INTO messages (id, conversation_id, parent_id, role, content, message_type, media, status, \
+                     model, provider, finish_reason, error, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+                     ON CONFLICT (id) DO UPDATE SET content = excluded.content, status = excluded.status, \
+                     model = excluded.model, provider = excluded.provider, finish_reason = excluded.finish_reason, \
+                     error = excluded.error, updated_at = excluded.updated_at",
+                )
+                .bind(m.id)
+                .bind(m.conversation_id)
+                .bind(m.parent_id)
+                .bind(m.role)
+                .bind(&m.content)
+                .bind(&m.message_type)
+                .bind(Json(&m.media))
+                .bind(m.status)
+                .bind(&m.model)
+                .bind(&m.provider)
+                .bind(&m.finish_reason)
+                .bind(&m.error)
+                .bind(m.created_at)
+                .bind(updated_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| map_write_error(e, "the message"))?;
                 sqlx::query(concat!(
                     "INSERT INTO usage_records (",
                     usage_columns!(),
@@ -412,10 +481,31 @@ macro_rules! impl_store {
                 .bind(u.duration_ms)
                 .bind(u.created_at)
                 .execute(&mut *tx)
-                .await?;
+                .await
+                .map_err(|e| map_write_error(e, "a usage record for this message"))?;
                 touch_conversation(&mut *tx, m.conversation_id, m.created_at).await?;
                 tx.commit().await?;
-                Ok(Message::from_new(m, Some(u)))
+                let mut saved = Message::from_new(m, Some(u));
+                saved.updated_at = updated_at;
+                Ok(saved)
+            }
+
+            async fn recover_streaming(
+                &self,
+                instance_id: &str,
+                stale_before: chrono::DateTime<chrono::Utc>,
+            ) -> StoreResult<u64> {
+                let result = sqlx::query(
+                    "UPDATE messages SET status = 'interrupted', finish_reason = 'interrupted', \
+                     error = 'the server stopped before the reply was finished', updated_at = $3 \
+                     WHERE status = 'streaming' AND (instance_id = $1 OR updated_at < $2)",
+                )
+                .bind(instance_id)
+                .bind(stale_before)
+                .bind(now())
+                .execute(&self.pool)
+                .await?;
+                Ok(result.rows_affected())
             }
 
             async fn usage_for_message(&self, message_id: Id) -> StoreResult<Vec<UsageRecord>> {
@@ -481,6 +571,6 @@ macro_rules! impl_store {
 }
 
 pub(crate) use {
-    conversation_columns, conversation_returning, impl_store, message_select, persona_columns,
-    usage_columns,
+    branch_filter, conversation_columns, conversation_returning, impl_store, message_select,
+    persona_columns, usage_columns,
 };

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 use super::hub::{CancelReason, EventKind, Generation, Outcome};
 use crate::error::ApiError;
@@ -26,6 +27,12 @@ pub struct GenerationJob {
     pub parent_id: Option<Id>,
     /// Attempts at the final write before giving up.
     pub persist_attempts: u32,
+    /// Checkpoint cadence of the streaming row.
+    pub checkpoint_interval: Duration,
+    /// Longest time between two checkpoint writes, even with no new text: the row's heartbeat.
+    pub heartbeat: Duration,
+    /// This process's name on its streaming rows.
+    pub instance_id: Arc<str>,
 }
 
 /// What the provider stream produced.
@@ -73,16 +80,46 @@ pub async fn run(generation: Arc<Generation>, job: GenerationJob) {
         .to_string(),
     );
 
+    let template = NewMessage {
+        id: generation.id,
+        conversation_id: job.conversation_id,
+        parent_id: job.parent_id,
+        role: role::ASSISTANT,
+        content: String::new(),
+        message_type: "text".into(),
+        media: json!([]),
+        status: status::STREAMING,
+        model: Some(job.route.alias.clone()),
+        provider: Some(job.route.provider.name().to_string()),
+        finish_reason: None,
+        error: None,
+        created_at,
+    };
+    // Checkpoints run beside the relay, in their own task: a slow database never delays a token.
+    let stop_checkpoints = CancellationToken::new();
+    let checkpoints = tokio::spawn(checkpoint(
+        Arc::clone(&generation),
+        Arc::clone(&job.store),
+        template.clone(),
+        Arc::clone(&job.instance_id),
+        (job.checkpoint_interval, job.heartbeat),
+        stop_checkpoints.clone(),
+    ));
     let streamed = relay(&generation, &job).await;
     let duration = started.elapsed();
+    stop_checkpoints.cancel();
+    let _ = checkpoints.await;
     let text = generation.text();
 
     let counts = count_tokens(&job, &streamed.usage, &text);
     let cost_nanousd = job.route.prices.cost_nanousd(&counts);
     let (message_status, finish_reason) = match (&streamed.error, streamed.cancelled) {
         (Some(_), _) => (status::FAILED, "error".to_string()),
-        (None, Some(CancelReason::User)) => (status::CANCELLED, "cancelled".to_string()),
-        (None, Some(CancelReason::Shutdown)) => (status::INTERRUPTED, "shutdown".to_string()),
+        (None, Some(CancelReason::Shutdown)) => (
+            status::INTERRUPTED,
+            CancelReason::Shutdown.finish_reason().to_string(),
+        ),
+        (None, Some(reason)) => (status::CANCELLED, reason.finish_reason().to_string()),
         (None, None) => (
             status::COMPLETE,
             streamed
@@ -92,19 +129,11 @@ pub async fn run(generation: Arc<Generation>, job: GenerationJob) {
         ),
     };
     let message = NewMessage {
-        id: generation.id,
-        conversation_id: job.conversation_id,
-        parent_id: job.parent_id,
-        role: role::ASSISTANT,
         content: text,
-        message_type: "text".into(),
-        media: json!([]),
         status: message_status,
-        model: Some(job.route.alias.clone()),
-        provider: Some(job.route.provider.name().to_string()),
         finish_reason: Some(finish_reason.clone()),
         error: streamed.error.as_ref().map(ToString::to_string),
-        created_at,
+        ..template
     };
     let usage = UsageRecord {
         id: Id::new(),
@@ -176,6 +205,49 @@ pub async fn run(generation: Arc<Generation>, job: GenerationJob) {
                 EventKind::Error,
                 data.to_string(),
             );
+        }
+    }
+}
+
+/// Writes the streaming row from the first token on: at most every `interval` when the text grew, and at least
+/// every `heartbeat` so other instances can tell it is alive. Stops when told; the final save follows.
+async fn checkpoint(
+    generation: Arc<Generation>,
+    store: Arc<dyn Store>,
+    template: NewMessage,
+    instance_id: Arc<str>,
+    (interval, heartbeat): (Duration, Duration),
+    stop: CancellationToken,
+) {
+    let mut latest = generation.watch();
+    while generation.text_len() == 0 {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            changed = latest.changed() => if changed.is_err() { return },
+        }
+    }
+    let mut written_len = None;
+    let mut written_at = Instant::now();
+    loop {
+        let len = generation.text_len();
+        if written_len != Some(len) || written_at.elapsed() >= heartbeat {
+            let row = NewMessage {
+                content: generation.text(),
+                ..template.clone()
+            };
+            match store.checkpoint_message(&row, &instance_id).await {
+                Ok(()) => {
+                    written_len = Some(len);
+                    written_at = Instant::now();
+                }
+                Err(err) => {
+                    tracing::warn!(generation_id = %generation.id, error = %err, "checkpoint failed")
+                }
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
         }
     }
 }

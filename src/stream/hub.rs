@@ -5,8 +5,8 @@
 //! subscriber, so a slow or gone client cannot slow it, and any client can re-attach from any seq it saw.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use futures::Stream;
@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::DisconnectPolicy;
 use crate::store::{Id, Message};
 
 /// The kind of a generation event; the SSE `event:` name.
@@ -67,6 +68,42 @@ pub enum CancelReason {
     User = 1,
     /// The server is shutting down and the grace period ran out: status `interrupted`.
     Shutdown = 2,
+    /// The last subscriber left and the `cancel` disconnect policy applies: status `cancelled`.
+    Disconnected = 3,
+    /// Too many generations ran with nobody following them: status `cancelled`.
+    Unattended = 4,
+}
+
+impl CancelReason {
+    /// The saved message's `finish_reason`.
+    pub fn finish_reason(self) -> &'static str {
+        match self {
+            CancelReason::User => "cancelled",
+            CancelReason::Shutdown => "shutdown",
+            CancelReason::Disconnected => "client_disconnected",
+            CancelReason::Unattended => "unattended_limit",
+        }
+    }
+}
+
+/// What to do with generations nobody follows.
+#[derive(Debug, Clone, Copy)]
+pub struct UnattendedPolicy {
+    pub on_disconnect: DisconnectPolicy,
+    /// Grace period of [`DisconnectPolicy::Cancel`].
+    pub grace: Duration,
+    /// Cap on running generations with no subscriber.
+    pub max_unattended: usize,
+}
+
+impl Default for UnattendedPolicy {
+    fn default() -> Self {
+        Self {
+            on_disconnect: DisconnectPolicy::Drain,
+            grace: Duration::from_secs(10),
+            max_unattended: 1000,
+        }
+    }
 }
 
 /// How a generation ended, for callers that wait for it (the JSON answer).
@@ -98,9 +135,77 @@ pub struct Generation {
     cancel: CancellationToken,
     cancel_reason: AtomicU8,
     finished_at: Mutex<Option<Instant>>,
+    subscribers: AtomicUsize,
+    hub: Weak<HubInner>,
+}
+
+/// Counts a subscriber for as long as it lives (an SSE stream, a JSON answer waiting).
+#[derive(Debug)]
+pub struct SubscriberGuard(Arc<Generation>);
+
+impl Drop for SubscriberGuard {
+    fn drop(&mut self) {
+        if self.0.subscribers.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.on_unattended();
+        }
+    }
 }
 
 impl Generation {
+    /// Counts a subscriber until the guard is dropped.
+    pub fn attach(self: &Arc<Self>) -> SubscriberGuard {
+        self.subscribers.fetch_add(1, Ordering::SeqCst);
+        SubscriberGuard(Arc::clone(self))
+    }
+
+    /// Subscribers following it now.
+    pub fn subscribers(&self) -> usize {
+        self.subscribers.load(Ordering::SeqCst)
+    }
+
+    /// The last subscriber left a running generation: apply the unattended policy.
+    fn on_unattended(self: &Arc<Self>) {
+        let Some(hub) = self.hub.upgrade() else {
+            return;
+        };
+        if self.outcome_now().is_some() {
+            return;
+        }
+        match hub.policy.on_disconnect {
+            DisconnectPolicy::Cancel => {
+                let generation = Arc::clone(self);
+                let grace = hub.policy.grace;
+                hub.tracker.spawn(async move {
+                    tokio::select! {
+                        () = tokio::time::sleep(grace) => {
+                            if generation.subscribers() == 0 {
+                                tracing::info!(generation_id = %generation.id, "no subscriber came back: cancelling");
+                                generation.cancel(CancelReason::Disconnected);
+                            }
+                        }
+                        _ = generation.outcome() => {}
+                    }
+                });
+            }
+            DisconnectPolicy::Drain => {
+                let max = hub.policy.max_unattended;
+                if (Hub { inner: hub }).unattended() > max {
+                    tracing::warn!(generation_id = %self.id, "too many unattended generations: cancelling this one");
+                    self.cancel(CancelReason::Unattended);
+                }
+            }
+        }
+    }
+
+    /// A receiver of the latest seq, to wait for new events.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.latest.subscribe()
+    }
+
+    /// Length of the text streamed so far, in bytes.
+    pub fn text_len(&self) -> usize {
+        self.state().text.len()
+    }
     fn state(&self) -> MutexGuard<'_, LogState> {
         // A panic while holding this lock cannot leave the log inconsistent (pushes are atomic), so recover.
         self.state
@@ -199,6 +304,8 @@ impl Generation {
         match self.cancel_reason.load(Ordering::SeqCst) {
             1 => Some(CancelReason::User),
             2 => Some(CancelReason::Shutdown),
+            3 => Some(CancelReason::Disconnected),
+            4 => Some(CancelReason::Unattended),
             _ => None,
         }
     }
@@ -246,6 +353,7 @@ struct HubInner {
     tracker: TaskTracker,
     retention: Duration,
     accepting: AtomicBool,
+    policy: UnattendedPolicy,
 }
 
 /// The hub refuses new generations: the server is shutting down.
@@ -255,15 +363,34 @@ pub struct ShuttingDown;
 
 impl Hub {
     /// A hub keeping finished generations' logs for `retention`.
-    pub fn new(retention: Duration) -> Self {
+    pub fn new(retention: Duration, policy: UnattendedPolicy) -> Self {
         Self {
             inner: Arc::new(HubInner {
                 generations: Mutex::new(HashMap::new()),
                 tracker: TaskTracker::new(),
                 retention,
                 accepting: AtomicBool::new(true),
+                policy,
             }),
         }
+    }
+
+    /// Running generations that nobody follows.
+    pub fn unattended(&self) -> usize {
+        self.generations()
+            .values()
+            .filter(|g| g.subscribers() == 0 && g.outcome_now().is_none())
+            .count()
+    }
+
+    /// True when one more unattended generation would pass `max_unattended`.
+    pub fn unattended_full(&self) -> bool {
+        self.unattended() >= self.inner.policy.max_unattended
+    }
+
+    /// Spawns background work that shutdown waits for.
+    pub fn spawn<F: Future<Output = ()> + Send + 'static>(&self, task: F) {
+        self.inner.tracker.spawn(task);
     }
 
     fn generations(&self) -> MutexGuard<'_, HashMap<Id, Arc<Generation>>> {
@@ -302,6 +429,8 @@ impl Hub {
             cancel: CancellationToken::new(),
             cancel_reason: AtomicU8::new(0),
             finished_at: Mutex::new(None),
+            subscribers: AtomicUsize::new(0),
+            hub: Arc::downgrade(&self.inner),
         });
         {
             let mut generations = self.generations();

@@ -286,7 +286,11 @@ impl TestServer {
     pub async fn wait_for_reply(&self, user: &str, conversation_id: &str) -> Value {
         for _ in 0..200 {
             let history = self.history(user, conversation_id).await;
-            if let Some(reply) = history.iter().rev().find(|m| m["role"] == "assistant") {
+            if let Some(reply) = history
+                .iter()
+                .rev()
+                .find(|m| m["role"] == "assistant" && m["status"] != "streaming")
+            {
                 return reply.clone();
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
