@@ -310,14 +310,17 @@ impl Generation {
         }
     }
 
-    /// Events with seq > `after`, then live ones, ending after the terminal event.
+    /// Events with seq > `after`, then live ones, ending after the terminal event. The subscriber is counted
+    /// (see [`Generation::attach`]) until the stream is dropped.
     pub fn subscribe(
         self: &Arc<Self>,
         after: u64,
     ) -> impl Stream<Item = Arc<GenerationEvent>> + Send + 'static {
         let generation = Arc::clone(self);
+        let guard = self.attach();
         let mut rx = generation.latest.subscribe();
         async_stream::stream! {
+            let _guard = guard;
             let mut next = after + 1;
             loop {
                 // Mark the current value seen *before* reading the log: anything appended later wakes us.
