@@ -1,0 +1,92 @@
+//! Measures what live generations and their subscribers cost in memory.
+//!
+//! `cargo run --release --example hub_memory [generations] [deltas_per_generation] [subscribers_per_generation]`
+//!
+//! Starts N generations in a [`Hub`], each holding D logged deltas of one short word, attaches S subscribers to
+//! each (every subscriber stream polled up to the end of the log, as a connected client would be), and prints
+//! the resident-set growth per generation and per subscriber (Linux `/proc/self/statm`).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chatgate::store::Id;
+use chatgate::stream::hub::{EventKind, GenerationEvent, UnattendedPolicy};
+use chatgate::stream::{Generation, Hub};
+use futures::{Stream, StreamExt};
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+type Subscriber = Pin<Box<dyn Stream<Item = Arc<GenerationEvent>> + Send>>;
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<u64> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let generations = args.first().copied().unwrap_or(10_000) as usize;
+    let deltas = args.get(1).copied().unwrap_or(100) as usize;
+    let subscribers = args.get(2).copied().unwrap_or(1) as usize;
+
+    let hub = Hub::new(Duration::from_secs(300), UnattendedPolicy::default());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let before = rss_bytes();
+    let mut live: Vec<Arc<Generation>> = Vec::with_capacity(generations);
+    for _ in 0..generations {
+        let release = Arc::clone(&release);
+        let generation = hub
+            .start(
+                Id::new(),
+                Id::new(),
+                "user-1",
+                "default",
+                move |_| async move { release.notified().await },
+            )
+            .expect("hub accepts");
+        generation.emit(EventKind::Start, r#"{"generation_id":"x"}"#.to_string());
+        for _ in 0..deltas {
+            generation.emit_delta("word ");
+        }
+        live.push(generation);
+    }
+    let after_generations = rss_bytes();
+
+    let mut streams: Vec<Subscriber> = Vec::with_capacity(generations * subscribers);
+    for generation in &live {
+        for _ in 0..subscribers {
+            let mut stream: Subscriber = Box::pin(generation.subscribe(0));
+            // Read the backlog, as a connected client does, then stay attached waiting for more.
+            for _ in 0..=deltas {
+                let _ = stream.next().await;
+            }
+            streams.push(stream);
+        }
+    }
+    let after_subscribers = rss_bytes();
+
+    let per_generation = (after_generations - before) as f64 / generations as f64;
+    let per_subscriber =
+        (after_subscribers - after_generations) as f64 / (generations * subscribers).max(1) as f64;
+    println!("generations: {generations}, deltas each: {deltas}, subscribers each: {subscribers}");
+    println!("RSS before: {:.1} MiB", before as f64 / 1048576.0);
+    println!(
+        "per live generation (with its {deltas}-delta log): {:.0} bytes",
+        per_generation
+    );
+    println!(
+        "per log entry (approx.): {:.0} bytes",
+        per_generation / (deltas + 1) as f64
+    );
+    println!("per attached subscriber: {:.0} bytes", per_subscriber);
+    drop(streams);
+    release.notify_waiters();
+}
