@@ -81,6 +81,8 @@ pub struct ServerConfig {
     pub shutdown_grace_secs: u64,
     /// Interval of the SSE keep-alive comment on an idle stream, in seconds.
     pub sse_keepalive_secs: u64,
+    /// How often each provider is checked in the background for `/health`, in seconds; 0 turns checks off.
+    pub provider_check_secs: u64,
     /// This process's name in the database (which streaming rows are its own); default `HOSTNAME:bind`.
     /// Keep it stable across restarts of the same instance and unique among instances.
     pub instance_id: String,
@@ -96,6 +98,7 @@ impl Default for ServerConfig {
             shutdown_grace_secs: 30,
             sse_keepalive_secs: 15,
             instance_id: String::new(),
+            provider_check_secs: 60,
         }
     }
 }
@@ -232,6 +235,13 @@ pub struct GenerationConfig {
     /// Cap on running generations that nobody follows; past it, the newest unattended one is cancelled and new
     /// `Prefer: respond-async` requests get 429.
     pub max_unattended: usize,
+    /// Retries of one model on a retryable failure before its first token (connect error, 429, 5xx,
+    /// first-token timeout), before its fallbacks are tried.
+    pub retry_attempts: u32,
+    /// First retry backoff, in ms; doubled each retry, with jitter.
+    pub retry_base_ms: u64,
+    /// Longest wait before a retry, in ms; a provider asking for longer sends the request to the next fallback.
+    pub retry_max_ms: u64,
 }
 
 /// See [`GenerationConfig::disconnect_policy`].
@@ -256,6 +266,9 @@ impl Default for GenerationConfig {
             disconnect_policy: DisconnectPolicy::Drain,
             disconnect_grace_ms: 10_000,
             max_unattended: 1000,
+            retry_attempts: 2,
+            retry_base_ms: 250,
+            retry_max_ms: 8000,
         }
     }
 }

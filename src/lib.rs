@@ -28,6 +28,7 @@ use tokio::net::TcpListener;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::providers::Models;
+use crate::providers::health::ProviderHealthMonitor;
 use crate::store::Store;
 use crate::stream::Hub;
 use crate::stream::hub::UnattendedPolicy;
@@ -46,6 +47,8 @@ pub struct AppInner {
     pub started_at: Instant,
     /// This process's name on its streaming rows (`server.instance_id`).
     pub instance_id: Arc<str>,
+    /// Cached provider checks, shown by `/health`.
+    pub provider_health: ProviderHealthMonitor,
 }
 
 impl std::ops::Deref for AppState {
@@ -126,6 +129,7 @@ impl AppState {
                 },
             ),
             instance_id,
+            provider_health: ProviderHealthMonitor::new(models.providers()),
             models,
             store,
             config,
@@ -150,6 +154,9 @@ pub async fn serve(
     let hub = state.hub.clone();
     let grace = Duration::from_secs(state.config.server.shutdown_grace_secs);
     let sweeper = tokio::spawn(sweep_stale_replies(state.clone()));
+    let check_every = Duration::from_secs(state.config.server.provider_check_secs);
+    let checker = (!check_every.is_zero())
+        .then(|| tokio::spawn(state.provider_health.clone().run(check_every)));
     let app = api::app(state);
     // Tokens go out as they come: no Nagle delay on client sockets.
     let listener = listener.tap_io(|tcp| {
@@ -174,6 +181,9 @@ pub async fn serve(
         Err(_) => hub.shutdown(grace).await,
     }
     sweeper.abort();
+    if let Some(checker) = checker {
+        checker.abort();
+    }
     tracing::info!("stopped");
     Ok(())
 }

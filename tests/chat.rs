@@ -342,7 +342,13 @@ async fn upstream_status_errors_map_to_gateway_errors(backend: Backend) {
         ),
     ])
     .await;
-    let Some(server) = TestServer::start(backend, Some(&upstream.url), "").await else {
+    let Some(server) = TestServer::start(
+        backend,
+        Some(&upstream.url),
+        "[generation]\nretry_attempts = 0\n",
+    )
+    .await
+    else {
         return;
     };
     let conversation_id = server.conversation("alice").await;

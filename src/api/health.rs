@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::AppState;
 
@@ -28,15 +28,7 @@ async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         };
         tracing::warn!(%cause, "health: database check failed");
     }
-    let mut providers = Map::new();
-    for alias in state.models.aliases() {
-        if let Some(route) = state.models.get(alias) {
-            // Providers are not probed yet: `ok` stays null until a background check has run.
-            providers
-                .entry(route.provider.name().to_string())
-                .or_insert_with(|| json!({ "ok": null, "checked_at": null }));
-        }
-    }
+    let providers = state.provider_health.snapshot();
     let status = if db_ok {
         StatusCode::OK
     } else {

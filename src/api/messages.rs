@@ -21,7 +21,7 @@ use crate::auth::AuthUser;
 use crate::error::{ApiError, AppJson};
 use crate::providers::{ChatMessage, ChatRequest, ModelRoute};
 use crate::store::{Conversation, HistoryPage, Id, Message, NewMessage, Persona, role, status};
-use crate::stream::generation::{self, GenerationJob};
+use crate::stream::generation::{self, GenerationJob, RetryPolicy};
 use crate::stream::{Generation, sse_event, sse_response};
 
 pub fn router() -> Router<AppState> {
@@ -330,6 +330,12 @@ fn start_generation(
         checkpoint_interval: Duration::from_millis(config.checkpoint_interval_ms),
         heartbeat: Duration::from_secs(config.stale_after_secs) / 3,
         instance_id: state.instance_id.clone(),
+        fallbacks: state.models.fallbacks(&alias),
+        retry: RetryPolicy {
+            attempts: config.retry_attempts,
+            base: Duration::from_millis(config.retry_base_ms),
+            max: Duration::from_millis(config.retry_max_ms),
+        },
     };
     state
         .hub

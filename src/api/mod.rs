@@ -5,6 +5,7 @@ mod conversations;
 mod generations;
 mod health;
 mod messages;
+mod models;
 mod personas;
 
 use std::time::Duration;
@@ -37,6 +38,7 @@ pub fn app(state: AppState) -> Router {
         .merge(conversations::router())
         .merge(messages::router())
         .merge(generations::router())
+        .merge(models::router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             crate::auth::require_auth,

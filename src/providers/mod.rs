@@ -4,7 +4,12 @@
 //! reason. Every failure is a typed [`ProviderError`]; a stream that ends without its provider's terminator
 //! yields [`ProviderError::Interrupted`], never a clean end.
 
+pub mod anthropic;
+pub mod gemini;
+pub mod health;
+pub mod http;
 pub mod mock;
+pub mod ollama;
 pub mod openai;
 
 use std::collections::BTreeMap;
@@ -89,6 +94,11 @@ pub trait Provider: Send + Sync + 'static {
     /// Starts a streaming request. The connection is made when the stream is first polled; dropping the stream
     /// cancels the upstream request.
     fn stream(&self, request: ChatRequest) -> ProviderStream;
+    /// A cheap authenticated request whose 2xx answer means the provider is reachable and accepts the key
+    /// (listing models); `None` for providers with nothing to check.
+    fn check(&self) -> Option<reqwest::RequestBuilder> {
+        None
+    }
 }
 
 /// Which timeout fired.
@@ -197,6 +207,8 @@ pub struct ModelRoute {
     pub context_window: u32,
     pub max_output_tokens: Option<u32>,
     pub tokenizer: Tokenizer,
+    /// Aliases tried in order when this one fails before its first token.
+    pub fallbacks: Vec<String>,
 }
 
 impl std::fmt::Debug for ModelRoute {
@@ -241,26 +253,29 @@ impl Models {
                     Duration::from_millis(pc.delay_ms.unwrap_or(20)),
                 ))
             } else {
+                let base_url = pc.base_url_for(name, kind);
+                let key = pc.api_key().map(|k| k.expose_secret().to_string());
+                let timeouts = http::Timeouts {
+                    connect: pc.connect_timeout(),
+                    first_token: pc.first_token_timeout(),
+                    idle: pc.idle_timeout(),
+                };
                 match kind {
                     ProviderKind::Mock => Arc::new(mock::MockProvider::new(
                         name,
                         Duration::from_millis(pc.delay_ms.unwrap_or(20)),
                     )),
-                    ProviderKind::Openai => Arc::new(openai::OpenAiProvider::new(
-                        name,
-                        &pc.base_url_for(name, kind),
-                        pc.api_key().map(|k| k.expose_secret().to_string()),
-                        openai::Timeouts {
-                            connect: pc.connect_timeout(),
-                            first_token: pc.first_token_timeout(),
-                            idle: pc.idle_timeout(),
-                        },
+                    ProviderKind::Openai => {
+                        Arc::new(openai::OpenAiProvider::new(name, &base_url, key, timeouts)?)
+                    }
+                    ProviderKind::Anthropic => Arc::new(anthropic::AnthropicProvider::new(
+                        name, &base_url, key, timeouts,
                     )?),
-                    other => {
-                        return Err(format!(
-                            "providers.{name}: the {other:?} adapter is not available in this build yet; \
-                             use an OpenAI-compatible endpoint (kind = \"openai\")"
-                        ));
+                    ProviderKind::Gemini => {
+                        Arc::new(gemini::GeminiProvider::new(name, &base_url, key, timeouts)?)
+                    }
+                    ProviderKind::Ollama => {
+                        Arc::new(ollama::OllamaProvider::new(name, &base_url, key, timeouts)?)
                     }
                 }
             };
@@ -292,6 +307,7 @@ impl Models {
                     context_window: mc.context_window,
                     max_output_tokens: mc.max_output_tokens,
                     tokenizer: Tokenizer::for_model(&mc.model),
+                    fallbacks: mc.fallbacks.clone(),
                 },
             );
         }
@@ -306,9 +322,37 @@ impl Models {
         self.routes.get(alias)
     }
 
+    /// The fallback routes of an alias, in order.
+    pub fn fallbacks(&self, alias: &str) -> Vec<ModelRoute> {
+        self.get(alias)
+            .map(|route| {
+                route
+                    .fallbacks
+                    .iter()
+                    .filter_map(|f| self.get(f).cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The alias used when neither request nor persona names one.
     pub fn default_alias(&self) -> &str {
         &self.default_alias
+    }
+
+    /// Every distinct provider behind the aliases.
+    pub fn providers(&self) -> Vec<Arc<dyn Provider>> {
+        let mut seen = std::collections::BTreeSet::new();
+        self.routes
+            .values()
+            .filter(|route| seen.insert(route.provider.name().to_string()))
+            .map(|route| Arc::clone(&route.provider))
+            .collect()
+    }
+
+    /// Every route, sorted by alias.
+    pub fn routes(&self) -> impl Iterator<Item = &ModelRoute> {
+        self.routes.values()
     }
 
     /// Every alias, sorted.

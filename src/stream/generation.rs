@@ -33,10 +33,15 @@ pub struct GenerationJob {
     pub heartbeat: Duration,
     /// This process's name on its streaming rows.
     pub instance_id: Arc<str>,
+    /// Routes tried in order when `route` fails before its first token.
+    pub fallbacks: Vec<ModelRoute>,
+    pub retry: RetryPolicy,
 }
 
 /// What the provider stream produced.
 struct Streamed {
+    /// The route that answered (or was tried last).
+    route: ModelRoute,
     usage: Usage,
     finish_reason: Option<String>,
     error: Option<ProviderError>,
@@ -111,8 +116,10 @@ pub async fn run(generation: Arc<Generation>, job: GenerationJob) {
     let _ = checkpoints.await;
     let text = generation.text();
 
-    let counts = count_tokens(&job, &streamed.usage, &text);
-    let cost_nanousd = job.route.prices.cost_nanousd(&counts);
+    // Count, price and record with the route that actually answered.
+    let route = &streamed.route;
+    let counts = count_tokens(&job, route, &streamed.usage, &text);
+    let cost_nanousd = route.prices.cost_nanousd(&counts);
     let (message_status, finish_reason) = match (&streamed.error, streamed.cancelled) {
         (Some(_), _) => (status::FAILED, "error".to_string()),
         (None, Some(CancelReason::Shutdown)) => (
@@ -133,6 +140,8 @@ pub async fn run(generation: Arc<Generation>, job: GenerationJob) {
         status: message_status,
         finish_reason: Some(finish_reason.clone()),
         error: streamed.error.as_ref().map(ToString::to_string),
+        model: Some(route.alias.clone()),
+        provider: Some(route.provider.name().to_string()),
         ..template
     };
     let usage = UsageRecord {
@@ -141,9 +150,9 @@ pub async fn run(generation: Arc<Generation>, job: GenerationJob) {
         conversation_id: Some(job.conversation_id),
         message_id: Some(generation.id),
         persona_id: job.persona_id,
-        model: job.route.alias.clone(),
-        upstream_model: job.route.upstream_model.clone(),
-        provider: job.route.provider.name().to_string(),
+        model: route.alias.clone(),
+        upstream_model: route.upstream_model.clone(),
+        provider: route.provider.name().to_string(),
         prompt_tokens: to_i64(counts.prompt_tokens),
         completion_tokens: to_i64(counts.completion_tokens),
         cached_tokens: to_i64(counts.cached_tokens),
@@ -252,23 +261,79 @@ async fn checkpoint(
     }
 }
 
-/// The relay loop: the only code on the per-token path.
+/// Streams from the model, then its fallbacks: a retryable failure before any delta was relayed is retried
+/// with jittered exponential backoff (honouring the provider's retry hint), then the next fallback is tried.
+/// Once a delta has been relayed, a failure ends the generation: it never switches silently.
 async fn relay(generation: &Generation, job: &GenerationJob) -> Streamed {
     let started = Instant::now();
     let mut out = Streamed {
+        route: job.route.clone(),
         usage: Usage::default(),
         finish_reason: None,
         error: None,
         cancelled: None,
         ttft: None,
     };
-    let mut upstream = job.route.provider.stream(job.request.clone());
+    let candidates = std::iter::once(&job.route).chain(job.fallbacks.iter());
+    'candidates: for route in candidates {
+        out.route = route.clone();
+        let mut attempt = 0;
+        loop {
+            let request = ChatRequest {
+                model: route.upstream_model.clone(),
+                max_tokens: route.max_output_tokens,
+                ..job.request.clone()
+            };
+            let error = match relay_once(generation, route, request, started, &mut out).await {
+                None => return out,
+                Some(error) => error,
+            };
+            let relayed = out.ttft.is_some();
+            tracing::warn!(
+                generation_id = %generation.id, model = %route.alias, provider = route.provider.name(),
+                attempt, relayed, error = %error, "upstream failed"
+            );
+            if relayed || !error.is_retryable() {
+                out.error = Some(error);
+                return out;
+            }
+            let delay = job.retry.delay(attempt, error.retry_after());
+            out.error = Some(error);
+            match delay {
+                Some(delay) if attempt < job.retry.attempts => {
+                    attempt += 1;
+                    tokio::select! {
+                        () = generation.cancelled() => {
+                            out.cancelled = generation.cancel_reason();
+                            out.error = None;
+                            return out;
+                        }
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+                _ => continue 'candidates,
+            }
+        }
+    }
+    out
+}
+
+/// One upstream attempt; `None` when the stream ended (or was cancelled), else the failure.
+async fn relay_once(
+    generation: &Generation,
+    route: &ModelRoute,
+    request: ChatRequest,
+    started: Instant,
+    out: &mut Streamed,
+) -> Option<ProviderError> {
+    let mut upstream = route.provider.stream(request);
     loop {
         let event = tokio::select! {
             biased;
             () = generation.cancelled() => {
                 out.cancelled = generation.cancel_reason();
-                break;
+                out.error = None;
+                return None;
             }
             event = upstream.next() => event,
         };
@@ -281,20 +346,50 @@ async fn relay(generation: &Generation, job: &GenerationJob) -> Streamed {
             }
             Some(Ok(ProviderEvent::Usage(usage))) => out.usage.merge(usage),
             Some(Ok(ProviderEvent::Finish(reason))) => out.finish_reason = Some(reason),
-            Some(Err(error)) => {
-                tracing::warn!(generation_id = %generation.id, provider = job.route.provider.name(), error = %error, "upstream failed");
-                out.error = Some(error);
-                break;
+            Some(Err(error)) => return Some(error),
+            None => {
+                out.error = None;
+                return None;
             }
-            None => break,
         }
     }
-    out
+}
+
+/// Retries before the first token.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Retries of one model before moving to the next fallback.
+    pub attempts: u32,
+    /// First backoff; doubled each retry, with jitter.
+    pub base: Duration,
+    /// Longest wait: a provider asking for more moves the generation to the next fallback instead.
+    pub max: Duration,
+}
+
+impl RetryPolicy {
+    /// The wait before retry number `attempt` (0-based): the provider's hint if it gave one, else
+    /// `base × 2^attempt` with "equal jitter" (half fixed, half random); `None` when it is over `max`.
+    pub fn delay(&self, attempt: u32, hint: Option<Duration>) -> Option<Duration> {
+        let delay = hint.unwrap_or_else(|| {
+            let backoff = self.base.saturating_mul(2u32.saturating_pow(attempt));
+            let jitter = jitter_fraction();
+            backoff / 2 + backoff.mul_f64(jitter / 2.0)
+        });
+        (delay <= self.max).then_some(delay)
+    }
+}
+
+/// A number in [0, 1) from the standard library's randomly seeded hasher: enough to spread retries.
+fn jitter_fraction() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(0);
+    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// The provider's figures where it gave them, local tiktoken counts (flagged `estimated`) for the rest.
-fn count_tokens(job: &GenerationJob, usage: &Usage, text: &str) -> TokenCounts {
-    let tokenizer = job.route.tokenizer;
+fn count_tokens(job: &GenerationJob, route: &ModelRoute, usage: &Usage, text: &str) -> TokenCounts {
+    let tokenizer = route.tokenizer;
     let mut estimated = false;
     let prompt_tokens = usage.prompt_tokens.unwrap_or_else(|| {
         estimated = true;

@@ -460,6 +460,12 @@ impl FakeOpenAi {
         });
         let app = axum::Router::new()
             .route("/v1/chat/completions", post(serve_script))
+            .route(
+                "/v1/models",
+                axum::routing::get(|| async {
+                    axum::Json(json!({ "object": "list", "data": [] }))
+                }),
+            )
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

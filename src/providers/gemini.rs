@@ -1,0 +1,282 @@
+//! Google Gemini `streamGenerateContent?alt=sse` adapter.
+//!
+//! Wire format (Gemini API reference, "Generate content · streaming"; vercel/ai recorded chunks): SSE
+//! `data: <GenerateContentResponse>` events (CRLF framing seen on the wire) and **no terminator**: the body just
+//! closes. `usageMetadata` is cumulative on every chunk (`promptTokenCount`, `candidatesTokenCount`,
+//! `thoughtsTokenCount`, `cachedContentTokenCount`). Old models put `finishReason: STOP` on every chunk, so a
+//! finish reason is not an end: the stream is complete when the body closes after one, and interrupted when it
+//! closes before. Errors inside the 200 stream arrive as `{"error": {...}}`.
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::http::{self, DecodeError, Decoder, Flow, Frame, Framing, Timeouts};
+use super::{ChatRequest, Provider, ProviderEvent, ProviderStream, Role};
+use crate::usage::Usage;
+
+/// The Gemini adapter.
+pub struct GeminiProvider {
+    name: String,
+    base_url: String,
+    api_key: Option<String>,
+    client: reqwest::Client,
+    timeouts: Timeouts,
+}
+
+impl GeminiProvider {
+    /// `base_url` ends before `/models`, e.g. `https://generativelanguage.googleapis.com/v1beta`.
+    ///
+    /// # Errors
+    /// When the HTTP client cannot be built.
+    pub fn new(
+        name: &str,
+        base_url: &str,
+        api_key: Option<String>,
+        timeouts: Timeouts,
+    ) -> Result<Self, String> {
+        Ok(Self {
+            name: name.to_string(),
+            base_url: base_url.trim_end_matches('/').to_string(),
+            api_key,
+            client: http::client(name, &timeouts)?,
+            timeouts,
+        })
+    }
+
+    fn authorized(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.api_key {
+            Some(key) => builder.header("x-goog-api-key", key),
+            None => builder,
+        }
+    }
+}
+
+/// The `generateContent` body: `systemInstruction`, `contents` with roles `user`/`model`.
+pub fn request_body(request: &ChatRequest) -> Value {
+    let system: Vec<Value> = request
+        .messages
+        .iter()
+        .filter(|m| m.role == Role::System)
+        .map(|m| json!({ "text": m.content }))
+        .collect();
+    let contents: Vec<Value> = request
+        .messages
+        .iter()
+        .filter(|m| m.role != Role::System)
+        .map(|m| {
+            let role = if m.role == Role::Assistant {
+                "model"
+            } else {
+                "user"
+            };
+            json!({ "role": role, "parts": [{ "text": m.content }] })
+        })
+        .collect();
+    let mut body = json!({ "contents": contents });
+    if !system.is_empty() {
+        body["systemInstruction"] = json!({ "parts": system });
+    }
+    if let Some(max_tokens) = request.max_tokens {
+        body["generationConfig"] = json!({ "maxOutputTokens": max_tokens });
+    }
+    body
+}
+
+impl Provider for GeminiProvider {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn stream(&self, request: ChatRequest) -> ProviderStream {
+        let url = format!(
+            "{}/models/{}:streamGenerateContent?alt=sse",
+            self.base_url, request.model
+        );
+        let builder = self.authorized(self.client.post(url).json(&request_body(&request)));
+        http::drive(
+            self.name.clone(),
+            self.timeouts,
+            builder,
+            Framing::Sse,
+            GeminiDecoder::default(),
+        )
+    }
+
+    fn check(&self) -> Option<reqwest::RequestBuilder> {
+        Some(self.authorized(self.client.get(format!("{}/models", self.base_url))))
+    }
+}
+
+/// Decodes `GenerateContentResponse` chunks; remembers the last finish reason for the end of the body.
+#[derive(Debug, Default)]
+pub struct GeminiDecoder {
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UsageMetadata {
+    prompt_token_count: Option<u64>,
+    candidates_token_count: Option<u64>,
+    thoughts_token_count: Option<u64>,
+    cached_content_token_count: Option<u64>,
+}
+
+impl From<UsageMetadata> for Usage {
+    /// Thinking tokens are billed as output: they count in the completion, and apart as reasoning.
+    fn from(u: UsageMetadata) -> Self {
+        let thoughts = u.thoughts_token_count.unwrap_or(0);
+        Usage {
+            prompt_tokens: u.prompt_token_count,
+            completion_tokens: u
+                .candidates_token_count
+                .map(|c| c + thoughts)
+                .or(u.thoughts_token_count),
+            cached_tokens: u.cached_content_token_count,
+            reasoning_tokens: u.thoughts_token_count,
+        }
+    }
+}
+
+fn finish_reason(reason: &str) -> String {
+    match reason {
+        "STOP" => "stop",
+        "MAX_TOKENS" => "length",
+        "SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII" | "IMAGE_SAFETY" => {
+            "content_filter"
+        }
+        other => return other.to_ascii_lowercase(),
+    }
+    .to_string()
+}
+
+impl Decoder for GeminiDecoder {
+    fn decode(
+        &mut self,
+        frame: Frame<'_>,
+        out: &mut Vec<ProviderEvent>,
+    ) -> Result<Flow, DecodeError> {
+        let Frame::Sse { data, .. } = frame else {
+            return Err(DecodeError::Malformed("expected server-sent events".into()));
+        };
+        if data.trim().is_empty() {
+            return Ok(Flow::Continue);
+        }
+        let value: Value = serde_json::from_str(data).map_err(|e| {
+            DecodeError::Malformed(format!("{e} in chunk {}", http::truncate(data, 200)))
+        })?;
+        if let Some(error) = value.get("error") {
+            let status = error
+                .get("status")
+                .and_then(Value::as_str)
+                .unwrap_or("error");
+            return Err(DecodeError::Upstream(format!(
+                "{status}: {}",
+                http::error_message(error)
+            )));
+        }
+        if let Some(candidate) = value.get("candidates").and_then(|c| c.get(0)) {
+            let parts = candidate
+                .pointer("/content/parts")
+                .and_then(Value::as_array);
+            for part in parts.into_iter().flatten() {
+                let is_thought = part
+                    .get("thought")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                if let Some(text) = part
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .filter(|t| !t.is_empty() && !is_thought)
+                {
+                    out.push(ProviderEvent::TextDelta(text.to_string()));
+                }
+            }
+            if let Some(reason) = candidate.get("finishReason").and_then(Value::as_str) {
+                self.finish_reason = Some(finish_reason(reason));
+            }
+        }
+        if let Some(usage) = value
+            .get("usageMetadata")
+            .cloned()
+            .and_then(|u| serde_json::from_value::<UsageMetadata>(u).ok())
+        {
+            out.push(ProviderEvent::Usage(usage.into()));
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn end_of_body(&mut self, out: &mut Vec<ProviderEvent>) -> bool {
+        match self.finish_reason.take() {
+            Some(reason) => {
+                out.push(ProviderEvent::Finish(reason));
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::ChatMessage;
+
+    #[test]
+    fn body_uses_system_instruction_and_model_role() {
+        let request = ChatRequest {
+            model: "gemini-2.5-flash".into(),
+            messages: vec![
+                ChatMessage::system("Be brief"),
+                ChatMessage::user("hi"),
+                ChatMessage::assistant("yo"),
+                ChatMessage::user("?"),
+            ],
+            max_tokens: Some(1024),
+        };
+        let body = request_body(&request);
+        assert_eq!(
+            body["systemInstruction"],
+            json!({"parts": [{"text": "Be brief"}]})
+        );
+        assert_eq!(
+            body["contents"][1],
+            json!({"role": "model", "parts": [{"text": "yo"}]})
+        );
+        assert_eq!(body["generationConfig"]["maxOutputTokens"], 1024);
+    }
+
+    #[test]
+    fn finish_reason_is_not_a_terminator() {
+        let mut decoder = GeminiDecoder::default();
+        let mut out = Vec::new();
+        let chunk = r#"{"candidates":[{"content":{"parts":[{"text":"Hi"}],"role":"model"},"finishReason":"STOP","index":0}],"usageMetadata":{"promptTokenCount":9,"candidatesTokenCount":5,"totalTokenCount":199,"thoughtsTokenCount":185}}"#;
+        assert_eq!(
+            decoder.decode(
+                Frame::Sse {
+                    event: "",
+                    data: chunk
+                },
+                &mut out
+            ),
+            Ok(Flow::Continue)
+        );
+        assert_eq!(out[0], ProviderEvent::TextDelta("Hi".into()));
+        assert_eq!(
+            out[1],
+            ProviderEvent::Usage(Usage {
+                prompt_tokens: Some(9),
+                completion_tokens: Some(190),
+                cached_tokens: None,
+                reasoning_tokens: Some(185)
+            })
+        );
+        out.clear();
+        assert!(decoder.end_of_body(&mut out));
+        assert_eq!(out, [ProviderEvent::Finish("stop".into())]);
+        assert!(
+            !GeminiDecoder::default().end_of_body(&mut out),
+            "no finish reason: interrupted"
+        );
+    }
+}

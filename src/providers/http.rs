@@ -1,0 +1,414 @@
+//! What every HTTP adapter shares: the client, timeouts, typed status errors, SSE and NDJSON framing, and the
+//! driver that turns a response body into [`ProviderEvent`]s through a provider's [`Decoder`].
+//!
+//! Framing follows the WHATWG HTML "server-sent events" parsing rules (eventsource-stream): LF, CR or CRLF line
+//! ends, `data:` with or without a space, multi-line data, comment lines, events split across reads at any
+//! byte. NDJSON lines end with LF (a CR before it is dropped) and may be split across reads too.
+
+use std::time::Duration;
+
+use async_stream::try_stream;
+use bytes::Bytes;
+use eventsource_stream::Eventsource;
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::{ProviderError, ProviderEvent, ProviderStream, TimeoutKind};
+
+/// Timeouts of one provider.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// TCP + TLS connect.
+    pub connect: Duration,
+    /// From sending the request to the first streamed frame (response head included).
+    pub first_token: Duration,
+    /// Between two streamed frames.
+    pub idle: Duration,
+}
+
+/// Builds the HTTP client of one provider: connect timeout, `TCP_NODELAY`, a pool of kept-alive connections
+/// reused across generations.
+///
+/// # Errors
+/// When the TLS backend cannot be initialised.
+pub fn client(name: &str, timeouts: &Timeouts) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .connect_timeout(timeouts.connect)
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build()
+        .map_err(|e| format!("providers.{name}: cannot build HTTP client: {e}"))
+}
+
+/// One framed unit of a response body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frame<'a> {
+    /// A server-sent event (`event` is empty when the event had no `event:` line).
+    Sse { event: &'a str, data: &'a str },
+    /// One NDJSON line, without its line end.
+    Line(&'a str),
+}
+
+/// Whether a frame ended the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// The provider's terminator: the stream finished cleanly.
+    Done,
+}
+
+/// A frame the decoder could not accept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Not the provider's format.
+    Malformed(String),
+    /// The provider reported an error inside the stream.
+    Upstream(String),
+}
+
+/// A provider's stream format: turns frames into events, and knows its terminator.
+pub trait Decoder: Send + 'static {
+    /// Decodes one frame, pushing events to `out`.
+    ///
+    /// # Errors
+    /// [`DecodeError`] for a frame that is not the provider's format or that reports an error.
+    fn decode(
+        &mut self,
+        frame: Frame<'_>,
+        out: &mut Vec<ProviderEvent>,
+    ) -> Result<Flow, DecodeError>;
+
+    /// The body ended with no terminator frame. Returns true when that is this provider's normal end (Gemini
+    /// after a finish reason), pushing any last events; false makes it an interrupted stream.
+    fn end_of_body(&mut self, _out: &mut Vec<ProviderEvent>) -> bool {
+        false
+    }
+}
+
+/// How the body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    Sse,
+    Ndjson,
+}
+
+/// Sends `request` and streams the decoded events: typed status errors, the first-token deadline (covering
+/// connect, response head and first frame), the idle timeout between frames, and interrupted bodies.
+pub fn drive<D: Decoder>(
+    provider: String,
+    timeouts: Timeouts,
+    request: reqwest::RequestBuilder,
+    framing: Framing,
+    mut decoder: D,
+) -> ProviderStream {
+    Box::pin(try_stream! {
+        let first_deadline = Instant::now() + timeouts.first_token;
+        let response = match tokio::time::timeout_at(first_deadline, request.send()).await {
+            Err(_) => Err(ProviderError::Timeout { provider: provider.clone(), kind: TimeoutKind::FirstToken })?,
+            Ok(result) => result.map_err(|e| send_error(&provider, &e))?,
+        };
+        let response = check_status(&provider, response).await?;
+        let mut frames = match framing {
+            Framing::Sse => sse_frames(response.bytes_stream()),
+            Framing::Ndjson => ndjson_frames(response.bytes_stream()),
+        };
+        let mut deadline = first_deadline;
+        let mut wait_kind = TimeoutKind::FirstToken;
+        let mut out = Vec::new();
+        loop {
+            let frame = match tokio::time::timeout_at(deadline, frames.next()).await {
+                Err(_) => Err(ProviderError::Timeout { provider: provider.clone(), kind: wait_kind })?,
+                Ok(Some(frame)) => frame.map_err(|e| e.into_error(&provider))?,
+                Ok(None) => {
+                    if decoder.end_of_body(&mut out) {
+                        for event in out.drain(..) {
+                            yield event;
+                        }
+                        break;
+                    }
+                    Err(ProviderError::Interrupted { provider: provider.clone() })?
+                }
+            };
+            deadline = Instant::now() + timeouts.idle;
+            wait_kind = TimeoutKind::Idle;
+            let frame_ref = match &frame {
+                RawFrame::Sse { event, data } => Frame::Sse { event, data },
+                RawFrame::Line(line) => Frame::Line(line),
+            };
+            let flow = decoder.decode(frame_ref, &mut out).map_err(|e| match e {
+                DecodeError::Malformed(message) => ProviderError::Malformed { provider: provider.clone(), message },
+                DecodeError::Upstream(message) => ProviderError::Upstream { provider: provider.clone(), message },
+            })?;
+            for event in out.drain(..) {
+                yield event;
+            }
+            if flow == Flow::Done {
+                break;
+            }
+        }
+    })
+}
+
+/// An owned frame, as read.
+#[derive(Debug)]
+enum RawFrame {
+    Sse { event: String, data: String },
+    Line(String),
+}
+
+/// A failure reading the body.
+#[derive(Debug)]
+enum BodyError {
+    /// The connection failed mid-body.
+    Transport(String),
+    /// The bytes are not valid framing (e.g. not UTF-8).
+    Framing(String),
+}
+
+impl BodyError {
+    fn into_error(self, provider: &str) -> ProviderError {
+        match self {
+            BodyError::Transport(e) => {
+                tracing::debug!(provider, error = %e, "upstream body failed");
+                ProviderError::Interrupted {
+                    provider: provider.to_string(),
+                }
+            }
+            BodyError::Framing(message) => ProviderError::Malformed {
+                provider: provider.to_string(),
+                message,
+            },
+        }
+    }
+}
+
+fn sse_frames(
+    body: impl Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
+) -> BoxStream<'static, Result<RawFrame, BodyError>> {
+    body.eventsource()
+        .map(|event| match event {
+            Ok(event) => Ok(RawFrame::Sse {
+                event: event.event,
+                data: event.data,
+            }),
+            Err(eventsource_stream::EventStreamError::Transport(e)) => {
+                Err(BodyError::Transport(e.to_string()))
+            }
+            Err(other) => Err(BodyError::Framing(other.to_string())),
+        })
+        .boxed()
+}
+
+fn ndjson_frames(
+    body: impl Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
+) -> BoxStream<'static, Result<RawFrame, BodyError>> {
+    Box::pin(async_stream::stream! {
+        let mut body = std::pin::pin!(body);
+        let mut buffer: Vec<u8> = Vec::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    yield Err(BodyError::Transport(e.to_string()));
+                    return;
+                }
+            };
+            buffer.extend_from_slice(&chunk);
+            while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                let mut line: Vec<u8> = buffer.drain(..=end).collect();
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                match String::from_utf8(line) {
+                    Ok(line) => yield Ok(RawFrame::Line(line)),
+                    Err(e) => {
+                        yield Err(BodyError::Framing(format!("NDJSON line is not UTF-8: {e}")));
+                        return;
+                    }
+                }
+            }
+        }
+        // A last line without its line end is accepted only if it is a whole JSON value.
+        if !buffer.iter().all(u8::is_ascii_whitespace) {
+            match String::from_utf8(buffer) {
+                Ok(line) if serde_json::from_str::<Value>(&line).is_ok() => yield Ok(RawFrame::Line(line)),
+                _ => yield Err(BodyError::Transport("body ended inside an NDJSON line".into())),
+            }
+        }
+    })
+}
+
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((cut, _)) => &s[..cut],
+        None => s,
+    }
+}
+
+/// The message of an error object: `{"message": ...}` (OpenAI, Anthropic, Gemini), a bare string (Ollama), or
+/// the JSON itself, cut to 300 characters.
+pub(crate) fn error_message(error: &Value) -> String {
+    error
+        .get("message")
+        .and_then(Value::as_str)
+        .or_else(|| error.as_str())
+        .map_or_else(
+            || truncate(&error.to_string(), 300).to_string(),
+            |m| truncate(m, 300).to_string(),
+        )
+}
+
+fn send_error(provider: &str, err: &reqwest::Error) -> ProviderError {
+    if err.is_timeout() {
+        ProviderError::Timeout {
+            provider: provider.to_string(),
+            kind: TimeoutKind::Connect,
+        }
+    } else {
+        // reqwest's message names the URL, never headers, so a key cannot leak through it.
+        ProviderError::Connect {
+            provider: provider.to_string(),
+            message: err.to_string(),
+        }
+    }
+}
+
+/// The retry hint of a response: `retry-after-ms` (OpenAI), `retry-after` in seconds (RFC 9110 §10.2.3; the
+/// HTTP-date form is ignored), or Gemini's `google.rpc.RetryInfo.retryDelay` ("34.4s") in the error details.
+pub(crate) fn retry_after(headers: &HeaderMap, body: Option<&Value>) -> Option<Duration> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    let seconds = |v: &str| v.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0);
+    if let Some(ms) = header("retry-after-ms").and_then(seconds) {
+        return Some(Duration::from_secs_f64(ms / 1000.0));
+    }
+    if let Some(secs) = header(RETRY_AFTER.as_str()).and_then(seconds) {
+        return Some(Duration::from_secs_f64(secs));
+    }
+    let details = body?.get("error")?.get("details")?.as_array()?;
+    details
+        .iter()
+        .filter(|d| {
+            d.get("@type")
+                .and_then(Value::as_str)
+                .is_some_and(|t| t.ends_with("google.rpc.RetryInfo"))
+        })
+        .find_map(|d| d.get("retryDelay").and_then(Value::as_str))
+        .and_then(|delay| seconds(delay.trim_end_matches('s')))
+        .map(Duration::from_secs_f64)
+}
+
+/// Passes a 2xx response through; turns any other into its typed error.
+async fn check_status(
+    provider: &str,
+    response: reqwest::Response,
+) -> Result<reqwest::Response, ProviderError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let headers = response.headers().clone();
+    let body = response.text().await.unwrap_or_default();
+    Err(status_error(provider, status.as_u16(), &headers, &body))
+}
+
+/// Maps a non-2xx answer. 401/403 never echo the body (it may quote the key); 429 keeps the retry hint unless
+/// the quota is exhausted (OpenAI `insufficient_quota`), which no retry fixes.
+pub(crate) fn status_error(
+    provider: &str,
+    status: u16,
+    headers: &HeaderMap,
+    body: &str,
+) -> ProviderError {
+    let provider = provider.to_string();
+    let parsed: Option<Value> = serde_json::from_str(body).ok();
+    let error = parsed.as_ref().and_then(|v| v.get("error"));
+    let message = error.map_or_else(|| truncate(body.trim(), 300).to_string(), error_message);
+    let code = error
+        .and_then(|e| e.get("code"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    match status {
+        401 | 403 => ProviderError::Auth { provider, status },
+        429 if code == "insufficient_quota" => ProviderError::Status {
+            provider,
+            status,
+            message,
+        },
+        429 => ProviderError::RateLimited {
+            provider,
+            message,
+            retry_after: retry_after(headers, parsed.as_ref()),
+        },
+        _ => ProviderError::Status {
+            provider,
+            status,
+            message,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_errors_are_typed_and_never_echo_credentials() {
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after-ms", "1500".parse().expect("header"));
+        let err = status_error(
+            "openai",
+            429,
+            &headers,
+            r#"{"error":{"message":"Rate limit reached","type":"tokens","param":null,"code":"rate_limit_exceeded"}}"#,
+        );
+        assert_eq!(err.retry_after(), Some(Duration::from_millis(1500)));
+        assert!(err.is_retryable());
+
+        let err = status_error(
+            "openai",
+            429,
+            &HeaderMap::new(),
+            r#"{"error":{"message":"quota","code":"insufficient_quota"}}"#,
+        );
+        assert!(!err.is_retryable());
+
+        let err = status_error(
+            "openai",
+            401,
+            &HeaderMap::new(),
+            r#"{"error":{"message":"Incorrect API key provided: sk-abc"}}"#,
+        );
+        assert!(!err.to_string().contains("sk-abc"), "{err}");
+        assert_eq!(err.http_status(), 502);
+
+        let err = status_error(
+            "anthropic",
+            529,
+            &HeaderMap::new(),
+            r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+        );
+        assert!(err.is_retryable());
+        assert!(err.to_string().contains("Overloaded"));
+    }
+
+    #[test]
+    fn gemini_retry_info_is_a_retry_hint() {
+        let body = r#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","message":"Quota exceeded","details":[
+            {"@type":"type.googleapis.com/google.rpc.QuotaFailure"},
+            {"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"34.4s"}]}}"#;
+        let err = status_error("gemini", 429, &HeaderMap::new(), body);
+        assert_eq!(err.retry_after(), Some(Duration::from_secs_f64(34.4)));
+    }
+}

@@ -1,0 +1,177 @@
+//! Ollama native `/api/chat` adapter (NDJSON).
+//!
+//! Wire format (Ollama API docs, "Generate a chat completion"; prism-php recorded fixtures): one JSON object
+//! per line, `message.content` the delta, the last line `"done": true` with `done_reason`, `prompt_eval_count`
+//! and `eval_count` — either of which may be missing, which means unknown, never 0. An error inside the 200
+//! stream is a line `{"error": "..."}`.
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::http::{self, DecodeError, Decoder, Flow, Frame, Framing, Timeouts};
+use super::{ChatRequest, Provider, ProviderEvent, ProviderStream};
+use crate::usage::Usage;
+
+/// The Ollama adapter.
+pub struct OllamaProvider {
+    name: String,
+    base_url: String,
+    api_key: Option<String>,
+    client: reqwest::Client,
+    timeouts: Timeouts,
+}
+
+impl OllamaProvider {
+    /// `base_url` is the server's root, e.g. `http://127.0.0.1:11434`.
+    ///
+    /// # Errors
+    /// When the HTTP client cannot be built.
+    pub fn new(
+        name: &str,
+        base_url: &str,
+        api_key: Option<String>,
+        timeouts: Timeouts,
+    ) -> Result<Self, String> {
+        Ok(Self {
+            name: name.to_string(),
+            base_url: base_url.trim_end_matches('/').to_string(),
+            api_key,
+            client: http::client(name, &timeouts)?,
+            timeouts,
+        })
+    }
+
+    fn authorized(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        // Plain Ollama needs no key; one behind an authenticating proxy takes a bearer token.
+        match &self.api_key {
+            Some(key) => builder.bearer_auth(key),
+            None => builder,
+        }
+    }
+}
+
+/// The `/api/chat` body.
+pub fn request_body(request: &ChatRequest) -> Value {
+    let mut body = json!({ "model": request.model, "messages": request.messages, "stream": true });
+    if let Some(max_tokens) = request.max_tokens {
+        body["options"] = json!({ "num_predict": max_tokens });
+    }
+    body
+}
+
+impl Provider for OllamaProvider {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn stream(&self, request: ChatRequest) -> ProviderStream {
+        let builder = self.authorized(
+            self.client
+                .post(format!("{}/api/chat", self.base_url))
+                .json(&request_body(&request)),
+        );
+        http::drive(
+            self.name.clone(),
+            self.timeouts,
+            builder,
+            Framing::Ndjson,
+            OllamaDecoder,
+        )
+    }
+
+    fn check(&self) -> Option<reqwest::RequestBuilder> {
+        Some(self.authorized(self.client.get(format!("{}/api/tags", self.base_url))))
+    }
+}
+
+/// Decodes `/api/chat` lines.
+#[derive(Debug, Default)]
+pub struct OllamaDecoder;
+
+#[derive(Deserialize)]
+struct Line {
+    #[serde(default)]
+    message: Option<LineMessage>,
+    #[serde(default)]
+    done: bool,
+    #[serde(default)]
+    done_reason: Option<String>,
+    #[serde(default)]
+    prompt_eval_count: Option<u64>,
+    #[serde(default)]
+    eval_count: Option<u64>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct LineMessage {
+    #[serde(default)]
+    content: String,
+}
+
+impl Decoder for OllamaDecoder {
+    fn decode(
+        &mut self,
+        frame: Frame<'_>,
+        out: &mut Vec<ProviderEvent>,
+    ) -> Result<Flow, DecodeError> {
+        let Frame::Line(line) = frame else {
+            return Err(DecodeError::Malformed("expected NDJSON".into()));
+        };
+        let line: Line = serde_json::from_str(line).map_err(|e| {
+            DecodeError::Malformed(format!("{e} in line {}", http::truncate(line, 200)))
+        })?;
+        if let Some(error) = line.error {
+            return Err(DecodeError::Upstream(http::error_message(&error)));
+        }
+        if let Some(message) = line.message.filter(|m| !m.content.is_empty()) {
+            out.push(ProviderEvent::TextDelta(message.content));
+        }
+        if !line.done {
+            return Ok(Flow::Continue);
+        }
+        out.push(ProviderEvent::Usage(Usage {
+            prompt_tokens: line.prompt_eval_count,
+            completion_tokens: line.eval_count,
+            cached_tokens: None,
+            reasoning_tokens: None,
+        }));
+        out.push(ProviderEvent::Finish(match line.done_reason.as_deref() {
+            Some("length") => "length".to_string(),
+            Some(other) => other.to_string(),
+            None => "stop".to_string(),
+        }));
+        Ok(Flow::Done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_counts_are_unknown_not_zero() {
+        let mut out = Vec::new();
+        let flow = OllamaDecoder
+            .decode(Frame::Line(r#"{"model":"phi4","message":{"role":"assistant","content":""},"done_reason":"stop","done":true,"eval_count":73}"#), &mut out)
+            .expect("line");
+        assert_eq!(flow, Flow::Done);
+        assert_eq!(
+            out,
+            [
+                ProviderEvent::Usage(Usage {
+                    prompt_tokens: None,
+                    completion_tokens: Some(73),
+                    cached_tokens: None,
+                    reasoning_tokens: None
+                }),
+                ProviderEvent::Finish("stop".into())
+            ]
+        );
+        assert!(matches!(
+            OllamaDecoder.decode(Frame::Line(r#"{"error":"an error was encountered while running the model"}"#), &mut out),
+            Err(DecodeError::Upstream(m)) if m.contains("running the model")
+        ));
+    }
+}

@@ -1,0 +1,295 @@
+//! Retries and fallback before the first token, the model registry and provider health, through the gateway.
+
+mod common;
+
+use std::time::Duration;
+
+use chatgate::config::Config;
+use common::{
+    Backend, FakeOpenAi, Script, Step, TestDb, TestServer, content_chunk, full_stream, role_chunk,
+};
+use serde_json::{Value, json};
+
+/// A gateway whose `primary` model (on `primary_url`) falls back to `backup` (on `backup_url`).
+async fn gateway(primary_url: &str, backup_url: &str) -> Option<TestServer> {
+    let db = TestDb::new(Backend::Sqlite).await?;
+    let toml = format!(
+        "[database]\nurl = \"{}\"\n[auth]\njwt_secret = \"{}\"\n\
+         [generation]\nretry_attempts = 2\nretry_base_ms = 10\nretry_max_ms = 1000\n\
+         [providers.main]\nkind = \"openai\"\nbase_url = \"{primary_url}/v1\"\napi_key = \"k1\"\n\
+         [providers.spare]\nkind = \"openai\"\nbase_url = \"{backup_url}/v1\"\napi_key = \"k2\"\n\
+         [models.primary]\nprovider = \"main\"\nmodel = \"gpt-4o\"\ninput_per_mtok = 2.5\noutput_per_mtok = 10.0\n\
+         context_window = 128000\nfallbacks = [\"backup\"]\n\
+         [models.backup]\nprovider = \"spare\"\nmodel = \"gpt-4o-mini\"\ninput_per_mtok = 0.15\noutput_per_mtok = 0.6\n\
+         [defaults]\nmodel = \"primary\"\n",
+        db.url,
+        common::SECRET
+    );
+    Some(TestServer::start_with(Config::from_toml(&toml).expect("config"), db).await)
+}
+
+async fn send(server: &TestServer) -> (u16, Value) {
+    let conversation_id = server.conversation("alice").await;
+    let response = server
+        .post(
+            &format!("/api/v1/conversations/{conversation_id}/messages"),
+            "alice",
+            json!({ "content": "hi" }),
+        )
+        .send()
+        .await
+        .expect("send");
+    (
+        response.status().as_u16(),
+        response.json().await.expect("json"),
+    )
+}
+
+fn rate_limited(retry_after: &'static str) -> Script {
+    Script::error(
+        429,
+        vec![("retry-after", retry_after)],
+        json!({"error": {"message": "Rate limit reached", "code": "rate_limit_exceeded"}}),
+    )
+}
+
+#[tokio::test]
+async fn rate_limited_primary_retries_then_the_fallback_answers() {
+    let primary = FakeOpenAi::start(vec![rate_limited("0.01")]).await;
+    let backup = FakeOpenAi::start(vec![Script::stream(full_stream(
+        &["from ", "backup"],
+        10,
+        2,
+        Duration::ZERO,
+    ))])
+    .await;
+    let Some(server) = gateway(&primary.url, &backup.url).await else {
+        return;
+    };
+    let (status, body) = send(&server).await;
+    assert_eq!(status, 200, "{body}");
+    let reply = &body["assistant_message"];
+    assert_eq!(reply["content"], "from backup");
+    assert_eq!(
+        (reply["model"].as_str(), reply["provider"].as_str()),
+        (Some("backup"), Some("spare")),
+        "the message records who answered"
+    );
+    assert_eq!(reply["model_used"], "gpt-4o-mini");
+    assert_eq!(primary.requests().len(), 3, "the first try and two retries");
+    assert_eq!(backup.requests().len(), 1);
+    // Billed at the backup's prices: 10 × 150 + 2 × 600 nano-USD.
+    let usage = server
+        .state
+        .store
+        .usage_for_message(reply["id"].as_str().expect("id").parse().expect("id"))
+        .await
+        .expect("usage");
+    assert_eq!(
+        (usage[0].model.as_str(), usage[0].cost_nanousd),
+        ("backup", 2_700)
+    );
+}
+
+#[tokio::test]
+async fn a_retry_hint_longer_than_allowed_moves_on_at_once() {
+    let primary = FakeOpenAi::start(vec![rate_limited("60")]).await;
+    let backup = FakeOpenAi::start(vec![Script::stream(full_stream(
+        &["ok"],
+        1,
+        1,
+        Duration::ZERO,
+    ))])
+    .await;
+    let Some(server) = gateway(&primary.url, &backup.url).await else {
+        return;
+    };
+    let started = std::time::Instant::now();
+    let (status, _) = send(&server).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        primary.requests().len(),
+        1,
+        "no point waiting 60 s: straight to the fallback"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn a_server_error_is_retried_on_the_same_model() {
+    let primary = FakeOpenAi::start(vec![
+        Script::error(503, vec![], json!({"error": {"message": "overloaded"}})),
+        Script::stream(full_stream(&["second ", "try"], 5, 2, Duration::ZERO)),
+    ])
+    .await;
+    let backup = FakeOpenAi::start(vec![Script::stream(full_stream(
+        &["unused"],
+        1,
+        1,
+        Duration::ZERO,
+    ))])
+    .await;
+    let Some(server) = gateway(&primary.url, &backup.url).await else {
+        return;
+    };
+    let (status, body) = send(&server).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["assistant_message"]["content"], "second try");
+    assert_eq!(body["assistant_message"]["model"], "primary");
+    assert_eq!(primary.requests().len(), 2);
+    assert!(backup.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_failure_after_the_first_delta_never_switches() {
+    let steps = vec![
+        Step::Chunk(role_chunk()),
+        Step::Chunk(content_chunk("partial")),
+        Step::Delay(Duration::from_millis(50)),
+        Step::Die,
+    ];
+    let primary = FakeOpenAi::start(vec![Script::stream(steps)]).await;
+    let backup = FakeOpenAi::start(vec![Script::stream(full_stream(
+        &["unused"],
+        1,
+        1,
+        Duration::ZERO,
+    ))])
+    .await;
+    let Some(server) = gateway(&primary.url, &backup.url).await else {
+        return;
+    };
+    let (status, body) = send(&server).await;
+    assert_eq!(status, 502);
+    assert_eq!(body["error"], "upstream_interrupted");
+    assert!(
+        backup.requests().is_empty(),
+        "once a delta was relayed, no silent switch"
+    );
+    assert_eq!(primary.requests().len(), 1);
+    let reply = server
+        .state
+        .store
+        .get_message(
+            "alice",
+            body["details"]["message_id"]
+                .as_str()
+                .expect("id")
+                .parse()
+                .expect("id"),
+        )
+        .await
+        .expect("read")
+        .expect("saved");
+    assert_eq!(
+        (
+            reply.status.as_str(),
+            reply.content.as_str(),
+            reply.model.as_deref()
+        ),
+        ("failed", "partial", Some("primary"))
+    );
+}
+
+#[tokio::test]
+async fn non_retryable_errors_fail_at_once() {
+    let primary = FakeOpenAi::start(vec![Script::error(
+        401,
+        vec![],
+        json!({"error": {"message": "bad key"}}),
+    )])
+    .await;
+    let backup = FakeOpenAi::start(vec![Script::stream(full_stream(
+        &["unused"],
+        1,
+        1,
+        Duration::ZERO,
+    ))])
+    .await;
+    let Some(server) = gateway(&primary.url, &backup.url).await else {
+        return;
+    };
+    let (status, body) = send(&server).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (502, Some("upstream_auth"))
+    );
+    assert_eq!(primary.requests().len(), 1);
+    assert!(backup.requests().is_empty());
+}
+
+#[tokio::test]
+async fn models_are_listed_and_providers_checked_in_the_background() {
+    let primary = FakeOpenAi::start(vec![rate_limited("1")]).await;
+    let Some(server) = gateway(&primary.url, "http://127.0.0.1:9").await else {
+        return;
+    };
+    let models: Value = server
+        .get("/api/v1/models", "alice")
+        .send()
+        .await
+        .expect("models")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(models["default"], "primary");
+    let primary_model = &models["models"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|m| m["id"] == "primary")
+        .cloned()
+        .expect("primary");
+    assert_eq!(primary_model["provider"], "main");
+    assert_eq!(primary_model["input_per_mtok"], 2.5);
+    assert_eq!(primary_model["fallbacks"], json!(["backup"]));
+    assert_eq!(primary_model["context_window"], 128000);
+    assert_eq!(
+        server
+            .client
+            .get(format!("{}/api/v1/models", server.url))
+            .send()
+            .await
+            .expect("anon")
+            .status(),
+        401
+    );
+
+    // The first background check runs at startup; /health only reads its cached result.
+    let mut health = Value::Null;
+    for _ in 0..100 {
+        health = server
+            .client
+            .get(format!("{}/health", server.url))
+            .send()
+            .await
+            .expect("health")
+            .json()
+            .await
+            .expect("json");
+        if !health["providers"]["spare"]["ok"].is_null()
+            && !health["providers"]["main"]["ok"].is_null()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(health["providers"]["main"]["ok"], true, "{health}");
+    assert_eq!(
+        health["providers"]["spare"]["ok"], false,
+        "nothing listens on port 9: {health}"
+    );
+    assert!(health["providers"]["main"]["checked_at"].is_string());
+    let requests_before = primary.requests().len();
+    server
+        .client
+        .get(format!("{}/health", server.url))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(
+        primary.requests().len(),
+        requests_before,
+        "a health request makes no upstream call"
+    );
+}

@@ -1,0 +1,457 @@
+//! Every adapter against recorded-format fixtures (shared/reference/provider-streams.md) served by a real local
+//! HTTP server that splits the body at random byte boundaries; plus mid-stream errors and truncated bodies.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use chatgate::providers::anthropic::AnthropicProvider;
+use chatgate::providers::gemini::GeminiProvider;
+use chatgate::providers::http::Timeouts;
+use chatgate::providers::ollama::OllamaProvider;
+use chatgate::providers::openai::OpenAiProvider;
+use chatgate::providers::{ChatMessage, ChatRequest, Provider, ProviderError, ProviderEvent};
+use chatgate::usage::Usage;
+use futures::StreamExt;
+
+const OPENAI: &str = "data: {\"id\":\"chatcmpl-ABfw\",\"object\":\"chat.completion.chunk\",\"created\":1727346171,\"model\":\"gpt-4o-2024-08-06\",\"system_fingerprint\":\"fp_7568d46099\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\",\"refusal\":null},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n\
+: keep-alive\n\n\
+data: {\"id\":\"chatcmpl-ABfw\",\"object\":\"chat.completion.chunk\",\"created\":1727346171,\"model\":\"gpt-4o-2024-08-06\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null,\"obfuscation\":\"a1\"}\n\n\
+data:{\"id\":\"chatcmpl-ABfw\",\"object\":\"chat.completion.chunk\",\"created\":1727346171,\"model\":\"gpt-4o-2024-08-06\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\", wörld 🌍\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n\
+data: {\"id\":\"chatcmpl-ABfw\",\"object\":\"chat.completion.chunk\",\"created\":1727346171,\"model\":\"gpt-4o-2024-08-06\",\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"length\"}]}\n\n\
+data: {\"id\":\"chatcmpl-ABfw\",\"object\":\"chat.completion.chunk\",\"created\":1727346171,\"model\":\"gpt-4o-2024-08-06\",\"service_tier\":\"default\",\"choices\":[],\"usage\":{\"prompt_tokens\":79,\"completion_tokens\":4,\"total_tokens\":83,\"prompt_tokens_details\":{\"cached_tokens\":64},\"completion_tokens_details\":{\"reasoning_tokens\":2}}}\n\n\
+data: [DONE]\n\n";
+
+const GROQ: &str = "data: {\"id\":\"chatcmpl-7eb0\",\"object\":\"chat.completion.chunk\",\"created\":1770770842,\"model\":\"llama-3.3-70b-versatile\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"logprobs\":null,\"finish_reason\":null}],\"x_groq\":{\"id\":\"req_01kh\"}}\n\n\
+data: {\"id\":\"chatcmpl-7eb0\",\"object\":\"chat.completion.chunk\",\"created\":1770770842,\"model\":\"llama-3.3-70b-versatile\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi from Groq\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n\
+data: {\"id\":\"chatcmpl-7eb0\",\"object\":\"chat.completion.chunk\",\"created\":1770770842,\"model\":\"llama-3.3-70b-versatile\",\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"stop\"}],\"x_groq\":{\"id\":\"req_01kh\",\"usage\":{\"queue_time\":0.0419,\"prompt_tokens\":45,\"completion_tokens\":662,\"total_tokens\":707,\"total_time\":2.656}},\"usage\":{\"prompt_tokens\":45,\"completion_tokens\":662,\"total_tokens\":707}}\n\n\
+data: [DONE]\n\n";
+
+const ANTHROPIC: &str = "event: message_start\n\
+data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_4QpJur2dWWDjF6C758FbBw5vm12BaVipnK\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-3-opus-latest\",\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":11,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":20,\"output_tokens\":1}}}\n\n\
+event: content_block_start\n\
+data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n\
+event: ping\n\
+data: {\"type\": \"ping\"}\n\n\
+event: content_block_delta\n\
+data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello\"}}\n\n\
+event: content_block_delta\n\
+data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\" there\"}}\n\n\
+event: content_block_delta\n\
+data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"!\"}}\n\n\
+event: content_block_stop\n\
+data: {\"type\":\"content_block_stop\",\"index\":0}\n\n\
+event: message_delta\n\
+data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":6}}\n\n\
+event: message_stop\n\
+data: {\"type\":\"message_stop\"}\n\n";
+
+const GEMINI: &str = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"There are **3**\"}],\"role\":\"model\"},\"index\":0}],\"usageMetadata\":{\"promptTokenCount\":9,\"candidatesTokenCount\":5,\"totalTokenCount\":199,\"thoughtsTokenCount\":185},\"modelVersion\":\"gemini-3-pro-preview\",\"responseId\":\"bH6LaZW8Fp_3nsEPqtaSwQ4\"}\r\n\r\n\
+data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\" \\\"r\\\"s in strawberry.\"}],\"role\":\"model\"},\"index\":0}],\"usageMetadata\":{\"promptTokenCount\":9,\"candidatesTokenCount\":23,\"totalTokenCount\":217,\"thoughtsTokenCount\":185,\"cachedContentTokenCount\":4},\"modelVersion\":\"gemini-3-pro-preview\",\"responseId\":\"bH6LaZW8Fp_3nsEPqtaSwQ4\"}\r\n\r\n\
+data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"\"}],\"role\":\"model\"},\"finishReason\":\"STOP\",\"index\":0}],\"usageMetadata\":{\"promptTokenCount\":9,\"candidatesTokenCount\":23,\"totalTokenCount\":217,\"thoughtsTokenCount\":185,\"cachedContentTokenCount\":4},\"modelVersion\":\"gemini-3-pro-preview\",\"responseId\":\"bH6LaZW8Fp_3nsEPqtaSwQ4\"}\r\n\r\n";
+
+const OLLAMA: &str = "{\"model\":\"phi4\",\"created_at\":\"2025-03-19T22:25:26.460681Z\",\"message\":{\"role\":\"assistant\",\"content\":\"I\"},\"done\":false}\n\
+{\"model\":\"phi4\",\"created_at\":\"2025-03-19T22:25:26.532581Z\",\"message\":{\"role\":\"assistant\",\"content\":\"'m fine\"},\"done\":false}\r\n\
+{\"model\":\"phi4\",\"created_at\":\"2025-03-19T22:25:31.636071Z\",\"message\":{\"role\":\"assistant\",\"content\":\"\"},\"done_reason\":\"stop\",\"done\":true,\"total_duration\":5655991333,\"load_duration\":20419333,\"prompt_eval_count\":14,\"prompt_eval_duration\":458837166,\"eval_count\":73,\"eval_duration\":5175975167}\n";
+
+/// A server answering any POST with `body`, written in pieces of random sizes (seeded) with a flush between.
+async fn serve(body: &'static str, content_type: &'static str, seed: u64) -> String {
+    let app = axum::Router::new().fallback(move || async move {
+        let mut rng = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let bytes = body.as_bytes();
+        let mut pieces = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let size = 1 + (rng >> 33) as usize % 40;
+            let end = (at + size).min(bytes.len());
+            pieces.push(Bytes::copy_from_slice(&bytes[at..end]));
+            at = end;
+        }
+        let stream = futures::stream::iter(pieces).then(|piece| async move {
+            tokio::task::yield_now().await;
+            Ok::<_, std::io::Error>(piece)
+        });
+        Response::builder()
+            .header("content-type", content_type)
+            .body(Body::from_stream(stream))
+            .expect("response")
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+fn timeouts() -> Timeouts {
+    Timeouts {
+        connect: Duration::from_secs(2),
+        first_token: Duration::from_secs(5),
+        idle: Duration::from_secs(5),
+    }
+}
+
+fn request(model: &str) -> ChatRequest {
+    ChatRequest {
+        model: model.into(),
+        messages: vec![ChatMessage::system("Be brief"), ChatMessage::user("Hi")],
+        max_tokens: None,
+    }
+}
+
+#[derive(Debug, PartialEq)]
+struct Collected {
+    text: String,
+    deltas: usize,
+    usage: Usage,
+    finish: Option<String>,
+    error: Option<ProviderError>,
+}
+
+async fn collect(provider: &dyn Provider, model: &str) -> Collected {
+    let mut collected = Collected {
+        text: String::new(),
+        deltas: 0,
+        usage: Usage::default(),
+        finish: None,
+        error: None,
+    };
+    let mut stream = provider.stream(request(model));
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(ProviderEvent::TextDelta(text)) => {
+                collected.text.push_str(&text);
+                collected.deltas += 1;
+            }
+            Ok(ProviderEvent::Usage(usage)) => collected.usage.merge(usage),
+            Ok(ProviderEvent::Finish(reason)) => collected.finish = Some(reason),
+            Err(error) => {
+                collected.error = Some(error);
+                break;
+            }
+        }
+    }
+    collected
+}
+
+type Make = fn(&str) -> Box<dyn Provider>;
+
+fn openai(url: &str) -> Box<dyn Provider> {
+    Box::new(
+        OpenAiProvider::new(
+            "openai",
+            &format!("{url}/v1"),
+            Some("sk-test".into()),
+            timeouts(),
+        )
+        .expect("provider"),
+    )
+}
+fn anthropic(url: &str) -> Box<dyn Provider> {
+    Box::new(
+        AnthropicProvider::new(
+            "anthropic",
+            &format!("{url}/v1"),
+            Some("sk-ant".into()),
+            timeouts(),
+        )
+        .expect("provider"),
+    )
+}
+fn gemini(url: &str) -> Box<dyn Provider> {
+    Box::new(
+        GeminiProvider::new(
+            "gemini",
+            &format!("{url}/v1beta"),
+            Some("g-key".into()),
+            timeouts(),
+        )
+        .expect("provider"),
+    )
+}
+fn ollama(url: &str) -> Box<dyn Provider> {
+    Box::new(OllamaProvider::new("ollama", url, None, timeouts()).expect("provider"))
+}
+
+/// Runs a fixture through 25 different random splits; every run must decode the same.
+async fn check_fixture(
+    make: Make,
+    body: &'static str,
+    content_type: &'static str,
+    expected: Collected,
+) {
+    for seed in 0..25 {
+        let url = serve(body, content_type, seed).await;
+        let collected = collect(&*make(&url), "model-x").await;
+        assert_eq!(collected.text, expected.text, "seed {seed}");
+        assert_eq!(collected.usage, expected.usage, "seed {seed}");
+        assert_eq!(collected.finish, expected.finish, "seed {seed}");
+        assert_eq!(collected.error, expected.error, "seed {seed}");
+        assert_eq!(
+            collected.deltas, expected.deltas,
+            "seed {seed}: one delta per upstream text piece"
+        );
+    }
+}
+
+#[tokio::test]
+async fn openai_fixture_at_random_splits() {
+    let usage = Usage {
+        prompt_tokens: Some(79),
+        completion_tokens: Some(4),
+        cached_tokens: Some(64),
+        reasoning_tokens: Some(2),
+    };
+    let expected = Collected {
+        text: "Hello, wörld 🌍".into(),
+        deltas: 2,
+        usage,
+        finish: Some("length".into()),
+        error: None,
+    };
+    check_fixture(openai, OPENAI, "text/event-stream", expected).await;
+}
+
+#[tokio::test]
+async fn groq_fixture_reads_x_groq_usage() {
+    let usage = Usage {
+        prompt_tokens: Some(45),
+        completion_tokens: Some(662),
+        cached_tokens: None,
+        reasoning_tokens: None,
+    };
+    let expected = Collected {
+        text: "Hi from Groq".into(),
+        deltas: 1,
+        usage,
+        finish: Some("stop".into()),
+        error: None,
+    };
+    check_fixture(openai, GROQ, "text/event-stream", expected).await;
+}
+
+#[tokio::test]
+async fn anthropic_fixture_at_random_splits() {
+    // input 11 + cache read 20 = 31 prompt tokens; output from the cumulative message_delta.
+    let usage = Usage {
+        prompt_tokens: Some(31),
+        completion_tokens: Some(6),
+        cached_tokens: Some(20),
+        reasoning_tokens: None,
+    };
+    let expected = Collected {
+        text: "Hello there!".into(),
+        deltas: 3,
+        usage,
+        finish: Some("stop".into()),
+        error: None,
+    };
+    check_fixture(anthropic, ANTHROPIC, "text/event-stream", expected).await;
+}
+
+#[tokio::test]
+async fn gemini_crlf_fixture_at_random_splits() {
+    // Thinking tokens are billed as output: 23 + 185.
+    let usage = Usage {
+        prompt_tokens: Some(9),
+        completion_tokens: Some(208),
+        cached_tokens: Some(4),
+        reasoning_tokens: Some(185),
+    };
+    let expected = Collected {
+        text: "There are **3** \"r\"s in strawberry.".into(),
+        deltas: 2,
+        usage,
+        finish: Some("stop".into()),
+        error: None,
+    };
+    check_fixture(gemini, GEMINI, "text/event-stream", expected).await;
+}
+
+#[tokio::test]
+async fn ollama_ndjson_fixture_at_random_splits() {
+    let usage = Usage {
+        prompt_tokens: Some(14),
+        completion_tokens: Some(73),
+        cached_tokens: None,
+        reasoning_tokens: None,
+    };
+    let expected = Collected {
+        text: "I'm fine".into(),
+        deltas: 2,
+        usage,
+        finish: Some("stop".into()),
+        error: None,
+    };
+    check_fixture(ollama, OLLAMA, "application/x-ndjson", expected).await;
+}
+
+/// Cuts a fixture just before `marker` (its terminator, or the chunk that makes Gemini's end clean).
+fn cut_before(body: &'static str, marker: &str) -> &'static str {
+    &body[..body.find(marker).expect("marker in fixture")]
+}
+
+#[tokio::test]
+async fn a_body_closed_before_the_terminator_is_interrupted() {
+    let cases: [(Make, &'static str, &'static str, &str); 5] = [
+        (
+            openai,
+            cut_before(OPENAI, "data: [DONE]"),
+            "text/event-stream",
+            "Hello, wörld 🌍",
+        ),
+        (
+            anthropic,
+            cut_before(ANTHROPIC, "event: message_stop"),
+            "text/event-stream",
+            "Hello there!",
+        ),
+        (
+            gemini,
+            cut_before(
+                GEMINI,
+                "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"\"}]",
+            ),
+            "text/event-stream",
+            "There are **3** \"r\"s in strawberry.",
+        ),
+        (
+            ollama,
+            cut_before(
+                OLLAMA,
+                "{\"model\":\"phi4\",\"created_at\":\"2025-03-19T22:25:31",
+            ),
+            "application/x-ndjson",
+            "I'm fine",
+        ),
+        // A body cut in the middle of a line is interrupted too.
+        (
+            ollama,
+            &OLLAMA[..OLLAMA.len() - 20],
+            "application/x-ndjson",
+            "I'm fine",
+        ),
+    ];
+    for (make, body, content_type, text) in cases {
+        for seed in 0..5 {
+            let url = serve(body, content_type, seed).await;
+            let collected = collect(&*make(&url), "model-x").await;
+            assert_eq!(collected.text, text);
+            assert!(
+                matches!(collected.error, Some(ProviderError::Interrupted { .. })),
+                "{content_type} cut before its end: {:?}",
+                collected.error
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn errors_inside_a_200_stream_are_recognised() {
+    let cases: [(Make, &'static str, &'static str, &str); 4] = [
+        (
+            openai,
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\ndata: {\"error\":{\"message\":\"stream failed after output\",\"type\":\"server_error\",\"param\":null,\"code\":null}}\n\n",
+            "text/event-stream",
+            "stream failed after output",
+        ),
+        (
+            anthropic,
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\nevent: error\ndata: {\"type\":\"error\",\"error\":{\"details\":null,\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n",
+            "text/event-stream",
+            "overloaded_error: Overloaded",
+        ),
+        (
+            gemini,
+            "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Hi\"}],\"role\":\"model\"},\"index\":0}]}\r\n\r\ndata: {\"error\":{\"code\":500,\"message\":\"Internal error\",\"status\":\"INTERNAL\"}}\r\n\r\n",
+            "text/event-stream",
+            "INTERNAL: Internal error",
+        ),
+        (
+            ollama,
+            "{\"message\":{\"role\":\"assistant\",\"content\":\"Hi\"},\"done\":false}\n{\"error\":\"an error was encountered while running the model\"}\n",
+            "application/x-ndjson",
+            "an error was encountered while running the model",
+        ),
+    ];
+    for (make, body, content_type, message) in cases {
+        let url = serve(body, content_type, 7).await;
+        let collected = collect(&*make(&url), "model-x").await;
+        assert_eq!(collected.text, "Hi");
+        match collected.error {
+            Some(ProviderError::Upstream { message: got, .. }) => assert_eq!(got, message),
+            other => panic!("expected an upstream error, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn request_shapes_match_each_api() {
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<Vec<(String, axum::http::HeaderMap, serde_json::Value)>>> = Arc::default();
+    let record = Arc::clone(&seen);
+    let app = axum::Router::new().fallback(
+        move |uri: axum::http::Uri, headers: axum::http::HeaderMap, body: Bytes| {
+            let record = Arc::clone(&record);
+            async move {
+                let json = serde_json::from_slice(&body).unwrap_or_default();
+                record
+                    .lock()
+                    .expect("lock")
+                    .push((uri.to_string(), headers, json));
+                axum::http::StatusCode::SERVICE_UNAVAILABLE
+            }
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    for make in [openai as Make, anthropic, gemini, ollama] {
+        let collected = collect(&*make(&url), "model-x").await;
+        assert!(
+            matches!(
+                collected.error,
+                Some(ProviderError::Status { status: 503, .. })
+            ),
+            "{:?}",
+            collected.error
+        );
+    }
+    let seen = seen.lock().expect("lock");
+    let (uri, headers, body) = &seen[0];
+    assert_eq!(uri, "/v1/chat/completions");
+    assert_eq!(headers["authorization"], "Bearer sk-test");
+    assert_eq!(body["stream_options"]["include_usage"], true);
+    let (uri, headers, body) = &seen[1];
+    assert_eq!(uri, "/v1/messages");
+    assert_eq!(
+        (
+            headers["x-api-key"].to_str().ok(),
+            headers["anthropic-version"].to_str().ok()
+        ),
+        (Some("sk-ant"), Some("2023-06-01"))
+    );
+    assert_eq!(body["system"], "Be brief");
+    assert!(
+        body["max_tokens"].is_u64(),
+        "max_tokens is required by Anthropic"
+    );
+    let (uri, headers, body) = &seen[2];
+    assert_eq!(uri, "/v1beta/models/model-x:streamGenerateContent?alt=sse");
+    assert_eq!(headers["x-goog-api-key"], "g-key");
+    assert_eq!(body["systemInstruction"]["parts"][0]["text"], "Be brief");
+    let (uri, _, body) = &seen[3];
+    assert_eq!(uri, "/api/chat");
+    assert_eq!(body["stream"], true);
+    assert_eq!(body["messages"][1]["role"], "user");
+}
