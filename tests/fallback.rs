@@ -293,3 +293,57 @@ async fn models_are_listed_and_providers_checked_in_the_background() {
         "a health request makes no upstream call"
     );
 }
+
+#[tokio::test]
+async fn first_token_and_idle_timeouts_are_504() {
+    let silent = FakeOpenAi::start(vec![Script::stream(vec![Step::Gate])]).await;
+    let stalls = FakeOpenAi::start(vec![Script::stream(vec![
+        Step::Chunk(role_chunk()),
+        Step::Chunk(content_chunk("so far")),
+        Step::Gate,
+    ])])
+    .await;
+    let Some(db) = TestDb::new(Backend::Sqlite).await else {
+        return;
+    };
+    let toml = format!(
+        "[database]\nurl = \"{}\"\n[auth]\njwt_secret = \"{}\"\n[generation]\nretry_attempts = 0\n\
+         [providers.silent]\nkind = \"openai\"\nbase_url = \"{}/v1\"\napi_key = \"k\"\nfirst_token_timeout_ms = 300\n\
+         [providers.stalls]\nkind = \"openai\"\nbase_url = \"{}/v1\"\napi_key = \"k\"\nidle_timeout_ms = 300\n\
+         [models.silent]\nprovider = \"silent\"\nmodel = \"m\"\n[models.stalls]\nprovider = \"stalls\"\nmodel = \"m\"\n\
+         [defaults]\nmodel = \"silent\"\n",
+        db.url,
+        common::SECRET,
+        silent.url,
+        stalls.url
+    );
+    let server = TestServer::start_with(Config::from_toml(&toml).expect("config"), db).await;
+    let conversation_id = server.conversation("alice").await;
+    let path = format!("/api/v1/conversations/{conversation_id}/messages");
+    for (model, partial) in [("silent", ""), ("stalls", "so far")] {
+        let response = server
+            .post(&path, "alice", json!({ "content": "hi", "model": model }))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 504, "{model}");
+        let body: Value = response.json().await.expect("json");
+        assert_eq!(body["error"], "upstream_timeout");
+        let id = body["details"]["message_id"]
+            .as_str()
+            .expect("id")
+            .parse()
+            .expect("id");
+        let reply = server
+            .state
+            .store
+            .get_message("alice", id)
+            .await
+            .expect("read")
+            .expect("saved");
+        assert_eq!(
+            (reply.status.as_str(), reply.content.as_str()),
+            ("failed", partial)
+        );
+    }
+}
