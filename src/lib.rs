@@ -106,16 +106,20 @@ impl AppState {
         let stale_after = chrono::Duration::seconds(
             i64::try_from(config.generation.stale_after_secs).unwrap_or(i64::MAX),
         );
-        let recovered = store
-            .recover_streaming(&instance_id, store::now() - stale_after)
-            .await?;
+        let models = Models::from_config(&config).map_err(StartupError::Other)?;
+        let recovered = stream::generation::recover_interrupted(
+            &*store,
+            &models,
+            &instance_id,
+            store::now() - stale_after,
+        )
+        .await?;
         if recovered > 0 {
             tracing::warn!(
                 recovered,
                 "replies left streaming by a stopped process are now marked interrupted"
             );
         }
-        let models = Models::from_config(&config).map_err(StartupError::Other)?;
         // Loading the tokenizers takes about a second: do it beside startup, not in front of it.
         tokio::task::spawn_blocking(usage::tokens::warm_up);
         Ok(AppState(Arc::new(AppInner {
@@ -198,7 +202,14 @@ async fn sweep_stale_replies(state: AppState) {
         tick.tick().await;
         let stale_before =
             store::now() - chrono::Duration::from_std(stale_after).unwrap_or(chrono::Duration::MAX);
-        match state.store.recover_streaming("", stale_before).await {
+        match stream::generation::recover_interrupted(
+            &*state.store,
+            &state.models,
+            "",
+            stale_before,
+        )
+        .await
+        {
             Ok(0) => {}
             Ok(recovered) => tracing::warn!(
                 recovered,

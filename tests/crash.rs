@@ -226,6 +226,32 @@ async fn sigkill_leaves_an_interrupted_reply_with_its_checkpoint(backend: Backen
         )
         .await;
     assert_eq!(status["status"], "interrupted");
+    // Billed exactly once, with estimates: the prompt as counted when it started, the text it got to.
+    let store = db.store().await;
+    let usage = store
+        .usage_for_message(generation_id.parse().expect("id"))
+        .await
+        .expect("usage");
+    assert_eq!(usage.len(), 1);
+    assert!(usage[0].estimated);
+    assert!(
+        usage[0].prompt_tokens > 10,
+        "the system prompt alone is more: {}",
+        usage[0].prompt_tokens
+    );
+    assert!(usage[0].completion_tokens > 0);
+    // A second restart finds nothing more to recover and bills nothing twice.
+    gateway.child.kill().expect("SIGKILL");
+    gateway.child.wait().expect("reaped");
+    gateway.restart().await;
+    assert_eq!(
+        store
+            .usage_for_message(generation_id.parse().expect("id"))
+            .await
+            .expect("usage")
+            .len(),
+        1
+    );
 }
 
 async fn sigterm_saves_every_generation_in_flight(backend: Backend) {

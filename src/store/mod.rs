@@ -329,6 +329,75 @@ pub struct UsageRecord {
     pub created_at: DateTime<Utc>,
 }
 
+/// A reply found `streaming` after its process died.
+#[derive(Debug, Clone)]
+pub struct StaleReply {
+    pub message: Message,
+    pub user_id: String,
+    pub persona_id: Id,
+    pub prompt_tokens_estimate: Option<i64>,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct StaleRow {
+    #[sqlx(flatten)]
+    message: MessageRow,
+    c_user_id: String,
+    c_persona_id: Id,
+    prompt_tokens_estimate: Option<i64>,
+}
+
+/// How usage is grouped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UsageGroup {
+    Day,
+    Model,
+    Persona,
+    User,
+}
+
+/// A usage query over the daily rollup.
+#[derive(Debug, Clone)]
+pub struct UsageQuery {
+    /// One user, or everyone (admin views).
+    pub user_id: Option<String>,
+    /// First day, `YYYY-MM-DD` (UTC), inclusive.
+    pub from_day: String,
+    /// Last day, `YYYY-MM-DD` (UTC), inclusive.
+    pub to_day: String,
+    pub group_by: UsageGroup,
+}
+
+/// One group of usage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct UsageBucket {
+    /// The day, model alias, persona id (`""` for none) or user id.
+    pub key: String,
+    pub requests: i64,
+    /// Requests whose counts were (partly) local estimates.
+    pub estimated_requests: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub cached_tokens: i64,
+    pub reasoning_tokens: i64,
+    pub cost_nanousd: i64,
+}
+
+/// The dashboard summary of one user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UsageSummary {
+    pub total_conversations: i64,
+    pub total_messages: i64,
+    pub total_tokens: i64,
+    pub cost_nanousd: i64,
+}
+
+/// The UTC day of a timestamp, as the rollup keys it.
+pub fn day_of(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%d").to_string()
+}
+
 /// Storage interface shared by every backend. All user-scoped reads take the caller's `user_id` and return
 /// `None`/`false` for rows of other users.
 #[async_trait::async_trait]
@@ -398,9 +467,15 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<Message>>;
     /// Deletes one of the caller's messages; `false` when it is not theirs or does not exist.
     async fn delete_message(&self, user_id: &str, id: Id) -> StoreResult<bool>;
-    /// Creates or updates an assistant message while it streams (status `streaming`): its text so far and a
-    /// heartbeat (`updated_at`). Does nothing once the message has a final status.
-    async fn checkpoint_message(&self, message: &NewMessage, instance_id: &str) -> StoreResult<()>;
+    /// Creates or updates an assistant message while it streams (status `streaming`): its text so far, a
+    /// heartbeat (`updated_at`) and the prompt's estimated tokens (to bill it if the process dies). Does nothing
+    /// once the message has a final status.
+    async fn checkpoint_message(
+        &self,
+        message: &NewMessage,
+        instance_id: &str,
+        prompt_tokens_estimate: i64,
+    ) -> StoreResult<()>;
     /// Writes a finished generation's assistant message (over its checkpoint, if any) and its usage record in
     /// one transaction.
     ///
@@ -411,13 +486,27 @@ pub trait Store: Send + Sync + 'static {
         message: &NewMessage,
         usage: &UsageRecord,
     ) -> StoreResult<Message>;
-    /// Marks `streaming` messages of a dead process `interrupted`: those of `instance_id` (this process's
-    /// previous life), and any whose heartbeat is older than `stale_before`. Returns how many.
-    async fn recover_streaming(
+    /// Replies left `streaming` by a dead process: those of `instance_id` (this process's previous life), and
+    /// any whose heartbeat is older than `stale_before`.
+    async fn stale_replies(
         &self,
         instance_id: &str,
         stale_before: DateTime<Utc>,
-    ) -> StoreResult<u64>;
+    ) -> StoreResult<Vec<StaleReply>>;
+    /// Marks a still-`streaming` reply `interrupted` and writes its usage record, in one transaction; `false`
+    /// (and nothing written) when it is no longer streaming.
+    async fn interrupt_reply(&self, message: &NewMessage, usage: &UsageRecord)
+    -> StoreResult<bool>;
+    /// Usage from the daily rollup, grouped, for one user or (`None`) everyone.
+    async fn usage_buckets(&self, query: &UsageQuery) -> StoreResult<Vec<UsageBucket>>;
+    /// A version of a user's (or everyone's) usage: the last rollup change and the number of rollup rows.
+    /// Changes whenever a usage record is written.
+    async fn usage_stamp(&self, user_id: Option<&str>)
+    -> StoreResult<(Option<DateTime<Utc>>, i64)>;
+    /// A user's totals for the dashboard summary.
+    async fn usage_summary(&self, user_id: &str) -> StoreResult<UsageSummary>;
+    /// A user's `(total tokens, cost in nano-USD)` from `from_day` (`YYYY-MM-DD`, UTC) on, for budgets.
+    async fn usage_since(&self, user_id: &str, from_day: &str) -> StoreResult<(i64, i64)>;
     /// Usage records of one message.
     async fn usage_for_message(&self, message_id: Id) -> StoreResult<Vec<UsageRecord>>;
 }

@@ -23,23 +23,45 @@ macro_rules! conversation_returning {
     };
 }
 
-macro_rules! message_select {
+macro_rules! message_columns {
     () => {
-        "SELECT m.id, m.conversation_id, m.parent_id, m.role, m.content, m.message_type, m.media, m.status, \
+        "m.id, m.conversation_id, m.parent_id, m.role, m.content, m.message_type, m.media, m.status, \
          m.model, m.provider, m.finish_reason, m.error, m.created_at, m.updated_at, \
          u.prompt_tokens AS u_prompt_tokens, u.completion_tokens AS u_completion_tokens, \
          u.upstream_model AS u_upstream_model, u.duration_ms AS u_duration_ms, u.ttft_ms AS u_ttft_ms, \
-         u.cost_nanousd AS u_cost_nanousd \
-         FROM messages m LEFT JOIN usage_records u ON u.message_id = m.id "
+         u.cost_nanousd AS u_cost_nanousd"
     };
 }
 
-/// Leaves out assistant replies that have a newer sibling (a regenerated reply), unless `$4` is true.
+macro_rules! message_select {
+    () => {
+        concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM messages m LEFT JOIN usage_records u ON u.message_id = m.id "
+        )
+    };
+}
+
 macro_rules! branch_filter {
     () => {
         "AND ($4 OR m.role <> 'assistant' OR m.parent_id IS NULL OR NOT EXISTS \
          (SELECT 1 FROM messages s WHERE s.parent_id = m.parent_id AND s.role = 'assistant' \
           AND (s.created_at, s.id) > (m.created_at, m.id))) "
+    };
+}
+
+/// The sums of a usage bucket over the rollup, filtered by `$1` user (or none), days `$2` to `$3`.
+macro_rules! usage_sums {
+    () => {
+        "COALESCE(CAST(SUM(requests) AS BIGINT), 0) AS requests, \
+         COALESCE(CAST(SUM(estimated_requests) AS BIGINT), 0) AS estimated_requests, \
+         COALESCE(CAST(SUM(prompt_tokens) AS BIGINT), 0) AS prompt_tokens, \
+         COALESCE(CAST(SUM(completion_tokens) AS BIGINT), 0) AS completion_tokens, \
+         COALESCE(CAST(SUM(cached_tokens) AS BIGINT), 0) AS cached_tokens, \
+         COALESCE(CAST(SUM(reasoning_tokens) AS BIGINT), 0) AS reasoning_tokens, \
+         COALESCE(CAST(SUM(cost_nanousd) AS BIGINT), 0) AS cost_nanousd \
+         FROM usage_daily WHERE ($1 IS NULL OR user_id = $1) AND day >= $2 AND day <= $3"
     };
 }
 
@@ -403,11 +425,16 @@ macro_rules! impl_store {
                 Ok(result.rows_affected() > 0)
             }
 
-            async fn checkpoint_message(&self, m: &NewMessage, instance_id: &str) -> StoreResult<()> {
+            async fn checkpoint_message(
+                &self,
+                m: &NewMessage,
+                instance_id: &str,
+                prompt_tokens_estimate: i64,
+            ) -> StoreResult<()> {
                 sqlx::query(
                     "INSERT INTO messages (id, conversation_id, parent_id, role, content, message_type, media, status, \
-                     model, provider, finish_reason, error, created_at, updated_at, instance_id) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, $11, $12, $13) \
+                     model, provider, finish_reason, error, created_at, updated_at, instance_id, prompt_tokens_estimate) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, $11, $12, $13, $14) \
                      ON CONFLICT (id) DO UPDATE SET content = excluded.content, updated_at = excluded.updated_at \
                      WHERE messages.status = 'streaming'",
                 )
@@ -424,6 +451,7 @@ macro_rules! impl_store {
                 .bind(m.created_at)
                 .bind(now())
                 .bind(instance_id)
+                .bind(prompt_tokens_estimate)
                 .execute(&self.pool)
                 .await
                 .map_err(|e| map_write_error(e, "the message"))?;
@@ -458,31 +486,7 @@ macro_rules! impl_store {
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| map_write_error(e, "the message"))?;
-                sqlx::query(concat!(
-                    "INSERT INTO usage_records (",
-                    usage_columns!(),
-                    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
-                ))
-                .bind(u.id)
-                .bind(&u.user_id)
-                .bind(u.conversation_id)
-                .bind(u.message_id)
-                .bind(u.persona_id)
-                .bind(&u.model)
-                .bind(&u.upstream_model)
-                .bind(&u.provider)
-                .bind(u.prompt_tokens)
-                .bind(u.completion_tokens)
-                .bind(u.cached_tokens)
-                .bind(u.reasoning_tokens)
-                .bind(u.estimated)
-                .bind(u.cost_nanousd)
-                .bind(u.ttft_ms)
-                .bind(u.duration_ms)
-                .bind(u.created_at)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| map_write_error(e, "a usage record for this message"))?;
+                insert_usage(&mut *tx, u).await?;
                 touch_conversation(&mut *tx, m.conversation_id, m.created_at).await?;
                 tx.commit().await?;
                 let mut saved = Message::from_new(m, Some(u));
@@ -490,22 +494,124 @@ macro_rules! impl_store {
                 Ok(saved)
             }
 
-            async fn recover_streaming(
+            async fn stale_replies(
                 &self,
                 instance_id: &str,
                 stale_before: chrono::DateTime<chrono::Utc>,
-            ) -> StoreResult<u64> {
-                let result = sqlx::query(
-                    "UPDATE messages SET status = 'interrupted', finish_reason = 'interrupted', \
-                     error = 'the server stopped before the reply was finished', updated_at = $3 \
-                     WHERE status = 'streaming' AND (instance_id = $1 OR updated_at < $2)",
-                )
+            ) -> StoreResult<Vec<StaleReply>> {
+                let rows = sqlx::query_as::<_, StaleRow>(concat!(
+                    "SELECT ",
+                    message_columns!(),
+                    ", c.user_id AS c_user_id, c.persona_id AS c_persona_id, m.prompt_tokens_estimate ",
+                    "FROM messages m LEFT JOIN usage_records u ON u.message_id = m.id ",
+                    "JOIN conversations c ON c.id = m.conversation_id ",
+                    "WHERE m.status = 'streaming' AND (m.instance_id = $1 OR m.updated_at < $2)"
+                ))
                 .bind(instance_id)
                 .bind(stale_before)
-                .bind(now())
-                .execute(&self.pool)
+                .fetch_all(&self.pool)
                 .await?;
-                Ok(result.rows_affected())
+                Ok(rows
+                    .into_iter()
+                    .map(|r| StaleReply {
+                        message: r.message.into(),
+                        user_id: r.c_user_id,
+                        persona_id: r.c_persona_id,
+                        prompt_tokens_estimate: r.prompt_tokens_estimate,
+                    })
+                    .collect())
+            }
+
+            async fn interrupt_reply(&self, m: &NewMessage, u: &UsageRecord) -> StoreResult<bool> {
+                let mut tx = self.pool.begin().await?;
+                let updated = sqlx::query(
+                    "UPDATE messages SET status = $2, finish_reason = $3, error = $4, updated_at = $5 \
+                     WHERE id = $1 AND status = 'streaming'",
+                )
+                .bind(m.id)
+                .bind(m.status)
+                .bind(&m.finish_reason)
+                .bind(&m.error)
+                .bind(now())
+                .execute(&mut *tx)
+                .await?;
+                if updated.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                insert_usage(&mut *tx, u).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn usage_buckets(&self, q: &UsageQuery) -> StoreResult<Vec<UsageBucket>> {
+                let query = match q.group_by {
+                    UsageGroup::Day => sqlx::query_as::<_, UsageBucket>(concat!(
+                        "SELECT day AS key, ",
+                        usage_sums!(),
+                        " GROUP BY day ORDER BY day"
+                    )),
+                    UsageGroup::Model => sqlx::query_as::<_, UsageBucket>(concat!(
+                        "SELECT model AS key, ",
+                        usage_sums!(),
+                        " GROUP BY model ORDER BY model"
+                    )),
+                    UsageGroup::Persona => sqlx::query_as::<_, UsageBucket>(concat!(
+                        "SELECT persona_id AS key, ",
+                        usage_sums!(),
+                        " GROUP BY persona_id ORDER BY persona_id"
+                    )),
+                    UsageGroup::User => sqlx::query_as::<_, UsageBucket>(concat!(
+                        "SELECT user_id AS key, ",
+                        usage_sums!(),
+                        " GROUP BY user_id ORDER BY user_id"
+                    )),
+                };
+                Ok(query.bind(&q.user_id).bind(&q.from_day).bind(&q.to_day).fetch_all(&self.pool).await?)
+            }
+
+            async fn usage_stamp(
+                &self,
+                user_id: Option<&str>,
+            ) -> StoreResult<(Option<chrono::DateTime<chrono::Utc>>, i64)> {
+                Ok(sqlx::query_as(
+                    "SELECT MAX(updated_at), COUNT(*) FROM usage_daily WHERE ($1 IS NULL OR user_id = $1)",
+                )
+                .bind(user_id)
+                .fetch_one(&self.pool)
+                .await?)
+            }
+
+            async fn usage_summary(&self, user_id: &str) -> StoreResult<UsageSummary> {
+                let total_conversations: i64 =
+                    sqlx::query_scalar("SELECT COUNT(*) FROM conversations WHERE user_id = $1")
+                        .bind(user_id)
+                        .fetch_one(&self.pool)
+                        .await?;
+                let total_messages: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM messages m JOIN conversations c ON c.id = m.conversation_id WHERE c.user_id = $1",
+                )
+                .bind(user_id)
+                .fetch_one(&self.pool)
+                .await?;
+                let (total_tokens, cost_nanousd): (i64, i64) = sqlx::query_as(
+                    "SELECT COALESCE(CAST(SUM(prompt_tokens + completion_tokens) AS BIGINT), 0), \
+                     COALESCE(CAST(SUM(cost_nanousd) AS BIGINT), 0) FROM usage_daily WHERE user_id = $1",
+                )
+                .bind(user_id)
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(UsageSummary { total_conversations, total_messages, total_tokens, cost_nanousd })
+            }
+
+            async fn usage_since(&self, user_id: &str, from_day: &str) -> StoreResult<(i64, i64)> {
+                Ok(sqlx::query_as(
+                    "SELECT COALESCE(CAST(SUM(prompt_tokens + completion_tokens) AS BIGINT), 0), \
+                     COALESCE(CAST(SUM(cost_nanousd) AS BIGINT), 0) FROM usage_daily WHERE user_id = $1 AND day >= $2",
+                )
+                .bind(user_id)
+                .bind(from_day)
+                .fetch_one(&self.pool)
+                .await?)
             }
 
             async fn usage_for_message(&self, message_id: Id) -> StoreResult<Vec<UsageRecord>> {
@@ -548,6 +654,63 @@ macro_rules! impl_store {
             Ok(())
         }
 
+        /// Writes a usage record and adds it to the daily rollup, inside the caller's transaction.
+        async fn insert_usage(conn: &mut <$db as sqlx::Database>::Connection, u: &UsageRecord) -> StoreResult<()> {
+            sqlx::query(concat!(
+                "INSERT INTO usage_records (",
+                usage_columns!(),
+                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+            ))
+            .bind(u.id)
+            .bind(&u.user_id)
+            .bind(u.conversation_id)
+            .bind(u.message_id)
+            .bind(u.persona_id)
+            .bind(&u.model)
+            .bind(&u.upstream_model)
+            .bind(&u.provider)
+            .bind(u.prompt_tokens)
+            .bind(u.completion_tokens)
+            .bind(u.cached_tokens)
+            .bind(u.reasoning_tokens)
+            .bind(u.estimated)
+            .bind(u.cost_nanousd)
+            .bind(u.ttft_ms)
+            .bind(u.duration_ms)
+            .bind(u.created_at)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| map_write_error(e, "a usage record for this message"))?;
+            sqlx::query(
+                "INSERT INTO usage_daily (user_id, day, model, persona_id, requests, estimated_requests, prompt_tokens, \
+                 completion_tokens, cached_tokens, reasoning_tokens, cost_nanousd, updated_at) \
+                 VALUES ($1, $2, $3, $4, 1, $5, $6, $7, $8, $9, $10, $11) \
+                 ON CONFLICT (user_id, day, model, persona_id) DO UPDATE SET \
+                 requests = usage_daily.requests + 1, \
+                 estimated_requests = usage_daily.estimated_requests + excluded.estimated_requests, \
+                 prompt_tokens = usage_daily.prompt_tokens + excluded.prompt_tokens, \
+                 completion_tokens = usage_daily.completion_tokens + excluded.completion_tokens, \
+                 cached_tokens = usage_daily.cached_tokens + excluded.cached_tokens, \
+                 reasoning_tokens = usage_daily.reasoning_tokens + excluded.reasoning_tokens, \
+                 cost_nanousd = usage_daily.cost_nanousd + excluded.cost_nanousd, \
+                 updated_at = excluded.updated_at",
+            )
+            .bind(&u.user_id)
+            .bind(day_of(u.created_at))
+            .bind(&u.model)
+            .bind(u.persona_id.map(|p| p.to_string()).unwrap_or_default())
+            .bind(i64::from(u.estimated))
+            .bind(u.prompt_tokens)
+            .bind(u.completion_tokens)
+            .bind(u.cached_tokens)
+            .bind(u.reasoning_tokens)
+            .bind(u.cost_nanousd)
+            .bind(now())
+            .execute(&mut *conn)
+            .await?;
+            Ok(())
+        }
+
         /// Marks activity on a conversation; never moves `last_message_at` backwards.
         async fn touch_conversation(
             conn: &mut <$db as sqlx::Database>::Connection,
@@ -571,6 +734,6 @@ macro_rules! impl_store {
 }
 
 pub(crate) use {
-    branch_filter, conversation_columns, conversation_returning, impl_store, message_select,
-    persona_columns, usage_columns,
+    branch_filter, conversation_columns, conversation_returning, impl_store, message_columns,
+    message_select, persona_columns, usage_columns, usage_sums,
 };

@@ -11,8 +11,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::hub::{CancelReason, EventKind, Generation, Outcome};
 use crate::error::ApiError;
-use crate::providers::{ChatRequest, ModelRoute, ProviderError, ProviderEvent};
+use crate::providers::{
+    ChatMessage, ChatRequest, ModelRoute, Models, ProviderError, ProviderEvent,
+};
 use crate::store::{self, Id, Message, NewMessage, Store, StoreError, UsageRecord, role, status};
+use crate::usage::tokens::Tokenizer;
 use crate::usage::{TokenCounts, Usage, nanousd_to_usd};
 
 /// Everything a generation needs, prepared by the handler.
@@ -102,10 +105,12 @@ pub async fn run(generation: Arc<Generation>, job: GenerationJob) {
     };
     // Checkpoints run beside the relay, in their own task: a slow database never delays a token.
     let stop_checkpoints = CancellationToken::new();
+    let prompt = (job.route.tokenizer, job.request.messages.clone());
     let checkpoints = tokio::spawn(checkpoint(
         Arc::clone(&generation),
         Arc::clone(&job.store),
         template.clone(),
+        prompt,
         Arc::clone(&job.instance_id),
         (job.checkpoint_interval, job.heartbeat),
         stop_checkpoints.clone(),
@@ -224,6 +229,7 @@ async fn checkpoint(
     generation: Arc<Generation>,
     store: Arc<dyn Store>,
     template: NewMessage,
+    (tokenizer, prompt): (Tokenizer, Vec<ChatMessage>),
     instance_id: Arc<str>,
     (interval, heartbeat): (Duration, Duration),
     stop: CancellationToken,
@@ -235,6 +241,11 @@ async fn checkpoint(
             changed = latest.changed() => if changed.is_err() { return },
         }
     }
+    // Counted once, on a blocking thread: a long history takes milliseconds of CPU.
+    let prompt_tokens = tokio::task::spawn_blocking(move || tokenizer.count_prompt(&prompt))
+        .await
+        .unwrap_or(0);
+    let prompt_tokens = i64::try_from(prompt_tokens).unwrap_or(i64::MAX);
     let mut written_len = None;
     let mut written_at = Instant::now();
     loop {
@@ -244,7 +255,10 @@ async fn checkpoint(
                 content: generation.text(),
                 ..template.clone()
             };
-            match store.checkpoint_message(&row, &instance_id).await {
+            match store
+                .checkpoint_message(&row, &instance_id, prompt_tokens)
+                .await
+            {
                 Ok(()) => {
                     written_len = Some(len);
                     written_at = Instant::now();
@@ -435,4 +449,74 @@ async fn persist(
 
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Bills and closes the replies a dead process left `streaming` (this instance's previous life, or any whose
+/// heartbeat is older than `stale_before`): status `interrupted`, the last checkpointed text, and one usage
+/// record with estimated counts (the prompt estimate taken when the reply started, the text counted now).
+/// Returns how many were closed.
+///
+/// # Errors
+/// When the database fails.
+pub async fn recover_interrupted(
+    store: &dyn Store,
+    models: &Models,
+    instance_id: &str,
+    stale_before: chrono::DateTime<chrono::Utc>,
+) -> Result<usize, StoreError> {
+    let mut recovered = 0;
+    for stale in store.stale_replies(instance_id, stale_before).await? {
+        let message = &stale.message;
+        let route = message.model.as_deref().and_then(|alias| models.get(alias));
+        let tokenizer = route.map_or_else(|| Tokenizer::for_model(""), |r| r.tokenizer);
+        let counts = TokenCounts {
+            prompt_tokens: stale
+                .prompt_tokens_estimate
+                .and_then(|p| u64::try_from(p).ok())
+                .unwrap_or(0),
+            completion_tokens: tokenizer.count(&message.content),
+            estimated: true,
+            ..TokenCounts::default()
+        };
+        let closed = NewMessage {
+            id: message.id,
+            conversation_id: message.conversation_id,
+            parent_id: message.parent_id,
+            role: role::ASSISTANT,
+            content: message.content.clone(),
+            message_type: message.message_type.clone(),
+            media: message.media.clone(),
+            status: status::INTERRUPTED,
+            model: message.model.clone(),
+            provider: message.provider.clone(),
+            finish_reason: Some("interrupted".into()),
+            error: Some("the server stopped before the reply was finished".into()),
+            created_at: message.created_at,
+        };
+        let usage = UsageRecord {
+            id: Id::new(),
+            user_id: stale.user_id.clone(),
+            conversation_id: Some(message.conversation_id),
+            message_id: Some(message.id),
+            persona_id: Some(stale.persona_id),
+            model: message.model.clone().unwrap_or_default(),
+            upstream_model: route.map(|r| r.upstream_model.clone()).unwrap_or_default(),
+            provider: message.provider.clone().unwrap_or_default(),
+            prompt_tokens: to_i64(counts.prompt_tokens),
+            completion_tokens: to_i64(counts.completion_tokens),
+            cached_tokens: 0,
+            reasoning_tokens: 0,
+            estimated: true,
+            cost_nanousd: route.map_or(0, |r| r.prices.cost_nanousd(&counts)),
+            ttft_ms: None,
+            duration_ms: (message.updated_at - message.created_at)
+                .num_milliseconds()
+                .max(0),
+            created_at: crate::store::now(),
+        };
+        if store.interrupt_reply(&closed, &usage).await? {
+            recovered += 1;
+        }
+    }
+    Ok(recovered)
 }
