@@ -213,9 +213,10 @@ pub async fn require_auth(State(state): State<AppState>, request: Request, next:
         // No route matched: the fallback answers 404 and reveals nothing.
         return next.run(Request::from_parts(parts, body)).await;
     };
-    let is_public = PUBLIC_ROUTES
-        .iter()
-        .any(|(method, path)| *method == parts.method && *path == route)
+    let is_public = (route == "/metrics" && state.config.server.metrics_public)
+        || PUBLIC_ROUTES
+            .iter()
+            .any(|(method, path)| *method == parts.method && *path == route)
         || (parts.method == Method::HEAD
             && PUBLIC_ROUTES
                 .iter()

@@ -83,6 +83,8 @@ pub struct ServerConfig {
     pub sse_keepalive_secs: u64,
     /// How often each provider is checked in the background for `/health`, in seconds; 0 turns checks off.
     pub provider_check_secs: u64,
+    /// Serve `/metrics` without a token (for a scraper on a private network); otherwise it needs the admin role.
+    pub metrics_public: bool,
     /// This process's name in the database (which streaming rows are its own); default `HOSTNAME:bind`.
     /// Keep it stable across restarts of the same instance and unique among instances.
     pub instance_id: String,
@@ -99,6 +101,7 @@ impl Default for ServerConfig {
             sse_keepalive_secs: 15,
             instance_id: String::new(),
             provider_check_secs: 60,
+            metrics_public: false,
         }
     }
 }
@@ -197,12 +200,33 @@ impl Default for AuthConfig {
 pub struct LimitsConfig {
     /// Largest message `content`, in bytes (UTF-8).
     pub max_message_bytes: usize,
+    /// Requests per minute per user (per IP address for anonymous routes); 0: no limit.
+    pub requests_per_minute: u32,
+    /// Requests a client may make in a burst above the steady rate.
+    pub burst: u32,
+    /// Replies one user may have running at once; 0: no limit.
+    pub max_concurrent_generations: usize,
+    /// Tokens (prompt + completion) per user per UTC day; 0: no budget.
+    pub daily_token_budget: u64,
+    /// Tokens per user per UTC month; 0: no budget.
+    pub monthly_token_budget: u64,
+    /// USD per user per UTC day; 0: no budget.
+    pub daily_cost_budget_usd: f64,
+    /// USD per user per UTC month; 0: no budget.
+    pub monthly_cost_budget_usd: f64,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_message_bytes: 32 * 1024,
+            requests_per_minute: 600,
+            burst: 60,
+            max_concurrent_generations: 8,
+            daily_token_budget: 0,
+            monthly_token_budget: 0,
+            daily_cost_budget_usd: 0.0,
+            monthly_cost_budget_usd: 0.0,
         }
     }
 }

@@ -32,6 +32,7 @@ use crate::providers::health::ProviderHealthMonitor;
 use crate::store::Store;
 use crate::stream::Hub;
 use crate::stream::hub::UnattendedPolicy;
+use crate::usage::budget::{BudgetLimits, Budgets};
 
 /// Shared state of every handler: cheap to clone.
 #[derive(Clone)]
@@ -49,6 +50,8 @@ pub struct AppInner {
     pub instance_id: Arc<str>,
     /// Cached provider checks, shown by `/health`.
     pub provider_health: ProviderHealthMonitor,
+    /// Per-user token and cost budgets.
+    pub budgets: Arc<Budgets>,
 }
 
 impl std::ops::Deref for AppState {
@@ -89,6 +92,7 @@ impl AppState {
     /// # Errors
     /// [`StartupError`] naming what failed.
     pub async fn with_store(config: Config, store: Arc<dyn Store>) -> Result<Self, StartupError> {
+        telemetry::metrics::handle();
         if config.database.migrate_on_start {
             store.migrate().await?;
         }
@@ -134,6 +138,7 @@ impl AppState {
             ),
             instance_id,
             provider_health: ProviderHealthMonitor::new(models.providers()),
+            budgets: Budgets::new(BudgetLimits::from_config(&config.limits)),
             models,
             store,
             config,
@@ -170,14 +175,17 @@ pub async fn serve(
     });
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel();
     let signal_hub = hub.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: no new connections or generations");
-            let drained = tokio::spawn(async move { signal_hub.shutdown(grace).await });
-            let _ = drained_tx.send(drained);
-        })
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new connections or generations");
+        let drained = tokio::spawn(async move { signal_hub.shutdown(grace).await });
+        let _ = drained_tx.send(drained);
+    })
+    .await?;
     match drained_rx.await {
         Ok(drained) => {
             let _ = drained.await;

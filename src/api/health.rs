@@ -9,9 +9,33 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 
 use crate::AppState;
+use crate::auth::AuthUser;
+use crate::error::ApiError;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/health", get(health))
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+}
+
+/// `GET /metrics`: Prometheus text exposition. Admins only, unless `server.metrics_public`.
+async fn metrics(
+    State(state): State<AppState>,
+    user: Option<AuthUser>,
+) -> Result<Response, ApiError> {
+    if !state.config.server.metrics_public && !user.is_some_and(|u| u.admin) {
+        return Err(ApiError::forbidden(
+            "/metrics needs the admin role (or server.metrics_public = true)",
+        ));
+    }
+    let mut response = crate::telemetry::metrics::render().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(response)
 }
 
 /// `{status, version, database: {ok, latency_ms, backend}, providers: {name: {ok, checked_at}}}`; 503 when the

@@ -2,7 +2,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -22,7 +22,9 @@ use crate::error::{ApiError, AppJson};
 use crate::providers::{ChatMessage, ChatRequest, ModelRoute};
 use crate::store::{Conversation, HistoryPage, Id, Message, NewMessage, Persona, role, status};
 use crate::stream::generation::{self, GenerationJob, RetryPolicy};
-use crate::stream::{Generation, sse_event, sse_response};
+use crate::stream::{EventKind, Generation, sse_event, sse_response};
+use crate::usage::TokenCounts;
+use crate::usage::budget::{Estimate, Reservation};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -105,6 +107,7 @@ async fn send(
     headers: HeaderMap,
     AppJson(body): AppJson<SendMessage>,
 ) -> Result<Response, ApiError> {
+    let received = Instant::now();
     let answer = negotiate(&headers, &query);
     let content = validate(&state, &body)?;
     let conversation = owned(&state, &user, &conversation_id).await?;
@@ -128,7 +131,7 @@ async fn send(
             false,
         )
         .await?;
-    let messages = build_prompt(
+    let (messages, prompt_tokens) = build_prompt(
         &state,
         &persona,
         &route,
@@ -136,6 +139,7 @@ async fn send(
         ChatMessage::user(content.clone()),
     )?;
 
+    let reservation = admit(&state, &user, &route, prompt_tokens).await?;
     let user_message = state
         .store
         .insert_message(&NewMessage {
@@ -162,6 +166,7 @@ async fn send(
         route,
         messages,
         user_message.id,
+        reservation,
     )?;
     respond(
         &state,
@@ -171,6 +176,7 @@ async fn send(
         generation,
         user_message,
         true,
+        received,
     )
     .await
 }
@@ -186,6 +192,7 @@ async fn regenerate(
     headers: HeaderMap,
     body: Option<AppJson<RegenerateBody>>,
 ) -> Result<Response, ApiError> {
+    let received = Instant::now();
     let answer = negotiate(&headers, &query);
     let model = body.as_ref().and_then(|b| b.0.model.clone());
     let message_id = parse_id(&message_id, "message")?;
@@ -222,13 +229,14 @@ async fn regenerate(
             false,
         )
         .await?;
-    let messages = build_prompt(
+    let (messages, prompt_tokens) = build_prompt(
         &state,
         &persona,
         &route,
         &history,
         ChatMessage::user(question.content.clone()),
     )?;
+    let reservation = admit(&state, &user, &route, prompt_tokens).await?;
     let generation = start_generation(
         &state,
         &user,
@@ -237,6 +245,7 @@ async fn regenerate(
         route,
         messages,
         question.id,
+        reservation,
     )?;
     respond(
         &state,
@@ -246,6 +255,7 @@ async fn regenerate(
         generation,
         question,
         false,
+        received,
     )
     .await
 }
@@ -288,6 +298,59 @@ async fn persona_and_route(
     Ok((persona, route))
 }
 
+/// The limits checked before anything is written: concurrent generations per user, then the token and cost
+/// budgets (reserving this request's estimate: its prompt plus the reply's allowance).
+async fn admit(
+    state: &AppState,
+    user: &AuthUser,
+    route: &ModelRoute,
+    prompt_tokens: u64,
+) -> Result<Reservation, ApiError> {
+    let max = state.config.limits.max_concurrent_generations;
+    if max > 0 && state.hub.running_for(&user.user_id) >= max {
+        let mut err = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("at most {max} replies may run at once for one user"),
+        )
+        .with_details(json!({ "limit": "max_concurrent_generations", "value": max }));
+        err.retry_after_secs = Some(1);
+        return Err(err);
+    }
+    let reply_allowance = route
+        .max_output_tokens
+        .unwrap_or(state.config.generation.reserve_output_tokens);
+    let counts = TokenCounts {
+        prompt_tokens,
+        completion_tokens: u64::from(reply_allowance),
+        ..TokenCounts::default()
+    };
+    let estimate = Estimate {
+        tokens: prompt_tokens + u64::from(reply_allowance),
+        nanousd: route.prices.cost_nanousd(&counts).max(0) as u64,
+    };
+    match state
+        .budgets
+        .reserve(&*state.store, &user.user_id, estimate)
+        .await?
+    {
+        Ok(reservation) => Ok(reservation),
+        Err(over) => {
+            let mut err = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "budget_exceeded",
+                format!(
+                    "this request would exceed the {} (it resets in {} s)",
+                    over.limit, over.retry_after_secs
+                ),
+            )
+            .with_details(json!({ "limit": over.limit, "estimate_tokens": estimate.tokens }));
+            err.retry_after_secs = Some(over.retry_after_secs);
+            Err(err)
+        }
+    }
+}
+
 /// A 202 answer starts a generation nobody follows yet: refused past `generation.max_unattended`.
 fn refuse_if_unattended_full(state: &AppState, answer: Answer) -> Result<(), ApiError> {
     if answer == Answer::Async && state.hub.unattended_full() {
@@ -303,6 +366,7 @@ fn refuse_if_unattended_full(state: &AppState, answer: Answer) -> Result<(), Api
 }
 
 /// Starts the generation answering `question_id` as a tracked background task.
+#[allow(clippy::too_many_arguments)]
 fn start_generation(
     state: &AppState,
     user: &AuthUser,
@@ -311,6 +375,7 @@ fn start_generation(
     route: ModelRoute,
     messages: Vec<ChatMessage>,
     question_id: Id,
+    reservation: Reservation,
 ) -> Result<Arc<Generation>, ApiError> {
     let config = &state.config.generation;
     let alias = route.alias.clone();
@@ -331,6 +396,7 @@ fn start_generation(
         heartbeat: Duration::from_secs(config.stale_after_secs) / 3,
         instance_id: state.instance_id.clone(),
         fallbacks: state.models.fallbacks(&alias),
+        reservation,
         retry: RetryPolicy {
             attempts: config.retry_attempts,
             base: Duration::from_millis(config.retry_base_ms),
@@ -350,6 +416,7 @@ fn start_generation(
 }
 
 /// Answers with the generation's SSE stream, its final JSON, or 202.
+#[allow(clippy::too_many_arguments)]
 async fn respond(
     state: &AppState,
     answer: Answer,
@@ -358,6 +425,7 @@ async fn respond(
     generation: Arc<Generation>,
     user_message: Message,
     announce_user_message: bool,
+    received: Instant,
 ) -> Result<Response, ApiError> {
     match answer {
         Answer::Async => Ok((
@@ -375,8 +443,21 @@ async fn respond(
                 .transpose()
                 .map_err(ApiError::internal)?
                 .map(|data| Event::default().id("0").event("user_message").data(data));
+            let mut first_delta = true;
+            let followed = Arc::clone(&generation);
             let events = futures::stream::iter(first)
-                .chain(generation.subscribe(0).map(|e| sse_event(&e)))
+                .chain(generation.subscribe(0).map(move |e| {
+                    if first_delta && e.kind == EventKind::Delta {
+                        first_delta = false;
+                        // What the gateway adds: the client's wait for its first delta beyond the upstream's TTFT.
+                        if let Some(ttft) = followed.upstream_ttft() {
+                            let overhead = received.elapsed().saturating_sub(ttft);
+                            metrics::histogram!("chatgate_gateway_overhead_seconds")
+                                .record(overhead.as_secs_f64());
+                        }
+                    }
+                    sse_event(&e)
+                }))
                 .map(Ok::<_, Infallible>);
             Ok(sse_response(
                 events,
@@ -468,7 +549,7 @@ fn build_prompt(
     route: &ModelRoute,
     history_newest_first: &[Message],
     new_message: ChatMessage,
-) -> Result<Vec<ChatMessage>, ApiError> {
+) -> Result<(Vec<ChatMessage>, u64), ApiError> {
     let config = &state.config.generation;
     let system = ChatMessage::system(crate::personas::system_prompt(persona));
     let tokenizer = route.tokenizer;
@@ -518,7 +599,7 @@ fn build_prompt(
     messages.push(system);
     messages.extend(included.into_iter().rev());
     messages.push(new_message);
-    Ok(messages)
+    Ok((messages, system_tokens + spent))
 }
 
 #[derive(Debug, Deserialize)]

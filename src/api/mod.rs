@@ -7,6 +7,8 @@ mod health;
 mod messages;
 mod models;
 mod personas;
+mod ratelimit;
+mod usage;
 
 use std::time::Duration;
 
@@ -32,13 +34,21 @@ pub fn app(state: AppState) -> Router {
     let config = &state.config.server;
     let timeout = Duration::from_secs(config.request_timeout_secs);
     let cors = cors_layer(&config.cors_origins);
-    let api = Router::new()
+    let routes = Router::new()
         .merge(health::router())
         .merge(personas::router())
         .merge(conversations::router())
         .merge(messages::router())
         .merge(generations::router())
         .merge(models::router())
+        .merge(usage::router());
+    // Route layers run last-added first: authentication, then the rate limit keyed by its user.
+    let limits = &state.config.limits;
+    let routes = match ratelimit::layer(limits.requests_per_minute, limits.burst) {
+        Some(governor) => routes.route_layer(governor),
+        None => routes,
+    };
+    let api = routes
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             crate::auth::require_auth,

@@ -15,6 +15,7 @@ use crate::providers::{
     ChatMessage, ChatRequest, ModelRoute, Models, ProviderError, ProviderEvent,
 };
 use crate::store::{self, Id, Message, NewMessage, Store, StoreError, UsageRecord, role, status};
+use crate::usage::budget::Reservation;
 use crate::usage::tokens::Tokenizer;
 use crate::usage::{TokenCounts, Usage, nanousd_to_usd};
 
@@ -38,6 +39,8 @@ pub struct GenerationJob {
     pub instance_id: Arc<str>,
     /// Routes tried in order when `route` fails before its first token.
     pub fallbacks: Vec<ModelRoute>,
+    /// The budget reservation, swapped for the actual usage once it is saved.
+    pub reservation: Reservation,
     pub retry: RetryPolicy,
 }
 
@@ -73,7 +76,7 @@ impl Drop for TerminalGuard {
 }
 
 /// Runs a generation to its end. Never fails: every failure becomes a saved message and a terminal event.
-pub async fn run(generation: Arc<Generation>, job: GenerationJob) {
+pub async fn run(generation: Arc<Generation>, mut job: GenerationJob) {
     let _guard = TerminalGuard(Arc::clone(&generation));
     let started = Instant::now();
     let created_at = store::now();
@@ -169,7 +172,24 @@ pub async fn run(generation: Arc<Generation>, job: GenerationJob) {
         created_at: store::now(),
     };
 
+    let write_started = Instant::now();
     let saved = persist(&job, &message, &usage).await;
+    metrics::histogram!("chatgate_db_write_seconds", "op" => "save")
+        .record(write_started.elapsed().as_secs_f64());
+    metrics::counter!("chatgate_generations_finished_total", "model" => route.alias.clone(), "outcome" => message_status)
+        .increment(1);
+    let provider_name = route.provider.name().to_string();
+    metrics::counter!("chatgate_tokens_total", "provider" => provider_name.clone(), "kind" => "prompt")
+        .increment(counts.prompt_tokens);
+    metrics::counter!("chatgate_tokens_total", "provider" => provider_name, "kind" => "completion")
+        .increment(counts.completion_tokens);
+    if saved.is_ok() {
+        // The usage is in the database now: the budget counts it instead of the estimate.
+        std::mem::replace(&mut job.reservation, Reservation::none()).settle(
+            counts.prompt_tokens + counts.completion_tokens,
+            cost_nanousd.max(0) as u64,
+        );
+    }
     let usage_json = json!({
         "prompt_tokens": counts.prompt_tokens,
         "completion_tokens": counts.completion_tokens,
@@ -255,10 +275,13 @@ async fn checkpoint(
                 content: generation.text(),
                 ..template.clone()
             };
-            match store
+            let write_started = Instant::now();
+            let written = store
                 .checkpoint_message(&row, &instance_id, prompt_tokens)
-                .await
-            {
+                .await;
+            metrics::histogram!("chatgate_db_write_seconds", "op" => "checkpoint")
+                .record(write_started.elapsed().as_secs_f64());
+            match written {
                 Ok(()) => {
                     written_len = Some(len);
                     written_at = Instant::now();
@@ -340,6 +363,9 @@ async fn relay_once(
     started: Instant,
     out: &mut Streamed,
 ) -> Option<ProviderError> {
+    let provider = route.provider.name().to_string();
+    let deltas_relayed =
+        metrics::counter!("chatgate_deltas_relayed_total", "provider" => provider.clone());
     let mut upstream = route.provider.stream(request);
     loop {
         let event = tokio::select! {
@@ -354,13 +380,21 @@ async fn relay_once(
         match event {
             Some(Ok(ProviderEvent::TextDelta(text))) => {
                 if out.ttft.is_none() {
-                    out.ttft = Some(started.elapsed());
+                    let ttft = started.elapsed();
+                    out.ttft = Some(ttft);
+                    generation.set_upstream_ttft(ttft);
+                    metrics::histogram!("chatgate_ttft_seconds", "provider" => provider.clone())
+                        .record(ttft.as_secs_f64());
                 }
                 generation.emit_delta(&text);
+                deltas_relayed.increment(1);
             }
             Some(Ok(ProviderEvent::Usage(usage))) => out.usage.merge(usage),
             Some(Ok(ProviderEvent::Finish(reason))) => out.finish_reason = Some(reason),
-            Some(Err(error)) => return Some(error),
+            Some(Err(error)) => {
+                metrics::counter!("chatgate_upstream_errors_total", "provider" => provider, "kind" => error.kind()).increment(1);
+                return Some(error);
+            }
             None => {
                 out.error = None;
                 return None;

@@ -137,6 +137,7 @@ pub struct Generation {
     finished_at: Mutex<Option<Instant>>,
     subscribers: AtomicUsize,
     hub: Weak<HubInner>,
+    upstream_ttft: std::sync::OnceLock<Duration>,
 }
 
 /// Counts a subscriber for as long as it lives (an SSE stream, a JSON answer waiting).
@@ -145,6 +146,7 @@ pub struct SubscriberGuard(Arc<Generation>);
 
 impl Drop for SubscriberGuard {
     fn drop(&mut self) {
+        metrics::gauge!("chatgate_active_subscribers").decrement(1.0);
         if self.0.subscribers.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.0.on_unattended();
         }
@@ -154,6 +156,7 @@ impl Drop for SubscriberGuard {
 impl Generation {
     /// Counts a subscriber until the guard is dropped.
     pub fn attach(self: &Arc<Self>) -> SubscriberGuard {
+        metrics::gauge!("chatgate_active_subscribers").increment(1.0);
         self.subscribers.fetch_add(1, Ordering::SeqCst);
         SubscriberGuard(Arc::clone(self))
     }
@@ -195,6 +198,16 @@ impl Generation {
                 }
             }
         }
+    }
+
+    /// Records the upstream's time to first token (once).
+    pub fn set_upstream_ttft(&self, ttft: Duration) {
+        let _ = self.upstream_ttft.set(ttft);
+    }
+
+    /// The upstream's time to first token, once a delta came.
+    pub fn upstream_ttft(&self) -> Option<Duration> {
+        self.upstream_ttft.get().copied()
     }
 
     /// A receiver of the latest seq, to wait for new events.
@@ -253,6 +266,7 @@ impl Generation {
     /// Records the outcome, then appends the terminal event, so that whoever sees the terminal event finds
     /// the outcome.
     pub fn finish(&self, outcome: Outcome, kind: EventKind, data: String) {
+        metrics::gauge!("chatgate_active_generations").decrement(1.0);
         self.state().outcome = Some(Arc::new(outcome));
         self.emit(kind, data);
         *self
@@ -378,6 +392,14 @@ impl Hub {
         }
     }
 
+    /// Running generations of one user.
+    pub fn running_for(&self, user_id: &str) -> usize {
+        self.generations()
+            .values()
+            .filter(|g| g.user_id == user_id && g.outcome_now().is_none())
+            .count()
+    }
+
     /// Running generations that nobody follows.
     pub fn unattended(&self) -> usize {
         self.generations()
@@ -434,12 +456,16 @@ impl Hub {
             finished_at: Mutex::new(None),
             subscribers: AtomicUsize::new(0),
             hub: Arc::downgrade(&self.inner),
+            upstream_ttft: std::sync::OnceLock::new(),
         });
         {
             let mut generations = self.generations();
             self.sweep(&mut generations);
             generations.insert(id, Arc::clone(&generation));
         }
+        metrics::counter!("chatgate_generations_started_total", "model" => model.to_string())
+            .increment(1);
+        metrics::gauge!("chatgate_active_generations").increment(1.0);
         self.inner.tracker.spawn(task(Arc::clone(&generation)));
         Ok(generation)
     }

@@ -1,5 +1,6 @@
 //! Accounting: token counts (the provider's, else a local tiktoken estimate) and prices in integer nano-USD.
 
+pub mod budget;
 pub mod tokens;
 
 use serde::Serialize;

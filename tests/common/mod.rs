@@ -166,7 +166,14 @@ impl TestServer {
         Some(Self::start_with(config, db).await)
     }
 
-    pub async fn start_with(config: Config, db: TestDb) -> Self {
+    /// Starts chatgate with `config`. Tests poll quickly, so the default request rate limit is off unless the
+    /// config sets another value (the rate limit has its own test).
+    pub async fn start_with(mut config: Config, db: TestDb) -> Self {
+        if config.limits.requests_per_minute
+            == chatgate::config::LimitsConfig::default().requests_per_minute
+        {
+            config.limits.requests_per_minute = 0;
+        }
         if std::env::var_os("TEST_LOG").is_some() {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter("chatgate=debug")

@@ -1,5 +1,7 @@
 //! Logging: text or JSON lines to stderr, optionally also to a rotating file (tracing-appender).
 
+pub mod metrics;
+
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_appender::rolling::{RollingFileAppender, Rotation};
 use tracing_subscriber::EnvFilter;
