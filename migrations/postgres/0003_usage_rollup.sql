@@ -27,3 +27,5 @@ SELECT user_id, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD'), model, COA
        SUM(cached_tokens), SUM(reasoning_tokens), SUM(cost_nanousd), MAX(created_at)
 FROM usage_records
 GROUP BY user_id, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD'), model, COALESCE(persona_id::text, '');
+-- The ETag version stamp of one user (MAX(updated_at), COUNT(*)) reads this index alone.
+CREATE INDEX usage_daily_user_updated ON usage_daily (user_id, updated_at);

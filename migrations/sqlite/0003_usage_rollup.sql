@@ -26,3 +26,5 @@ SELECT user_id, substr(created_at, 1, 10), model, COALESCE(persona_id, ''), COUN
        SUM(prompt_tokens), SUM(completion_tokens), SUM(cached_tokens), SUM(reasoning_tokens), SUM(cost_nanousd),
        MAX(created_at)
 FROM usage_records GROUP BY user_id, substr(created_at, 1, 10), model, COALESCE(persona_id, '');
+-- The ETag version stamp of one user (MAX(updated_at), COUNT(*)) reads this index alone.
+CREATE INDEX usage_daily_user_updated ON usage_daily (user_id, updated_at);

@@ -497,6 +497,9 @@ pub trait Store: Send + Sync + 'static {
     /// (and nothing written) when it is no longer streaming.
     async fn interrupt_reply(&self, message: &NewMessage, usage: &UsageRecord)
     -> StoreResult<bool>;
+    /// Writes a usage record that belongs to no stored message (the stateless OpenAI-compatible endpoint), with
+    /// its rollup, in one transaction.
+    async fn record_usage(&self, usage: &UsageRecord) -> StoreResult<()>;
     /// Usage from the daily rollup, grouped, for one user or (`None`) everyone.
     async fn usage_buckets(&self, query: &UsageQuery) -> StoreResult<Vec<UsageBucket>>;
     /// A version of a user's (or everyone's) usage: the last rollup change and the number of rollup rows.

@@ -51,7 +51,7 @@ macro_rules! branch_filter {
     };
 }
 
-/// The sums of a usage bucket over the rollup, filtered by `$1` user (or none), days `$2` to `$3`.
+/// The sums of a usage bucket over the rollup.
 macro_rules! usage_sums {
     () => {
         "COALESCE(CAST(SUM(requests) AS BIGINT), 0) AS requests, \
@@ -60,8 +60,7 @@ macro_rules! usage_sums {
          COALESCE(CAST(SUM(completion_tokens) AS BIGINT), 0) AS completion_tokens, \
          COALESCE(CAST(SUM(cached_tokens) AS BIGINT), 0) AS cached_tokens, \
          COALESCE(CAST(SUM(reasoning_tokens) AS BIGINT), 0) AS reasoning_tokens, \
-         COALESCE(CAST(SUM(cost_nanousd) AS BIGINT), 0) AS cost_nanousd \
-         FROM usage_daily WHERE ($1 IS NULL OR user_id = $1) AND day >= $2 AND day <= $3"
+         COALESCE(CAST(SUM(cost_nanousd) AS BIGINT), 0) AS cost_nanousd"
     };
 }
 
@@ -543,28 +542,33 @@ macro_rules! impl_store {
                 Ok(true)
             }
 
+            async fn record_usage(&self, u: &UsageRecord) -> StoreResult<()> {
+                let mut tx = self.pool.begin().await?;
+                insert_usage(&mut *tx, u).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
             async fn usage_buckets(&self, q: &UsageQuery) -> StoreResult<Vec<UsageBucket>> {
-                let query = match q.group_by {
-                    UsageGroup::Day => sqlx::query_as::<_, UsageBucket>(concat!(
-                        "SELECT day AS key, ",
-                        usage_sums!(),
-                        " GROUP BY day ORDER BY day"
-                    )),
-                    UsageGroup::Model => sqlx::query_as::<_, UsageBucket>(concat!(
-                        "SELECT model AS key, ",
-                        usage_sums!(),
-                        " GROUP BY model ORDER BY model"
-                    )),
-                    UsageGroup::Persona => sqlx::query_as::<_, UsageBucket>(concat!(
-                        "SELECT persona_id AS key, ",
-                        usage_sums!(),
-                        " GROUP BY persona_id ORDER BY persona_id"
-                    )),
-                    UsageGroup::User => sqlx::query_as::<_, UsageBucket>(concat!(
-                        "SELECT user_id AS key, ",
-                        usage_sums!(),
-                        " GROUP BY user_id ORDER BY user_id"
-                    )),
+                // One statement per shape: a `($1 IS NULL OR user_id = $1)` filter would keep both SQLite and
+                // PostgreSQL from using the (user_id, day, ...) key.
+                macro_rules! buckets {
+                    ($key:literal, $filter:literal) => {
+                        sqlx::query_as::<_, UsageBucket>(concat!(
+                            "SELECT ", $key, " AS key, ", usage_sums!(), " FROM usage_daily WHERE ", $filter,
+                            " GROUP BY ", $key, " ORDER BY ", $key
+                        ))
+                    };
+                }
+                let query = match (q.group_by, q.user_id.is_some()) {
+                    (UsageGroup::Day, true) => buckets!("day", "user_id = $1 AND day >= $2 AND day <= $3"),
+                    (UsageGroup::Model, true) => buckets!("model", "user_id = $1 AND day >= $2 AND day <= $3"),
+                    (UsageGroup::Persona, true) => buckets!("persona_id", "user_id = $1 AND day >= $2 AND day <= $3"),
+                    (UsageGroup::User, true) => buckets!("user_id", "user_id = $1 AND day >= $2 AND day <= $3"),
+                    (UsageGroup::Day, false) => buckets!("day", "$1 IS NULL AND day >= $2 AND day <= $3"),
+                    (UsageGroup::Model, false) => buckets!("model", "$1 IS NULL AND day >= $2 AND day <= $3"),
+                    (UsageGroup::Persona, false) => buckets!("persona_id", "$1 IS NULL AND day >= $2 AND day <= $3"),
+                    (UsageGroup::User, false) => buckets!("user_id", "$1 IS NULL AND day >= $2 AND day <= $3"),
                 };
                 Ok(query.bind(&q.user_id).bind(&q.from_day).bind(&q.to_day).fetch_all(&self.pool).await?)
             }
@@ -573,12 +577,11 @@ macro_rules! impl_store {
                 &self,
                 user_id: Option<&str>,
             ) -> StoreResult<(Option<chrono::DateTime<chrono::Utc>>, i64)> {
-                Ok(sqlx::query_as(
-                    "SELECT MAX(updated_at), COUNT(*) FROM usage_daily WHERE ($1 IS NULL OR user_id = $1)",
-                )
-                .bind(user_id)
-                .fetch_one(&self.pool)
-                .await?)
+                let query = match user_id {
+                    Some(_) => sqlx::query_as("SELECT MAX(updated_at), COUNT(*) FROM usage_daily WHERE user_id = $1"),
+                    None => sqlx::query_as("SELECT MAX(updated_at), COUNT(*) FROM usage_daily WHERE $1 IS NULL"),
+                };
+                Ok(query.bind(user_id).fetch_one(&self.pool).await?)
             }
 
             async fn usage_summary(&self, user_id: &str) -> StoreResult<UsageSummary> {
