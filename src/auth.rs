@@ -23,6 +23,8 @@ use crate::error::ApiError;
 
 /// The only routes served without a token: `(method, route pattern)`.
 pub const PUBLIC_ROUTES: &[(Method, &str)] = &[
+    // Authenticates itself: a token at upgrade, or an `auth` frame within `ws.auth_timeout_ms`.
+    (Method::GET, "/api/v1/ws"),
     (Method::GET, "/health"),
     (Method::GET, "/api/v1/personas"),
     (Method::GET, "/api/v1/personas/{id}"),
@@ -33,6 +35,8 @@ pub const PUBLIC_ROUTES: &[(Method, &str)] = &[
 pub struct AuthUser {
     pub user_id: String,
     pub admin: bool,
+    /// The token's `exp`, in seconds since the Unix epoch (long-lived connections close then).
+    pub expires_at: Option<u64>,
 }
 
 /// A caller with the admin role; 403 for anyone else.
@@ -41,6 +45,7 @@ pub struct AdminUser(pub AuthUser);
 
 #[derive(Debug, Deserialize)]
 struct Claims {
+    exp: Option<u64>,
     sub: Option<String>,
     user_id: Option<Value>,
     role: Option<String>,
@@ -155,6 +160,7 @@ impl Authenticator {
         Ok(AuthUser {
             user_id,
             admin: data.claims.is_admin(),
+            expires_at: data.claims.exp,
         })
     }
 
@@ -304,12 +310,10 @@ mod tests {
                     .expect("mint"),
             )
             .expect("valid");
-        assert_eq!(
-            user,
-            AuthUser {
-                user_id: "alice".into(),
-                admin: true
-            }
+        assert_eq!((user.user_id.as_str(), user.admin), ("alice", true));
+        assert!(
+            user.expires_at
+                .is_some_and(|exp| exp > jsonwebtoken::get_current_timestamp())
         );
         let user = auth
             .verify(
@@ -333,13 +337,8 @@ mod tests {
         assert_eq!(user.user_id, "42");
         let supabase = serde_json::json!({"sub": "u-1", "aud": "authenticated", "role": "authenticated",
             "app_metadata": {"role": "admin"}, "exp": in_an_hour()});
-        assert_eq!(
-            auth.verify(&sign(supabase, "s3cret")).expect("valid"),
-            AuthUser {
-                user_id: "u-1".into(),
-                admin: true
-            }
-        );
+        let user = auth.verify(&sign(supabase, "s3cret")).expect("valid");
+        assert_eq!((user.user_id.as_str(), user.admin), ("u-1", true));
     }
 
     #[test]

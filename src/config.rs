@@ -55,6 +55,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub generation: GenerationConfig,
+    #[serde(default)]
+    pub ws: WsConfig,
     /// Upstream providers by name.
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderConfig>,
@@ -293,6 +295,42 @@ impl Default for GenerationConfig {
             retry_attempts: 2,
             retry_base_ms: 250,
             retry_max_ms: 8000,
+        }
+    }
+}
+
+/// `[ws]`: the WebSocket transport.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WsConfig {
+    /// Time to authenticate (token at upgrade, or an `auth` frame), in ms; then close 4408.
+    pub auth_timeout_ms: u64,
+    /// Interval of server pings, in seconds.
+    pub ping_interval_secs: u64,
+    /// A peer silent (no frame, no pong) this long is closed, in seconds.
+    pub idle_timeout_secs: u64,
+    /// Largest accepted frame, in bytes; a larger one gets an `error` frame.
+    pub max_frame_bytes: usize,
+    /// Generations one socket may follow at once; more get an `error` frame.
+    pub max_streams: usize,
+    /// Frames per second a client may send on average; past `frame_burst`, the socket closes with 4429.
+    pub max_frames_per_second: u32,
+    pub frame_burst: u32,
+    /// Frames queued for a client before it counts as a slow reader and is cut off (it can resubscribe).
+    pub send_queue: usize,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        Self {
+            auth_timeout_ms: 10_000,
+            ping_interval_secs: 20,
+            idle_timeout_secs: 60,
+            max_frame_bytes: 64 * 1024,
+            max_streams: 16,
+            max_frames_per_second: 20,
+            frame_burst: 40,
+            send_queue: 4096,
         }
     }
 }

@@ -39,7 +39,7 @@ pub fn router() -> Router<AppState> {
 /// Body of `POST /api/v1/conversations/{id}/messages`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SendMessage {
+pub(crate) struct SendMessage {
     #[serde(default)]
     content: Option<String>,
     #[serde(default = "text_type")]
@@ -109,37 +109,74 @@ async fn send(
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
     let answer = negotiate(&headers, &query);
-    let content = validate(&state, &body)?;
-    let conversation = owned(&state, &user, &conversation_id).await?;
-    let (persona, route) = persona_and_route(&state, &conversation, body.model.as_deref()).await?;
+    let started = start_message(
+        &state,
+        &user,
+        &conversation_id,
+        &body,
+        answer == Answer::Async,
+    )
+    .await?;
+    respond(
+        &state,
+        answer,
+        &user,
+        started.conversation,
+        started.generation,
+        started.user_message,
+        true,
+        received,
+    )
+    .await
+}
+
+/// A message accepted and its reply started.
+pub(crate) struct Started {
+    pub conversation: Conversation,
+    pub user_message: Message,
+    pub generation: Arc<Generation>,
+}
+
+/// The whole send path, shared by HTTP and WebSocket: validate, check ownership, pick the model, fit the prompt,
+/// check limits, commit the user message, start the generation. Nothing is written when any check fails.
+/// `unattended` marks a request whose answer nobody will follow at first (202).
+pub(crate) async fn start_message(
+    state: &AppState,
+    user: &AuthUser,
+    conversation_id: &str,
+    body: &SendMessage,
+    unattended: bool,
+) -> Result<Started, ApiError> {
+    let content = validate(state, body)?;
+    let conversation = owned(state, user, conversation_id).await?;
+    let (persona, route) = persona_and_route(state, &conversation, body.model.as_deref()).await?;
     if let Some(parent_id) = body.parent_id {
         let parent = state.store.get_message(&user.user_id, parent_id).await?;
         if parent.is_none_or(|p| p.conversation_id != conversation.id) {
             return Err(ApiError::not_found("parent message"));
         }
     }
-    refuse_if_unattended_full(&state, answer)?;
-
-    // Fit the prompt before writing anything, so a message too long for the model leaves no row behind.
+    if unattended {
+        refuse_if_unattended_full(state)?;
+    }
     let history = state
         .store
         .list_messages(
             conversation.id,
             HistoryPage::Offset(0),
-            history_limit(&state),
+            history_limit(state),
             false,
             false,
         )
         .await?;
     let (messages, prompt_tokens) = build_prompt(
-        &state,
+        state,
         &persona,
         &route,
         &history,
         ChatMessage::user(content.clone()),
     )?;
-
-    let reservation = admit(&state, &user, &route, prompt_tokens).await?;
+    let reservation = admit(state, user, &route, prompt_tokens).await?;
     let user_message = state
         .store
         .insert_message(&NewMessage {
@@ -159,8 +196,8 @@ async fn send(
         })
         .await?;
     let generation = start_generation(
-        &state,
-        &user,
+        state,
+        user,
         &conversation,
         &persona,
         route,
@@ -168,17 +205,11 @@ async fn send(
         user_message.id,
         reservation,
     )?;
-    respond(
-        &state,
-        answer,
-        &user,
+    Ok(Started {
         conversation,
-        generation,
         user_message,
-        true,
-        received,
-    )
-    .await
+        generation,
+    })
 }
 
 /// `POST /api/v1/messages/{id}/regenerate` (`{model?}`): a new reply to the same user message (the id of that
@@ -218,7 +249,9 @@ async fn regenerate(
         .ok_or_else(|| ApiError::not_found("message"))?;
     let conversation = owned(&state, &user, &question.conversation_id.to_string()).await?;
     let (persona, route) = persona_and_route(&state, &conversation, model.as_deref()).await?;
-    refuse_if_unattended_full(&state, answer)?;
+    if answer == Answer::Async {
+        refuse_if_unattended_full(&state)?;
+    }
     let history = state
         .store
         .list_messages(
@@ -352,8 +385,8 @@ async fn admit(
 }
 
 /// A 202 answer starts a generation nobody follows yet: refused past `generation.max_unattended`.
-fn refuse_if_unattended_full(state: &AppState, answer: Answer) -> Result<(), ApiError> {
-    if answer == Answer::Async && state.hub.unattended_full() {
+fn refuse_if_unattended_full(state: &AppState) -> Result<(), ApiError> {
+    if state.hub.unattended_full() {
         let mut err = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_unattended",

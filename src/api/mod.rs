@@ -9,6 +9,7 @@ mod models;
 mod personas;
 mod ratelimit;
 mod usage;
+pub mod ws;
 
 use std::time::Duration;
 
@@ -41,7 +42,8 @@ pub fn app(state: AppState) -> Router {
         .merge(messages::router())
         .merge(generations::router())
         .merge(models::router())
-        .merge(usage::router());
+        .merge(usage::router())
+        .merge(ws::router());
     // Route layers run last-added first: authentication, then the rate limit keyed by its user.
     let limits = &state.config.limits;
     let routes = match ratelimit::layer(limits.requests_per_minute, limits.burst) {

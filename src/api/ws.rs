@@ -1,0 +1,541 @@
+//! `GET /api/v1/ws`: the WebSocket transport (protocol in `docs/websocket.md`).
+//!
+//! One socket carries many generations at once, each named by the client's request `id`. Generations are the
+//! same as over SSE (same hub, same event log, same `seq`), so a client can switch transports and resume with
+//! `subscribe`/`after`. The socket loop [`serve_socket`] is generic over `Sink`/`Stream` so it runs without a
+//! network in tests.
+//!
+//! Close codes: 4400 bad frame, 4401 unauthorized or token expired, 4408 no auth in time, 4409 duplicate id,
+//! 4429 too many frames; 1008 slow reader (resubscribe with `after`); 1001 peer silent too long.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, WebSocketUpgrade};
+use axum::http::{HeaderMap, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::messages::{SendMessage, start_message};
+use crate::AppState;
+use crate::auth::AuthUser;
+use crate::error::ApiError;
+use crate::stream::hub::CancelReason;
+use crate::stream::{Generation, GenerationEvent};
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/v1/ws", get(upgrade))
+}
+
+/// Close codes of the protocol.
+pub mod close {
+    pub const BAD_FRAME: u16 = 4400;
+    pub const UNAUTHORIZED: u16 = 4401;
+    pub const AUTH_TIMEOUT: u16 = 4408;
+    pub const DUPLICATE_ID: u16 = 4409;
+    pub const TOO_MANY: u16 = 4429;
+    pub const SLOW_READER: u16 = 1008;
+    pub const GOING_AWAY: u16 = 1001;
+}
+
+fn token_given(headers: &HeaderMap, uri: &Uri) -> bool {
+    headers.contains_key(header::AUTHORIZATION)
+        || uri
+            .query()
+            .is_some_and(|q| form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "access_token"))
+}
+
+/// Upgrades to the WebSocket protocol. A token given at upgrade must be valid (401 otherwise); without one,
+/// the client has `ws.auth_timeout_ms` to send an `auth` frame.
+async fn upgrade(
+    State(state): State<AppState>,
+    user: Option<AuthUser>,
+    headers: HeaderMap,
+    uri: Uri,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if user.is_none() && token_given(&headers, &uri) {
+        return ApiError::unauthorized("the token is invalid or expired").into_response();
+    }
+    // The transport takes frames up to 4× the limit so that a too-large frame gets a polite error frame.
+    let transport_limit = state.config.ws.max_frame_bytes.saturating_mul(4);
+    ws.max_message_size(transport_limit)
+        .max_frame_size(transport_limit)
+        .on_upgrade(move |socket| {
+            let (sink, stream) = socket.split();
+            serve_socket(state, sink, stream, user)
+        })
+}
+
+/// What the writer task sends.
+enum Outbound {
+    Text(String),
+    Ping,
+    Close(u16, String),
+}
+
+/// Internal notes from spawned tasks to the socket loop.
+enum Note {
+    Started(String, Arc<Generation>),
+    Ended(String),
+}
+
+struct Active {
+    generation: Option<Arc<Generation>>,
+    cancel_requested: bool,
+    task: tokio::task::AbortHandle,
+}
+
+/// The socket loop: reads client frames, runs requests, multiplexes generation events out. Returns when the
+/// socket closes.
+pub async fn serve_socket<S, R, E>(
+    state: AppState,
+    sink: S,
+    mut incoming: R,
+    mut user: Option<AuthUser>,
+) where
+    S: Sink<Message> + Send + Unpin + 'static,
+    R: Stream<Item = Result<Message, E>> + Send + Unpin,
+{
+    let config = state.config.ws.clone();
+    let (out, out_rx) = mpsc::channel::<Outbound>(config.send_queue.max(1));
+    let writer = tokio::spawn(write_frames(sink, out_rx));
+    let (notes_tx, mut notes) = mpsc::unbounded_channel::<Note>();
+    let slow = CancellationToken::new();
+    let mut active: HashMap<String, Active> = HashMap::new();
+    let mut ping = tokio::time::interval(Duration::from_secs(config.ping_interval_secs.max(1)));
+    ping.tick().await;
+    let mut last_seen = Instant::now();
+    let auth_deadline = tokio::time::Instant::now() + Duration::from_millis(config.auth_timeout_ms);
+    let mut bucket = TokenBucket::new(config.max_frames_per_second, config.frame_burst);
+
+    if let Some(user) = &user {
+        send(
+            &out,
+            &slow,
+            json!({ "type": "ready", "user_id": user.user_id }),
+        );
+    }
+    let closing: (u16, String) = loop {
+        let expiry = user.as_ref().and_then(|u| u.expires_at).map(expiry_instant);
+        tokio::select! {
+            frame = incoming.next() => {
+                let Some(Ok(frame)) = frame else { break (1000, String::new()) };
+                last_seen = Instant::now();
+                let text = match frame {
+                    Message::Text(text) => text.to_string(),
+                    Message::Close(_) => break (1000, String::new()),
+                    Message::Ping(_) | Message::Pong(_) => continue,
+                    Message::Binary(_) => break (close::BAD_FRAME, "binary frames are not part of the protocol".into()),
+                };
+                if !bucket.take() {
+                    break (close::TOO_MANY, "too many frames".into());
+                }
+                if text.len() > config.max_frame_bytes {
+                    let message = format!("frame of {} bytes; the limit is {}", text.len(), config.max_frame_bytes);
+                    send(&out, &slow, json!({ "type": "error", "error": "frame_too_large", "message": message }));
+                    continue;
+                }
+                let frame = match parse_frame(&text) {
+                    Ok(frame) => frame,
+                    Err(reason) => break (close::BAD_FRAME, reason),
+                };
+                match frame {
+                    Frame::Ping => send(&out, &slow, json!({ "type": "pong" })),
+                    Frame::Auth { token } => match state.auth.verify(&token) {
+                        Ok(verified) if user.as_ref().is_none_or(|u| u.user_id == verified.user_id) => {
+                            let first = user.is_none();
+                            user = Some(verified.clone());
+                            if first {
+                                send(&out, &slow, json!({ "type": "ready", "user_id": verified.user_id }));
+                            }
+                        }
+                        Ok(_) => break (close::UNAUTHORIZED, "a socket cannot change user".into()),
+                        Err(err) => break (close::UNAUTHORIZED, err.message),
+                    },
+                    _ if user.is_none() => break (close::UNAUTHORIZED, "authenticate first".into()),
+                    Frame::Send { id, conversation_id, body } => {
+                        if active.contains_key(&id) {
+                            break (close::DUPLICATE_ID, format!("request id {id} is in use"));
+                        }
+                        if active.len() >= config.max_streams {
+                            send_error(&out, &slow, Some(&id), "rate_limited", &format!("at most {} generations per socket", config.max_streams));
+                            continue;
+                        }
+                        let Some(user) = user.clone() else { continue };
+                        let task = tokio::spawn(run_send(state.clone(), user, id.clone(), conversation_id, body, out.clone(), slow.clone(), notes_tx.clone()));
+                        active.insert(id, Active { generation: None, cancel_requested: false, task: task.abort_handle() });
+                    }
+                    Frame::Subscribe { id, generation_id, after } => {
+                        if active.contains_key(&id) {
+                            break (close::DUPLICATE_ID, format!("request id {id} is in use"));
+                        }
+                        if active.len() >= config.max_streams {
+                            send_error(&out, &slow, Some(&id), "rate_limited", &format!("at most {} generations per socket", config.max_streams));
+                            continue;
+                        }
+                        let generation = generation_id
+                            .parse()
+                            .ok()
+                            .and_then(|gid| state.hub.get(gid))
+                            .filter(|g| user.as_ref().is_some_and(|u| u.user_id == g.user_id));
+                        let Some(generation) = generation else {
+                            send_error(&out, &slow, Some(&id), "not_found", "generation not found or expired");
+                            continue;
+                        };
+                        let task = tokio::spawn(follow(Arc::clone(&generation), id.clone(), after, out.clone(), slow.clone(), notes_tx.clone()));
+                        active.insert(id, Active { generation: Some(generation), cancel_requested: false, task: task.abort_handle() });
+                    }
+                    Frame::Cancel { id } => match active.get_mut(&id) {
+                        Some(entry) => match &entry.generation {
+                            Some(generation) => generation.cancel(CancelReason::User),
+                            None => entry.cancel_requested = true,
+                        },
+                        None => send_error(&out, &slow, Some(&id), "not_found", "no running request with this id"),
+                    },
+                }
+            }
+            Some(note) = notes.recv() => match note {
+                Note::Started(id, generation) => {
+                    if let Some(entry) = active.get_mut(&id) {
+                        if entry.cancel_requested {
+                            generation.cancel(CancelReason::User);
+                        }
+                        entry.generation = Some(generation);
+                    }
+                }
+                Note::Ended(id) => {
+                    active.remove(&id);
+                }
+            },
+            _ = ping.tick() => {
+                if last_seen.elapsed() > Duration::from_secs(config.idle_timeout_secs) {
+                    break (close::GOING_AWAY, "no frame or pong in time".into());
+                }
+                let _ = out.try_send(Outbound::Ping);
+            }
+            () = tokio::time::sleep_until(auth_deadline), if user.is_none() => {
+                break (close::AUTH_TIMEOUT, "no auth in time".into());
+            }
+            () = sleep_until_opt(expiry) => {
+                break (close::UNAUTHORIZED, "the token expired; reconnect with a new one".into());
+            }
+            () = slow.cancelled() => {
+                break (close::SLOW_READER, "slow reader: resubscribe with after".into());
+            }
+        }
+    };
+    for (_, entry) in active.drain() {
+        entry.task.abort();
+    }
+    // The writer may be stuck behind a full queue (a slow reader): make room for the close frame.
+    let (code, reason) = closing;
+    if out.try_send(Outbound::Close(code, reason.clone())).is_err() {
+        writer.abort();
+    } else {
+        drop(out);
+        let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    }
+    tracing::debug!(code, %reason, "websocket closed");
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn expiry_instant(exp: u64) -> tokio::time::Instant {
+    let now = jsonwebtoken::get_current_timestamp();
+    tokio::time::Instant::now() + Duration::from_secs(exp.saturating_sub(now))
+}
+
+async fn write_frames<S: Sink<Message> + Unpin>(mut sink: S, mut frames: mpsc::Receiver<Outbound>) {
+    while let Some(frame) = frames.recv().await {
+        let (message, last) = match frame {
+            Outbound::Text(text) => (Message::Text(text.into()), false),
+            Outbound::Ping => (Message::Ping(Vec::new().into()), false),
+            Outbound::Close(code, reason) => {
+                let reason: String = reason.chars().take(120).collect();
+                (
+                    Message::Close(Some(CloseFrame {
+                        code,
+                        reason: reason.into(),
+                    })),
+                    true,
+                )
+            }
+        };
+        if sink.send(message).await.is_err() || last {
+            break;
+        }
+    }
+    let _ = sink.close().await;
+}
+
+/// Queues a frame; a full queue means the client reads too slowly, and the socket is cut off.
+fn send(out: &mpsc::Sender<Outbound>, slow: &CancellationToken, frame: Value) {
+    push(out, slow, frame.to_string());
+}
+
+fn push(out: &mpsc::Sender<Outbound>, slow: &CancellationToken, text: String) {
+    if let Err(mpsc::error::TrySendError::Full(_)) = out.try_send(Outbound::Text(text)) {
+        slow.cancel();
+    }
+}
+
+fn send_error(
+    out: &mpsc::Sender<Outbound>,
+    slow: &CancellationToken,
+    id: Option<&str>,
+    error: &str,
+    message: &str,
+) {
+    send(
+        out,
+        slow,
+        json!({ "type": "error", "id": id, "error": error, "message": message }),
+    );
+}
+
+/// A `send` request: the whole HTTP send path, then follows its generation.
+#[allow(clippy::too_many_arguments)]
+async fn run_send(
+    state: AppState,
+    user: AuthUser,
+    id: String,
+    conversation_id: String,
+    body: SendMessage,
+    out: mpsc::Sender<Outbound>,
+    slow: CancellationToken,
+    notes: mpsc::UnboundedSender<Note>,
+) {
+    match start_message(&state, &user, &conversation_id, &body, false).await {
+        Ok(started) => {
+            send(
+                &out,
+                &slow,
+                json!({ "type": "user_message", "id": id, "message": started.user_message }),
+            );
+            let _ = notes.send(Note::Started(id.clone(), Arc::clone(&started.generation)));
+            follow(started.generation, id, 0, out, slow, notes).await;
+        }
+        Err(err) => {
+            let mut frame = json!({ "type": "error", "id": id, "error": err.error, "message": err.message, "details": err.details });
+            if let Some(retry) = err.retry_after_secs {
+                frame["retry_after"] = json!(retry);
+            }
+            send(&out, &slow, frame);
+            let _ = notes.send(Note::Ended(id));
+        }
+    }
+}
+
+/// Relays a generation's events after `after` as frames tagged with the request id.
+async fn follow(
+    generation: Arc<Generation>,
+    id: String,
+    after: u64,
+    out: mpsc::Sender<Outbound>,
+    slow: CancellationToken,
+    notes: mpsc::UnboundedSender<Note>,
+) {
+    let id_json = Value::String(id.clone()).to_string();
+    let mut events = std::pin::pin!(generation.subscribe(after));
+    while let Some(event) = events.next().await {
+        push(&out, &slow, frame_of(&id_json, &event));
+        if slow.is_cancelled() {
+            break;
+        }
+    }
+    let _ = notes.send(Note::Ended(id));
+}
+
+/// `{"type": <kind>, "id": <request id>, "seq": <seq>, ...event data}`, spliced without re-parsing the data.
+fn frame_of(id_json: &str, event: &GenerationEvent) -> String {
+    let body = event.data.trim();
+    let rest = body.strip_prefix('{').unwrap_or("}");
+    let separator = if rest.trim_start().starts_with('}') {
+        ""
+    } else {
+        ","
+    };
+    format!(
+        r#"{{"type":"{}","id":{id_json},"seq":{}{separator}{rest}"#,
+        event.kind.as_str(),
+        event.seq
+    )
+}
+
+/// A parsed client frame.
+enum Frame {
+    Auth {
+        token: String,
+    },
+    Send {
+        id: String,
+        conversation_id: String,
+        body: SendMessage,
+    },
+    Subscribe {
+        id: String,
+        generation_id: String,
+        after: u64,
+    },
+    Cancel {
+        id: String,
+    },
+    Ping,
+}
+
+fn parse_frame(text: &str) -> Result<Frame, String> {
+    let mut object: Map<String, Value> = match serde_json::from_str(text) {
+        Ok(Value::Object(object)) => object,
+        Ok(_) => return Err("a frame is a JSON object".into()),
+        Err(e) => return Err(format!("not JSON: {e}")),
+    };
+    let kind = object
+        .remove("type")
+        .and_then(|t| t.as_str().map(str::to_string))
+        .ok_or("missing type")?;
+    let mut string = |field: &str| -> Result<String, String> {
+        match object.remove(field) {
+            Some(Value::String(s)) if !s.is_empty() => Ok(s),
+            Some(Value::Number(n)) if field == "id" => Ok(n.to_string()),
+            _ => Err(format!("{kind}: missing {field}")),
+        }
+    };
+    match kind.as_str() {
+        "ping" => Ok(Frame::Ping),
+        "auth" => Ok(Frame::Auth {
+            token: string("token")?,
+        }),
+        "cancel" => Ok(Frame::Cancel { id: string("id")? }),
+        "subscribe" => {
+            let id = string("id")?;
+            let generation_id = string("generation_id")?;
+            let after = match object.remove("after") {
+                None | Some(Value::Null) => 0,
+                Some(v) => v
+                    .as_u64()
+                    .ok_or("subscribe: after must be a sequence number")?,
+            };
+            Ok(Frame::Subscribe {
+                id,
+                generation_id,
+                after,
+            })
+        }
+        "send" => {
+            let id = string("id")?;
+            let conversation_id = string("conversation_id")?;
+            let body: SendMessage =
+                serde_json::from_value(Value::Object(object)).map_err(|e| format!("send: {e}"))?;
+            Ok(Frame::Send {
+                id,
+                conversation_id,
+                body,
+            })
+        }
+        other => Err(format!("unknown frame type {other}")),
+    }
+}
+
+/// Frames a client may send: `rate` per second on average, `burst` at once.
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u32, burst: u32) -> Self {
+        let burst = f64::from(burst.max(1));
+        Self {
+            rate: f64::from(rate.max(1)),
+            burst,
+            tokens: burst,
+            at: Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::EventKind;
+
+    #[test]
+    fn frames_splice_the_event_data() {
+        let event = GenerationEvent {
+            seq: 7,
+            kind: EventKind::Delta,
+            data: r#"{"text":"hi"}"#.into(),
+        };
+        let frame: Value = serde_json::from_str(&frame_of("\"r1\"", &event)).expect("json");
+        assert_eq!(
+            frame,
+            json!({ "type": "delta", "id": "r1", "seq": 7, "text": "hi" })
+        );
+        let empty = GenerationEvent {
+            seq: 1,
+            kind: EventKind::Start,
+            data: "{}".into(),
+        };
+        let frame: Value = serde_json::from_str(&frame_of("\"r1\"", &empty)).expect("json");
+        assert_eq!(frame, json!({ "type": "start", "id": "r1", "seq": 1 }));
+    }
+
+    #[test]
+    fn malformed_frames_are_named() {
+        for (text, why) in [
+            ("nope", "not JSON"),
+            ("[1]", "JSON object"),
+            (r#"{"id":"1"}"#, "missing type"),
+            (r#"{"type":"send","id":"1"}"#, "missing conversation_id"),
+            (r#"{"type":"dance"}"#, "unknown frame type"),
+            (
+                r#"{"type":"send","id":"1","conversation_id":"c","content":5}"#,
+                "invalid type",
+            ),
+        ] {
+            let err = parse_frame(text).err().unwrap_or_default();
+            assert!(err.contains(why), "{text}: {err}");
+        }
+        assert!(matches!(
+            parse_frame(r#"{"type":"subscribe","id":2,"generation_id":"g","after":4}"#),
+            Ok(Frame::Subscribe { after: 4, .. })
+        ));
+    }
+
+    #[test]
+    fn the_bucket_refills() {
+        let mut bucket = TokenBucket::new(1000, 2);
+        assert!(bucket.take() && bucket.take());
+        assert!(!bucket.take());
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(bucket.take());
+    }
+}
