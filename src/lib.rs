@@ -17,6 +17,7 @@ pub mod providers;
 pub mod store;
 pub mod stream;
 pub mod telemetry;
+pub mod testkit;
 pub mod usage;
 
 use std::sync::Arc;
@@ -52,6 +53,8 @@ pub struct AppInner {
     pub provider_health: ProviderHealthMonitor,
     /// Per-user token and cost budgets.
     pub budgets: Arc<Budgets>,
+    /// Personas, cached.
+    pub personas: personas::PersonaCache,
 }
 
 impl std::ops::Deref for AppState {
@@ -124,8 +127,8 @@ impl AppState {
                 "replies left streaming by a stopped process are now marked interrupted"
             );
         }
-        // Loading the tokenizers takes about a second: do it beside startup, not in front of it.
-        tokio::task::spawn_blocking(usage::tokens::warm_up);
+        // The tokenizers (tens of MB) load on first use: a deployment whose providers report usage may never
+        // need them.
         Ok(AppState(Arc::new(AppInner {
             auth: Authenticator::new(&config.auth),
             hub: Hub::new(
@@ -139,6 +142,7 @@ impl AppState {
             instance_id,
             provider_health: ProviderHealthMonitor::new(models.providers()),
             budgets: Budgets::new(BudgetLimits::from_config(&config.limits)),
+            personas: personas::PersonaCache::default(),
             models,
             store,
             config,

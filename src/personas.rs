@@ -145,3 +145,59 @@ mod tests {
         assert!(prompt.contains("colleague") && prompt.contains("professional and helpful"));
     }
 }
+
+/// Personas change rarely and are read on every message: a small cache in front of the store. Admin writes on
+/// this instance invalidate it at once; other instances see a change within [`PersonaCache::TTL`].
+#[derive(Debug, Default)]
+pub struct PersonaCache {
+    entries: std::sync::RwLock<
+        std::collections::HashMap<crate::store::Id, (Persona, std::time::Instant)>,
+    >,
+}
+
+impl PersonaCache {
+    /// How long a cached persona is trusted.
+    pub const TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+    /// The persona, from the cache or the store.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn get(
+        &self,
+        store: &dyn crate::store::Store,
+        id: crate::store::Id,
+    ) -> crate::store::StoreResult<Option<Persona>> {
+        if let Some((persona, at)) = self
+            .entries
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&id)
+            && at.elapsed() < Self::TTL
+        {
+            return Ok(Some(persona.clone()));
+        }
+        let persona = store.get_persona(id).await?;
+        let mut entries = self
+            .entries
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &persona {
+            Some(persona) => {
+                entries.insert(id, (persona.clone(), std::time::Instant::now()));
+            }
+            None => {
+                entries.remove(&id);
+            }
+        }
+        Ok(persona)
+    }
+
+    /// Forgets a persona after an admin changed it.
+    pub fn invalidate(&self, id: crate::store::Id) {
+        self.entries
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&id);
+    }
+}

@@ -455,3 +455,64 @@ async fn request_shapes_match_each_api() {
     assert_eq!(body["stream"], true);
     assert_eq!(body["messages"][1]["role"], "user");
 }
+
+/// The benchmark mock speaks every format the adapters read, and its injected failures are recognised.
+#[tokio::test]
+async fn the_mock_upstream_serves_every_format() {
+    use chatgate::testkit::{MockConfig, serve};
+    let start = |config: MockConfig| async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(serve(listener, config));
+        url
+    };
+    let url = start(MockConfig {
+        tokens: 50,
+        token_delay: Duration::from_millis(1),
+        ..MockConfig::default()
+    })
+    .await;
+    let expected = format!("tok {}", "en ".repeat(49));
+    for make in [openai as Make, anthropic, gemini, ollama] {
+        let collected = collect(&*make(&url), "mock-1").await;
+        assert_eq!(collected.error, None);
+        assert_eq!(collected.text, expected);
+        assert_eq!(collected.deltas, 50);
+        assert_eq!(collected.usage.completion_tokens, Some(50));
+        assert_eq!(collected.finish.as_deref(), Some("stop"));
+    }
+    let failing = start(MockConfig {
+        tokens: 10,
+        midstream_error_rate: 1.0,
+        ..MockConfig::default()
+    })
+    .await;
+    let cut = start(MockConfig {
+        tokens: 10,
+        cut_rate: 1.0,
+        ..MockConfig::default()
+    })
+    .await;
+    for make in [openai as Make, anthropic, gemini, ollama] {
+        assert!(matches!(
+            collect(&*make(&failing), "m").await.error,
+            Some(ProviderError::Upstream { .. })
+        ));
+        let error = collect(&*make(&cut), "m").await.error;
+        assert!(
+            matches!(error, Some(ProviderError::Interrupted { .. })),
+            "{error:?}"
+        );
+    }
+    let limited = start(MockConfig {
+        rate_limit_rate: 1.0,
+        ..MockConfig::default()
+    })
+    .await;
+    let error = collect(&*openai(&limited), "m").await.error;
+    assert!(
+        matches!(error, Some(ProviderError::RateLimited { retry_after: Some(d), .. }) if d == Duration::from_secs(1))
+    );
+}

@@ -312,8 +312,8 @@ async fn persona_and_route(
     requested: Option<&str>,
 ) -> Result<(Persona, ModelRoute), ApiError> {
     let persona = state
-        .store
-        .get_persona(conversation.persona_id)
+        .personas
+        .get(&*state.store, conversation.persona_id)
         .await?
         .ok_or_else(|| ApiError::not_found("persona"))?;
     let alias = requested
@@ -586,9 +586,19 @@ fn build_prompt(
     let config = &state.config.generation;
     let system = ChatMessage::system(crate::personas::system_prompt(persona));
     let tokenizer = route.tokenizer;
-    let system_tokens = tokenizer.count_message(&system) + 3;
+    let reserved = u64::from(config.reserve_output_tokens);
+    // The system prompt's byte length bounds its tokens; count exactly only when the window is what limits the
+    // history (most models' windows dwarf max_history_tokens, and then no tokenizer is needed at all).
+    let system_upper = 3 + system.content.len() as u64 + 3;
+    let system_tokens = if u64::from(route.context_window).saturating_sub(reserved + system_upper)
+        >= u64::from(config.max_history_tokens)
+    {
+        system_upper
+    } else {
+        tokenizer.count_message(&system) + 3
+    };
     let window_budget = u64::from(route.context_window)
-        .saturating_sub(u64::from(config.reserve_output_tokens))
+        .saturating_sub(reserved)
         .saturating_sub(system_tokens);
     let budget = window_budget.min(u64::from(config.max_history_tokens));
     let cost = |m: &ChatMessage, spent: u64| {

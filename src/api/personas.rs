@@ -113,6 +113,7 @@ async fn update(
     let persona: NewPersona = crate::error::parse_json(merged.to_string().as_bytes())?;
     validate(&persona)?;
     check_model(&state, &persona)?;
+    state.personas.invalidate(id);
     let updated = state
         .store
         .update_persona(id, &persona)
@@ -128,6 +129,7 @@ async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = parse_id(&id, "persona")?;
+    state.personas.invalidate(id);
     if state.store.delete_persona(id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {

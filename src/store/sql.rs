@@ -337,10 +337,9 @@ macro_rules! impl_store {
             }
 
             async fn insert_message(&self, m: &NewMessage) -> StoreResult<Message> {
-                let mut tx = self.pool.begin().await?;
-                insert_message_row(&mut *tx, m).await?;
-                touch_conversation(&mut *tx, m.conversation_id, m.created_at).await?;
-                tx.commit().await?;
+                // One statement: a trigger marks the conversation active (migration 0004).
+                let mut conn = self.pool.acquire().await?;
+                insert_message_row(&mut *conn, m).await?;
                 Ok(Message::from_new(m, None))
             }
 
@@ -486,7 +485,6 @@ macro_rules! impl_store {
                 .await
                 .map_err(|e| map_write_error(e, "the message"))?;
                 insert_usage(&mut *tx, u).await?;
-                touch_conversation(&mut *tx, m.conversation_id, m.created_at).await?;
                 tx.commit().await?;
                 let mut saved = Message::from_new(m, Some(u));
                 saved.updated_at = updated_at;
@@ -714,25 +712,6 @@ macro_rules! impl_store {
             Ok(())
         }
 
-        /// Marks activity on a conversation; never moves `last_message_at` backwards.
-        async fn touch_conversation(
-            conn: &mut <$db as sqlx::Database>::Connection,
-            conversation_id: Id,
-            at: chrono::DateTime<chrono::Utc>,
-        ) -> StoreResult<()> {
-            let updated = sqlx::query(
-                "UPDATE conversations SET last_message_at = CASE WHEN last_message_at < $2 THEN $2 ELSE last_message_at END, \
-                 updated_at = $2 WHERE id = $1",
-            )
-            .bind(conversation_id)
-            .bind(at)
-            .execute(conn)
-            .await?;
-            if updated.rows_affected() == 0 {
-                return Err(StoreError::NotFound("conversation"));
-            }
-            Ok(())
-        }
     };
 }
 

@@ -11,9 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::hub::{CancelReason, EventKind, Generation, Outcome};
 use crate::error::ApiError;
-use crate::providers::{
-    ChatMessage, ChatRequest, ModelRoute, Models, ProviderError, ProviderEvent,
-};
+use crate::providers::{ChatRequest, ModelRoute, Models, ProviderError, ProviderEvent};
 use crate::store::{self, Id, Message, NewMessage, Store, StoreError, UsageRecord, role, status};
 use crate::usage::budget::Reservation;
 use crate::usage::tokens::Tokenizer;
@@ -108,12 +106,19 @@ pub async fn run(generation: Arc<Generation>, mut job: GenerationJob) {
     };
     // Checkpoints run beside the relay, in their own task: a slow database never delays a token.
     let stop_checkpoints = CancellationToken::new();
-    let prompt = (job.route.tokenizer, job.request.messages.clone());
+    // A rough prompt size (4 bytes a token), for billing the reply if this process dies mid-stream; an exact
+    // count would load the tokenizer for every generation.
+    let prompt_estimate: u64 = 3 + job
+        .request
+        .messages
+        .iter()
+        .map(|m| 3 + (m.content.len() as u64).div_ceil(4))
+        .sum::<u64>();
     let checkpoints = tokio::spawn(checkpoint(
         Arc::clone(&generation),
         Arc::clone(&job.store),
         template.clone(),
-        prompt,
+        prompt_estimate,
         Arc::clone(&job.instance_id),
         (job.checkpoint_interval, job.heartbeat),
         stop_checkpoints.clone(),
@@ -126,7 +131,7 @@ pub async fn run(generation: Arc<Generation>, mut job: GenerationJob) {
 
     // Count, price and record with the route that actually answered.
     let route = &streamed.route;
-    let counts = count_tokens(&job, route, &streamed.usage, &text);
+    let counts = count_tokens(&job, route, &streamed.usage, &text).await;
     let cost_nanousd = route.prices.cost_nanousd(&counts);
     let (message_status, finish_reason) = match (&streamed.error, streamed.cancelled) {
         (Some(_), _) => (status::FAILED, "error".to_string()),
@@ -249,7 +254,7 @@ async fn checkpoint(
     generation: Arc<Generation>,
     store: Arc<dyn Store>,
     template: NewMessage,
-    (tokenizer, prompt): (Tokenizer, Vec<ChatMessage>),
+    prompt_estimate: u64,
     instance_id: Arc<str>,
     (interval, heartbeat): (Duration, Duration),
     stop: CancellationToken,
@@ -261,11 +266,7 @@ async fn checkpoint(
             changed = latest.changed() => if changed.is_err() { return },
         }
     }
-    // Counted once, on a blocking thread: a long history takes milliseconds of CPU.
-    let prompt_tokens = tokio::task::spawn_blocking(move || tokenizer.count_prompt(&prompt))
-        .await
-        .unwrap_or(0);
-    let prompt_tokens = i64::try_from(prompt_tokens).unwrap_or(i64::MAX);
+    let prompt_tokens = i64::try_from(prompt_estimate).unwrap_or(i64::MAX);
     let mut written_len = None;
     let mut written_at = Instant::now();
     loop {
@@ -436,17 +437,33 @@ fn jitter_fraction() -> f64 {
 }
 
 /// The provider's figures where it gave them, local tiktoken counts (flagged `estimated`) for the rest.
-fn count_tokens(job: &GenerationJob, route: &ModelRoute, usage: &Usage, text: &str) -> TokenCounts {
+/// Counting runs on a blocking thread: it may load a tokenizer (about a second, once) and costs CPU time
+/// proportional to the text.
+async fn count_tokens(
+    job: &GenerationJob,
+    route: &ModelRoute,
+    usage: &Usage,
+    text: &str,
+) -> TokenCounts {
     let tokenizer = route.tokenizer;
-    let mut estimated = false;
-    let prompt_tokens = usage.prompt_tokens.unwrap_or_else(|| {
-        estimated = true;
-        tokenizer.count_prompt(&job.request.messages)
-    });
-    let completion_tokens = usage.completion_tokens.unwrap_or_else(|| {
-        estimated = true;
-        tokenizer.count(text)
-    });
+    let (known_prompt, known_completion) = (usage.prompt_tokens, usage.completion_tokens);
+    let estimated = known_prompt.is_none() || known_completion.is_none();
+    let (prompt_tokens, completion_tokens) = match (known_prompt, known_completion) {
+        (Some(prompt), Some(completion)) => (prompt, completion),
+        _ => {
+            let messages = known_prompt.is_none().then(|| job.request.messages.clone());
+            let text = known_completion.is_none().then(|| text.to_string());
+            tokio::task::spawn_blocking(move || {
+                (
+                    known_prompt
+                        .unwrap_or_else(|| messages.map_or(0, |m| tokenizer.count_prompt(&m))),
+                    known_completion.unwrap_or_else(|| text.map_or(0, |t| tokenizer.count(&t))),
+                )
+            })
+            .await
+            .unwrap_or((known_prompt.unwrap_or(0), known_completion.unwrap_or(0)))
+        }
+    };
     TokenCounts {
         prompt_tokens,
         completion_tokens,

@@ -88,13 +88,6 @@ impl Tokenizer {
     }
 }
 
-/// Loads the encodings' tables now rather than on the first count (a few hundred ms each); called at startup,
-/// off the request path.
-pub fn warm_up() {
-    let _ = tiktoken_rs::o200k_base_singleton();
-    let _ = tiktoken_rs::cl100k_base_singleton();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,493 @@
+//! A load generator for streaming chat: opens N concurrent streams and measures what a chat user feels.
+//!
+//! ```sh
+//! cargo run --release --example loadgen -- --mode native --target http://127.0.0.1:8000 --streams 1000 \
+//!     --compare-direct http://127.0.0.1:9100/v1 --pid $(pgrep -f 'target/release/chatgate') --json out.json
+//! ```
+//!
+//! Modes: `native` (chatgate's SSE: `POST /api/v1/conversations/{id}/messages`), `ws` (chatgate's WebSocket),
+//! `openai` (any OpenAI-compatible `POST {target}/chat/completions` with `stream: true`, e.g. the mock upstream
+//! directly, or another gateway). Reports TTFT p50/p90/p99 (request sent → first delta), inter-token gap
+//! p50/p99, deltas per second delivered, errors, and the target process's peak RSS and CPU time (`--pid`).
+//! With `--compare-direct URL` the same load first runs in `openai` mode against URL (the upstream itself) and
+//! the report adds the gateway's overhead: the difference of each percentile.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use eventsource_stream::Eventsource;
+use futures::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    Native,
+    Ws,
+    Openai,
+}
+
+#[derive(Debug, Clone, Parser)]
+struct Args {
+    #[arg(long, value_enum, default_value = "native")]
+    mode: Mode,
+    /// chatgate's base URL (native, ws), or an OpenAI-compatible base URL ending in /v1 (openai).
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    target: String,
+    /// Concurrent streams.
+    #[arg(long, default_value_t = 100)]
+    streams: usize,
+    /// Messages each stream sends, one after the other.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// JWT secret of the gateway (native, ws): each stream is its own user.
+    #[arg(long, default_value = "chatgate-dev-secret-change-me")]
+    secret: String,
+    /// Model alias (native, ws) or model name (openai).
+    #[arg(long)]
+    model: Option<String>,
+    /// Process to sample for RSS and CPU time.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Run the same load in openai mode against this URL first, and report the difference.
+    #[arg(long)]
+    compare_direct: Option<String>,
+    /// Spread the streams' starts evenly over this many ms (steady arrivals rather than one burst).
+    #[arg(long, default_value_t = 0)]
+    ramp_ms: u64,
+    /// A name for this run in the report.
+    #[arg(long, default_value = "")]
+    label: String,
+    /// Write the report as JSON here too.
+    #[arg(long)]
+    json: Option<String>,
+}
+
+/// What one run measured.
+#[derive(Debug)]
+struct Report {
+    mode: Mode,
+    streams: usize,
+    ttft: Histogram<u64>,
+    gaps: Histogram<u64>,
+    deltas: u64,
+    errors: u64,
+    wall: Duration,
+    rss_start_kb: Option<u64>,
+    rss_peak_kb: Option<u64>,
+    cpu_secs: Option<f64>,
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+impl Report {
+    fn json(&self) -> Value {
+        json!({
+            "mode": format!("{:?}", self.mode).to_lowercase(),
+            "streams": self.streams,
+            "ttft_ms": { "p50": ms(self.ttft.value_at_quantile(0.5)), "p90": ms(self.ttft.value_at_quantile(0.9)), "p99": ms(self.ttft.value_at_quantile(0.99)) },
+            "gap_ms": { "p50": ms(self.gaps.value_at_quantile(0.5)), "p99": ms(self.gaps.value_at_quantile(0.99)) },
+            "deltas": self.deltas,
+            "deltas_per_sec": self.deltas as f64 / self.wall.as_secs_f64(),
+            "errors": self.errors,
+            "wall_secs": self.wall.as_secs_f64(),
+            "rss_start_mb": self.rss_start_kb.map(|k| k as f64 / 1024.0),
+            "rss_peak_mb": self.rss_peak_kb.map(|k| k as f64 / 1024.0),
+            "rss_growth_kb_per_stream": self.rss_peak_kb.zip(self.rss_start_kb).map(|(p, s)| (p.saturating_sub(s)) as f64 / self.streams as f64),
+            "cpu_secs": self.cpu_secs,
+        })
+    }
+
+    fn print(&self, label: &str) {
+        let j = self.json();
+        println!(
+            "{label:<28} {:>6} streams  TTFT p50 {:>8.2} p90 {:>8.2} p99 {:>8.2} ms  gap p50 {:>6.2} p99 {:>7.2} ms  {:>9.0} deltas/s  errors {}  RSS peak {} MB  CPU {} s",
+            self.streams,
+            j["ttft_ms"]["p50"].as_f64().unwrap_or(0.0),
+            j["ttft_ms"]["p90"].as_f64().unwrap_or(0.0),
+            j["ttft_ms"]["p99"].as_f64().unwrap_or(0.0),
+            j["gap_ms"]["p50"].as_f64().unwrap_or(0.0),
+            j["gap_ms"]["p99"].as_f64().unwrap_or(0.0),
+            j["deltas_per_sec"].as_f64().unwrap_or(0.0),
+            self.errors,
+            j["rss_peak_mb"]
+                .as_f64()
+                .map_or("-".into(), |v| format!("{v:.1}")),
+            j["cpu_secs"]
+                .as_f64()
+                .map_or("-".into(), |v| format!("{v:.2}")),
+        );
+    }
+}
+
+/// Per-stream timings, merged at the end.
+#[derive(Default)]
+struct Timings {
+    ttft_us: Vec<u64>,
+    gaps_us: Vec<u64>,
+    deltas: u64,
+    errors: u64,
+}
+
+impl Timings {
+    fn delta(&mut self, sent: Instant, last: &mut Option<Instant>) {
+        let now = Instant::now();
+        match last {
+            None => self
+                .ttft_us
+                .push(now.duration_since(sent).as_micros() as u64),
+            Some(previous) => self
+                .gaps_us
+                .push(now.duration_since(*previous).as_micros() as u64),
+        }
+        *last = Some(now);
+        self.deltas += 1;
+    }
+}
+
+fn rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+fn token(secret: &str, user: &str) -> String {
+    let claims = json!({ "sub": user, "exp": jsonwebtoken::get_current_timestamp() + 24 * 3600 });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap_or_default()
+}
+
+/// Creates one conversation per stream (each stream is its own user); returns `(token, conversation id)`.
+async fn setup(
+    args: &Args,
+    client: &reqwest::Client,
+) -> Result<Vec<(String, String)>, Box<dyn std::error::Error>> {
+    let personas: Value = client
+        .get(format!("{}/api/v1/personas", args.target))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let persona_id = personas["personas"][0]["id"].clone();
+    let results = futures::stream::iter(0..args.streams)
+        .map(|i| {
+            let client = client.clone();
+            let token = token(&args.secret, &format!("load-{i}"));
+            let url = format!("{}/api/v1/conversations", args.target);
+            let persona_id = persona_id.clone();
+            async move {
+                let conversation: Value = client
+                    .post(url)
+                    .bearer_auth(&token)
+                    .json(&json!({ "persona_id": persona_id }))
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                Ok::<_, reqwest::Error>((
+                    token,
+                    conversation["id"].as_str().unwrap_or_default().to_string(),
+                ))
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
+    Ok(results.into_iter().collect::<Result<Vec<_>, _>>()?)
+}
+
+async fn native_stream(
+    client: reqwest::Client,
+    args: Arc<Args>,
+    token: String,
+    conversation: String,
+) -> Timings {
+    let mut timings = Timings::default();
+    for round in 0..args.rounds {
+        let mut body = json!({ "content": format!("Hello number {round}, tell me something.") });
+        if let Some(model) = &args.model {
+            body["model"] = json!(model);
+        }
+        let sent = Instant::now();
+        let response = client
+            .post(format!(
+                "{}/api/v1/conversations/{conversation}/messages",
+                args.target
+            ))
+            .bearer_auth(&token)
+            .header("accept", "text/event-stream")
+            .json(&body)
+            .send()
+            .await;
+        let Ok(response) = response.and_then(|r| r.error_for_status()) else {
+            timings.errors += 1;
+            continue;
+        };
+        let mut events = response.bytes_stream().eventsource();
+        let mut last = None;
+        let mut ok = false;
+        while let Some(Ok(event)) = events.next().await {
+            match event.event.as_str() {
+                "delta" => timings.delta(sent, &mut last),
+                "done" => {
+                    ok = true;
+                    break;
+                }
+                "error" => break,
+                _ => {}
+            }
+        }
+        if !ok {
+            timings.errors += 1;
+        }
+    }
+    timings
+}
+
+async fn ws_stream(args: Arc<Args>, token: String, conversation: String) -> Timings {
+    let mut timings = Timings::default();
+    let url = format!("{}/api/v1/ws", args.target.replacen("http", "ws", 1));
+    let Ok(mut request) = url.into_client_request() else {
+        timings.errors += 1;
+        return timings;
+    };
+    if let Ok(value) = format!("Bearer {token}").parse() {
+        request.headers_mut().insert("authorization", value);
+    }
+    let Ok((mut socket, _)) = tokio_tungstenite::connect_async(request).await else {
+        timings.errors += args.rounds as u64;
+        return timings;
+    };
+    for round in 0..args.rounds {
+        let mut frame = json!({ "type": "send", "id": round.to_string(), "conversation_id": conversation,
+                                "content": format!("Hello number {round}, tell me something.") });
+        if let Some(model) = &args.model {
+            frame["model"] = json!(model);
+        }
+        let sent = Instant::now();
+        if socket
+            .send(Message::Text(frame.to_string().into()))
+            .await
+            .is_err()
+        {
+            timings.errors += 1;
+            break;
+        }
+        let mut last = None;
+        let mut ok = false;
+        while let Some(Ok(message)) = socket.next().await {
+            let Message::Text(text) = message else {
+                continue;
+            };
+            // Cheap checks first: this loop runs once per token.
+            if text.starts_with(r#"{"type":"delta""#) {
+                timings.delta(sent, &mut last);
+            } else if text.starts_with(r#"{"type":"done""#) {
+                ok = true;
+                break;
+            } else if text.starts_with(r#"{"type":"error""#) {
+                break;
+            }
+        }
+        if !ok {
+            timings.errors += 1;
+        }
+    }
+    let _ = socket.close(None).await;
+    timings
+}
+
+async fn openai_stream(client: reqwest::Client, args: Arc<Args>, target: String) -> Timings {
+    let mut timings = Timings::default();
+    for round in 0..args.rounds {
+        let body = json!({
+            "model": args.model.clone().unwrap_or_else(|| "mock-1".into()),
+            "stream": true,
+            "stream_options": { "include_usage": true },
+            "messages": [{ "role": "user", "content": format!("Hello number {round}, tell me something.") }],
+        });
+        let sent = Instant::now();
+        let response = client
+            .post(format!("{target}/chat/completions"))
+            .bearer_auth("load")
+            .json(&body)
+            .send()
+            .await;
+        let Ok(response) = response.and_then(|r| r.error_for_status()) else {
+            timings.errors += 1;
+            continue;
+        };
+        let mut events = response.bytes_stream().eventsource();
+        let mut last = None;
+        let mut ok = false;
+        while let Some(Ok(event)) = events.next().await {
+            if event.data == "[DONE]" {
+                ok = true;
+                break;
+            }
+            if event.data.contains(r#""content":""#) && !event.data.contains(r#""content":"""#) {
+                timings.delta(sent, &mut last);
+            }
+        }
+        if !ok {
+            timings.errors += 1;
+        }
+    }
+    timings
+}
+
+async fn run(
+    args: Arc<Args>,
+    mode: Mode,
+    target: String,
+) -> Result<Report, Box<dyn std::error::Error>> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(usize::MAX)
+        .tcp_nodelay(true)
+        .build()?;
+    let sessions = match mode {
+        Mode::Openai => vec![(String::new(), String::new()); args.streams],
+        _ => setup(&args, &client).await?,
+    };
+    let pid = args
+        .pid
+        .filter(|_| mode != Mode::Openai || args.compare_direct.is_none());
+    let rss_start_kb = pid.and_then(rss_kb);
+    let cpu_start = pid.and_then(cpu_secs);
+    let peak = Arc::new(AtomicU64::new(rss_start_kb.unwrap_or(0)));
+    let running = Arc::new(AtomicBool::new(true));
+    let sampler = pid.map(|pid| {
+        let (peak, running) = (Arc::clone(&peak), Arc::clone(&running));
+        tokio::spawn(async move {
+            while running.load(Ordering::Relaxed) {
+                if let Some(rss) = rss_kb(pid) {
+                    peak.fetch_max(rss, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    });
+    let started = Instant::now();
+    let tasks: Vec<_> = sessions
+        .into_iter()
+        .enumerate()
+        .map(|(i, (token, conversation))| {
+            let (client, args, target) = (client.clone(), Arc::clone(&args), target.clone());
+            let start_at = tokio::time::Instant::now()
+                + Duration::from_millis(args.ramp_ms * i as u64 / args.streams.max(1) as u64);
+            tokio::spawn(async move {
+                tokio::time::sleep_until(start_at).await;
+                match mode {
+                    Mode::Native => native_stream(client, args, token, conversation).await,
+                    Mode::Ws => ws_stream(args, token, conversation).await,
+                    Mode::Openai => openai_stream(client, args, target).await,
+                }
+            })
+        })
+        .collect();
+    let mut ttft = Histogram::<u64>::new(3)?;
+    let mut gaps = Histogram::<u64>::new(3)?;
+    let (mut deltas, mut errors) = (0, 0);
+    for task in tasks {
+        let timings = task.await.unwrap_or_else(|_| Timings {
+            errors: 1,
+            ..Timings::default()
+        });
+        for v in timings.ttft_us {
+            ttft.record(v.max(1))?;
+        }
+        for v in timings.gaps_us {
+            gaps.record(v.max(1))?;
+        }
+        deltas += timings.deltas;
+        errors += timings.errors;
+    }
+    let wall = started.elapsed();
+    running.store(false, Ordering::Relaxed);
+    if let Some(sampler) = sampler {
+        let _ = sampler.await;
+    }
+    Ok(Report {
+        mode,
+        streams: args.streams,
+        ttft,
+        gaps,
+        deltas,
+        errors,
+        wall,
+        rss_start_kb,
+        rss_peak_kb: pid.map(|_| peak.load(Ordering::Relaxed)),
+        cpu_secs: pid
+            .and_then(cpu_secs)
+            .zip(cpu_start)
+            .map(|(end, start)| end - start),
+    })
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Arc::new(Args::parse());
+    let label = if args.label.is_empty() {
+        format!("{:?}", args.mode).to_lowercase()
+    } else {
+        args.label.clone()
+    };
+    let mut out = json!({ "label": label });
+    let direct = match &args.compare_direct {
+        Some(url) => {
+            let report = run(Arc::clone(&args), Mode::Openai, url.clone()).await?;
+            report.print("direct to upstream");
+            out["direct"] = report.json();
+            Some(report)
+        }
+        None => None,
+    };
+    let report = run(Arc::clone(&args), args.mode, args.target.clone()).await?;
+    report.print(&label);
+    out["target"] = report.json();
+    if let Some(direct) = direct {
+        let diff =
+            |q: f64| ms(report.ttft.value_at_quantile(q)) - ms(direct.ttft.value_at_quantile(q));
+        let gap_diff =
+            |q: f64| ms(report.gaps.value_at_quantile(q)) - ms(direct.gaps.value_at_quantile(q));
+        out["overhead_ms"] = json!({
+            "ttft_p50": diff(0.5), "ttft_p90": diff(0.9), "ttft_p99": diff(0.99),
+            "gap_p50": gap_diff(0.5), "gap_p99": gap_diff(0.99),
+        });
+        println!(
+            "{:<28} TTFT p50 {:+.2} ms, p90 {:+.2} ms, p99 {:+.2} ms; gap p50 {:+.2} ms, p99 {:+.2} ms",
+            "overhead (gateway − direct)",
+            diff(0.5),
+            diff(0.9),
+            diff(0.99),
+            gap_diff(0.5),
+            gap_diff(0.99)
+        );
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&out)?)?;
+    }
+    Ok(())
+}
