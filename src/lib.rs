@@ -167,6 +167,7 @@ pub async fn serve(
     let hub = state.hub.clone();
     let grace = Duration::from_secs(state.config.server.shutdown_grace_secs);
     let sweeper = tokio::spawn(sweep_stale_replies(state.clone()));
+    let checkpointer = tokio::spawn(write_checkpoints(state.clone()));
     let check_every = Duration::from_secs(state.config.server.provider_check_secs);
     let checker = (!check_every.is_zero())
         .then(|| tokio::spawn(state.provider_health.clone().run(check_every)));
@@ -197,11 +198,27 @@ pub async fn serve(
         Err(_) => hub.shutdown(grace).await,
     }
     sweeper.abort();
+    checkpointer.abort();
     if let Some(checker) = checker {
         checker.abort();
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Writes the streaming replies' checkpoints, one batch every `generation.checkpoint_interval_ms`.
+async fn write_checkpoints(state: AppState) {
+    let interval = Duration::from_millis(state.config.generation.checkpoint_interval_ms);
+    let heartbeat = Duration::from_secs(state.config.generation.stale_after_secs) / 3;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        state
+            .hub
+            .write_checkpoints(&*state.store, &state.instance_id, heartbeat)
+            .await;
+    }
 }
 
 /// Marks replies whose process died (no heartbeat for `generation.stale_after_secs`) as interrupted, every

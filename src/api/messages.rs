@@ -425,9 +425,7 @@ fn start_generation(
         persona_id: Some(persona.id),
         parent_id: Some(question_id),
         persist_attempts: config.persist_attempts,
-        checkpoint_interval: Duration::from_millis(config.checkpoint_interval_ms),
-        heartbeat: Duration::from_secs(config.stale_after_secs) / 3,
-        instance_id: state.instance_id.clone(),
+
         fallbacks: state.models.fallbacks(&alias),
         reservation,
         retry: RetryPolicy {

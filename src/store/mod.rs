@@ -329,6 +329,13 @@ pub struct UsageRecord {
     pub created_at: DateTime<Utc>,
 }
 
+/// One streaming reply's checkpoint.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    pub message: NewMessage,
+    pub prompt_tokens_estimate: i64,
+}
+
 /// A reply found `streaming` after its process died.
 #[derive(Debug, Clone)]
 pub struct StaleReply {
@@ -467,15 +474,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<Message>>;
     /// Deletes one of the caller's messages; `false` when it is not theirs or does not exist.
     async fn delete_message(&self, user_id: &str, id: Id) -> StoreResult<bool>;
-    /// Creates or updates an assistant message while it streams (status `streaming`): its text so far, a
-    /// heartbeat (`updated_at`) and the prompt's estimated tokens (to bill it if the process dies). Does nothing
-    /// once the message has a final status.
-    async fn checkpoint_message(
-        &self,
-        message: &NewMessage,
-        instance_id: &str,
-        prompt_tokens_estimate: i64,
-    ) -> StoreResult<()>;
+    /// Creates or updates assistant messages while they stream (status `streaming`), all in one transaction:
+    /// their text so far, a heartbeat (`updated_at`) and the prompt's estimated tokens (to bill a reply whose
+    /// process dies). A row that already has a final status is left alone.
+    async fn checkpoint_messages(&self, rows: &[Checkpoint], instance_id: &str) -> StoreResult<()>;
     /// Writes a finished generation's assistant message (over its checkpoint, if any) and its usage record in
     /// one transaction.
     ///

@@ -423,36 +423,37 @@ macro_rules! impl_store {
                 Ok(result.rows_affected() > 0)
             }
 
-            async fn checkpoint_message(
-                &self,
-                m: &NewMessage,
-                instance_id: &str,
-                prompt_tokens_estimate: i64,
-            ) -> StoreResult<()> {
-                sqlx::query(
-                    "INSERT INTO messages (id, conversation_id, parent_id, role, content, message_type, media, status, \
-                     model, provider, finish_reason, error, created_at, updated_at, instance_id, prompt_tokens_estimate) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, $11, $12, $13, $14) \
-                     ON CONFLICT (id) DO UPDATE SET content = excluded.content, updated_at = excluded.updated_at \
-                     WHERE messages.status = 'streaming'",
-                )
-                .bind(m.id)
-                .bind(m.conversation_id)
-                .bind(m.parent_id)
-                .bind(m.role)
-                .bind(&m.content)
-                .bind(&m.message_type)
-                .bind(Json(&m.media))
-                .bind(status::STREAMING)
-                .bind(&m.model)
-                .bind(&m.provider)
-                .bind(m.created_at)
-                .bind(now())
-                .bind(instance_id)
-                .bind(prompt_tokens_estimate)
-                .execute(&self.pool)
-                .await
-                .map_err(|e| map_write_error(e, "the message"))?;
+            async fn checkpoint_messages(&self, rows: &[Checkpoint], instance_id: &str) -> StoreResult<()> {
+                let mut tx = self.pool.begin().await?;
+                let now = now();
+                for row in rows {
+                    let m = &row.message;
+                    sqlx::query(
+                        "INSERT INTO messages (id, conversation_id, parent_id, role, content, message_type, media, status, \
+                         model, provider, finish_reason, error, created_at, updated_at, instance_id, prompt_tokens_estimate) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, $11, $12, $13, $14) \
+                         ON CONFLICT (id) DO UPDATE SET content = excluded.content, updated_at = excluded.updated_at \
+                         WHERE messages.status = 'streaming'",
+                    )
+                    .bind(m.id)
+                    .bind(m.conversation_id)
+                    .bind(m.parent_id)
+                    .bind(m.role)
+                    .bind(&m.content)
+                    .bind(&m.message_type)
+                    .bind(Json(&m.media))
+                    .bind(status::STREAMING)
+                    .bind(&m.model)
+                    .bind(&m.provider)
+                    .bind(m.created_at)
+                    .bind(now)
+                    .bind(instance_id)
+                    .bind(row.prompt_tokens_estimate)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| map_write_error(e, "the message"))?;
+                }
+                tx.commit().await?;
                 Ok(())
             }
 

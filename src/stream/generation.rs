@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 use super::hub::{CancelReason, EventKind, Generation, Outcome};
 use crate::error::ApiError;
@@ -29,12 +28,7 @@ pub struct GenerationJob {
     pub parent_id: Option<Id>,
     /// Attempts at the final write before giving up.
     pub persist_attempts: u32,
-    /// Checkpoint cadence of the streaming row.
-    pub checkpoint_interval: Duration,
-    /// Longest time between two checkpoint writes, even with no new text: the row's heartbeat.
-    pub heartbeat: Duration,
-    /// This process's name on its streaming rows.
-    pub instance_id: Arc<str>,
+
     /// Routes tried in order when `route` fails before its first token.
     pub fallbacks: Vec<ModelRoute>,
     /// The budget reservation, swapped for the actual usage once it is saved.
@@ -104,8 +98,6 @@ pub async fn run(generation: Arc<Generation>, mut job: GenerationJob) {
         error: None,
         created_at,
     };
-    // Checkpoints run beside the relay, in their own task: a slow database never delays a token.
-    let stop_checkpoints = CancellationToken::new();
     // A rough prompt size (4 bytes a token), for billing the reply if this process dies mid-stream; an exact
     // count would load the tokenizer for every generation.
     let prompt_estimate: u64 = 3 + job
@@ -114,19 +106,13 @@ pub async fn run(generation: Arc<Generation>, mut job: GenerationJob) {
         .iter()
         .map(|m| 3 + (m.content.len() as u64).div_ceil(4))
         .sum::<u64>();
-    let checkpoints = tokio::spawn(checkpoint(
-        Arc::clone(&generation),
-        Arc::clone(&job.store),
+    // From now on the hub's checkpointer writes this reply's row in its periodic batch, never on this path.
+    generation.enable_checkpoints(
         template.clone(),
-        prompt_estimate,
-        Arc::clone(&job.instance_id),
-        (job.checkpoint_interval, job.heartbeat),
-        stop_checkpoints.clone(),
-    ));
+        i64::try_from(prompt_estimate).unwrap_or(i64::MAX),
+    );
     let streamed = relay(&generation, &job).await;
     let duration = started.elapsed();
-    stop_checkpoints.cancel();
-    let _ = checkpoints.await;
     let text = generation.text();
 
     // Count, price and record with the route that actually answered.
@@ -244,57 +230,6 @@ pub async fn run(generation: Arc<Generation>, mut job: GenerationJob) {
                 EventKind::Error,
                 data.to_string(),
             );
-        }
-    }
-}
-
-/// Writes the streaming row from the first token on: at most every `interval` when the text grew, and at least
-/// every `heartbeat` so other instances can tell it is alive. Stops when told; the final save follows.
-async fn checkpoint(
-    generation: Arc<Generation>,
-    store: Arc<dyn Store>,
-    template: NewMessage,
-    prompt_estimate: u64,
-    instance_id: Arc<str>,
-    (interval, heartbeat): (Duration, Duration),
-    stop: CancellationToken,
-) {
-    let mut latest = generation.watch();
-    while generation.text_len() == 0 {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            changed = latest.changed() => if changed.is_err() { return },
-        }
-    }
-    let prompt_tokens = i64::try_from(prompt_estimate).unwrap_or(i64::MAX);
-    let mut written_len = None;
-    let mut written_at = Instant::now();
-    loop {
-        let len = generation.text_len();
-        if written_len != Some(len) || written_at.elapsed() >= heartbeat {
-            let row = NewMessage {
-                content: generation.text(),
-                ..template.clone()
-            };
-            let write_started = Instant::now();
-            let written = store
-                .checkpoint_message(&row, &instance_id, prompt_tokens)
-                .await;
-            metrics::histogram!("chatgate_db_write_seconds", "op" => "checkpoint")
-                .record(write_started.elapsed().as_secs_f64());
-            match written {
-                Ok(()) => {
-                    written_len = Some(len);
-                    written_at = Instant::now();
-                }
-                Err(err) => {
-                    tracing::warn!(generation_id = %generation.id, error = %err, "checkpoint failed")
-                }
-            }
-        }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(interval) => {}
         }
     }
 }

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::DisconnectPolicy;
-use crate::store::{Id, Message};
+use crate::store::{Checkpoint, Id, Message, NewMessage, Store};
 
 /// The kind of a generation event; the SSE `event:` name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -138,6 +138,15 @@ pub struct Generation {
     subscribers: AtomicUsize,
     hub: Weak<HubInner>,
     upstream_ttft: std::sync::OnceLock<Duration>,
+    checkpoint: Mutex<Option<CheckpointSlot>>,
+}
+
+/// What the checkpointer keeps for one generation.
+#[derive(Debug)]
+struct CheckpointSlot {
+    row: Checkpoint,
+    written_len: Option<usize>,
+    written_at: Instant,
 }
 
 /// Counts a subscriber for as long as it lives (an SSE stream, a JSON answer waiting).
@@ -198,6 +207,22 @@ impl Generation {
                 }
             }
         }
+    }
+
+    /// Has the hub's checkpointer write this generation's row (`template`, with the text so far) from its first
+    /// token on.
+    pub fn enable_checkpoints(&self, template: NewMessage, prompt_tokens_estimate: i64) {
+        *self
+            .checkpoint
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(CheckpointSlot {
+            row: Checkpoint {
+                message: template,
+                prompt_tokens_estimate,
+            },
+            written_len: None,
+            written_at: Instant::now(),
+        });
     }
 
     /// Records the upstream's time to first token (once).
@@ -457,6 +482,7 @@ impl Hub {
             subscribers: AtomicUsize::new(0),
             hub: Arc::downgrade(&self.inner),
             upstream_ttft: std::sync::OnceLock::new(),
+            checkpoint: Mutex::new(None),
         });
         {
             let mut generations = self.generations();
@@ -494,6 +520,67 @@ impl Hub {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .is_none_or(|at| at.elapsed() < retention)
         });
+    }
+
+    /// Writes, in one transaction, the rows of every running generation whose text grew since its last
+    /// checkpoint, or whose last write is older than `heartbeat`. Called every `checkpoint_interval_ms` by one
+    /// task, so the database sees one batch per interval however many replies stream.
+    pub async fn write_checkpoints(
+        &self,
+        store: &dyn Store,
+        instance_id: &str,
+        heartbeat: Duration,
+    ) {
+        let due: Vec<(Arc<Generation>, usize, Checkpoint)> = {
+            let generations: Vec<Arc<Generation>> = self.generations().values().cloned().collect();
+            generations
+                .into_iter()
+                .filter(|g| g.outcome_now().is_none())
+                .filter_map(|g| {
+                    let len = g.text_len();
+                    let mut row = {
+                        let slot = g
+                            .checkpoint
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        let slot = slot.as_ref()?;
+                        let due = len > 0
+                            && (slot.written_len != Some(len)
+                                || slot.written_at.elapsed() >= heartbeat);
+                        if !due {
+                            return None;
+                        }
+                        slot.row.clone()
+                    };
+                    row.message.content = g.text();
+                    Some((g, len, row))
+                })
+                .collect()
+        };
+        if due.is_empty() {
+            return;
+        }
+        let rows: Vec<Checkpoint> = due.iter().map(|(_, _, row)| row.clone()).collect();
+        let started = Instant::now();
+        let written = store.checkpoint_messages(&rows, instance_id).await;
+        metrics::histogram!("chatgate_db_write_seconds", "op" => "checkpoint")
+            .record(started.elapsed().as_secs_f64());
+        match written {
+            Ok(()) => {
+                for (generation, len, _) in due {
+                    if let Some(slot) = generation
+                        .checkpoint
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .as_mut()
+                    {
+                        slot.written_len = Some(len);
+                        slot.written_at = Instant::now();
+                    }
+                }
+            }
+            Err(err) => tracing::warn!(rows = rows.len(), error = %err, "checkpoint batch failed"),
+        }
     }
 
     /// Graceful shutdown: refuse new generations, let running ones finish for up to `grace`, then cancel the
