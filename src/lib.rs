@@ -218,6 +218,7 @@ async fn write_checkpoints(state: AppState) {
             .hub
             .write_checkpoints(&*state.store, &state.instance_id, heartbeat)
             .await;
+        state.hub.sweep_expired();
     }
 }
 

@@ -1,6 +1,5 @@
 //! Generations: status, re-attachable SSE stream, cancel. A generation's id is its assistant message's id.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +17,7 @@ use crate::AppState;
 use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::stream::hub::CancelReason;
-use crate::stream::{Generation, sse_event, sse_response};
+use crate::stream::{Generation, sse_frame, sse_response};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -98,9 +97,7 @@ async fn stream(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     let after = last_event_id.or(query.after).unwrap_or(0);
-    let events = generation
-        .subscribe(after)
-        .map(|e| Ok::<_, Infallible>(sse_event(&e)));
+    let events = generation.subscribe(after).map(sse_frame);
     Ok(sse_response(
         events,
         Duration::from_secs(state.config.server.sse_keepalive_secs),

@@ -1,12 +1,10 @@
 //! Messages: send (SSE, JSON or 202), history, delete.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 use axum::{Json, Router};
@@ -22,7 +20,7 @@ use crate::error::{ApiError, AppJson};
 use crate::providers::{ChatMessage, ChatRequest, ModelRoute};
 use crate::store::{Conversation, HistoryPage, Id, Message, NewMessage, Persona, role, status};
 use crate::stream::generation::{self, GenerationJob, RetryPolicy};
-use crate::stream::{EventKind, Generation, sse_event, sse_response};
+use crate::stream::{EventKind, Generation, GenerationEvent, sse_frame, sse_response};
 use crate::usage::TokenCounts;
 use crate::usage::budget::{Estimate, Reservation};
 
@@ -473,11 +471,17 @@ async fn respond(
                 .then(|| serde_json::to_string(&user_message))
                 .transpose()
                 .map_err(ApiError::internal)?
-                .map(|data| Event::default().id("0").event("user_message").data(data));
+                .map(|data| {
+                    bytes::Bytes::from(
+                        GenerationEvent::new(0, EventKind::UserMessage, &data)
+                            .sse_frame()
+                            .to_string(),
+                    )
+                });
             let mut first_delta = true;
             let followed = Arc::clone(&generation);
-            let events = futures::stream::iter(first)
-                .chain(generation.subscribe(0).map(move |e| {
+            let events =
+                futures::stream::iter(first).chain(generation.subscribe(0).map(move |e| {
                     if first_delta && e.kind == EventKind::Delta {
                         first_delta = false;
                         // What the gateway adds: the client's wait for its first delta beyond the upstream's TTFT.
@@ -487,9 +491,8 @@ async fn respond(
                                 .record(overhead.as_secs_f64());
                         }
                     }
-                    sse_event(&e)
-                }))
-                .map(Ok::<_, Infallible>);
+                    sse_frame(e)
+                }));
             Ok(sse_response(
                 events,
                 Duration::from_secs(state.config.server.sse_keepalive_secs),

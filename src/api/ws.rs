@@ -361,7 +361,7 @@ async fn follow(
 
 /// `{"type": <kind>, "id": <request id>, "seq": <seq>, ...event data}`, spliced without re-parsing the data.
 fn frame_of(id_json: &str, event: &GenerationEvent) -> String {
-    let body = event.data.trim();
+    let body = event.data().trim();
     let rest = body.strip_prefix('{').unwrap_or("}");
     let separator = if rest.trim_start().starts_with('}') {
         ""
@@ -489,21 +489,13 @@ mod tests {
 
     #[test]
     fn frames_splice_the_event_data() {
-        let event = GenerationEvent {
-            seq: 7,
-            kind: EventKind::Delta,
-            data: r#"{"text":"hi"}"#.into(),
-        };
+        let event = GenerationEvent::new(7, EventKind::Delta, r#"{"text":"hi"}"#);
         let frame: Value = serde_json::from_str(&frame_of("\"r1\"", &event)).expect("json");
         assert_eq!(
             frame,
             json!({ "type": "delta", "id": "r1", "seq": 7, "text": "hi" })
         );
-        let empty = GenerationEvent {
-            seq: 1,
-            kind: EventKind::Start,
-            data: "{}".into(),
-        };
+        let empty = GenerationEvent::new(1, EventKind::Start, "{}");
         let frame: Value = serde_json::from_str(&frame_of("\"r1\"", &empty)).expect("json");
         assert_eq!(frame, json!({ "type": "start", "id": "r1", "seq": 1 }));
     }

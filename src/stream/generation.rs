@@ -303,10 +303,12 @@ async fn relay_once(
     let deltas_relayed =
         metrics::counter!("chatgate_deltas_relayed_total", "provider" => provider.clone());
     let mut upstream = route.provider.stream(request);
+    let cancelled = generation.cancelled();
+    tokio::pin!(cancelled);
     loop {
         let event = tokio::select! {
             biased;
-            () = generation.cancelled() => {
+            () = &mut cancelled => {
                 out.cancelled = generation.cancel_reason();
                 out.error = None;
                 return None;

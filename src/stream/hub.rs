@@ -22,6 +22,8 @@ use crate::store::{Checkpoint, Id, Message, NewMessage, Store};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
+    /// `{message}`: the user message just saved; only on the stream of the request that sent it, with seq 0.
+    UserMessage,
     /// `{generation_id, message_id, conversation_id, model}`
     Start,
     /// `{text}`
@@ -38,6 +40,7 @@ impl EventKind {
     /// The SSE event name.
     pub fn as_str(self) -> &'static str {
         match self {
+            EventKind::UserMessage => "user_message",
             EventKind::Start => "start",
             EventKind::Delta => "delta",
             EventKind::Usage => "usage",
@@ -51,13 +54,47 @@ impl EventKind {
     }
 }
 
-/// One logged event. `data` is its JSON, serialized once for every subscriber.
+/// One logged event, encoded once for every subscriber: `frame` is its SSE form
+/// (`id: <seq>\nevent: <kind>\ndata: <json>\n\n`), which also holds its JSON data.
 #[derive(Debug)]
 pub struct GenerationEvent {
     /// 1-based, monotonic within the generation: the SSE `id:`.
     pub seq: u64,
     pub kind: EventKind,
-    pub data: String,
+    frame: String,
+    data: std::ops::Range<usize>,
+}
+
+impl GenerationEvent {
+    /// Encodes an event whose data is the JSON `data`.
+    pub fn new(seq: u64, kind: EventKind, data: &str) -> Self {
+        let mut frame = String::with_capacity(data.len() + 32);
+        frame.push_str("id: ");
+        frame.push_str(itoa::Buffer::new().format(seq));
+        frame.push_str("\nevent: ");
+        frame.push_str(kind.as_str());
+        frame.push_str("\ndata: ");
+        let start = frame.len();
+        frame.push_str(data);
+        let end = frame.len();
+        frame.push_str("\n\n");
+        Self {
+            seq,
+            kind,
+            frame,
+            data: start..end,
+        }
+    }
+
+    /// The event's JSON data.
+    pub fn data(&self) -> &str {
+        &self.frame[self.data.clone()]
+    }
+
+    /// The event as an SSE frame.
+    pub fn sse_frame(&self) -> &str {
+        &self.frame
+    }
 }
 
 /// Why a generation was cancelled.
@@ -235,6 +272,14 @@ impl Generation {
         self.upstream_ttft.get().copied()
     }
 
+    /// Finished more than `retention` ago.
+    fn expired(&self, retention: Duration) -> bool {
+        self.finished_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some_and(|at| at.elapsed() >= retention)
+    }
+
     /// A receiver of the latest seq, to wait for new events.
     pub fn watch(&self) -> watch::Receiver<u64> {
         self.latest.subscribe()
@@ -258,7 +303,7 @@ impl Generation {
             let seq = state.events.len() as u64 + 1;
             state
                 .events
-                .push(Arc::new(GenerationEvent { seq, kind, data }));
+                .push(Arc::new(GenerationEvent::new(seq, kind, &data)));
             seq
         };
         self.latest.send_replace(seq);
@@ -267,16 +312,18 @@ impl Generation {
 
     /// Appends a delta: logs it and extends the running text.
     pub fn emit_delta(&self, text: &str) -> u64 {
-        let data = serde_json::json!({ "text": text }).to_string();
+        #[derive(Serialize)]
+        struct Delta<'a> {
+            text: &'a str,
+        }
+        let data = serde_json::to_string(&Delta { text }).unwrap_or_default();
         let seq = {
             let mut state = self.state();
             state.text.push_str(text);
             let seq = state.events.len() as u64 + 1;
-            state.events.push(Arc::new(GenerationEvent {
-                seq,
-                kind: EventKind::Delta,
-                data,
-            }));
+            state
+                .events
+                .push(Arc::new(GenerationEvent::new(seq, EventKind::Delta, &data)));
             seq
         };
         self.latest.send_replace(seq);
@@ -360,22 +407,22 @@ impl Generation {
         let mut rx = generation.latest.subscribe();
         async_stream::stream! {
             let _guard = guard;
-            let mut next = after + 1;
+            let mut next = usize::try_from(after).unwrap_or(usize::MAX);
             loop {
                 // Mark the current value seen *before* reading the log: anything appended later wakes us.
                 rx.borrow_and_update();
-                let batch: Vec<Arc<GenerationEvent>> = {
-                    let state = generation.state();
-                    let from = usize::try_from(next - 1).unwrap_or(usize::MAX).min(state.events.len());
-                    state.events[from..].to_vec()
-                };
-                let mut ended = false;
-                for event in batch {
-                    next = event.seq + 1;
-                    ended = event.kind.is_terminal();
+                // One event at a time, by index: no copy of the log, no allocation per wake-up.
+                                loop {
+                    let event = generation.state().events.get(next).cloned();
+                    let Some(event) = event else { break };
+                    next += 1;
+                    let ended = event.kind.is_terminal();
                     yield event;
+                    if ended {
+                        return;
+                    }
                 }
-                if ended || rx.changed().await.is_err() {
+                if rx.changed().await.is_err() {
                     break;
                 }
             }
@@ -484,11 +531,7 @@ impl Hub {
             upstream_ttft: std::sync::OnceLock::new(),
             checkpoint: Mutex::new(None),
         });
-        {
-            let mut generations = self.generations();
-            self.sweep(&mut generations);
-            generations.insert(id, Arc::clone(&generation));
-        }
+        self.generations().insert(id, Arc::clone(&generation));
         metrics::counter!("chatgate_generations_started_total", "model" => model.to_string())
             .increment(1);
         metrics::gauge!("chatgate_active_generations").increment(1.0);
@@ -498,9 +541,17 @@ impl Hub {
 
     /// A generation by id, if it is running or finished within the retention time.
     pub fn get(&self, id: Id) -> Option<Arc<Generation>> {
-        let mut generations = self.generations();
-        self.sweep(&mut generations);
-        generations.get(&id).cloned()
+        let retention = self.inner.retention;
+        self.generations()
+            .get(&id)
+            .filter(|g| !g.expired(retention))
+            .cloned()
+    }
+
+    /// Drops finished generations older than the retention time; called periodically.
+    pub fn sweep_expired(&self) {
+        let retention = self.inner.retention;
+        self.generations().retain(|_, g| !g.expired(retention));
     }
 
     /// Number of generations still running.
@@ -509,17 +560,6 @@ impl Hub {
             .values()
             .filter(|g| g.outcome_now().is_none())
             .count()
-    }
-
-    /// Drops finished generations older than the retention time.
-    fn sweep(&self, generations: &mut HashMap<Id, Arc<Generation>>) {
-        let retention = self.inner.retention;
-        generations.retain(|_, g| {
-            g.finished_at
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .is_none_or(|at| at.elapsed() < retention)
-        });
     }
 
     /// Writes, in one transaction, the rows of every running generation whose text grew since its last
