@@ -482,6 +482,10 @@ impl Default for DefaultsConfig {
     }
 }
 
+/// The top-level sections, as `CHATGATE_<SECTION>__KEY` environment overrides name them.
+const SECTIONS: &[&str] =
+    &["server", "log", "database", "auth", "limits", "generation", "ws", "providers", "models", "defaults"];
+
 /// Well-known environment names and the keys they set.
 const ENV_ALIASES: &[(&str, &str)] = &[
     ("DATABASE_URL", "database.url"),
@@ -679,8 +683,11 @@ fn env_provider() -> Figment {
         figment = figment.merge(Env::raw().only(&[var]).map(move |_| (*key).into()));
     }
     figment.merge(
+        // Only `CHATGATE_<SECTION>__KEY`: other CHATGATE_* variables (CHATGATE_CONFIG, test and bench
+        // settings) are not configuration.
         Env::prefixed("CHATGATE_").split("__").filter(|key| {
-            key != "config" && !key.as_str().to_ascii_lowercase().starts_with("test_")
+            let key = key.as_str().to_ascii_lowercase();
+            SECTIONS.iter().any(|section| key.strip_prefix(section).is_some_and(|rest| rest.starts_with(['.', '_'])))
         }),
     )
 }
@@ -753,7 +760,8 @@ mod tests {
             jail.set_env("CHATGATE_SERVER__BIND", "0.0.0.0:9000");
             jail.set_env("DATABASE_URL", "postgres://db/chat");
             jail.set_env("OPENAI_API_KEY", "sk-env");
-            jail.set_env("CHATGATE_TEST_POSTGRES_URL", "postgres://ignored");
+                        jail.set_env("CHATGATE_TEST_POSTGRES_URL", "postgres://ignored");
+            jail.set_env("CHATGATE_BENCH_POSTGRES_URL", "postgres://ignored");
             let config =
                 Config::load(Some(Path::new("chatgate.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(config.server.bind, "0.0.0.0:9000");

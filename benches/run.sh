@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# Benchmarks chatgate against the mock upstream and writes docs/benchmarks.md.
+#
+#   benches/run.sh                      # SQLite
+#   CHATGATE_BENCH_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/postgres benches/run.sh   # and PostgreSQL
+#
+# Everything runs on this machine: the mock upstream, chatgate and the load generator share its cores, so the
+# numbers are conservative. Needs jq. Each load runs twice, first straight to the mock (the baseline), then
+# through chatgate; the overhead is the difference.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v jq >/dev/null || { echo "benches/run.sh needs jq (apt-get install jq)"; exit 1; }
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+cargo build --release --bin chatgate --example mock_upstream --example loadgen
+BIN=target/release
+WORK=$(mktemp -d)
+OUT=$WORK/results
+mkdir -p "$OUT"
+MOCK_PORT=9100
+GW_PORT=8100
+pids=()
+cleanup() { for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+start_mock() { # tokens token_delay_ms
+  "$BIN/examples/mock_upstream" --bind 127.0.0.1:$MOCK_PORT --tokens "$1" --token-delay-ms "$2" >"$WORK/mock.log" 2>&1 &
+  MOCK_PID=$!; pids+=("$MOCK_PID"); sleep 0.3
+}
+stop_mock() { kill "$MOCK_PID" 2>/dev/null || true; wait "$MOCK_PID" 2>/dev/null || true; }
+
+gateway_config() { # database url
+  cat >"$WORK/bench.toml" <<EOF
+[server]
+bind = "127.0.0.1:$GW_PORT"
+provider_check_secs = 0
+[log]
+level = "warn"
+[database]
+url = "$1"
+max_connections = 16
+[limits]
+requests_per_minute = 0
+max_concurrent_generations = 0
+[generation]
+max_unattended = 100000
+[ws]
+max_frames_per_second = 1000
+frame_burst = 1000
+[providers.upstream]
+kind = "openai"
+base_url = "http://127.0.0.1:$MOCK_PORT/v1"
+api_key = "bench"
+[models.default]
+provider = "upstream"
+model = "gpt-4o-mini"
+input_per_mtok = 0.15
+output_per_mtok = 0.60
+context_window = 128000
+EOF
+}
+
+start_gateway() { # database url; sets GW_PID, READY_MS, IDLE_RSS_KB
+  gateway_config "$1"
+  local started; started=$(date +%s%N)
+  "$BIN/chatgate" --config "$WORK/bench.toml" >"$WORK/gateway.log" 2>&1 &
+  GW_PID=$!; pids+=("$GW_PID")
+  until curl -sf "http://127.0.0.1:$GW_PORT/health" >/dev/null; do
+    kill -0 "$GW_PID" 2>/dev/null || { cat "$WORK/gateway.log"; exit 1; }
+    sleep 0.005
+  done
+  READY_MS=$(( ($(date +%s%N) - started) / 1000000 ))
+  sleep 0.5
+  IDLE_RSS_KB=$(awk '/VmRSS/ {print $2}' "/proc/$GW_PID/status")
+}
+stop_gateway() { kill -TERM "$GW_PID" 2>/dev/null || true; wait "$GW_PID" 2>/dev/null || true; }
+
+load() { # name mode streams rounds ramp_ms [extra loadgen args...]
+  local name=$1 mode=$2 streams=$3 rounds=$4 ramp=$5; shift 5
+  echo "== $name"
+  "$BIN/examples/loadgen" --mode "$mode" --target "http://127.0.0.1:$GW_PORT" --streams "$streams" --rounds "$rounds" \
+    --ramp-ms "$ramp" --pid "$GW_PID" --label "$name" --json "$OUT/$name.json" "$@"
+}
+
+databases=("sqlite|sqlite://$WORK/bench.db")
+if [ -n "${CHATGATE_BENCH_POSTGRES_URL:-}" ]; then
+  db="chatgate_bench_$$"
+  psql "$CHATGATE_BENCH_POSTGRES_URL" -qc "CREATE DATABASE $db"
+  pg_url="${CHATGATE_BENCH_POSTGRES_URL%/*}/$db"
+  databases+=("postgres|$pg_url")
+fi
+
+# 1. TTFT overhead and inter-token gaps: 100 tokens, 20 ms apart; starts spread over 2 s; 3 messages a stream.
+start_mock 100 20
+for entry in "${databases[@]}"; do
+  db_name=${entry%%|*}; db_url=${entry#*|}
+  start_gateway "$db_url"
+  echo "$db_name ready_ms=$READY_MS idle_rss_kb=$IDLE_RSS_KB" | tee "$OUT/startup-$db_name.txt"
+  for streams in 1 100 1000; do
+    load "sse-$db_name-$streams" native "$streams" 3 2000 --compare-direct "http://127.0.0.1:$MOCK_PORT/v1"
+    load "ws-$db_name-$streams" ws "$streams" 3 2000 --compare-direct "http://127.0.0.1:$MOCK_PORT/v1"
+  done
+  stop_gateway
+  # Startup on an existing database: migrations already applied, personas already there.
+  start_gateway "$db_url"
+  echo "$db_name restart on an existing database: ready_ms=$READY_MS idle_rss_kb=$IDLE_RSS_KB" | tee "$OUT/startup-$db_name-restart.txt"
+  stop_gateway
+done
+stop_mock
+
+# 2. Relay capacity: a zero-delay upstream, 200 tokens a reply.
+start_mock 200 0
+start_gateway "sqlite://$WORK/throughput.db"
+load "throughput-sse" native 50 20 0
+stop_gateway
+stop_mock
+
+# 3. 10,000 concurrent open streams on a slow upstream (20 tokens, 500 ms apart: 10 s a stream).
+start_mock 20 500
+start_gateway "sqlite://$WORK/many.db"
+load "open-streams-sse-10000" native 10000 1 5000
+stop_gateway
+stop_mock
+
+if [ -n "${CHATGATE_BENCH_POSTGRES_URL:-}" ]; then psql "$CHATGATE_BENCH_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true; fi
+
+# The report.
+row() { # file
+  jq -r '[.label, .target.streams,
+          (.target.ttft_ms.p50|tostring), (.target.ttft_ms.p99|tostring),
+          (if .overhead_ms then (.overhead_ms.ttft_p50*100|round/100|tostring) else "–" end),
+          (if .overhead_ms then (.overhead_ms.ttft_p99*100|round/100|tostring) else "–" end),
+          (.target.gap_ms.p50|tostring), (.target.gap_ms.p99|tostring),
+          (.target.deltas_per_sec|round|tostring), (.target.errors|tostring),
+          ((.target.rss_peak_mb // 0)*10|round/10|tostring),
+          ((.target.rss_growth_kb_per_stream // 0)*10|round/10|tostring),
+          ((.target.cpu_secs // 0)*100|round/100|tostring)] | "| " + join(" | ") + " |"' "$1"
+}
+{
+  echo "# chatgate benchmarks"
+  echo
+  echo "Generated by \`benches/run.sh\` on $(date -u +%Y-%m-%d). Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem/ {print $2}') GiB;"
+  echo "the mock upstream, chatgate and the load generator all run on it. Reproduce: \`benches/run.sh\` (add"
+  echo "\`CHATGATE_BENCH_POSTGRES_URL\` for PostgreSQL)."
+  echo
+  echo "TTFT is measured by the client, from sending the request to the first delta; the overhead is chatgate's"
+  echo "TTFT minus the same load's TTFT straight to the mock (OpenAI format), percentile by percentile. Through"
+  echo "chatgate the request also authenticates, loads the conversation and history, commits the user message,"
+  echo "and starts the generation before the upstream is called."
+  echo
+  echo "| run | streams | TTFT p50 ms | TTFT p99 ms | overhead p50 ms | overhead p99 ms | gap p50 ms | gap p99 ms | deltas/s | errors | RSS peak MB | RSS growth KB/stream | CPU s |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+  for f in "$OUT"/*.json; do row "$f"; done
+  echo
+  echo "Startup (time until \`/health\` answers, on an existing database) and idle RSS:"
+  echo
+  for f in "$OUT"/startup-*.txt; do echo "- $(cat "$f")"; done
+} > docs/benchmarks-results.md
+echo "wrote docs/benchmarks-results.md"
