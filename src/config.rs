@@ -365,8 +365,12 @@ pub struct ProviderConfig {
     pub first_token_timeout_ms: Option<u64>,
     /// Time allowed between two streamed events, in ms (default 60000).
     pub idle_timeout_ms: Option<u64>,
-    /// Mock only: delay between two streamed tokens, in ms (default 20).
+        /// Mock only: delay between two streamed tokens, in ms (default 20).
     pub delay_ms: Option<u64>,
+    /// Speak HTTP/2 to a plain-`http` base URL from the start (h2c), multiplexing streams over few
+    /// connections (vLLM, a local proxy). `https` URLs negotiate HTTP/2 anyway.
+    #[serde(default)]
+    pub http2_prior_knowledge: bool,
 }
 
 impl ProviderConfig {

@@ -8,7 +8,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use chatgate::providers::anthropic::AnthropicProvider;
 use chatgate::providers::gemini::GeminiProvider;
-use chatgate::providers::http::Timeouts;
+use chatgate::providers::http::HttpOptions;
 use chatgate::providers::ollama::OllamaProvider;
 use chatgate::providers::openai::OpenAiProvider;
 use chatgate::providers::{ChatMessage, ChatRequest, Provider, ProviderError, ProviderEvent};
@@ -90,11 +90,12 @@ async fn serve(body: &'static str, content_type: &'static str, seed: u64) -> Str
     url
 }
 
-fn timeouts() -> Timeouts {
-    Timeouts {
+fn timeouts() -> HttpOptions {
+    HttpOptions {
         connect: Duration::from_secs(2),
         first_token: Duration::from_secs(5),
-        idle: Duration::from_secs(5),
+                idle: Duration::from_secs(5),
+        http2_prior_knowledge: false,
     }
 }
 

@@ -10,7 +10,7 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::http::{self, DecodeError, Decoder, Flow, Frame, Framing, Timeouts};
+use super::http::{self, DecodeError, Decoder, Flow, Frame, Framing, HttpOptions};
 use super::{ChatRequest, Provider, ProviderEvent, ProviderStream, Role};
 use crate::usage::Usage;
 
@@ -20,7 +20,7 @@ pub struct GeminiProvider {
     base_url: String,
     api_key: Option<String>,
     client: reqwest::Client,
-    timeouts: Timeouts,
+    timeouts: HttpOptions,
 }
 
 impl GeminiProvider {
@@ -32,7 +32,7 @@ impl GeminiProvider {
         name: &str,
         base_url: &str,
         api_key: Option<String>,
-        timeouts: Timeouts,
+        timeouts: HttpOptions,
     ) -> Result<Self, String> {
         Ok(Self {
             name: name.to_string(),

@@ -18,15 +18,18 @@ use tokio::time::Instant;
 
 use super::{ProviderError, ProviderEvent, ProviderStream, TimeoutKind};
 
-/// Timeouts of one provider.
+/// How chatgate talks HTTP to one provider.
 #[derive(Debug, Clone, Copy)]
-pub struct Timeouts {
-    /// TCP + TLS connect.
+pub struct HttpOptions {
+    /// TCP + TLS connect timeout.
     pub connect: Duration,
     /// From sending the request to the first streamed frame (response head included).
     pub first_token: Duration,
-    /// Between two streamed frames.
+        /// Between two streamed frames.
     pub idle: Duration,
+    /// Speak HTTP/2 to a plain-`http` upstream from the first byte (h2c, RFC 9113 §3.3), multiplexing every
+    /// stream over a few connections; over `https`, HTTP/2 is negotiated by ALPN anyway.
+    pub http2_prior_knowledge: bool,
 }
 
 /// Builds the HTTP client of one provider: connect timeout, `TCP_NODELAY`, a pool of kept-alive connections
@@ -34,8 +37,10 @@ pub struct Timeouts {
 ///
 /// # Errors
 /// When the TLS backend cannot be initialised.
-pub fn client(name: &str, timeouts: &Timeouts) -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
+pub fn client(name: &str, timeouts: &HttpOptions) -> Result<reqwest::Client, String> {
+        let builder = reqwest::Client::builder();
+    let builder = if timeouts.http2_prior_knowledge { builder.http2_prior_knowledge() } else { builder };
+    builder
         .connect_timeout(timeouts.connect)
         .tcp_nodelay(true)
         .pool_idle_timeout(Duration::from_secs(90))
@@ -99,7 +104,7 @@ pub enum Framing {
 /// connect, response head and first frame), the idle timeout between frames, and interrupted bodies.
 pub fn drive<D: Decoder>(
     provider: String,
-    timeouts: Timeouts,
+    timeouts: HttpOptions,
     request: reqwest::RequestBuilder,
     framing: Framing,
     mut decoder: D,

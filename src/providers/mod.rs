@@ -255,10 +255,11 @@ impl Models {
             } else {
                 let base_url = pc.base_url_for(name, kind);
                 let key = pc.api_key().map(|k| k.expose_secret().to_string());
-                let timeouts = http::Timeouts {
+                let timeouts = http::HttpOptions {
                     connect: pc.connect_timeout(),
                     first_token: pc.first_token_timeout(),
-                    idle: pc.idle_timeout(),
+                                        idle: pc.idle_timeout(),
+                    http2_prior_knowledge: pc.http2_prior_knowledge,
                 };
                 match kind {
                     ProviderKind::Mock => Arc::new(mock::MockProvider::new(

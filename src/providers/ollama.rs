@@ -8,7 +8,7 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::http::{self, DecodeError, Decoder, Flow, Frame, Framing, Timeouts};
+use super::http::{self, DecodeError, Decoder, Flow, Frame, Framing, HttpOptions};
 use super::{ChatRequest, Provider, ProviderEvent, ProviderStream};
 use crate::usage::Usage;
 
@@ -18,7 +18,7 @@ pub struct OllamaProvider {
     base_url: String,
     api_key: Option<String>,
     client: reqwest::Client,
-    timeouts: Timeouts,
+    timeouts: HttpOptions,
 }
 
 impl OllamaProvider {
@@ -30,7 +30,7 @@ impl OllamaProvider {
         name: &str,
         base_url: &str,
         api_key: Option<String>,
-        timeouts: Timeouts,
+        timeouts: HttpOptions,
     ) -> Result<Self, String> {
         Ok(Self {
             name: name.to_string(),

@@ -9,7 +9,7 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::http::{self, DecodeError, Decoder, Flow, Frame, Framing, Timeouts};
+use super::http::{self, DecodeError, Decoder, Flow, Frame, Framing, HttpOptions};
 use super::{ChatRequest, Provider, ProviderEvent, ProviderStream};
 use crate::usage::Usage;
 
@@ -19,7 +19,7 @@ pub struct OpenAiProvider {
     base_url: String,
     api_key: Option<String>,
     client: reqwest::Client,
-    timeouts: Timeouts,
+    timeouts: HttpOptions,
 }
 
 impl OpenAiProvider {
@@ -31,7 +31,7 @@ impl OpenAiProvider {
         name: &str,
         base_url: &str,
         api_key: Option<String>,
-        timeouts: Timeouts,
+        timeouts: HttpOptions,
     ) -> Result<Self, String> {
         Ok(Self {
             name: name.to_string(),
