@@ -365,7 +365,7 @@ pub struct ProviderConfig {
     pub first_token_timeout_ms: Option<u64>,
     /// Time allowed between two streamed events, in ms (default 60000).
     pub idle_timeout_ms: Option<u64>,
-        /// Mock only: delay between two streamed tokens, in ms (default 20).
+    /// Mock only: delay between two streamed tokens, in ms (default 20).
     pub delay_ms: Option<u64>,
     /// Speak HTTP/2 to a plain-`http` base URL from the start (h2c), multiplexing streams over few
     /// connections (vLLM, a local proxy). `https` URLs negotiate HTTP/2 anyway.
@@ -487,8 +487,18 @@ impl Default for DefaultsConfig {
 }
 
 /// The top-level sections, as `CHATGATE_<SECTION>__KEY` environment overrides name them.
-const SECTIONS: &[&str] =
-    &["server", "log", "database", "auth", "limits", "generation", "ws", "providers", "models", "defaults"];
+const SECTIONS: &[&str] = &[
+    "server",
+    "log",
+    "database",
+    "auth",
+    "limits",
+    "generation",
+    "ws",
+    "providers",
+    "models",
+    "defaults",
+];
 
 /// Well-known environment names and the keys they set.
 const ENV_ALIASES: &[(&str, &str)] = &[
@@ -691,7 +701,10 @@ fn env_provider() -> Figment {
         // settings) are not configuration.
         Env::prefixed("CHATGATE_").split("__").filter(|key| {
             let key = key.as_str().to_ascii_lowercase();
-            SECTIONS.iter().any(|section| key.strip_prefix(section).is_some_and(|rest| rest.starts_with(['.', '_'])))
+            SECTIONS.iter().any(|section| {
+                key.strip_prefix(section)
+                    .is_some_and(|rest| rest.starts_with(['.', '_']))
+            })
         }),
     )
 }
@@ -764,7 +777,7 @@ mod tests {
             jail.set_env("CHATGATE_SERVER__BIND", "0.0.0.0:9000");
             jail.set_env("DATABASE_URL", "postgres://db/chat");
             jail.set_env("OPENAI_API_KEY", "sk-env");
-                        jail.set_env("CHATGATE_TEST_POSTGRES_URL", "postgres://ignored");
+            jail.set_env("CHATGATE_TEST_POSTGRES_URL", "postgres://ignored");
             jail.set_env("CHATGATE_BENCH_POSTGRES_URL", "postgres://ignored");
             let config =
                 Config::load(Some(Path::new("chatgate.toml"))).map_err(|e| e.to_string())?;

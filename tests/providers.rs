@@ -94,7 +94,7 @@ fn timeouts() -> HttpOptions {
     HttpOptions {
         connect: Duration::from_secs(2),
         first_token: Duration::from_secs(5),
-                idle: Duration::from_secs(5),
+        idle: Duration::from_secs(5),
         http2_prior_knowledge: false,
     }
 }
@@ -516,4 +516,29 @@ async fn the_mock_upstream_serves_every_format() {
     assert!(
         matches!(error, Some(ProviderError::RateLimited { retry_after: Some(d), .. }) if d == Duration::from_secs(1))
     );
+}
+
+/// `http2_prior_knowledge` speaks h2c to a plain-http upstream (the mock serves HTTP/1 and HTTP/2 alike).
+#[tokio::test]
+async fn an_upstream_can_be_reached_over_h2c() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(chatgate::testkit::serve(
+        listener,
+        chatgate::testkit::MockConfig {
+            tokens: 5,
+            ..Default::default()
+        },
+    ));
+    let options = HttpOptions {
+        http2_prior_knowledge: true,
+        ..timeouts()
+    };
+    let provider =
+        OpenAiProvider::new("h2", &format!("{url}/v1"), None, options).expect("provider");
+    let collected = collect(&provider, "mock-1").await;
+    assert_eq!(collected.error, None);
+    assert_eq!(collected.deltas, 5);
 }

@@ -25,7 +25,7 @@ pub struct HttpOptions {
     pub connect: Duration,
     /// From sending the request to the first streamed frame (response head included).
     pub first_token: Duration,
-        /// Between two streamed frames.
+    /// Between two streamed frames.
     pub idle: Duration,
     /// Speak HTTP/2 to a plain-`http` upstream from the first byte (h2c, RFC 9113 §3.3), multiplexing every
     /// stream over a few connections; over `https`, HTTP/2 is negotiated by ALPN anyway.
@@ -38,8 +38,12 @@ pub struct HttpOptions {
 /// # Errors
 /// When the TLS backend cannot be initialised.
 pub fn client(name: &str, timeouts: &HttpOptions) -> Result<reqwest::Client, String> {
-        let builder = reqwest::Client::builder();
-    let builder = if timeouts.http2_prior_knowledge { builder.http2_prior_knowledge() } else { builder };
+    let builder = reqwest::Client::builder();
+    let builder = if timeouts.http2_prior_knowledge {
+        builder.http2_prior_knowledge()
+    } else {
+        builder
+    };
     builder
         .connect_timeout(timeouts.connect)
         .tcp_nodelay(true)

@@ -258,7 +258,7 @@ impl Models {
                 let timeouts = http::HttpOptions {
                     connect: pc.connect_timeout(),
                     first_token: pc.first_token_timeout(),
-                                        idle: pc.idle_timeout(),
+                    idle: pc.idle_timeout(),
                     http2_prior_knowledge: pc.http2_prior_knowledge,
                 };
                 match kind {
