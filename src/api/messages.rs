@@ -298,6 +298,16 @@ struct RegenerateBody {
     model: Option<String>,
 }
 
+/// Retries before the first token, from `[generation]`.
+pub(crate) fn retry_policy(state: &AppState) -> RetryPolicy {
+    let config = &state.config.generation;
+    RetryPolicy {
+        attempts: config.retry_attempts,
+        base: Duration::from_millis(config.retry_base_ms),
+        max: Duration::from_millis(config.retry_max_ms),
+    }
+}
+
 fn history_limit(state: &AppState) -> i64 {
     i64::from(state.config.generation.max_history_messages)
 }
@@ -331,7 +341,7 @@ async fn persona_and_route(
 
 /// The limits checked before anything is written: concurrent generations per user, then the token and cost
 /// budgets (reserving this request's estimate: its prompt plus the reply's allowance).
-async fn admit(
+pub(crate) async fn admit(
     state: &AppState,
     user: &AuthUser,
     route: &ModelRoute,
@@ -426,11 +436,8 @@ fn start_generation(
 
         fallbacks: state.models.fallbacks(&alias),
         reservation,
-        retry: RetryPolicy {
-            attempts: config.retry_attempts,
-            base: Duration::from_millis(config.retry_base_ms),
-            max: Duration::from_millis(config.retry_max_ms),
-        },
+        stateless: false,
+        retry: retry_policy(state),
     };
     state
         .hub

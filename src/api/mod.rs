@@ -6,6 +6,7 @@ mod generations;
 mod health;
 mod messages;
 mod models;
+mod openai;
 mod personas;
 mod ratelimit;
 mod usage;
@@ -43,7 +44,8 @@ pub fn app(state: AppState) -> Router {
         .merge(generations::router())
         .merge(models::router())
         .merge(usage::router())
-        .merge(ws::router());
+        .merge(ws::router())
+        .merge(openai::router());
     // Route layers run last-added first: authentication, then the rate limit keyed by its user.
     let limits = &state.config.limits;
     let routes = match ratelimit::layer(limits.requests_per_minute, limits.burst) {

@@ -33,6 +33,8 @@ pub struct GenerationJob {
     pub fallbacks: Vec<ModelRoute>,
     /// The budget reservation, swapped for the actual usage once it is saved.
     pub reservation: Reservation,
+    /// A reply of the stateless OpenAI-compatible endpoint: only its usage record is written, no message.
+    pub stateless: bool,
     pub retry: RetryPolicy,
 }
 
@@ -77,7 +79,7 @@ pub async fn run(generation: Arc<Generation>, mut job: GenerationJob) {
         json!({
             "generation_id": generation.id,
             "message_id": generation.id,
-            "conversation_id": job.conversation_id,
+                        "conversation_id": (!job.stateless).then_some(job.conversation_id),
             "model": job.route.alias,
         })
         .to_string(),
@@ -107,10 +109,12 @@ pub async fn run(generation: Arc<Generation>, mut job: GenerationJob) {
         .map(|m| 3 + (m.content.len() as u64).div_ceil(4))
         .sum::<u64>();
     // From now on the hub's checkpointer writes this reply's row in its periodic batch, never on this path.
-    generation.enable_checkpoints(
-        template.clone(),
-        i64::try_from(prompt_estimate).unwrap_or(i64::MAX),
-    );
+    if !job.stateless {
+        generation.enable_checkpoints(
+            template.clone(),
+            i64::try_from(prompt_estimate).unwrap_or(i64::MAX),
+        );
+    }
     let streamed = relay(&generation, &job).await;
     let duration = started.elapsed();
     let text = generation.text();
@@ -146,8 +150,8 @@ pub async fn run(generation: Arc<Generation>, mut job: GenerationJob) {
     let usage = UsageRecord {
         id: Id::new(),
         user_id: job.user_id.clone(),
-        conversation_id: Some(job.conversation_id),
-        message_id: Some(generation.id),
+        conversation_id: (!job.stateless).then_some(job.conversation_id),
+        message_id: (!job.stateless).then_some(generation.id),
         persona_id: job.persona_id,
         model: route.alias.clone(),
         upstream_model: route.upstream_model.clone(),
@@ -420,7 +424,15 @@ async fn persist(
     let attempts = job.persist_attempts.max(1);
     let mut attempt = 1;
     loop {
-        match job.store.save_generation(message, usage).await {
+        let written = if job.stateless {
+            job.store
+                .record_usage(usage)
+                .await
+                .map(|()| Message::from_new(message, Some(usage)))
+        } else {
+            job.store.save_generation(message, usage).await
+        };
+        match written {
             Ok(saved) => return Ok(saved),
             // The conversation was deleted meanwhile: retrying cannot help.
             Err(err @ (StoreError::Conflict(_) | StoreError::NotFound(_))) => return Err(err),

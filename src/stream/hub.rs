@@ -330,6 +330,11 @@ impl Generation {
         seq
     }
 
+    /// The events logged so far.
+    pub fn events_now(&self) -> Vec<Arc<GenerationEvent>> {
+        self.state().events.clone()
+    }
+
     /// The text streamed so far.
     pub fn text(&self) -> String {
         self.state().text.clone()
@@ -401,7 +406,7 @@ impl Generation {
     pub fn subscribe(
         self: &Arc<Self>,
         after: u64,
-    ) -> impl Stream<Item = Arc<GenerationEvent>> + Send + 'static {
+    ) -> impl Stream<Item = Arc<GenerationEvent>> + Send + 'static + use<> {
         let generation = Arc::clone(self);
         let guard = self.attach();
         let mut rx = generation.latest.subscribe();

@@ -1,0 +1,280 @@
+//! The OpenAI-compatible endpoint, over a real server: non-streaming and streaming shapes, usage recorded per
+//! user, errors in OpenAI's shape; and the official `openai` Python SDK when it is installed.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Backend, FakeOpenAi, Script, TestServer, full_stream};
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn completions_without_and_with_streaming() {
+    let upstream = FakeOpenAi::start(vec![Script::stream(full_stream(
+        &["Hi", " there"],
+        12,
+        2,
+        Duration::from_millis(5),
+    ))])
+    .await;
+    let Some(server) = TestServer::start(Backend::Sqlite, Some(&upstream.url), "").await else {
+        return;
+    };
+    let url = format!("{}/v1/chat/completions", server.url);
+    let body = json!({ "model": "gpt", "messages": [{ "role": "system", "content": "Be brief" }, { "role": "user", "content": [{ "type": "text", "text": "Hello" }] }] });
+
+    let response = server
+        .client
+        .post(&url)
+        .bearer_auth(server.token("alice"))
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    let completion: Value = response.json().await.expect("json");
+    assert_eq!(completion["object"], "chat.completion");
+    assert!(
+        completion["id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("chatcmpl-"))
+    );
+    assert_eq!(completion["model"], "gpt");
+    assert_eq!(
+        completion["choices"][0]["message"],
+        json!({ "role": "assistant", "content": "Hi there", "refusal": null })
+    );
+    assert_eq!(completion["choices"][0]["finish_reason"], "stop");
+    assert_eq!(completion["usage"]["prompt_tokens"], 12);
+    assert_eq!(completion["usage"]["completion_tokens"], 2);
+    assert_eq!(completion["usage"]["total_tokens"], 14);
+    // What went upstream: the caller's messages as sent.
+    let (_, sent) = upstream.requests().pop().expect("request");
+    assert_eq!(
+        sent["messages"],
+        json!([{ "role": "system", "content": "Be brief" }, { "role": "user", "content": "Hello" }])
+    );
+
+    let mut streaming = body.clone();
+    streaming["stream"] = json!(true);
+    streaming["stream_options"] = json!({ "include_usage": true });
+    let response = server
+        .client
+        .post(&url)
+        .bearer_auth(server.token("alice"))
+        .json(&streaming)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let events: Vec<String> = response
+        .bytes_stream()
+        .eventsource()
+        .map(|e| e.expect("event").data)
+        .collect()
+        .await;
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).expect("chunk"))
+        .collect();
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["object"] == "chat.completion.chunk")
+    );
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "Hi there");
+    let finish = chunks
+        .iter()
+        .find(|c| !c["choices"][0]["finish_reason"].is_null())
+        .expect("finish chunk");
+    assert_eq!(finish["choices"][0]["finish_reason"], "stop");
+    let usage = chunks.last().expect("usage chunk");
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["total_tokens"], 14);
+
+    // Both calls are billed to the caller; no conversation or message was stored.
+    let mine: Value = server
+        .get("/api/v1/usage?group_by=model", "alice")
+        .send()
+        .await
+        .expect("usage")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(mine["totals"]["requests"], 2);
+    let listed: Value = server
+        .get("/api/v1/conversations", "alice")
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(listed["conversations"], json!([]));
+}
+
+#[tokio::test]
+async fn personas_models_and_errors_in_openai_shape() {
+    let Some(server) = TestServer::start(Backend::Sqlite, None, "").await else {
+        return;
+    };
+    let url = format!("{}/v1/chat/completions", server.url);
+    let persona: Value = server
+        .client
+        .get(format!("{}/api/v1/personas", server.url))
+        .send()
+        .await
+        .expect("personas")
+        .json()
+        .await
+        .expect("json");
+    let slug = persona["personas"][0]["slug"]
+        .as_str()
+        .expect("slug")
+        .to_string();
+    let body = json!({ "model": "mock", "persona": slug, "messages": [{ "role": "user", "content": "hey" }] });
+    let completion: Value = server
+        .client
+        .post(&url)
+        .bearer_auth(server.token("alice"))
+        .json(&body)
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        completion["choices"][0]["message"]["content"]
+            .as_str()
+            .expect("content")
+            .contains("\"hey\"")
+    );
+
+    let models: Value = server
+        .get("/v1/models", "alice")
+        .send()
+        .await
+        .expect("models")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(models["object"], "list");
+    assert!(
+        models["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .any(|m| m["id"] == "mock" && m["object"] == "model")
+    );
+
+    let response = server
+        .client
+        .post(&url)
+        .bearer_auth(server.token("alice"))
+        .json(&json!({ "model": "nope", "messages": [{ "role": "user", "content": "x" }] }))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 404);
+    let error: Value = response.json().await.expect("json");
+    assert_eq!(
+        (
+            error["error"]["code"].as_str(),
+            error["error"]["param"].as_str()
+        ),
+        (Some("model_not_found"), Some("model"))
+    );
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("nope"))
+    );
+
+    let response = server
+        .client
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 401);
+    let response = server
+        .client
+        .post(&url)
+        .bearer_auth(server.token("alice"))
+        .json(&json!({ "model": "mock", "messages": [{ "role": "assistant", "content": "x" }] }))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 400);
+}
+
+/// The official `openai` Python SDK, streaming and not, against a running chatgate. Runs when `python3` can
+/// import `openai` (`.ci/run` installs it); says so when skipped.
+#[tokio::test]
+async fn the_official_python_sdk_works_unmodified() {
+    let available = std::process::Command::new("python3")
+        .args(["-c", "import openai"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !available {
+        eprintln!("SKIPPED: python3 with the openai package is not installed (pip install openai)");
+        return;
+    }
+    let Some(server) = TestServer::start(Backend::Sqlite, None, "").await else {
+        return;
+    };
+    let script = r#"
+import os, openai
+client = openai.OpenAI(base_url=os.environ["BASE_URL"], api_key=os.environ["TOKEN"])
+models = [m.id for m in client.models.list()]
+assert "mock" in models, models
+reply = client.chat.completions.create(model="mock", messages=[{"role": "user", "content": "sdk says hi"}])
+assert "sdk says hi" in reply.choices[0].message.content, reply
+assert reply.usage.total_tokens > 0, reply.usage
+text = ""
+usage = None
+for chunk in client.chat.completions.create(model="mock", messages=[{"role": "user", "content": "stream it"}], stream=True, stream_options={"include_usage": True}):
+    if chunk.choices and chunk.choices[0].delta.content:
+        text += chunk.choices[0].delta.content
+    if chunk.usage:
+        usage = chunk.usage
+assert "stream it" in text, text
+assert usage is not None and usage.completion_tokens > 0, usage
+try:
+    client.chat.completions.create(model="missing", messages=[{"role": "user", "content": "x"}])
+    raise SystemExit("expected NotFoundError")
+except openai.NotFoundError as e:
+    assert e.code == "model_not_found", e
+print("ok")
+"#;
+    let url = server.url.clone();
+    let token = server.token("alice");
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .args(["-c", script])
+            .env("BASE_URL", format!("{url}/v1"))
+            .env("TOKEN", token)
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("run python3");
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "ok");
+}
