@@ -31,6 +31,20 @@ fn live(state: &AppState, user: &AuthUser, id: crate::store::Id) -> Option<Arc<G
     state.hub.get(id).filter(|g| g.user_id == user.user_id)
 }
 
+/// A finished generation, read back as its saved reply (the generation's id is the message's id).
+async fn saved_reply(
+    state: &AppState,
+    user: &AuthUser,
+    id: crate::store::Id,
+) -> Result<crate::store::Message, ApiError> {
+    state
+        .store
+        .get_message(&user.user_id, id)
+        .await?
+        .filter(|m| m.role == crate::store::role::ASSISTANT)
+        .ok_or_else(|| ApiError::not_found("generation"))
+}
+
 /// `GET /api/v1/generations/{id}` → `{id, conversation_id, status, text, message?, model}`.
 async fn get_one(
     State(state): State<AppState>,
@@ -55,12 +69,7 @@ async fn get_one(
             "message": message,
         })));
     }
-    let message = state
-        .store
-        .get_message(&user.user_id, id)
-        .await?
-        .filter(|m| m.role == crate::store::role::ASSISTANT)
-        .ok_or_else(|| ApiError::not_found("generation"))?;
+    let message = saved_reply(&state, &user, id).await?;
     Ok(Json(json!({
         "id": message.id,
         "conversation_id": message.conversation_id,
@@ -113,12 +122,7 @@ async fn cancel(
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id, "generation")?;
     let Some(generation) = live(&state, &user, id) else {
-        let message = state
-            .store
-            .get_message(&user.user_id, id)
-            .await?
-            .filter(|m| m.role == crate::store::role::ASSISTANT)
-            .ok_or_else(|| ApiError::not_found("generation"))?;
+        let message = saved_reply(&state, &user, id).await?;
         return Ok(Json(
             json!({ "cancelled": false, "reason": "the generation had already ended", "message": message }),
         ));

@@ -113,16 +113,11 @@ fn fill_days(query: &UsageQuery, buckets: Vec<UsageBucket>) -> Vec<UsageBucket> 
     let mut filled = Vec::new();
     while day <= to {
         let key = day.to_string();
-        filled.push(by_day.remove(&key).unwrap_or(UsageBucket {
-            key,
-            requests: 0,
-            estimated_requests: 0,
-            prompt_tokens: 0,
-            completion_tokens: 0,
-            cached_tokens: 0,
-            reasoning_tokens: 0,
-            cost_nanousd: 0,
-        }));
+        filled.push(
+            by_day
+                .remove(&key)
+                .unwrap_or_else(|| UsageBucket::empty(key)),
+        );
         day = match day.succ_opt() {
             Some(next) => next,
             None => break,
@@ -181,18 +176,9 @@ async fn answer(
     if query.group_by == UsageGroup::Day {
         buckets = fill_days(&query, buckets);
     }
-    let total = buckets.iter().fold(
-        UsageBucket {
-            key: "total".into(),
-            requests: 0,
-            estimated_requests: 0,
-            prompt_tokens: 0,
-            completion_tokens: 0,
-            cached_tokens: 0,
-            reasoning_tokens: 0,
-            cost_nanousd: 0,
-        },
-        |mut t, b| {
+    let total = buckets
+        .iter()
+        .fold(UsageBucket::empty("total".into()), |mut t, b| {
             t.requests += b.requests;
             t.estimated_requests += b.estimated_requests;
             t.prompt_tokens += b.prompt_tokens;
@@ -201,8 +187,7 @@ async fn answer(
             t.reasoning_tokens += b.reasoning_tokens;
             t.cost_nanousd += b.cost_nanousd;
             t
-        },
-    );
+        });
     let body = json!({
         "from": query.from_day,
         "to": query.to_day,

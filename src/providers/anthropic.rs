@@ -9,7 +9,7 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::http::{self, DecodeError, Decoder, Flow, Frame, Framing, HttpOptions};
+use super::http::{self, DecodeError, Decoder, Flow, Frame, Framing, HttpOptions, Upstream};
 use super::{ChatRequest, Provider, ProviderEvent, ProviderStream, Role};
 use crate::usage::Usage;
 
@@ -20,11 +20,7 @@ pub const DEFAULT_MAX_TOKENS: u32 = 4096;
 
 /// The Anthropic adapter.
 pub struct AnthropicProvider {
-    name: String,
-    base_url: String,
-    api_key: Option<String>,
-    client: reqwest::Client,
-    timeouts: HttpOptions,
+    upstream: Upstream,
 }
 
 impl AnthropicProvider {
@@ -39,17 +35,13 @@ impl AnthropicProvider {
         timeouts: HttpOptions,
     ) -> Result<Self, String> {
         Ok(Self {
-            name: name.to_string(),
-            base_url: base_url.trim_end_matches('/').to_string(),
-            api_key,
-            client: http::client(name, &timeouts)?,
-            timeouts,
+            upstream: Upstream::new(name, base_url, api_key, timeouts)?,
         })
     }
 
     fn authorized(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         let builder = builder.header("anthropic-version", API_VERSION);
-        match &self.api_key {
+        match &self.upstream.api_key {
             Some(key) => builder.header("x-api-key", key),
             None => builder,
         }
@@ -99,18 +91,19 @@ pub fn request_body(request: &ChatRequest) -> Value {
 
 impl Provider for AnthropicProvider {
     fn name(&self) -> &str {
-        &self.name
+        &self.upstream.name
     }
 
     fn stream(&self, request: ChatRequest) -> ProviderStream {
         let builder = self.authorized(
-            self.client
-                .post(format!("{}/messages", self.base_url))
+            self.upstream
+                .client
+                .post(format!("{}/messages", self.upstream.base_url))
                 .json(&request_body(&request)),
         );
         http::drive(
-            self.name.clone(),
-            self.timeouts,
+            self.upstream.name.clone(),
+            self.upstream.options,
             builder,
             Framing::Sse,
             AnthropicDecoder::default(),
@@ -118,7 +111,13 @@ impl Provider for AnthropicProvider {
     }
 
     fn check(&self) -> Option<reqwest::RequestBuilder> {
-        Some(self.authorized(self.client.get(format!("{}/models", self.base_url))))
+        Some(
+            self.authorized(
+                self.upstream
+                    .client
+                    .get(format!("{}/models", self.upstream.base_url)),
+            ),
+        )
     }
 }
 

@@ -10,17 +10,13 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::http::{self, DecodeError, Decoder, Flow, Frame, Framing, HttpOptions};
+use super::http::{self, DecodeError, Decoder, Flow, Frame, Framing, HttpOptions, Upstream};
 use super::{ChatRequest, Provider, ProviderEvent, ProviderStream, Role};
 use crate::usage::Usage;
 
 /// The Gemini adapter.
 pub struct GeminiProvider {
-    name: String,
-    base_url: String,
-    api_key: Option<String>,
-    client: reqwest::Client,
-    timeouts: HttpOptions,
+    upstream: Upstream,
 }
 
 impl GeminiProvider {
@@ -35,16 +31,12 @@ impl GeminiProvider {
         timeouts: HttpOptions,
     ) -> Result<Self, String> {
         Ok(Self {
-            name: name.to_string(),
-            base_url: base_url.trim_end_matches('/').to_string(),
-            api_key,
-            client: http::client(name, &timeouts)?,
-            timeouts,
+            upstream: Upstream::new(name, base_url, api_key, timeouts)?,
         })
     }
 
     fn authorized(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match &self.api_key {
+        match &self.upstream.api_key {
             Some(key) => builder.header("x-goog-api-key", key),
             None => builder,
         }
@@ -84,18 +76,18 @@ pub fn request_body(request: &ChatRequest) -> Value {
 
 impl Provider for GeminiProvider {
     fn name(&self) -> &str {
-        &self.name
+        &self.upstream.name
     }
 
     fn stream(&self, request: ChatRequest) -> ProviderStream {
         let url = format!(
             "{}/models/{}:streamGenerateContent?alt=sse",
-            self.base_url, request.model
+            self.upstream.base_url, request.model
         );
-        let builder = self.authorized(self.client.post(url).json(&request_body(&request)));
+        let builder = self.authorized(self.upstream.client.post(url).json(&request_body(&request)));
         http::drive(
-            self.name.clone(),
-            self.timeouts,
+            self.upstream.name.clone(),
+            self.upstream.options,
             builder,
             Framing::Sse,
             GeminiDecoder::default(),
@@ -103,7 +95,13 @@ impl Provider for GeminiProvider {
     }
 
     fn check(&self) -> Option<reqwest::RequestBuilder> {
-        Some(self.authorized(self.client.get(format!("{}/models", self.base_url))))
+        Some(
+            self.authorized(
+                self.upstream
+                    .client
+                    .get(format!("{}/models", self.upstream.base_url)),
+            ),
+        )
     }
 }
 

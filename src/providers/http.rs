@@ -52,6 +52,34 @@ pub fn client(name: &str, timeouts: &HttpOptions) -> Result<reqwest::Client, Str
         .map_err(|e| format!("providers.{name}: cannot build HTTP client: {e}"))
 }
 
+/// What every HTTP adapter holds: its configured name, base URL (no trailing `/`), key, client and options.
+pub struct Upstream {
+    pub name: String,
+    pub base_url: String,
+    pub api_key: Option<String>,
+    pub client: reqwest::Client,
+    pub options: HttpOptions,
+}
+
+impl Upstream {
+    /// # Errors
+    /// When the HTTP client cannot be built.
+    pub fn new(
+        name: &str,
+        base_url: &str,
+        api_key: Option<String>,
+        options: HttpOptions,
+    ) -> Result<Self, String> {
+        Ok(Self {
+            name: name.to_string(),
+            base_url: base_url.trim_end_matches('/').to_string(),
+            api_key,
+            client: client(name, &options)?,
+            options,
+        })
+    }
+}
+
 /// One framed unit of a response body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Frame<'a> {

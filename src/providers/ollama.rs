@@ -8,17 +8,13 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::http::{self, DecodeError, Decoder, Flow, Frame, Framing, HttpOptions};
+use super::http::{self, DecodeError, Decoder, Flow, Frame, Framing, HttpOptions, Upstream};
 use super::{ChatRequest, Provider, ProviderEvent, ProviderStream};
 use crate::usage::Usage;
 
 /// The Ollama adapter.
 pub struct OllamaProvider {
-    name: String,
-    base_url: String,
-    api_key: Option<String>,
-    client: reqwest::Client,
-    timeouts: HttpOptions,
+    upstream: Upstream,
 }
 
 impl OllamaProvider {
@@ -33,17 +29,13 @@ impl OllamaProvider {
         timeouts: HttpOptions,
     ) -> Result<Self, String> {
         Ok(Self {
-            name: name.to_string(),
-            base_url: base_url.trim_end_matches('/').to_string(),
-            api_key,
-            client: http::client(name, &timeouts)?,
-            timeouts,
+            upstream: Upstream::new(name, base_url, api_key, timeouts)?,
         })
     }
 
     fn authorized(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         // Plain Ollama needs no key; one behind an authenticating proxy takes a bearer token.
-        match &self.api_key {
+        match &self.upstream.api_key {
             Some(key) => builder.bearer_auth(key),
             None => builder,
         }
@@ -61,18 +53,19 @@ pub fn request_body(request: &ChatRequest) -> Value {
 
 impl Provider for OllamaProvider {
     fn name(&self) -> &str {
-        &self.name
+        &self.upstream.name
     }
 
     fn stream(&self, request: ChatRequest) -> ProviderStream {
         let builder = self.authorized(
-            self.client
-                .post(format!("{}/api/chat", self.base_url))
+            self.upstream
+                .client
+                .post(format!("{}/api/chat", self.upstream.base_url))
                 .json(&request_body(&request)),
         );
         http::drive(
-            self.name.clone(),
-            self.timeouts,
+            self.upstream.name.clone(),
+            self.upstream.options,
             builder,
             Framing::Ndjson,
             OllamaDecoder,
@@ -80,7 +73,13 @@ impl Provider for OllamaProvider {
     }
 
     fn check(&self) -> Option<reqwest::RequestBuilder> {
-        Some(self.authorized(self.client.get(format!("{}/api/tags", self.base_url))))
+        Some(
+            self.authorized(
+                self.upstream
+                    .client
+                    .get(format!("{}/api/tags", self.upstream.base_url)),
+            ),
+        )
     }
 }
 

@@ -9,17 +9,13 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::http::{self, DecodeError, Decoder, Flow, Frame, Framing, HttpOptions};
+use super::http::{self, DecodeError, Decoder, Flow, Frame, Framing, HttpOptions, Upstream};
 use super::{ChatRequest, Provider, ProviderEvent, ProviderStream};
 use crate::usage::Usage;
 
 /// The OpenAI-compatible adapter.
 pub struct OpenAiProvider {
-    name: String,
-    base_url: String,
-    api_key: Option<String>,
-    client: reqwest::Client,
-    timeouts: HttpOptions,
+    upstream: Upstream,
 }
 
 impl OpenAiProvider {
@@ -34,16 +30,12 @@ impl OpenAiProvider {
         timeouts: HttpOptions,
     ) -> Result<Self, String> {
         Ok(Self {
-            name: name.to_string(),
-            base_url: base_url.trim_end_matches('/').to_string(),
-            api_key,
-            client: http::client(name, &timeouts)?,
-            timeouts,
+            upstream: Upstream::new(name, base_url, api_key, timeouts)?,
         })
     }
 
     fn authorized(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        match &self.api_key {
+        match &self.upstream.api_key {
             Some(key) => builder.bearer_auth(key),
             None => builder,
         }
@@ -52,7 +44,7 @@ impl OpenAiProvider {
 
 impl Provider for OpenAiProvider {
     fn name(&self) -> &str {
-        &self.name
+        &self.upstream.name
     }
 
     fn stream(&self, request: ChatRequest) -> ProviderStream {
@@ -66,13 +58,14 @@ impl Provider for OpenAiProvider {
             body["max_tokens"] = json!(max_tokens);
         }
         let builder = self.authorized(
-            self.client
-                .post(format!("{}/chat/completions", self.base_url))
+            self.upstream
+                .client
+                .post(format!("{}/chat/completions", self.upstream.base_url))
                 .json(&body),
         );
         http::drive(
-            self.name.clone(),
-            self.timeouts,
+            self.upstream.name.clone(),
+            self.upstream.options,
             builder,
             Framing::Sse,
             OpenAiDecoder,
@@ -80,7 +73,13 @@ impl Provider for OpenAiProvider {
     }
 
     fn check(&self) -> Option<reqwest::RequestBuilder> {
-        Some(self.authorized(self.client.get(format!("{}/models", self.base_url))))
+        Some(
+            self.authorized(
+                self.upstream
+                    .client
+                    .get(format!("{}/models", self.upstream.base_url)),
+            ),
+        )
     }
 }
 

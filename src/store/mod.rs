@@ -391,6 +391,22 @@ pub struct UsageBucket {
     pub cost_nanousd: i64,
 }
 
+impl UsageBucket {
+    /// A bucket with nothing in it.
+    pub fn empty(key: String) -> Self {
+        Self {
+            key,
+            requests: 0,
+            estimated_requests: 0,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            cached_tokens: 0,
+            reasoning_tokens: 0,
+            cost_nanousd: 0,
+        }
+    }
+}
+
 /// The dashboard summary of one user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UsageSummary {
