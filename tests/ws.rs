@@ -196,6 +196,15 @@ async fn cancel_one_and_resume_another(backend: Backend) {
         keep_frames.iter().all(|f| f["type"] != "done"),
         "cancelling one left the other running"
     );
+    // The start frame may come after the other request's deltas: take the id from whichever frame carried it.
+    if generation_id.is_empty() {
+        generation_id = keep_frames
+            .iter()
+            .find(|f| f["type"] == "start")
+            .and_then(|f| f["generation_id"].as_str())
+            .expect("keep started")
+            .to_string();
+    }
     let last_seq = keep_frames
         .last()
         .and_then(|f| f["seq"].as_u64())
