@@ -228,7 +228,9 @@ async fn the_official_python_sdk_works_unmodified() {
         .status()
         .is_ok_and(|s| s.success());
     if !available {
-        eprintln!("SKIPPED: python3 with the openai package is not installed (pip install openai)");
+        common::skipped(
+            "the OpenAI SDK test: python3 with the openai package is not installed (pip install openai)",
+        );
         return;
     }
     let Some(server) = TestServer::start(Backend::Sqlite, None, "").await else {

@@ -22,6 +22,16 @@ use futures::{Stream, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, oneshot};
 
+/// Says, once per test binary and past libtest's output capture (straight to stderr), that some tests did not
+/// run: a skipped test must not look like a passed one.
+pub fn skipped(what: &str) {
+    use std::io::Write;
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
+        let _ = writeln!(std::io::stderr().lock(), "SKIPPED {what}");
+    });
+}
+
 /// Which database a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -50,8 +60,8 @@ impl TestDb {
             }
             Backend::Postgres => {
                 let Ok(admin_url) = std::env::var("CHATGATE_TEST_POSTGRES_URL") else {
-                    eprintln!(
-                        "SKIPPED (postgres): set CHATGATE_TEST_POSTGRES_URL to run this test on PostgreSQL"
+                    skipped(
+                        "postgres tests: set CHATGATE_TEST_POSTGRES_URL to run them on PostgreSQL",
                     );
                     return None;
                 };
