@@ -13,6 +13,19 @@ backend_tests!(
     shutdown_past_the_grace_period_saves_partial_text,
 );
 
+/// The assistant message saved in a conversation, read straight from the store (the server has stopped).
+async fn saved_reply(
+    store: &dyn chatgate::store::Store,
+    conversation_id: &str,
+) -> Option<chatgate::store::Message> {
+    let id = conversation_id.parse().expect("id");
+    let messages = store
+        .list_messages(id, chatgate::store::HistoryPage::Offset(0), 10, true, false)
+        .await
+        .expect("history");
+    messages.into_iter().find(|m| m.role == "assistant")
+}
+
 const SLOW_MODEL: &str = "[providers.slow]\nkind = \"mock\"\ndelay_ms = 25\n[models.slow]\nprovider = \"slow\"\nmodel = \"mock-1\"\n";
 
 async fn conversations_crud_list_and_reuse(backend: Backend) {
@@ -78,11 +91,7 @@ async fn conversations_crud_list_and_reuse(backend: Backend) {
     // A message in the first one moves it to the top, with a preview.
     let first_id = first["id"].as_str().expect("id");
     let sent = server
-        .post(
-            &format!("/api/v1/conversations/{first_id}/messages"),
-            "alice",
-            json!({ "content": "hello there" }),
-        )
+        .send_message(first_id, "alice", json!({ "content": "hello there" }))
         .send()
         .await
         .expect("send");
@@ -427,8 +436,8 @@ async fn shutdown_lets_running_generations_finish_and_saves_them(backend: Backen
     };
     let conversation_id = server.conversation("alice").await;
     let response = server
-        .post(
-            &format!("/api/v1/conversations/{conversation_id}/messages"),
+        .send_message(
+            &conversation_id,
             "alice",
             json!({ "content": "take your time", "model": "slow" }),
         )
@@ -441,20 +450,8 @@ async fn shutdown_lets_running_generations_finish_and_saves_them(backend: Backen
     let stopped = server.begin_shutdown();
     // New generations are refused meanwhile (the listener is closed, so the request fails or gets 503).
     stopped.await.expect("join").expect("serve");
-    let conversation_id = conversation_id.parse().expect("id");
-    let messages = store
-        .list_messages(
-            conversation_id,
-            chatgate::store::HistoryPage::Offset(0),
-            10,
-            true,
-            false,
-        )
+    let reply = saved_reply(&*store, &conversation_id)
         .await
-        .expect("history");
-    let reply = messages
-        .iter()
-        .find(|m| m.role == "assistant")
         .expect("the reply was saved before the server stopped");
     assert_eq!(reply.status, "complete");
     assert!(
@@ -471,8 +468,8 @@ async fn shutdown_past_the_grace_period_saves_partial_text(backend: Backend) {
     };
     let conversation_id = server.conversation("alice").await;
     let response = server
-        .post(
-            &format!("/api/v1/conversations/{conversation_id}/messages"),
+        .send_message(
+            &conversation_id,
             "alice",
             json!({ "content": "long one", "model": "slow" }),
         )
@@ -494,21 +491,7 @@ async fn shutdown_past_the_grace_period_saves_partial_text(backend: Backend) {
     assert_eq!(last.event, "done");
     assert_eq!(last.data["finish_reason"], "shutdown");
     stopped.await.expect("join").expect("serve");
-    let conversation_id = conversation_id.parse().expect("id");
-    let messages = store
-        .list_messages(
-            conversation_id,
-            chatgate::store::HistoryPage::Offset(0),
-            10,
-            true,
-            false,
-        )
-        .await
-        .expect("history");
-    let reply = messages
-        .iter()
-        .find(|m| m.role == "assistant")
-        .expect("saved");
+    let reply = saved_reply(&*store, &conversation_id).await.expect("saved");
     assert_eq!(reply.status, "interrupted");
     assert!(
         !reply.content.is_empty() && !reply.content.ends_with("real model."),

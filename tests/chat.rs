@@ -32,11 +32,7 @@ async fn send_sse(
     content: &str,
 ) -> reqwest::Response {
     let response = server
-        .post(
-            &format!("/api/v1/conversations/{conversation_id}/messages"),
-            user,
-            json!({ "content": content }),
-        )
+        .send_message(conversation_id, user, json!({ "content": content }))
         .header("accept", "text/event-stream")
         .send()
         .await
@@ -150,11 +146,7 @@ async fn json_answer_saves_reply_usage_and_exact_cost(backend: Backend) {
     };
     let conversation_id = server.conversation("alice").await;
     let response = server
-        .post(
-            &format!("/api/v1/conversations/{conversation_id}/messages"),
-            "alice",
-            json!({ "content": "Hello" }),
-        )
+        .send_message(&conversation_id, "alice", json!({ "content": "Hello" }))
         .send()
         .await
         .expect("send");
@@ -309,11 +301,7 @@ async fn upstream_error_inside_200_stream_is_an_error(backend: Backend) {
     let conversation_id = server.conversation("alice").await;
     // JSON answer: the upstream's failure is a 502 naming the saved partial message.
     let response = server
-        .post(
-            &format!("/api/v1/conversations/{conversation_id}/messages"),
-            "alice",
-            json!({ "content": "Go" }),
-        )
+        .send_message(&conversation_id, "alice", json!({ "content": "Go" }))
         .send()
         .await
         .expect("send");
@@ -405,11 +393,7 @@ async fn another_users_conversation_is_404_everywhere(backend: Backend) {
     };
     let conversation_id = server.conversation("alice").await;
     let sent: Value = server
-        .post(
-            &format!("/api/v1/conversations/{conversation_id}/messages"),
-            "alice",
-            json!({ "content": "mine" }),
-        )
+        .send_message(&conversation_id, "alice", json!({ "content": "mine" }))
         .send()
         .await
         .expect("send")
@@ -543,11 +527,7 @@ async fn bad_input_gets_clear_errors_and_writes_nothing(backend: Backend) {
     // Unknown and malformed conversation ids.
     for id in [uuid::Uuid::now_v7().to_string(), "not-a-uuid".to_string()] {
         let response = server
-            .post(
-                &format!("/api/v1/conversations/{id}/messages"),
-                "alice",
-                json!({ "content": "hi" }),
-            )
+            .send_message(&id, "alice", json!({ "content": "hi" }))
             .send()
             .await
             .expect("send");
@@ -584,11 +564,7 @@ async fn async_answer_then_resume_with_last_event_id(backend: Backend) {
     };
     let conversation_id = server.conversation("alice").await;
     let response = server
-        .post(
-            &format!("/api/v1/conversations/{conversation_id}/messages"),
-            "alice",
-            json!({ "content": "letters" }),
-        )
+        .send_message(&conversation_id, "alice", json!({ "content": "letters" }))
         .header("prefer", "respond-async")
         .send()
         .await

@@ -31,11 +31,7 @@ async fn gateway(primary_url: &str, backup_url: &str) -> Option<TestServer> {
 async fn send(server: &TestServer) -> (u16, Value) {
     let conversation_id = server.conversation("alice").await;
     let response = server
-        .post(
-            &format!("/api/v1/conversations/{conversation_id}/messages"),
-            "alice",
-            json!({ "content": "hi" }),
-        )
+        .send_message(&conversation_id, "alice", json!({ "content": "hi" }))
         .send()
         .await
         .expect("send");

@@ -35,11 +35,7 @@ async fn start_async(
     content: &str,
 ) -> (String, String) {
     let response = server
-        .post(
-            &format!("/api/v1/conversations/{conversation_id}/messages"),
-            "alice",
-            json!({ "content": content }),
-        )
+        .send_message(conversation_id, "alice", json!({ "content": content }))
         .header("prefer", "respond-async")
         .send()
         .await
@@ -67,11 +63,7 @@ async fn reconnect_with_last_event_id_assembles_exactly_the_saved_message(backen
     };
     let conversation_id = server.conversation("alice").await;
     let response = server
-        .post(
-            &format!("/api/v1/conversations/{conversation_id}/messages"),
-            "alice",
-            json!({ "content": "go" }),
-        )
+        .send_message(&conversation_id, "alice", json!({ "content": "go" }))
         .header("accept", "text/event-stream")
         .send()
         .await
@@ -369,11 +361,7 @@ async fn regenerate_keeps_the_old_reply_as_a_sibling(backend: Backend) {
     };
     let conversation_id = server.conversation("alice").await;
     let first: Value = server
-        .post(
-            &format!("/api/v1/conversations/{conversation_id}/messages"),
-            "alice",
-            json!({ "content": "hello" }),
-        )
+        .send_message(&conversation_id, "alice", json!({ "content": "hello" }))
         .send()
         .await
         .expect("send")
@@ -458,11 +446,7 @@ async fn cancel_policy_stops_a_generation_nobody_follows(backend: Backend) {
     };
     let conversation_id = server.conversation("alice").await;
     let response = server
-        .post(
-            &format!("/api/v1/conversations/{conversation_id}/messages"),
-            "alice",
-            json!({ "content": "go" }),
-        )
+        .send_message(&conversation_id, "alice", json!({ "content": "go" }))
         .header("accept", "text/event-stream")
         .send()
         .await
@@ -478,11 +462,7 @@ async fn cancel_policy_stops_a_generation_nobody_follows(backend: Backend) {
     // max_unattended = 1: a second reply nobody follows is refused while the first one runs.
     let (_, _) = start_async(&server, &conversation_id, "one").await;
     let response = server
-        .post(
-            &format!("/api/v1/conversations/{conversation_id}/messages"),
-            "alice",
-            json!({ "content": "two" }),
-        )
+        .send_message(&conversation_id, "alice", json!({ "content": "two" }))
         .header("prefer", "respond-async")
         .send()
         .await

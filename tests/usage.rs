@@ -209,11 +209,7 @@ async fn usage_api_groups_totals_and_etags(backend: Backend) {
     }
     let bob_conversation = server.conversation("bob").await;
     server
-        .post(
-            &format!("/api/v1/conversations/{bob_conversation}/messages"),
-            "bob",
-            json!({ "content": "c" }),
-        )
+        .send_message(&bob_conversation, "bob", json!({ "content": "c" }))
         .send()
         .await
         .expect("send");
@@ -390,8 +386,8 @@ async fn budgets_hold_under_concurrent_requests(backend: Backend) {
     // Measure one request's reservation: its prompt's upper bound plus the allowance.
     let conversation_id = probe.conversation("probe").await;
     let sent: Value = probe
-        .post(
-            &format!("/api/v1/conversations/{conversation_id}/messages"),
+        .send_message(
+            &conversation_id,
             "probe",
             json!({ "content": "hello budget", "model": "capped" }),
         )
@@ -419,8 +415,8 @@ async fn budgets_hold_under_concurrent_requests(backend: Backend) {
     }
     let requests = conversations.iter().map(|conversation_id| {
         server
-            .post(
-                &format!("/api/v1/conversations/{conversation_id}/messages"),
+            .send_message(
+                conversation_id,
                 "alice",
                 json!({ "content": "hello budget", "model": "capped" }),
             )
@@ -539,11 +535,7 @@ async fn rate_and_concurrency_limits_answer_429_naming_the_limit() {
     assert_eq!(body["details"]["limit"], "max_concurrent_generations");
     let other = server.conversation("bob").await;
     let bobs = server
-        .post(
-            &format!("/api/v1/conversations/{other}/messages"),
-            "bob",
-            json!({ "content": "x" }),
-        )
+        .send_message(&other, "bob", json!({ "content": "x" }))
         .header("prefer", "respond-async")
         .send()
         .await
@@ -590,11 +582,7 @@ async fn metrics_move_and_are_for_admins() {
     let before = scrape().await;
     let conversation_id = server.conversation("alice").await;
     let response = server
-        .post(
-            &format!("/api/v1/conversations/{conversation_id}/messages"),
-            "alice",
-            json!({ "content": "hi" }),
-        )
+        .send_message(&conversation_id, "alice", json!({ "content": "hi" }))
         .header("accept", "text/event-stream")
         .send()
         .await

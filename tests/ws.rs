@@ -254,8 +254,8 @@ async fn the_same_generation_over_sse_and_ws_is_identical() {
     };
     let conversation_id = server.conversation("alice").await;
     let accepted: Value = server
-        .post(
-            &format!("/api/v1/conversations/{conversation_id}/messages"),
+        .send_message(
+            &conversation_id,
             "alice",
             json!({ "content": "twins", "model": "slow" }),
         )

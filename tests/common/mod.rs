@@ -237,6 +237,20 @@ impl TestServer {
             .json(&body)
     }
 
+    /// `POST /api/v1/conversations/{conversation_id}/messages` as `user`, ready for more headers.
+    pub fn send_message(
+        &self,
+        conversation_id: &str,
+        user: &str,
+        body: Value,
+    ) -> reqwest::RequestBuilder {
+        self.post(
+            &format!("/api/v1/conversations/{conversation_id}/messages"),
+            user,
+            body,
+        )
+    }
+
     pub fn patch(&self, path: &str, user: &str, body: Value) -> reqwest::RequestBuilder {
         self.client
             .patch(format!("{}{path}", self.url))
