@@ -280,11 +280,6 @@ impl Generation {
             .is_some_and(|at| at.elapsed() >= retention)
     }
 
-    /// A receiver of the latest seq, to wait for new events.
-    pub fn watch(&self) -> watch::Receiver<u64> {
-        self.latest.subscribe()
-    }
-
     /// Length of the text streamed so far, in bytes.
     pub fn text_len(&self) -> usize {
         self.state().text.len()
@@ -488,11 +483,6 @@ impl Hub {
     /// True when one more unattended generation would pass `max_unattended`.
     pub fn unattended_full(&self) -> bool {
         self.unattended() >= self.inner.policy.max_unattended
-    }
-
-    /// Spawns background work that shutdown waits for.
-    pub fn spawn<F: Future<Output = ()> + Send + 'static>(&self, task: F) {
-        self.inner.tracker.spawn(task);
     }
 
     fn generations(&self) -> MutexGuard<'_, HashMap<Id, Arc<Generation>>> {
