@@ -65,6 +65,8 @@ pub struct Config {
     pub models: BTreeMap<String, ModelConfig>,
     #[serde(default)]
     pub defaults: DefaultsConfig,
+    #[serde(default)]
+    pub titles: TitlesConfig,
 }
 
 /// `[server]`: the listener and HTTP behaviour.
@@ -486,6 +488,31 @@ impl Default for DefaultsConfig {
     }
 }
 
+/// `[titles]`: conversation titles written by a model after the first exchange, in the background.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TitlesConfig {
+    /// Title new conversations after their first exchange (`POST .../title` works either way).
+    pub enabled: bool,
+    /// Model alias that writes titles; empty: the model that answered the conversation.
+    pub model: String,
+    /// Cap on a title's reply, in tokens.
+    pub max_tokens: u32,
+    /// How long a title may take, in ms, before it is given up.
+    pub timeout_ms: u64,
+}
+
+impl Default for TitlesConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            model: String::new(),
+            max_tokens: 24,
+            timeout_ms: 30_000,
+        }
+    }
+}
+
 /// The top-level sections, as `CHATGATE_<SECTION>__KEY` environment overrides name them.
 const SECTIONS: &[&str] = &[
     "server",
@@ -498,6 +525,7 @@ const SECTIONS: &[&str] = &[
     "providers",
     "models",
     "defaults",
+    "titles",
 ];
 
 /// Well-known environment names and the keys they set.
@@ -663,6 +691,12 @@ impl Config {
             return Err(invalid(
                 "defaults.model",
                 format!("unknown model alias '{}'", self.defaults.model),
+            ));
+        }
+        if !self.titles.model.is_empty() && !self.models.contains_key(&self.titles.model) {
+            return Err(invalid(
+                "titles.model",
+                format!("unknown model alias '{}'", self.titles.model),
             ));
         }
         Ok(())

@@ -239,15 +239,25 @@ where
 /// 400 `invalid_json` with `details.path`.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(&mut de).map_err(|err| {
-        let path = err.path().to_string();
-        let inner = err.into_inner();
-        let message = if path == "." {
-            inner.to_string()
-        } else {
-            format!("{path}: {inner}")
-        };
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", message)
-            .with_details(json!({ "path": path }))
-    })
+    serde_path_to_error::deserialize(&mut de).map_err(invalid_json)
+}
+
+/// Like [`parse_json`], from an already parsed JSON value.
+///
+/// # Errors
+/// 400 `invalid_json` with `details.path`.
+pub fn parse_value<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(invalid_json)
+}
+
+fn invalid_json(err: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = err.path().to_string();
+    let inner = err.into_inner();
+    let message = if path == "." {
+        inner.to_string()
+    } else {
+        format!("{path}: {inner}")
+    };
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", message)
+        .with_details(json!({ "path": path }))
 }

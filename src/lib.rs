@@ -18,6 +18,7 @@ pub mod store;
 pub mod stream;
 pub mod telemetry;
 pub mod testkit;
+pub mod titles;
 pub mod usage;
 
 use std::sync::Arc;

@@ -26,6 +26,20 @@ pub fn router() -> Router<AppState> {
             "/api/v1/conversations/{id}",
             get(get_one).patch(update).delete(delete),
         )
+        .route("/api/v1/conversations/{id}/title", post(retitle))
+}
+
+/// `POST /api/v1/conversations/{id}/title` → the conversation with a newly written title (replacing any),
+/// from its first exchange; 409 before the first reply; 502/504 when the title model fails.
+async fn retitle(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<Conversation>, ApiError> {
+    let conversation = owned(&state, &user, &id).await?;
+    crate::titles::regenerate(&state, &user.user_id, &conversation)
+        .await
+        .map(Json)
 }
 
 #[derive(Debug, Deserialize)]

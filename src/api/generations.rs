@@ -83,11 +83,14 @@ async fn get_one(
 #[derive(Debug, Default, Deserialize)]
 struct StreamQuery {
     after: Option<u64>,
+    /// `native` (default) or `ai-sdk`: the AI SDK UI message stream, always replayed from the start (the AI
+    /// SDK rebuilds the whole message when it resumes).
+    format: Option<String>,
 }
 
 /// `GET /api/v1/generations/{id}/stream`: replays events after `Last-Event-ID` (or `?after=seq`), then follows
 /// live; ends after the terminal event. 204 when the generation is unknown or expired, which makes
-/// `EventSource` stop reconnecting.
+/// `EventSource` stop reconnecting. `?format=ai-sdk` answers in the AI SDK UI message stream protocol.
 async fn stream(
     State(state): State<AppState>,
     user: AuthUser,
@@ -105,12 +108,20 @@ async fn stream(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
+    let keepalive = Duration::from_secs(state.config.server.sse_keepalive_secs);
+    match query.format.as_deref() {
+        None | Some("native") => {}
+        Some("ai-sdk") => {
+            return Ok(crate::stream::ai_sdk::response(
+                generation.subscribe(0),
+                keepalive,
+            ));
+        }
+        Some(_) => return Err(ApiError::validation("format", "must be native or ai-sdk")),
+    }
     let after = last_event_id.or(query.after).unwrap_or(0);
     let events = generation.subscribe(after).map(sse_frame);
-    Ok(sse_response(
-        events,
-        Duration::from_secs(state.config.server.sse_keepalive_secs),
-    ))
+    Ok(sse_response(events, keepalive))
 }
 
 /// `POST /api/v1/generations/{id}/cancel`: stops the upstream, saves the partial text as `cancelled`, then

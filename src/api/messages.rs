@@ -65,17 +65,26 @@ fn text_type() -> String {
 #[derive(Debug, Default, Deserialize)]
 struct SendQuery {
     stream: Option<bool>,
+    /// `native` (default) or `ai-sdk`: the Vercel AI SDK UI message stream.
+    format: Option<String>,
 }
 
 /// How the caller wants the answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Answer {
     Sse,
+    /// The AI SDK UI message stream (`?format=ai-sdk`).
+    AiSdk,
     Json,
     Async,
 }
 
-fn negotiate(headers: &HeaderMap, query: &SendQuery) -> Answer {
+fn negotiate(headers: &HeaderMap, query: &SendQuery) -> Result<Answer, ApiError> {
+    match query.format.as_deref() {
+        None | Some("native") => {}
+        Some("ai-sdk") => return Ok(Answer::AiSdk),
+        Some(_) => return Err(ApiError::validation("format", "must be native or ai-sdk")),
+    }
     let header_has = |name: header::HeaderName, needle: &str| {
         headers
             .get_all(name)
@@ -83,30 +92,69 @@ fn negotiate(headers: &HeaderMap, query: &SendQuery) -> Answer {
             .filter_map(|v| v.to_str().ok())
             .any(|v| v.to_ascii_lowercase().contains(needle))
     };
-    if header_has(header::HeaderName::from_static("prefer"), "respond-async") {
-        Answer::Async
-    } else if query.stream == Some(true)
-        || (query.stream.is_none() && header_has(header::ACCEPT, "text/event-stream"))
-    {
-        Answer::Sse
-    } else {
-        Answer::Json
-    }
+    Ok(
+        if header_has(header::HeaderName::from_static("prefer"), "respond-async") {
+            Answer::Async
+        } else if query.stream == Some(true)
+            || (query.stream.is_none() && header_has(header::ACCEPT, "text/event-stream"))
+        {
+            Answer::Sse
+        } else {
+            Answer::Json
+        },
+    )
+}
+
+/// The body of an AI SDK `useChat` request (`DefaultChatTransport`: `{id, messages: UIMessage[], trigger,
+/// messageId?, ...body}`) as a send: the text parts of its last user message, and `model` when the app adds one.
+fn from_use_chat(body: &serde_json::Value) -> Result<SendMessage, ApiError> {
+    let messages = body["messages"]
+        .as_array()
+        .ok_or_else(|| ApiError::validation("messages", "must be an array of UI messages"))?;
+    let last = messages
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "user")
+        .ok_or_else(|| ApiError::validation("messages", "holds no user message"))?;
+    let text: String = last["parts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["type"] == "text")
+        .filter_map(|p| p["text"].as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
+    Ok(SendMessage {
+        content: Some(text),
+        message_type: text_type(),
+        media_ids: Vec::new(),
+        media_urls: Vec::new(),
+        audio_url: None,
+        audio_duration_seconds: None,
+        model: body["model"].as_str().map(str::to_string),
+        parent_id: None,
+    })
 }
 
 /// `POST /api/v1/conversations/{id}/messages`: commits the user message, starts a generation, then answers
 /// with its SSE stream (`Accept: text/event-stream` or `?stream=true`), with the saved reply (JSON, the
-/// default), or at once with 202 (`Prefer: respond-async`).
+/// default), at once with 202 (`Prefer: respond-async`), or as an AI SDK UI message stream (`?format=ai-sdk`,
+/// which also accepts `useChat`'s own request body).
 async fn send(
     State(state): State<AppState>,
     user: AuthUser,
     Path(conversation_id): Path<String>,
     AppQuery(query): AppQuery<SendQuery>,
     headers: HeaderMap,
-    AppJson(body): AppJson<SendMessage>,
+    AppJson(body): AppJson<serde_json::Value>,
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
-    let answer = negotiate(&headers, &query);
+    let answer = negotiate(&headers, &query)?;
+    let body: SendMessage = if answer == Answer::AiSdk && body.get("messages").is_some() {
+        from_use_chat(&body)?
+    } else {
+        crate::error::parse_value(body)?
+    };
     let started = start_message(
         &state,
         &user,
@@ -175,6 +223,7 @@ pub(crate) async fn start_message(
         ChatMessage::user(content.clone()),
     )?;
     let reservation = admit(state, user, &route, prompt_tokens).await?;
+    let first_exchange = conversation.title.is_none() && history.is_empty();
     let user_message = state
         .store
         .insert_message(&NewMessage {
@@ -203,6 +252,15 @@ pub(crate) async fn start_message(
         user_message.id,
         reservation,
     )?;
+    if first_exchange {
+        crate::titles::after_first_reply(
+            state,
+            &user.user_id,
+            conversation.id,
+            user_message.content.clone(),
+            Arc::clone(&generation),
+        );
+    }
     Ok(Started {
         conversation,
         user_message,
@@ -222,7 +280,7 @@ async fn regenerate(
     body: Option<AppJson<RegenerateBody>>,
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
-    let answer = negotiate(&headers, &query);
+    let answer = negotiate(&headers, &query)?;
     let model = body.as_ref().and_then(|b| b.0.model.clone());
     let message_id = parse_id(&message_id, "message")?;
     let message = state
@@ -473,6 +531,10 @@ async fn respond(
             })),
         )
             .into_response()),
+        Answer::AiSdk => Ok(crate::stream::ai_sdk::response(
+            generation.subscribe(0),
+            Duration::from_secs(state.config.server.sse_keepalive_secs),
+        )),
         Answer::Sse => {
             let first = announce_user_message
                 .then(|| serde_json::to_string(&user_message))

@@ -471,6 +471,14 @@ pub trait Store: Send + Sync + 'static {
         title: Option<Option<&str>>,
         archived: Option<bool>,
     ) -> StoreResult<Option<Conversation>>;
+    /// Sets a generated title unless the conversation has one (a title the user set in the meantime wins);
+    /// `None` when it has one, or is not the caller's.
+    async fn title_if_untitled(
+        &self,
+        user_id: &str,
+        id: Id,
+        title: &str,
+    ) -> StoreResult<Option<Conversation>>;
     /// Deletes the conversation and its messages (usage records stay, detached).
     async fn delete_conversation(&self, user_id: &str, id: Id) -> StoreResult<bool>;
 

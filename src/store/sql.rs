@@ -327,6 +327,25 @@ macro_rules! impl_store {
                 .await?)
             }
 
+            async fn title_if_untitled(
+                &self,
+                user_id: &str,
+                id: Id,
+                title: &str,
+            ) -> StoreResult<Option<Conversation>> {
+                Ok(sqlx::query_as::<_, Conversation>(concat!(
+                    "UPDATE conversations SET title = $3, updated_at = $4 \
+                     WHERE id = $1 AND user_id = $2 AND title IS NULL RETURNING ",
+                    conversation_returning!()
+                ))
+                .bind(id)
+                .bind(user_id)
+                .bind(title)
+                .bind(now())
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
             async fn delete_conversation(&self, user_id: &str, id: Id) -> StoreResult<bool> {
                 let result = sqlx::query("DELETE FROM conversations WHERE id = $1 AND user_id = $2")
                     .bind(id)

@@ -10,7 +10,9 @@ use serde_json::json;
 
 use super::hub::{CancelReason, EventKind, Generation, Outcome};
 use crate::error::ApiError;
-use crate::providers::{ChatRequest, ModelRoute, Models, ProviderError, ProviderEvent};
+use crate::providers::{
+    ChatMessage, ChatRequest, ModelRoute, Models, ProviderError, ProviderEvent,
+};
 use crate::store::{self, Id, Message, NewMessage, Store, StoreError, UsageRecord, role, status};
 use crate::usage::budget::Reservation;
 use crate::usage::tokens::Tokenizer;
@@ -121,7 +123,7 @@ pub async fn run(generation: Arc<Generation>, mut job: GenerationJob) {
 
     // Count, price and record with the route that actually answered.
     let route = &streamed.route;
-    let counts = count_tokens(&job, route, &streamed.usage, &text).await;
+    let counts = count_tokens(&job.request.messages, route, &streamed.usage, &text).await;
     let cost_nanousd = route.prices.cost_nanousd(&counts);
     let (message_status, finish_reason) = match (&streamed.error, streamed.cancelled) {
         (Some(_), _) => (status::FAILED, "error".to_string()),
@@ -380,8 +382,8 @@ fn jitter_fraction() -> f64 {
 /// The provider's figures where it gave them, local tiktoken counts (flagged `estimated`) for the rest.
 /// Counting runs on a blocking thread: it may load a tokenizer (about a second, once) and costs CPU time
 /// proportional to the text.
-async fn count_tokens(
-    job: &GenerationJob,
+pub(crate) async fn count_tokens(
+    prompt: &[ChatMessage],
     route: &ModelRoute,
     usage: &Usage,
     text: &str,
@@ -392,7 +394,7 @@ async fn count_tokens(
     let (prompt_tokens, completion_tokens) = match (known_prompt, known_completion) {
         (Some(prompt), Some(completion)) => (prompt, completion),
         _ => {
-            let messages = known_prompt.is_none().then(|| job.request.messages.clone());
+            let messages = known_prompt.is_none().then(|| prompt.to_vec());
             let text = known_completion.is_none().then(|| text.to_string());
             tokio::task::spawn_blocking(move || {
                 (

@@ -1,5 +1,6 @@
 //! The streaming core: the generation hub and event log, the generation task, and the SSE encoding.
 
+pub mod ai_sdk;
 pub mod generation;
 pub mod hub;
 

@@ -154,7 +154,7 @@ pub struct TestServer {
 
 impl TestServer {
     /// Starts chatgate with the `mock` (zero delay) and `fake` providers (the latter at `upstream`, if any),
-    /// plus `extra` TOML appended to the config.
+    /// plus `extra` TOML appended to the config. Titles are off unless `extra` has a `[titles]` table.
     pub async fn start(backend: Backend, upstream: Option<&str>, extra: &str) -> Option<Self> {
         let db = TestDb::new(backend).await?;
         let fake = upstream.map_or(String::new(), |url| {
@@ -166,10 +166,17 @@ impl TestServer {
             )
         });
         let default_model = if upstream.is_some() { "gpt" } else { "mock" };
+        // Background titles would add an upstream request and a usage record to every first exchange: off
+        // unless the test configures them.
+        let titles = if extra.contains("[titles]") {
+            ""
+        } else {
+            "[titles]\nenabled = false\n"
+        };
         let toml = format!(
             "[database]\nurl = \"{}\"\n[auth]\njwt_secret = \"{SECRET}\"\n[providers.mock]\ndelay_ms = 0\n\
              [models.mock]\nprovider = \"mock\"\nmodel = \"mock-1\"\ninput_per_mtok = 1.0\noutput_per_mtok = 2.0\n\
-             {fake}\n[defaults]\nmodel = \"{default_model}\"\n{extra}",
+             {fake}\n[defaults]\nmodel = \"{default_model}\"\n{titles}{extra}",
             db.url
         );
         let config = Config::from_toml(&toml).expect("test config");

@@ -1,0 +1,44 @@
+// The Vercel AI SDK against a running chatgate, as an app would use it. Driven by tests/js_clients.rs.
+//
+// Env: CHATGATE_URL, CHATGATE_TOKEN, CHATGATE_MODEL, CHATGATE_CONVERSATION (a conversation of the token's user).
+// Prints one JSON object: what each client saw.
+import { createOpenAI } from '@ai-sdk/openai';
+import { DefaultChatTransport, generateText, readUIMessageStream, streamText } from 'ai';
+
+const url = process.env.CHATGATE_URL;
+const token = process.env.CHATGATE_TOKEN;
+const model = process.env.CHATGATE_MODEL;
+const conversation = process.env.CHATGATE_CONVERSATION;
+
+// 1. The OpenAI provider's chat model (`.chat()`: /v1/chat/completions), streaming then not.
+const openai = createOpenAI({ baseURL: `${url}/v1`, apiKey: token });
+const streamed = streamText({ model: openai.chat(model), prompt: 'Say hello' });
+const chunks = [];
+for await (const chunk of streamed.textStream) chunks.push(chunk);
+const streamUsage = await streamed.usage;
+const generated = await generateText({ model: openai.chat(model), system: 'Be brief', prompt: 'Again' });
+
+// 2. useChat's transport against the native endpoint in the UI message stream protocol.
+const transport = new DefaultChatTransport({
+  api: `${url}/api/v1/conversations/${conversation}/messages?format=ai-sdk`,
+  headers: { Authorization: `Bearer ${token}` },
+});
+const stream = await transport.sendMessages({
+  chatId: conversation,
+  messages: [{ id: 'u1', role: 'user', parts: [{ type: 'text', text: 'Hello from useChat' }] }],
+  trigger: 'submit-message',
+  messageId: undefined,
+  abortSignal: undefined,
+});
+let uiMessage;
+let updates = 0;
+for await (const message of readUIMessageStream({ stream, onError: (e) => { throw e; } })) {
+  uiMessage = message;
+  updates += 1;
+}
+
+console.log(JSON.stringify({
+  stream: { chunks, text: chunks.join(''), usage: streamUsage },
+  generate: { text: generated.text, usage: generated.usage, finishReason: generated.finishReason },
+  useChat: { message: uiMessage, updates },
+}));
