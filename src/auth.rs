@@ -28,6 +28,11 @@ pub const PUBLIC_ROUTES: &[(Method, &str)] = &[
     (Method::GET, "/health"),
     (Method::GET, "/api/v1/personas"),
     (Method::GET, "/api/v1/personas/{id}"),
+    // The API description and its docs page.
+    (Method::GET, "/openapi.json"),
+    (Method::GET, "/docs"),
+    (Method::GET, "/docs/"),
+    (Method::GET, "/docs/{*rest}"),
 ];
 
 /// The authenticated caller, put in request extensions by [`require_auth`].

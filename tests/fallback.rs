@@ -21,7 +21,7 @@ async fn gateway(primary_url: &str, backup_url: &str) -> Option<TestServer> {
          [models.primary]\nprovider = \"main\"\nmodel = \"gpt-4o\"\ninput_per_mtok = 2.5\noutput_per_mtok = 10.0\n\
          context_window = 128000\nfallbacks = [\"backup\"]\n\
          [models.backup]\nprovider = \"spare\"\nmodel = \"gpt-4o-mini\"\ninput_per_mtok = 0.15\noutput_per_mtok = 0.6\n\
-         [defaults]\nmodel = \"primary\"\n",
+         [defaults]\nmodel = \"primary\"\n[titles]\nenabled = false\n",
         db.url,
         common::SECRET
     );
@@ -307,7 +307,7 @@ async fn first_token_and_idle_timeouts_are_504() {
          [providers.silent]\nkind = \"openai\"\nbase_url = \"{}/v1\"\napi_key = \"k\"\nfirst_token_timeout_ms = 300\n\
          [providers.stalls]\nkind = \"openai\"\nbase_url = \"{}/v1\"\napi_key = \"k\"\nidle_timeout_ms = 300\n\
          [models.silent]\nprovider = \"silent\"\nmodel = \"m\"\n[models.stalls]\nprovider = \"stalls\"\nmodel = \"m\"\n\
-         [defaults]\nmodel = \"silent\"\n",
+         [defaults]\nmodel = \"silent\"\n[titles]\nenabled = false\n",
         db.url,
         common::SECRET,
         silent.url,

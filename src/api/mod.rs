@@ -7,6 +7,7 @@ mod health;
 mod messages;
 mod models;
 mod openai;
+mod openapi;
 mod personas;
 mod ratelimit;
 mod usage;
@@ -45,7 +46,8 @@ pub fn app(state: AppState) -> Router {
         .merge(models::router())
         .merge(usage::router())
         .merge(ws::router())
-        .merge(openai::router());
+        .merge(openai::router())
+        .merge(openapi::router());
     // Route layers run last-added first: authentication, then the rate limit keyed by its user.
     let limits = &state.config.limits;
     let routes = match ratelimit::layer(limits.requests_per_minute, limits.burst) {

@@ -39,7 +39,7 @@ pub fn now() -> DateTime<Utc> {
 }
 
 /// A persona users chat with.
-#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow, PartialEq, utoipa::ToSchema)]
 pub struct Persona {
     pub id: Id,
     /// Unique, URL-safe name, e.g. `alex-friend`.
@@ -51,6 +51,7 @@ pub struct Persona {
     /// `parent|spouse|child|sibling|friend|colleague|other`.
     pub relationship: String,
     pub system_prompt: String,
+    #[schema(value_type = Vec<String>)]
     pub personality_traits: Json<Vec<String>>,
     /// Model alias this persona prefers; `[defaults].model` when absent.
     pub model: Option<String>,
@@ -60,7 +61,7 @@ pub struct Persona {
 }
 
 /// Fields of a new persona.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct NewPersona {
     pub slug: String,
     pub display_name: String,
@@ -97,7 +98,7 @@ pub struct PersonaFilter {
 }
 
 /// A conversation, owned by one user.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, PartialEq)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, PartialEq, utoipa::ToSchema)]
 pub struct Conversation {
     pub id: Id,
     pub user_id: String,
@@ -110,7 +111,7 @@ pub struct Conversation {
 }
 
 /// A conversation in a list, with a preview of its latest message.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ConversationSummary {
     #[serde(flatten)]
     pub conversation: Conversation,
@@ -118,7 +119,7 @@ pub struct ConversationSummary {
 }
 
 /// The latest message of a conversation, its content cut to [`PREVIEW_CHARS`] characters.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct MessagePreview {
     pub id: Id,
     pub role: String,
@@ -156,7 +157,7 @@ pub mod status {
 }
 
 /// A message as stored, with the usage of the generation that wrote it (assistant messages).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Message {
     pub id: Id,
     pub conversation_id: Id,
@@ -355,7 +356,7 @@ struct StaleRow {
 }
 
 /// How usage is grouped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum UsageGroup {
     Day,
@@ -377,7 +378,7 @@ pub struct UsageQuery {
 }
 
 /// One group of usage.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct UsageBucket {
     /// The day, model alias, persona id (`""` for none) or user id.
     pub key: String,
@@ -408,7 +409,7 @@ impl UsageBucket {
 }
 
 /// The dashboard summary of one user.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct UsageSummary {
     pub total_conversations: i64,
     pub total_messages: i64,

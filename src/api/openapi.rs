@@ -1,0 +1,126 @@
+//! The OpenAPI 3.1 document, generated from the handlers' `#[utoipa::path]` annotations and the models'
+//! `ToSchema` derives, served at `/openapi.json`; and Swagger UI at `/docs`, served from files compiled into the
+//! binary (no CDN: it works offline).
+
+use axum::Router;
+use axum::routing::get;
+use serde::Serialize;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::AppState;
+
+/// Every error's body: `{error, message, details}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Machine-readable code, e.g. `not_found`, `validation_failed`, `budget_exceeded`.
+    pub error: String,
+    /// What went wrong, for people.
+    pub message: String,
+    /// Structured context: the offending `field`, limits, available models.
+    pub details: Option<serde_json::Value>,
+}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "HS256 JWT signed with auth.jwt_secret, or a Supabase/JWKS token",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The API description.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "chatgate",
+        description = "Streaming-first chat gateway: personas, conversations, resumable generations, usage and \
+                       cost, and an OpenAI-compatible surface. Errors are `{error, message, details}`.",
+        license(name = "MIT OR Apache-2.0")
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    paths(
+        super::health::health,
+        super::health::metrics,
+        super::personas::list,
+        super::personas::get_one,
+        super::personas::create,
+        super::personas::update,
+        super::personas::delete,
+        super::conversations::create,
+        super::conversations::list,
+        super::conversations::get_one,
+        super::conversations::update,
+        super::conversations::delete,
+        super::conversations::retitle,
+        super::messages::send,
+        super::messages::history,
+        super::messages::delete_message,
+        super::messages::regenerate,
+        super::generations::get_one,
+        super::generations::stream,
+        super::generations::cancel,
+        super::models::list,
+        super::usage::mine,
+        super::usage::summary,
+        super::usage::everyone,
+        super::ws::upgrade,
+        super::openai::completions,
+        super::openai::models,
+    ),
+    components(schemas(
+        ErrorBody,
+        crate::store::Message,
+        crate::store::ConversationSummary,
+        crate::store::UsageBucket,
+        crate::store::UsageGroup
+    )),
+    tags(
+        (name = "conversations", description = "The caller's conversations with a persona"),
+        (name = "messages", description = "Sending (JSON, SSE, 202, AI SDK stream) and history"),
+        (name = "generations", description = "Server-owned replies: status, re-attach, cancel"),
+        (name = "openai", description = "OpenAI-compatible, stateless"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The document as served at `/openapi.json`.
+pub fn document() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    doc
+}
+
+/// `/openapi.json` and the Swagger UI at `/docs`.
+pub fn router() -> Router<AppState> {
+    let doc = document();
+    let json = serde_json::to_string(&doc).unwrap_or_default();
+    Router::new()
+        .route(
+            "/openapi.json",
+            get(move || {
+                let json = json.clone();
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        json,
+                    )
+                }
+            }),
+        )
+        .merge(SwaggerUi::new("/docs").config(utoipa_swagger_ui::Config::from("/openapi.json")))
+}

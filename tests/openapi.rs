@@ -1,0 +1,166 @@
+//! The API description: `/openapi.json` is a valid OpenAPI 3.1 document naming every route of DESIGN.md, and
+//! `/docs` serves Swagger UI from the binary (no CDN), both without a token.
+
+mod common;
+
+use common::{Backend, TestServer};
+use serde_json::Value;
+
+/// The routes of DESIGN.md's table, with the routes added since (titles, admin usage).
+const ROUTES: &[(&str, &str)] = &[
+    ("get", "/health"),
+    ("get", "/metrics"),
+    ("get", "/api/v1/personas"),
+    ("post", "/api/v1/personas"),
+    ("get", "/api/v1/personas/{id}"),
+    ("patch", "/api/v1/personas/{id}"),
+    ("delete", "/api/v1/personas/{id}"),
+    ("post", "/api/v1/conversations"),
+    ("get", "/api/v1/conversations"),
+    ("get", "/api/v1/conversations/{id}"),
+    ("patch", "/api/v1/conversations/{id}"),
+    ("delete", "/api/v1/conversations/{id}"),
+    ("post", "/api/v1/conversations/{id}/title"),
+    ("post", "/api/v1/conversations/{id}/messages"),
+    ("get", "/api/v1/conversations/{id}/messages"),
+    ("delete", "/api/v1/messages/{id}"),
+    ("post", "/api/v1/messages/{id}/regenerate"),
+    ("get", "/api/v1/generations/{id}"),
+    ("get", "/api/v1/generations/{id}/stream"),
+    ("post", "/api/v1/generations/{id}/cancel"),
+    ("get", "/api/v1/ws"),
+    ("get", "/api/v1/models"),
+    ("get", "/api/v1/usage"),
+    ("get", "/api/v1/usage/summary"),
+    ("get", "/api/v1/admin/usage"),
+    ("post", "/v1/chat/completions"),
+    ("get", "/v1/models"),
+];
+
+#[tokio::test]
+async fn the_document_names_every_route_and_validates() {
+    let Some(server) = TestServer::start(Backend::Sqlite, None, "").await else {
+        return;
+    };
+    let response = server
+        .client
+        .get(format!("{}/openapi.json", server.url))
+        .send()
+        .await
+        .expect("openapi");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let raw = response.text().await.expect("body");
+    let doc: Value = serde_json::from_str(&raw).expect("json");
+    assert!(
+        doc["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.1")),
+        "{}",
+        doc["openapi"]
+    );
+    assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+    let missing: Vec<_> = ROUTES
+        .iter()
+        .filter(|(method, path)| doc["paths"][path][method].is_null())
+        .collect();
+    assert!(missing.is_empty(), "not in /openapi.json: {missing:?}");
+    let mut operation_ids: Vec<&str> = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .values()
+        .flat_map(|item| item.as_object().expect("path item").values())
+        .filter_map(|op| op["operationId"].as_str())
+        .collect();
+    let operations = operation_ids.len();
+    operation_ids.sort_unstable();
+    operation_ids.dedup();
+    assert_eq!(operation_ids.len(), operations, "operationIds are unique");
+    // Protected routes say they need the bearer token; public ones say they do not.
+    assert_eq!(
+        doc["security"][0]["bearer"],
+        serde_json::json!([]),
+        "bearer by default"
+    );
+    assert_eq!(
+        doc["paths"]["/health"]["get"]["security"],
+        serde_json::json!([{}])
+    );
+    // Request and error bodies are described, not just named.
+    let send = &doc["paths"]["/api/v1/conversations/{id}/messages"]["post"];
+    let body_ref = send["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        .as_str()
+        .expect("send body schema");
+    let name = body_ref.rsplit('/').next().expect("name");
+    assert!(
+        doc["components"]["schemas"][name]["properties"]["content"].is_object(),
+        "{name}"
+    );
+    assert!(doc["components"]["schemas"]["ErrorBody"]["properties"]["error"].is_object());
+
+    // A real validator, when installed (`.ci/run` installs openapi-spec-validator).
+    let available = std::process::Command::new("python3")
+        .args(["-c", "import openapi_spec_validator"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !available {
+        common::skipped(
+            "validating /openapi.json: python3 with openapi-spec-validator is not installed",
+        );
+        return;
+    }
+    let path = std::env::temp_dir().join(format!("chatgate-openapi-{}.json", std::process::id()));
+    std::fs::write(&path, &raw).expect("write");
+    let output = std::process::Command::new("python3")
+        .args(["-m", "openapi_spec_validator"])
+        .arg(&path)
+        .output()
+        .expect("run validator");
+    let _ = std::fs::remove_file(&path);
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        said.chars().take(3000).collect::<String>(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test]
+async fn the_docs_page_is_served_from_the_binary() {
+    let Some(server) = TestServer::start(Backend::Sqlite, None, "").await else {
+        return;
+    };
+    let page = server
+        .client
+        .get(format!("{}/docs/", server.url))
+        .send()
+        .await
+        .expect("docs");
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.expect("html");
+    assert!(html.contains("swagger-ui"), "{html}");
+    // Every script and stylesheet the page loads is ours, local, and served.
+    let assets: Vec<&str> = html
+        .split(['"', '\''])
+        .filter(|s| s.ends_with(".js") || s.ends_with(".css"))
+        .collect();
+    assert!(!assets.is_empty());
+    for asset in assets {
+        assert!(!asset.starts_with("http"), "{asset} is remote");
+        let url = format!("{}/docs/{}", server.url, asset.trim_start_matches("./"));
+        let response = server.client.get(&url).send().await.expect("asset");
+        assert_eq!(response.status(), 200, "{url}");
+    }
+    let init = server
+        .client
+        .get(format!("{}/docs/swagger-initializer.js", server.url))
+        .send()
+        .await
+        .expect("initializer")
+        .text()
+        .await
+        .expect("js");
+    assert!(init.contains("/openapi.json"), "{init}");
+}
