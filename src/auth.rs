@@ -33,6 +33,12 @@ pub const PUBLIC_ROUTES: &[(Method, &str)] = &[
     (Method::GET, "/docs"),
     (Method::GET, "/docs/"),
     (Method::GET, "/docs/{*rest}"),
+    // The web UI's files (the pages ask for a token themselves), and the development token endpoint (404
+    // unless `server.dev_tokens`).
+    (Method::GET, "/"),
+    (Method::GET, "/usage"),
+    (Method::GET, "/static/{name}"),
+    (Method::POST, "/api/v1/dev/token"),
 ];
 
 /// The authenticated caller, put in request extensions by [`require_auth`].

@@ -92,6 +92,9 @@ pub struct ServerConfig {
     /// This process's name in the database (which streaming rows are its own); default `HOSTNAME:bind`.
     /// Keep it stable across restarts of the same instance and unique among instances.
     pub instance_id: String,
+    /// Development only: `POST /api/v1/dev/token` hands a token for any user id to anyone who asks, so the
+    /// web chat UI works without an identity provider. Never enable it where others can reach the server.
+    pub dev_tokens: bool,
 }
 
 impl Default for ServerConfig {
@@ -106,6 +109,7 @@ impl Default for ServerConfig {
             instance_id: String::new(),
             provider_check_secs: 60,
             metrics_public: false,
+            dev_tokens: false,
         }
     }
 }

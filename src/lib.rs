@@ -110,6 +110,11 @@ impl AppState {
                 "auth.jwt_secret is the built-in development secret: anyone can mint tokens; set JWT_SECRET in production"
             );
         }
+        if config.server.dev_tokens {
+            tracing::warn!(
+                "server.dev_tokens is on: POST /api/v1/dev/token gives anyone a token; development only"
+            );
+        }
         let instance_id: Arc<str> = config.instance_id().into();
         let stale_after = chrono::Duration::seconds(
             i64::try_from(config.generation.stale_after_secs).unwrap_or(i64::MAX),

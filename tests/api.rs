@@ -650,3 +650,80 @@ fn cli_token_prints_a_jwt_signed_with_the_configured_secret() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("server.bind"));
 }
+
+#[tokio::test]
+async fn the_web_ui_is_public_and_dev_tokens_are_off_by_default() {
+    let Some(server) = TestServer::start(Backend::Sqlite, None, "").await else {
+        return;
+    };
+    for (path, content_type) in [
+        ("/", "text/html"),
+        ("/usage", "text/html"),
+        ("/static/app.js", "text/javascript"),
+        ("/static/style.css", "text/css"),
+    ] {
+        let response = server
+            .client
+            .get(format!("{}{path}", server.url))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(response.status(), 200, "{path}");
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .is_ok_and(|v| v.starts_with(content_type)),
+            "{path}"
+        );
+    }
+    let missing = server
+        .client
+        .get(format!("{}/static/../Cargo.toml", server.url))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(missing.status(), 404);
+    // Off by default: the endpoint answers like a route that does not exist, and mints nothing.
+    let response = server
+        .client
+        .post(format!("{}/api/v1/dev/token", server.url))
+        .json(&json!({ "user_id": "mallory" }))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().await.expect("json");
+    assert!(body.get("token").is_none());
+}
+
+#[tokio::test]
+async fn dev_tokens_when_enabled_authenticate_as_the_named_user() {
+    let Some(server) =
+        TestServer::start(Backend::Sqlite, None, "[server]\ndev_tokens = true\n").await
+    else {
+        return;
+    };
+    let url = format!("{}/api/v1/dev/token", server.url);
+    let bad = server
+        .client
+        .post(&url)
+        .json(&json!({ "user_id": "  " }))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(bad.status(), 400);
+    let body: Value = server
+        .client
+        .post(&url)
+        .json(&json!({ "user_id": "dev-alice" }))
+        .send()
+        .await
+        .expect("post")
+        .json()
+        .await
+        .expect("json");
+    let token = body["token"].as_str().expect("token");
+    let user = server.state.auth.verify(token).expect("valid token");
+    assert_eq!(user.user_id, "dev-alice");
+    assert!(!user.admin, "dev tokens never carry the admin role");
+}

@@ -142,3 +142,166 @@ async fn the_vercel_ai_sdk_works_unmodified() {
         .expect("json");
     assert_eq!(usage["totals"]["requests"], 3, "{usage}");
 }
+
+/// The browser binary: `$CHROMIUM`, else Debian's.
+fn chromium() -> Option<PathBuf> {
+    std::env::var_os("CHROMIUM")
+        .map(PathBuf::from)
+        .or_else(|| Some(PathBuf::from("/usr/bin/chromium")))
+        .filter(|p| p.exists())
+}
+
+/// The mock model's whole reply to `message` (it quotes the message).
+fn mock_reply(message: &str) -> String {
+    chatgate::providers::mock::MockProvider::reply_to(&chatgate::providers::ChatRequest {
+        model: "mock-1".into(),
+        messages: vec![chatgate::providers::ChatMessage::user(message.to_string())],
+        max_tokens: None,
+    })
+}
+
+#[tokio::test]
+async fn the_web_ui_streams_survives_a_reload_stops_and_shows_usage() {
+    if let Err(why) = node_ready("playwright-core") {
+        common::skipped(&format!("the browser test: {why}"));
+        return;
+    }
+    let Some(browser) = chromium() else {
+        common::skipped("the browser test: chromium is not installed (apt-get install chromium)");
+        return;
+    };
+    let Some(db) = common::TestDb::new(Backend::Sqlite).await else {
+        return;
+    };
+    // A mock that takes 60 ms a word, so a reply streams for over a second; dev tokens on for the sign-in.
+    let toml = format!(
+        "[database]\nurl = \"{}\"\n[auth]\njwt_secret = \"{}\"\n[server]\ndev_tokens = true\n\
+         [providers.mock]\ndelay_ms = 60\n\
+         [models.mock]\nprovider = \"mock\"\nmodel = \"mock-1\"\ninput_per_mtok = 1.0\noutput_per_mtok = 2.0\n\
+         [defaults]\nmodel = \"mock\"\n",
+        db.url,
+        common::SECRET
+    );
+    let config = chatgate::config::Config::from_toml(&toml).expect("config");
+    let server = TestServer::start_with(config, db).await;
+    let screenshots = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("target dir")
+        .join("screenshots");
+    std::fs::create_dir_all(&screenshots).expect("screenshot dir");
+
+    let seen = run_node(
+        "browser.mjs",
+        vec![
+            ("CHATGATE_URL", server.url.clone()),
+            ("CHROMIUM", browser.display().to_string()),
+            ("SCREENSHOTS", screenshots.display().to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(seen["pageErrors"], serde_json::json!([]), "{seen}");
+
+    // Tokens appeared one after another, and the reply ended whole, with its tokens and cost.
+    let lengths = seen["progressive"].as_array().expect("lengths");
+    assert!(lengths.len() >= 5, "the reply grew in steps: {lengths:?}");
+    let first = &seen["first"];
+    assert_eq!(first["text"], mock_reply("first message").as_str());
+    assert_eq!(first["status"], "complete");
+    let meta = first["meta"].as_str().expect("meta");
+    assert!(
+        meta.contains("tokens") && meta.contains('$') && meta.contains("mock"),
+        "{meta}"
+    );
+
+    // Reloaded mid-reply: the page re-attached and shows the full reply, as saved.
+    let reload = &seen["reload"];
+    let full = mock_reply("second message");
+    let partial = reload["partial"]["text"].as_str().expect("partial");
+    assert!(partial.len() < full.len(), "reloaded while streaming");
+    assert_eq!(reload["final"]["id"], reload["partial"]["id"]);
+    assert_eq!(reload["final"]["text"], full.as_str());
+    assert_eq!(reload["final"]["status"], "complete");
+
+    // Stopped: the reply ends cancelled, with the text streamed so far.
+    let stop = &seen["stop"];
+    assert_eq!(stop["final"]["status"], "cancelled", "{stop}");
+    let stopped = stop["final"]["text"].as_str().expect("text");
+    assert!(
+        stopped.len() < mock_reply("third message").len(),
+        "{stopped}"
+    );
+    assert!(mock_reply("third message").starts_with(stopped));
+
+    // What the page showed is what was saved.
+    let token = server.token("browser-user");
+    let conversations: Value = server
+        .client
+        .get(format!("{}/api/v1/conversations", server.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    let conversation = conversations["conversations"][0]["id"]
+        .as_str()
+        .expect("the UI's conversation")
+        .to_string();
+    assert!(
+        conversations["conversations"][0]["title"].is_string(),
+        "titled after the first exchange: {conversations}"
+    );
+    let history: Value = server
+        .client
+        .get(format!(
+            "{}/api/v1/conversations/{conversation}/messages?order=asc",
+            server.url
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("history")
+        .json()
+        .await
+        .expect("json");
+    let saved: Vec<(&str, &str)> = history["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter(|m| m["role"] == "assistant")
+        .map(|m| {
+            (
+                m["status"].as_str().unwrap_or(""),
+                m["content"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        saved,
+        vec![
+            ("complete", mock_reply("first message").as_str()),
+            ("complete", full.as_str()),
+            ("cancelled", stopped),
+        ]
+    );
+
+    // The dashboard showed the totals and charts, then polled with ETags (304s).
+    let dashboard = &seen["dashboard"];
+    let tokens: u64 = dashboard["tokens"]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .expect("total tokens");
+    assert!(tokens > 0, "{dashboard}");
+    assert!(dashboard["bars"].as_u64().unwrap_or(0) >= 2, "{dashboard}");
+    assert_eq!(dashboard["models"], serde_json::json!(["mock"]));
+    assert!(
+        dashboard["status"]
+            .as_str()
+            .is_some_and(|s| s.contains("answered 304"))
+    );
+    for shot in ["chat.png", "dashboard.png"] {
+        let bytes = std::fs::read(screenshots.join(shot)).expect("screenshot");
+        assert!(bytes.starts_with(b"\x89PNG"), "{shot} is a PNG");
+    }
+}

@@ -10,6 +10,7 @@ mod openai;
 mod openapi;
 mod personas;
 mod ratelimit;
+mod ui;
 mod usage;
 pub mod ws;
 
@@ -47,7 +48,8 @@ pub fn app(state: AppState) -> Router {
         .merge(usage::router())
         .merge(ws::router())
         .merge(openai::router())
-        .merge(openapi::router());
+        .merge(openapi::router())
+        .merge(ui::router());
     // Route layers run last-added first: authentication, then the rate limit keyed by its user.
     let limits = &state.config.limits;
     let routes = match ratelimit::layer(limits.requests_per_minute, limits.burst) {
