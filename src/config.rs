@@ -67,6 +67,8 @@ pub struct Config {
     pub defaults: DefaultsConfig,
     #[serde(default)]
     pub titles: TitlesConfig,
+    #[serde(default)]
+    pub media: MediaConfig,
 }
 
 /// `[server]`: the listener and HTTP behaviour.
@@ -470,10 +472,83 @@ pub struct ModelConfig {
     /// Aliases tried in order when this one fails before its first token.
     #[serde(default)]
     pub fallbacks: Vec<String>,
+    /// What the model takes as input: `text`, and `image` for models with vision. A message with images to a
+    /// model without `image` is refused (422). Default: `["text"]`; the mock takes everything.
+    #[serde(default)]
+    pub modalities: Option<Vec<Modality>>,
 }
 
 fn default_context_window() -> u32 {
     8192
+}
+
+/// An input a model accepts.
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Modality {
+    Text,
+    Image,
+}
+
+/// `[media]`: uploads, where their bytes are kept, fetching by URL, and voice-note transcription.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// Where uploads are kept: a local directory (created when missing), or an object store URL such as
+    /// `s3://bucket/prefix` (credentials from `storage_options` and the usual `AWS_*` variables).
+    pub storage: String,
+    /// `object_store` options for a URL `storage`, e.g. `{ aws_endpoint = "http://minio:9000",
+    /// aws_allow_http = "true" }`.
+    pub storage_options: BTreeMap<String, String>,
+    /// Accepted types, as sniffed from the bytes (never the client's Content-Type).
+    pub allowed_types: Vec<String>,
+    /// Largest image, in bytes.
+    pub max_image_bytes: u64,
+    /// Largest audio file, in bytes.
+    pub max_audio_bytes: u64,
+    /// Most media one message may carry.
+    pub max_per_message: usize,
+    /// Time to fetch one `media_urls` entry, in ms.
+    pub fetch_timeout_ms: u64,
+    /// Let `media_urls` reach private, loopback and link-local addresses (off: such URLs are refused).
+    pub allow_private_urls: bool,
+    /// Provider that transcribes voice notes through its OpenAI-compatible `/audio/transcriptions`; empty:
+    /// the first `openai` provider, else the mock (which transcribes deterministically).
+    pub transcription_provider: String,
+    /// Transcription model, e.g. `whisper-1`, `gpt-4o-mini-transcribe`, `whisper-large-v3` (Groq).
+    pub transcription_model: String,
+    /// Files without a media record older than this, in seconds, are deleted by the sweep; 0 turns it off.
+    pub sweep_after_secs: u64,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            storage: "data/media".into(),
+            storage_options: BTreeMap::new(),
+            allowed_types: [
+                "image/jpeg",
+                "image/png",
+                "image/webp",
+                "image/gif",
+                "audio/mpeg",
+                "audio/wav",
+                "audio/ogg",
+                "audio/mp4",
+                "audio/webm",
+            ]
+            .map(String::from)
+            .to_vec(),
+            max_image_bytes: 10 * 1024 * 1024,
+            max_audio_bytes: 25 * 1024 * 1024,
+            max_per_message: 8,
+            fetch_timeout_ms: 10_000,
+            allow_private_urls: false,
+            transcription_provider: String::new(),
+            transcription_model: "whisper-1".into(),
+            sweep_after_secs: 3600,
+        }
+    }
 }
 
 /// `[defaults]`.
@@ -530,6 +605,7 @@ const SECTIONS: &[&str] = &[
     "models",
     "defaults",
     "titles",
+    "media",
 ];
 
 /// Well-known environment names and the keys they set.
@@ -695,6 +771,13 @@ impl Config {
             return Err(invalid(
                 "defaults.model",
                 format!("unknown model alias '{}'", self.defaults.model),
+            ));
+        }
+        let provider = &self.media.transcription_provider;
+        if !provider.is_empty() && !self.providers.contains_key(provider) {
+            return Err(invalid(
+                "media.transcription_provider",
+                format!("unknown provider '{provider}'"),
             ));
         }
         if !self.titles.model.is_empty() && !self.models.contains_key(&self.titles.model) {

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod id;
+pub mod media;
 pub mod personas;
 pub mod providers;
 pub mod store;
@@ -56,6 +57,8 @@ pub struct AppInner {
     pub budgets: Arc<Budgets>,
     /// Personas, cached.
     pub personas: personas::PersonaCache,
+    /// Uploaded images and voice notes: storage, limits, URL fetching, transcription.
+    pub media: Arc<media::MediaStore>,
 }
 
 impl std::ops::Deref for AppState {
@@ -149,6 +152,7 @@ impl AppState {
             provider_health: ProviderHealthMonitor::new(models.providers()),
             budgets: Budgets::new(BudgetLimits::from_config(&config.limits)),
             personas: personas::PersonaCache::default(),
+            media: Arc::new(media::MediaStore::from_config(&config).map_err(StartupError::Other)?),
             models,
             store,
             config,
@@ -173,6 +177,7 @@ pub async fn serve(
     let hub = state.hub.clone();
     let grace = Duration::from_secs(state.config.server.shutdown_grace_secs);
     let sweeper = tokio::spawn(sweep_stale_replies(state.clone()));
+    let media_sweeper = tokio::spawn(sweep_media(state.clone()));
     let checkpointer = tokio::spawn(write_checkpoints(state.clone()));
     let check_every = Duration::from_secs(state.config.server.provider_check_secs);
     let checker = (!check_every.is_zero())
@@ -204,6 +209,7 @@ pub async fn serve(
         Err(_) => hub.shutdown(grace).await,
     }
     sweeper.abort();
+    media_sweeper.abort();
     checkpointer.abort();
     if let Some(checker) = checker {
         checker.abort();
@@ -225,6 +231,25 @@ async fn write_checkpoints(state: AppState) {
             .write_checkpoints(&*state.store, &state.instance_id, heartbeat)
             .await;
         state.hub.sweep_expired();
+    }
+}
+
+/// Deletes media files without a record (their conversation was deleted), every quarter of
+/// `media.sweep_after_secs` (at least a minute).
+async fn sweep_media(state: AppState) {
+    let after = Duration::from_secs(state.config.media.sweep_after_secs);
+    if after.is_zero() {
+        return;
+    }
+    let mut tick = tokio::time::interval((after / 4).max(Duration::from_secs(60)));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match state.media.sweep(&*state.store, after).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "media files without a record deleted"),
+            Err(err) => tracing::warn!(error = %err, "sweeping media files failed"),
+        }
     }
 }
 

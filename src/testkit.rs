@@ -109,6 +109,7 @@ pub fn router(config: MockConfig) -> Router {
             post(|s, b| reply(s, b, Format::Gemini)),
         )
         .route("/api/chat", post(|s, b| reply(s, b, Format::Ollama)))
+        .route("/v1/audio/transcriptions", post(transcribe))
         .route(
             "/v1/models",
             get(|| async {
@@ -244,6 +245,31 @@ fn midstream_error(format: Format) -> Bytes {
         ),
         Format::Ollama => frame(format, "", json!({"error":"injected mid-stream failure"})),
     }
+}
+
+/// OpenAI's `POST /v1/audio/transcriptions` (multipart `file`, `model`): `{"text": ...}` naming the file's size,
+/// type and the model, so a test can tell what was sent.
+async fn transcribe(mut form: axum::extract::Multipart) -> Response {
+    let (mut size, mut content_type, mut model) = (0, String::new(), String::new());
+    while let Ok(Some(field)) = form.next_field().await {
+        match field.name() {
+            Some("file") => {
+                content_type = field.content_type().unwrap_or("").to_string();
+                size = field.bytes().await.map_or(0, |b| b.len());
+            }
+            Some("model") => model = field.text().await.unwrap_or_default(),
+            _ => {}
+        }
+    }
+    if size == 0 || model.is_empty() {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "error": { "message": "file and model are required", "type": "invalid_request_error" } })),
+        )
+            .into_response();
+    }
+    Json(json!({ "text": format!("Transcribed {size} bytes of {content_type} with {model}.") }))
+        .into_response()
 }
 
 async fn reply(State(state): State<Arc<MockState>>, body: Bytes, format: Format) -> Response {

@@ -6,7 +6,7 @@ mod common;
 use common::{Backend, TestServer};
 use serde_json::Value;
 
-/// The routes of DESIGN.md's table, with the routes added since (titles, admin usage).
+/// The routes of DESIGN.md's table, with the routes added since (titles, admin usage, media download).
 const ROUTES: &[(&str, &str)] = &[
     ("get", "/health"),
     ("get", "/metrics"),
@@ -29,6 +29,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/generations/{id}/stream"),
     ("post", "/api/v1/generations/{id}/cancel"),
     ("get", "/api/v1/ws"),
+    ("post", "/api/v1/media"),
+    ("get", "/api/v1/media/{id}"),
     ("get", "/api/v1/models"),
     ("get", "/api/v1/usage"),
     ("get", "/api/v1/usage/summary"),

@@ -197,6 +197,17 @@ pub(crate) async fn start_message(
     let content = validate(state, body)?;
     let conversation = owned(state, user, conversation_id).await?;
     let (persona, route) = persona_and_route(state, &conversation, body.model.as_deref()).await?;
+    if matches!(body.message_type.as_str(), "multimodal" | "image") && !route.accepts_images {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "model_cannot_take_images",
+            format!(
+                "model '{}' does not take images; pick a model with \"image\" in its modalities",
+                route.alias
+            ),
+        )
+        .with_details(json!({ "model": route.alias })));
+    }
     if let Some(parent_id) = body.parent_id {
         let parent = state.store.get_message(&user.user_id, parent_id).await?;
         if parent.is_none_or(|p| p.conversation_id != conversation.id) {
@@ -216,12 +227,14 @@ pub(crate) async fn start_message(
             false,
         )
         .await?;
+    let attached = attach_media(state, user, body, content).await?;
+    let content = attached.content;
     let (messages, prompt_tokens) = build_prompt(
         state,
         &persona,
         &route,
         &history,
-        ChatMessage::user(content.clone()),
+        ChatMessage::user(content.clone()).with_images(attached.images),
     )?;
     let reservation = admit(state, user, &route, prompt_tokens).await?;
     let first_exchange = conversation.title.is_none() && history.is_empty();
@@ -234,7 +247,7 @@ pub(crate) async fn start_message(
             role: role::USER,
             content,
             message_type: body.message_type.clone(),
-            media: json!([]),
+            media: attached.media,
             status: status::COMPLETE,
             model: None,
             provider: None,
@@ -325,7 +338,8 @@ async fn regenerate(
         &persona,
         &route,
         &history,
-        ChatMessage::user(question.content.clone()),
+        ChatMessage::user(question.content.clone())
+            .with_images(images_of(&state, &user, &question.media).await?),
     )?;
     let reservation = admit(&state, &user, &route, prompt_tokens).await?;
     let generation = start_generation(
@@ -595,19 +609,46 @@ async fn respond(
     }
 }
 
-/// Checks the body; returns the message text.
+/// Checks the body's shape (no I/O); returns the message text, which only `text` and `multimodal` messages
+/// require. `multimodal`: text and images; `image`: images, text optional; `audio`: one voice note (a
+/// `media_ids` entry, `media_urls` entry or `audio_url`), text optional.
 fn validate(state: &AppState, body: &SendMessage) -> Result<String, ApiError> {
+    let attachments =
+        body.media_ids.len() + body.media_urls.len() + usize::from(body.audio_url.is_some());
+    let content = body.content.as_deref().unwrap_or("");
     match body.message_type.as_str() {
-        "text" => {}
-        "multimodal" | "image" | "audio" => {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "unsupported_message_type",
-                format!(
-                    "'{}' messages are not supported by this server yet; send message_type \"text\"",
-                    body.message_type
-                ),
-            ));
+        "text" => {
+            if attachments > 0 || body.audio_duration_seconds.is_some() {
+                return Err(ApiError::validation(
+                    "media_ids",
+                    "media can only be sent with a multimodal, image or audio message",
+                ));
+            }
+        }
+        "multimodal" | "image" => {
+            if body.audio_url.is_some() {
+                return Err(ApiError::validation(
+                    "audio_url",
+                    "audio goes in an audio message",
+                ));
+            }
+            if attachments == 0 {
+                return Err(ApiError::validation(
+                    "media_ids",
+                    format!(
+                        "a {} message needs at least one image (media_ids or media_urls)",
+                        body.message_type
+                    ),
+                ));
+            }
+        }
+        "audio" => {
+            if attachments != 1 {
+                return Err(ApiError::validation(
+                    "media_ids",
+                    "an audio message carries exactly one voice note (media_ids, media_urls or audio_url)",
+                ));
+            }
         }
         other => {
             return Err(ApiError::validation(
@@ -616,18 +657,29 @@ fn validate(state: &AppState, body: &SendMessage) -> Result<String, ApiError> {
             ));
         }
     }
-    if !body.media_ids.is_empty()
-        || !body.media_urls.is_empty()
-        || body.audio_url.is_some()
-        || body.audio_duration_seconds.is_some()
-    {
+    if body.message_type != "audio" && body.audio_duration_seconds.is_some() {
         return Err(ApiError::validation(
-            "media_ids",
-            "media can only be sent with a multimodal, image or audio message",
+            "audio_duration_seconds",
+            "only an audio message has a duration",
         ));
     }
-    let content = body.content.as_deref().unwrap_or("");
-    if content.trim().is_empty() {
+    if body
+        .audio_duration_seconds
+        .is_some_and(|d| !d.is_finite() || d < 0.0)
+    {
+        return Err(ApiError::validation(
+            "audio_duration_seconds",
+            "must be a non-negative number",
+        ));
+    }
+    let max_media = state.media.max_per_message();
+    if attachments > max_media {
+        return Err(ApiError::validation(
+            "media_ids",
+            format!("at most {max_media} media per message"),
+        ));
+    }
+    if matches!(body.message_type.as_str(), "text" | "multimodal") && content.trim().is_empty() {
         return Err(ApiError::validation("content", "must not be empty"));
     }
     let limit = state.config.limits.max_message_bytes;
@@ -641,6 +693,124 @@ fn validate(state: &AppState, body: &SendMessage) -> Result<String, ApiError> {
         ));
     }
     Ok(content.to_string())
+}
+
+/// A message's media, resolved: the text to send and store, the images for the provider, and the message's
+/// `media` JSON.
+struct Attached {
+    content: String,
+    images: Vec<crate::providers::ImageData>,
+    media: serde_json::Value,
+}
+
+/// Looks up `media_ids` (the caller's own: anyone else's is 404), fetches `media_urls`/`audio_url`, checks each
+/// is of the kind the message type takes, reads images for the provider and transcribes a voice note (its
+/// transcript becomes the message's text, after any text sent with it).
+async fn attach_media(
+    state: &AppState,
+    user: &AuthUser,
+    body: &SendMessage,
+    content: String,
+) -> Result<Attached, ApiError> {
+    use crate::media::{Kind, MediaStore};
+    if body.message_type == "text" {
+        return Ok(Attached {
+            content,
+            images: Vec::new(),
+            media: json!([]),
+        });
+    }
+    let wanted = if body.message_type == "audio" {
+        Kind::Audio
+    } else {
+        Kind::Image
+    };
+    let mut found: Vec<(crate::store::Media, Option<&str>)> = Vec::new();
+    for id in &body.media_ids {
+        let media = state
+            .store
+            .get_media(&user.user_id, *id)
+            .await?
+            .ok_or_else(|| {
+                ApiError::not_found("media").with_details(json!({ "field": "media_ids", "id": id }))
+            })?;
+        found.push((media, None));
+    }
+    for url in body.media_urls.iter().chain(&body.audio_url) {
+        let media = state.media.fetch(&*state.store, &user.user_id, url).await?;
+        found.push((media, Some(url.as_str())));
+    }
+    let mut described = Vec::with_capacity(found.len());
+    let mut images = Vec::new();
+    let mut content = content;
+    for (media, source) in &found {
+        if Kind::of(&media.content_type) != Some(wanted) {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "wrong_media_kind",
+                format!(
+                    "media {} is {}; a{} {} message takes {}",
+                    media.id,
+                    media.content_type,
+                    if body.message_type == "image" {
+                        "n"
+                    } else {
+                        ""
+                    },
+                    body.message_type,
+                    if wanted == Kind::Audio {
+                        "one audio file"
+                    } else {
+                        "images"
+                    }
+                ),
+            )
+            .with_details(json!({ "field": "media_ids", "id": media.id })));
+        }
+        let mut entry = MediaStore::describe(media);
+        if let Some(source) = source {
+            entry["source_url"] = json!(source);
+        }
+        match wanted {
+            Kind::Image => images.push(state.media.image_data(media).await?),
+            Kind::Audio => {
+                let transcript = state.media.transcribe(media).await?;
+                content = if content.trim().is_empty() {
+                    transcript.clone()
+                } else {
+                    format!("{content}\n\n{transcript}")
+                };
+                entry["transcript"] = json!(transcript);
+                if let Some(seconds) = body.audio_duration_seconds {
+                    entry["duration_seconds"] = json!(seconds);
+                }
+            }
+        }
+        described.push(entry);
+    }
+    Ok(Attached {
+        content,
+        images,
+        media: serde_json::Value::Array(described),
+    })
+}
+
+/// The images of a stored message (from its `media` JSON), for sending it again; media since deleted are left
+/// out.
+async fn images_of(
+    state: &AppState,
+    user: &AuthUser,
+    media: &serde_json::Value,
+) -> Result<Vec<crate::providers::ImageData>, ApiError> {
+    let mut images = Vec::new();
+    for id in crate::store::media_ids_of(media) {
+        if let Some(found) = state.store.get_media(&user.user_id, id).await?
+            && crate::media::Kind::of(&found.content_type) == Some(crate::media::Kind::Image)
+        {
+            images.push(state.media.image_data(&found).await?);
+        }
+    }
+    Ok(images)
 }
 
 /// The persona's system prompt, then as much recent history as fits, then the new message.

@@ -4,6 +4,7 @@
 mod conversations;
 mod generations;
 mod health;
+mod media;
 mod messages;
 mod models;
 mod openai;
@@ -49,7 +50,8 @@ pub fn app(state: AppState) -> Router {
         .merge(ws::router())
         .merge(openai::router())
         .merge(openapi::router())
-        .merge(ui::router());
+        .merge(ui::router())
+        .merge(media::router(state.media.max_bytes()));
     // Route layers run last-added first: authentication, then the rate limit keyed by its user.
     let limits = &state.config.limits;
     let routes = match ratelimit::layer(limits.requests_per_minute, limits.burst) {

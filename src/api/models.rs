@@ -36,7 +36,7 @@ async fn list(State(state): State<AppState>, _: AuthUser) -> Json<Value> {
                 "input_per_mtok": per_mtok(route.prices.input_picousd_per_token),
                 "output_per_mtok": per_mtok(route.prices.output_picousd_per_token),
                 "cached_input_per_mtok": per_mtok(route.prices.cached_input_picousd_per_token),
-                "modalities": ["text"],
+                "modalities": if route.accepts_images { json!(["text", "image"]) } else { json!(["text"]) },
                 "fallbacks": route.fallbacks,
                 "token_counts_exact": route.tokenizer.exact,
                 "default": route.alias == default,

@@ -176,6 +176,7 @@ async fn completions(
         messages.push(ChatMessage {
             role,
             content: text_of(&message.content)?,
+            images: Vec::new(),
         });
     }
     if !messages.iter().any(|m| m.role == Role::User) {

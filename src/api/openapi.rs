@@ -81,6 +81,8 @@ impl Modify for BearerAuth {
         super::ws::upgrade,
         super::openai::completions,
         super::openai::models,
+        super::media::upload,
+        super::media::download,
     ),
     components(schemas(
         ErrorBody,

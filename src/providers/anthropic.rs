@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::http::{self, DecodeError, Decoder, Flow, Frame, Framing, HttpOptions, Upstream};
-use super::{ChatRequest, Provider, ProviderEvent, ProviderStream, Role};
+use super::{ChatRequest, ImageData, Provider, ProviderEvent, ProviderStream, Role};
 use crate::usage::Usage;
 
 /// `anthropic-version` sent with every request.
@@ -57,25 +57,44 @@ pub fn request_body(request: &ChatRequest) -> Value {
         .filter(|m| m.role == Role::System)
         .map(|m| m.content.as_str())
         .collect();
-    let mut messages: Vec<(Role, String)> = Vec::new();
+    let mut messages: Vec<(Role, String, Vec<&ImageData>)> = Vec::new();
     for message in request.messages.iter().filter(|m| m.role != Role::System) {
         match messages.last_mut() {
-            Some((role, content)) if *role == message.role => {
+            Some((role, content, images)) if *role == message.role => {
                 content.push_str("\n\n");
                 content.push_str(&message.content);
+                images.extend(&message.images);
             }
-            _ => messages.push((message.role, message.content.clone())),
+            _ => messages.push((
+                message.role,
+                message.content.clone(),
+                message.images.iter().collect(),
+            )),
         }
     }
     if messages
         .first()
-        .is_some_and(|(role, _)| *role == Role::Assistant)
+        .is_some_and(|(role, _, _)| *role == Role::Assistant)
     {
         messages.remove(0);
     }
+    // With images, content is a list of blocks: the images first (as Anthropic's vision guide advises), then
+    // the text.
     let messages: Vec<Value> = messages
         .into_iter()
-        .map(|(role, content)| json!({ "role": role, "content": content }))
+        .map(|(role, content, images)| {
+            if images.is_empty() {
+                return json!({ "role": role, "content": content });
+            }
+            let mut blocks: Vec<Value> = images
+                .iter()
+                .map(|i| json!({ "type": "image", "source": { "type": "base64", "media_type": i.mime_type, "data": &*i.base64 } }))
+                .collect();
+            if !content.trim().is_empty() {
+                blocks.push(json!({ "type": "text", "text": content }));
+            }
+            json!({ "role": role, "content": blocks })
+        })
         .collect();
     let mut body = json!({
         "model": request.model,

@@ -61,7 +61,16 @@ pub fn request_body(request: &ChatRequest) -> Value {
             } else {
                 "user"
             };
-            json!({ "role": role, "parts": [{ "text": m.content }] })
+            let mut parts = Vec::with_capacity(m.images.len() + 1);
+            if !m.content.is_empty() || m.images.is_empty() {
+                parts.push(json!({ "text": m.content }));
+            }
+            for image in &m.images {
+                parts.push(
+                    json!({ "inlineData": { "mimeType": image.mime_type, "data": &*image.base64 } }),
+                );
+            }
+            json!({ "role": role, "parts": parts })
         })
         .collect();
     let mut body = json!({ "contents": contents });

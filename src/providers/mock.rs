@@ -24,16 +24,21 @@ impl MockProvider {
 
     /// The full reply to `request`: a pure function of its last user message.
     pub fn reply_to(request: &ChatRequest) -> String {
-        let last = request
-            .messages
-            .iter()
-            .rev()
-            .find(|m| m.role == Role::User)
+        let last = request.messages.iter().rev().find(|m| m.role == Role::User);
+        let quoted: String = last
             .map(|m| m.content.trim())
-            .unwrap_or("");
-        let quoted: String = last.chars().take(200).collect();
+            .unwrap_or("")
+            .chars()
+            .take(200)
+            .collect();
+        let images = last.map_or(0, |m| m.images.len());
+        let seen = match images {
+            0 => String::new(),
+            1 => "I see 1 image. ".to_string(),
+            n => format!("I see {n} images. "),
+        };
         format!(
-            "Hello! I am chatgate's built-in mock model. You said: \"{quoted}\". \
+            "Hello! I am chatgate's built-in mock model. {seen}You said: \"{quoted}\". \
              Configure a provider API key to talk to a real model."
         )
     }

@@ -34,11 +34,29 @@ pub enum Role {
     Assistant,
 }
 
-/// One message of a prompt.
+/// One message of a prompt. `images` go with a user message, each adapter writing them in its provider's
+/// format (OpenAI `image_url` data URLs, Anthropic `image` blocks, Gemini `inlineData`, Ollama `images`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ChatMessage {
     pub role: Role,
     pub content: String,
+    #[serde(skip)]
+    pub images: Vec<ImageData>,
+}
+
+/// An image sent upstream: its MIME type and its bytes in standard base64, encoded once and shared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageData {
+    /// e.g. `image/png`.
+    pub mime_type: String,
+    pub base64: Arc<str>,
+}
+
+impl ImageData {
+    /// `data:<mime>;base64,<data>` (RFC 2397), as OpenAI's `image_url` takes it.
+    pub fn data_url(&self) -> String {
+        format!("data:{};base64,{}", self.mime_type, self.base64)
+    }
 }
 
 impl ChatMessage {
@@ -46,19 +64,27 @@ impl ChatMessage {
         Self {
             role: Role::System,
             content: content.into(),
+            images: Vec::new(),
         }
     }
     pub fn user(content: impl Into<String>) -> Self {
         Self {
             role: Role::User,
             content: content.into(),
+            images: Vec::new(),
         }
     }
     pub fn assistant(content: impl Into<String>) -> Self {
         Self {
             role: Role::Assistant,
             content: content.into(),
+            images: Vec::new(),
         }
+    }
+    /// The same message with `images`.
+    pub fn with_images(mut self, images: Vec<ImageData>) -> Self {
+        self.images = images;
+        self
     }
 }
 
@@ -209,6 +235,8 @@ pub struct ModelRoute {
     pub tokenizer: Tokenizer,
     /// Aliases tried in order when this one fails before its first token.
     pub fallbacks: Vec<String>,
+    /// Whether the model takes images (`modalities` has `image`; the mock takes them all).
+    pub accepts_images: bool,
 }
 
 impl std::fmt::Debug for ModelRoute {
@@ -237,6 +265,7 @@ impl Models {
     pub fn from_config(config: &Config) -> Result<Self, String> {
         let mut providers: BTreeMap<&str, Arc<dyn Provider>> = BTreeMap::new();
         let mut mocked: Vec<&str> = Vec::new();
+        let mut mocks: Vec<&str> = Vec::new();
         for (name, pc) in &config.providers {
             let kind = pc
                 .kind_for(name)
@@ -261,6 +290,9 @@ impl Models {
                     idle: pc.idle_timeout(),
                     http2_prior_knowledge: pc.http2_prior_knowledge,
                 };
+                if kind == ProviderKind::Mock {
+                    mocks.push(name.as_str());
+                }
                 match kind {
                     ProviderKind::Mock => Arc::new(mock::MockProvider::new(
                         name,
@@ -309,6 +341,13 @@ impl Models {
                     max_output_tokens: mc.max_output_tokens,
                     tokenizer: Tokenizer::for_model(&mc.model),
                     fallbacks: mc.fallbacks.clone(),
+                    accepts_images: match &mc.modalities {
+                        Some(modalities) => modalities.contains(&crate::config::Modality::Image),
+                        None => {
+                            mocked.contains(&mc.provider.as_str())
+                                || mocks.contains(&mc.provider.as_str())
+                        }
+                    },
                 },
             );
         }

@@ -44,7 +44,19 @@ impl OllamaProvider {
 
 /// The `/api/chat` body.
 pub fn request_body(request: &ChatRequest) -> Value {
-    let mut body = json!({ "model": request.model, "messages": request.messages, "stream": true });
+    // Ollama's /api/chat: images as base64 strings beside the text (docs/api.md, "Chat request (with images)").
+    let messages: Vec<Value> = request
+        .messages
+        .iter()
+        .map(|m| {
+            let mut message = json!({ "role": m.role, "content": m.content });
+            if !m.images.is_empty() {
+                message["images"] = m.images.iter().map(|i| json!(&*i.base64)).collect();
+            }
+            message
+        })
+        .collect();
+    let mut body = json!({ "model": request.model, "messages": messages, "stream": true });
     if let Some(max_tokens) = request.max_tokens {
         body["options"] = json!({ "num_predict": max_tokens });
     }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::http::{self, DecodeError, Decoder, Flow, Frame, Framing, HttpOptions, Upstream};
-use super::{ChatRequest, Provider, ProviderEvent, ProviderStream};
+use super::{ChatMessage, ChatRequest, Provider, ProviderEvent, ProviderStream};
 use crate::usage::Usage;
 
 /// The OpenAI-compatible adapter.
@@ -42,6 +42,22 @@ impl OpenAiProvider {
     }
 }
 
+/// A Chat Completions message: `content` a string, or, with images, an array of `text` and `image_url` parts
+/// whose URLs are `data:` URLs (OpenAI API reference, "Create chat completion", user message content parts).
+pub fn message_json(message: &ChatMessage) -> Value {
+    if message.images.is_empty() {
+        return json!({ "role": message.role, "content": message.content });
+    }
+    let mut parts = Vec::with_capacity(message.images.len() + 1);
+    if !message.content.is_empty() {
+        parts.push(json!({ "type": "text", "text": message.content }));
+    }
+    for image in &message.images {
+        parts.push(json!({ "type": "image_url", "image_url": { "url": image.data_url() } }));
+    }
+    json!({ "role": message.role, "content": parts })
+}
+
 impl Provider for OpenAiProvider {
     fn name(&self) -> &str {
         &self.upstream.name
@@ -50,7 +66,7 @@ impl Provider for OpenAiProvider {
     fn stream(&self, request: ChatRequest) -> ProviderStream {
         let mut body = json!({
             "model": request.model,
-            "messages": request.messages,
+            "messages": request.messages.iter().map(message_json).collect::<Vec<_>>(),
             "stream": true,
             "stream_options": { "include_usage": true },
         });

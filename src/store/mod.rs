@@ -272,6 +272,33 @@ impl Message {
 }
 
 /// A message to insert.
+/// An uploaded file: image or audio, owned by its uploader. The bytes live in the object store under
+/// `storage_key`.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, PartialEq)]
+pub struct Media {
+    pub id: Id,
+    #[serde(skip)]
+    pub user_id: String,
+    /// Sniffed from the bytes, e.g. `image/png`, `audio/mpeg`.
+    pub content_type: String,
+    pub size_bytes: i64,
+    /// Hex SHA-256 of the bytes.
+    pub sha256: String,
+    #[serde(skip)]
+    pub storage_key: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The ids of uploaded media in a message's `media` JSON (`[{id, ...}]`).
+pub fn media_ids_of(media: &Value) -> Vec<Id> {
+    media
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["id"].as_str()?.parse().ok())
+        .collect()
+}
+
 #[derive(Debug, Clone)]
 pub struct NewMessage {
     pub id: Id,
@@ -472,6 +499,12 @@ pub trait Store: Send + Sync + 'static {
         title: Option<Option<&str>>,
         archived: Option<bool>,
     ) -> StoreResult<Option<Conversation>>;
+    /// Records an uploaded file (after its bytes are stored).
+    async fn insert_media(&self, media: &Media) -> StoreResult<()>;
+    /// One of the caller's uploads; `None` for anyone else's.
+    async fn get_media(&self, user_id: &str, id: Id) -> StoreResult<Option<Media>>;
+    /// The storage keys of every media record, for the sweep that deletes files without one.
+    async fn media_storage_keys(&self) -> StoreResult<Vec<String>>;
     /// Sets a generated title unless the conversation has one (a title the user set in the meantime wins);
     /// `None` when it has one, or is not the caller's.
     async fn title_if_untitled(
@@ -480,7 +513,8 @@ pub trait Store: Send + Sync + 'static {
         id: Id,
         title: &str,
     ) -> StoreResult<Option<Conversation>>;
-    /// Deletes the conversation and its messages (usage records stay, detached).
+    /// Deletes the conversation and its messages (usage records stay, detached), and the media records only its
+    /// messages used (the files go in the background sweep), in one transaction.
     async fn delete_conversation(&self, user_id: &str, id: Id) -> StoreResult<bool>;
 
     /// Inserts a message and bumps its conversation's `last_message_at`, in one transaction.

@@ -347,19 +347,85 @@ macro_rules! impl_store {
             }
 
             async fn delete_conversation(&self, user_id: &str, id: Id) -> StoreResult<bool> {
+                let mut tx = self.pool.begin().await?;
+                // The media its messages used, unless a message of another conversation uses them too.
+                sqlx::query(
+                    "DELETE FROM media WHERE user_id = $2 AND id IN (\
+                       SELECT mm.media_id FROM message_media mm JOIN messages m ON m.id = mm.message_id \
+                       JOIN conversations c ON c.id = m.conversation_id \
+                       WHERE m.conversation_id = $1 AND c.user_id = $2) \
+                     AND id NOT IN (\
+                       SELECT mm.media_id FROM message_media mm JOIN messages m ON m.id = mm.message_id \
+                       WHERE m.conversation_id <> $1)",
+                )
+                .bind(id)
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await?;
                 let result = sqlx::query("DELETE FROM conversations WHERE id = $1 AND user_id = $2")
                     .bind(id)
                     .bind(user_id)
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await?;
+                tx.commit().await?;
                 Ok(result.rows_affected() > 0)
             }
 
             async fn insert_message(&self, m: &NewMessage) -> StoreResult<Message> {
-                // One statement: a trigger marks the conversation active (migration 0004).
-                let mut conn = self.pool.acquire().await?;
-                insert_message_row(&mut *conn, m).await?;
+                let media_ids = crate::store::media_ids_of(&m.media);
+                if media_ids.is_empty() {
+                    // One statement: a trigger marks the conversation active (migration 0004).
+                    let mut conn = self.pool.acquire().await?;
+                    insert_message_row(&mut *conn, m).await?;
+                } else {
+                    let mut tx = self.pool.begin().await?;
+                    insert_message_row(&mut *tx, m).await?;
+                    for media_id in media_ids {
+                        sqlx::query("INSERT INTO message_media (message_id, media_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                            .bind(m.id)
+                            .bind(media_id)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(|e| map_write_error(e, "the message's media"))?;
+                    }
+                    tx.commit().await?;
+                }
                 Ok(Message::from_new(m, None))
+            }
+
+            async fn insert_media(&self, media: &Media) -> StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO media (id, user_id, content_type, size_bytes, sha256, storage_key, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(media.id)
+                .bind(&media.user_id)
+                .bind(&media.content_type)
+                .bind(media.size_bytes)
+                .bind(&media.sha256)
+                .bind(&media.storage_key)
+                .bind(media.created_at)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| map_write_error(e, "the media"))?;
+                Ok(())
+            }
+
+            async fn get_media(&self, user_id: &str, id: Id) -> StoreResult<Option<Media>> {
+                Ok(sqlx::query_as::<_, Media>(
+                    "SELECT id, user_id, content_type, size_bytes, sha256, storage_key, created_at \
+                     FROM media WHERE id = $1 AND user_id = $2",
+                )
+                .bind(id)
+                .bind(user_id)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn media_storage_keys(&self) -> StoreResult<Vec<String>> {
+                Ok(sqlx::query_scalar::<_, String>("SELECT storage_key FROM media")
+                    .fetch_all(&self.pool)
+                    .await?)
             }
 
             async fn get_message(&self, user_id: &str, id: Id) -> StoreResult<Option<Message>> {

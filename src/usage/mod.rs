@@ -100,6 +100,7 @@ mod tests {
             context_window: 8192,
             max_output_tokens: None,
             fallbacks: vec![],
+            modalities: None,
         }
     }
 

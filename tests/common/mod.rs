@@ -186,6 +186,13 @@ impl TestServer {
     /// Starts chatgate with `config`. Tests poll quickly, so the default request rate limit is off unless the
     /// config sets another value (the rate limit has its own test).
     pub async fn start_with(mut config: Config, db: TestDb) -> Self {
+        // Uploads go to a directory of this server's own, not the working directory's `data/media`.
+        if config.media.storage == chatgate::config::MediaConfig::default().storage {
+            config.media.storage = std::env::temp_dir()
+                .join(format!("chatgate-test-media-{}", uuid::Uuid::now_v7()))
+                .display()
+                .to_string();
+        }
         if config.limits.requests_per_minute
             == chatgate::config::LimitsConfig::default().requests_per_minute
         {

@@ -1,0 +1,155 @@
+//! Media uploads: `POST /api/v1/media` (multipart) and `GET /api/v1/media/{id}`, the uploader's only.
+
+use axum::body::Body;
+use axum::extract::multipart::MultipartRejection;
+use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::TryStreamExt;
+use serde_json::{Value, json};
+
+use super::parse_id;
+use crate::AppState;
+use crate::auth::AuthUser;
+use crate::error::ApiError;
+use crate::media::MediaStore;
+
+/// Room for the multipart framing around the file, in bytes.
+const FRAMING_BYTES: u64 = 64 * 1024;
+
+/// The routes; bodies up to the largest media type's limit (plus framing) are let through to the upload,
+/// which applies each type's own limit as the bytes arrive.
+pub fn router(max_media_bytes: u64) -> Router<AppState> {
+    let limit = usize::try_from(max_media_bytes + FRAMING_BYTES).unwrap_or(usize::MAX);
+    Router::new()
+        .route(
+            "/api/v1/media",
+            post(upload).layer(DefaultBodyLimit::max(limit)),
+        )
+        .route("/api/v1/media/{id}", get(download))
+}
+
+/// `POST /api/v1/media`, `multipart/form-data` with the file in the part `file` → 201
+/// `{id, url, content_type, kind, size_bytes, sha256, created_at}`. The type is sniffed from the bytes; the
+/// body is streamed to storage, and refused with 413 once past its type's limit (at once when its
+/// `Content-Length` is past the largest limit), leaving nothing stored.
+#[utoipa::path(post, operation_id = "media_upload", path = "/api/v1/media", tag = "media",
+    request_body(content_type = "multipart/form-data", content = Object, description = "the file in the part `file`"),
+    responses(
+        (status = 201, description = "`{id, url, content_type, kind, size_bytes, sha256, created_at}`", body = Object),
+        (status = 400, description = "no `file` part, or an empty file", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "missing or invalid token", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "over the type's size limit", body = crate::api::openapi::ErrorBody),
+        (status = 415, description = "not multipart, or a type not allowed", body = crate::api::openapi::ErrorBody)))]
+async fn upload(
+    State(state): State<AppState>,
+    user: AuthUser,
+    headers: HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let max = state.media.max_bytes();
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(length) = declared
+        && length > max + FRAMING_BYTES
+    {
+        return Err(ApiError::payload_too_large(format!(
+            "the upload is {length} bytes; the largest media allowed is {max} bytes"
+        ))
+        .with_details(json!({ "limit_bytes": max, "size_bytes": length })));
+    }
+    let mut multipart = multipart.map_err(|rejection| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "expected a multipart/form-data body with the file in the part `file`: {}",
+                rejection.body_text()
+            ),
+        )
+    })?;
+    loop {
+        let field = multipart.next_field().await.map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                format!("malformed multipart body: {}", e.body_text()),
+            )
+        })?;
+        let Some(field) = field else {
+            return Err(ApiError::validation(
+                "file",
+                "the multipart body has no part named `file`",
+            ));
+        };
+        if field.name() != Some("file") {
+            continue;
+        }
+        let media = state
+            .media
+            .put_stream(
+                &*state.store,
+                &user.user_id,
+                field.map_err(|e| e.body_text()),
+            )
+            .await?;
+        let mut body = MediaStore::describe(&media);
+        body["sha256"] = json!(media.sha256);
+        body["created_at"] = json!(media.created_at);
+        return Ok((StatusCode::CREATED, Json(body)));
+    }
+}
+
+/// `GET /api/v1/media/{id}`: the file, to its uploader only (anyone else gets 404), with its sniffed type,
+/// `ETag` (its SHA-256) and `X-Content-Type-Options: nosniff`.
+#[utoipa::path(get, operation_id = "media_download", path = "/api/v1/media/{id}", tag = "media",
+    params(("id" = String, Path, description = "media id (UUID)")),
+    responses(
+        (status = 200, description = "the file's bytes", content_type = "application/octet-stream"),
+        (status = 304, description = "unchanged since the ETag"),
+        (status = 401, description = "missing or invalid token", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "not found (or not the caller's)", body = crate::api::openapi::ErrorBody)))]
+async fn download(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id, "media")?;
+    let media = state
+        .store
+        .get_media(&user.user_id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("media"))?;
+    let etag = format!("\"{}\"", media.sha256);
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag))
+    {
+        return Ok(StatusCode::NOT_MODIFIED.into_response());
+    }
+    let stream = state.media.read_stream(&media).await?;
+    let mut response = Body::from_stream(stream).into_response();
+    let h = response.headers_mut();
+    let value = |v: &str| HeaderValue::from_str(v).map_err(ApiError::internal);
+    h.insert(header::CONTENT_TYPE, value(&media.content_type)?);
+    h.insert(
+        header::CONTENT_LENGTH,
+        value(&media.size_bytes.to_string())?,
+    );
+    h.insert(header::ETAG, value(&etag)?);
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, max-age=86400"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    Ok(response)
+}
