@@ -894,3 +894,92 @@ async fn a_conversations_media_go_with_it(backend: Backend) {
     assert_eq!(files_in(&dir).len(), 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn earlier_images_go_with_the_history_to_models_that_take_them() {
+    let upstream = Recorder::start().await;
+    let dir = media_dir();
+    let Some(server) = TestServer::start(
+        Backend::Sqlite,
+        None,
+        &providers_config(&upstream.url, &dir, ""),
+    )
+    .await
+    else {
+        return;
+    };
+    let image = upload_ok(&server, "alice", "photo.png", png()).await;
+    let data_url = format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(png())
+    );
+    let conversation = server.conversation("alice").await;
+    let send = |body: Value| {
+        let request = server.send_message(&conversation, "alice", body);
+        async move {
+            let response = request.send().await.expect("send");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.expect("json"))
+        }
+    };
+    let (status, first) = send(
+        json!({ "message_type": "image", "media_ids": [image["id"]], "model": "vision-openai" }),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // A follow-up question: the photo goes again, in its turn.
+    let (status, _) =
+        send(json!({ "content": "What colour is it?", "model": "vision-openai" })).await;
+    assert_eq!(status, 200);
+    let (_, sent) = upstream.last();
+    let turns = sent["messages"].as_array().expect("messages");
+    assert_eq!(
+        turns[1],
+        json!({ "role": "user", "content": [{ "type": "image_url", "image_url": { "url": data_url } }] })
+    );
+    assert_eq!(turns.last().expect("last")["content"], "What colour is it?");
+
+    // A text-only model sees that there was an image, never an empty turn.
+    let (status, _) = send(json!({ "content": "And now?", "model": "text-only" })).await;
+    assert_eq!(status, 200);
+    let (_, sent) = upstream.last();
+    assert_eq!(
+        sent["messages"][1],
+        json!({ "role": "user", "content": "[image]" })
+    );
+
+    // Regenerating the image question: again with its image, or 422 on a model without vision.
+    let question_id = first["user_message"]["id"].as_str().expect("id");
+    let response = server
+        .post(
+            &format!("/api/v1/messages/{question_id}/regenerate"),
+            "alice",
+            json!({ "model": "vision-gemini" }),
+        )
+        .send()
+        .await
+        .expect("regenerate");
+    assert_eq!(response.status(), 200);
+    let (_, sent) = upstream.last();
+    assert_eq!(
+        sent["contents"]
+            .as_array()
+            .and_then(|c| c.last())
+            .map(|c| c["parts"].clone()),
+        Some(
+            json!([{ "inlineData": { "mimeType": "image/png", "data": base64::engine::general_purpose::STANDARD.encode(png()) } }])
+        )
+    );
+    let response = server
+        .post(
+            &format!("/api/v1/messages/{question_id}/regenerate"),
+            "alice",
+            json!({ "model": "text-only" }),
+        )
+        .send()
+        .await
+        .expect("regenerate");
+    assert_eq!(response.status(), 422);
+    let _ = std::fs::remove_dir_all(&dir);
+}

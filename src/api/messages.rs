@@ -1,5 +1,6 @@
 //! Messages: send (SSE, JSON or 202), history, delete.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,7 @@ use super::{AppQuery, page_limit, parse_id};
 use crate::AppState;
 use crate::auth::AuthUser;
 use crate::error::{ApiError, AppJson};
-use crate::providers::{ChatMessage, ChatRequest, ModelRoute};
+use crate::providers::{ChatMessage, ChatRequest, ImageData, ModelRoute};
 use crate::store::{Conversation, HistoryPage, Id, Message, NewMessage, Persona, role, status};
 use crate::stream::generation::{self, GenerationJob, RetryPolicy};
 use crate::stream::{EventKind, Generation, GenerationEvent, sse_frame, sse_response};
@@ -198,15 +199,7 @@ pub(crate) async fn start_message(
     let conversation = owned(state, user, conversation_id).await?;
     let (persona, route) = persona_and_route(state, &conversation, body.model.as_deref()).await?;
     if matches!(body.message_type.as_str(), "multimodal" | "image") && !route.accepts_images {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "model_cannot_take_images",
-            format!(
-                "model '{}' does not take images; pick a model with \"image\" in its modalities",
-                route.alias
-            ),
-        )
-        .with_details(json!({ "model": route.alias })));
+        return Err(takes_no_images(&route));
     }
     if let Some(parent_id) = body.parent_id {
         let parent = state.store.get_message(&user.user_id, parent_id).await?;
@@ -229,11 +222,13 @@ pub(crate) async fn start_message(
         .await?;
     let attached = attach_media(state, user, body, content).await?;
     let content = attached.content;
+    let earlier_images = history_images(state, user, &route, &history).await?;
     let (messages, prompt_tokens) = build_prompt(
         state,
         &persona,
         &route,
         &history,
+        &earlier_images,
         ChatMessage::user(content.clone()).with_images(attached.images),
     )?;
     let reservation = admit(state, user, &route, prompt_tokens).await?;
@@ -333,13 +328,22 @@ async fn regenerate(
             false,
         )
         .await?;
+    let earlier_images = history_images(&state, &user, &route, &history).await?;
+    let question_images = if matches!(question.message_type.as_str(), "multimodal" | "image") {
+        if !route.accepts_images {
+            return Err(takes_no_images(&route));
+        }
+        images_of(&state, &user, &question.media).await?
+    } else {
+        Vec::new()
+    };
     let (messages, prompt_tokens) = build_prompt(
         &state,
         &persona,
         &route,
         &history,
-        ChatMessage::user(question.content.clone())
-            .with_images(images_of(&state, &user, &question.media).await?),
+        &earlier_images,
+        ChatMessage::user(question.content.clone()).with_images(question_images),
     )?;
     let reservation = admit(&state, &user, &route, prompt_tokens).await?;
     let generation = start_generation(
@@ -795,13 +799,63 @@ async fn attach_media(
     })
 }
 
+/// 422 `model_cannot_take_images`, naming the model.
+fn takes_no_images(route: &ModelRoute) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "model_cannot_take_images",
+        format!(
+            "model '{}' does not take images; pick a model with \"image\" in its modalities",
+            route.alias
+        ),
+    )
+    .with_details(json!({ "model": route.alias }))
+}
+
+/// Prompt tokens counted for one image when fitting history and reserving budget: an upper estimate (Anthropic
+/// bills about 1,600 tokens for a 1092×1092 image; OpenAI at most 1,105 for a high-detail 1024×1024 one).
+const IMAGE_TOKENS: u64 = 1600;
+
+/// Images of earlier messages sent again with the history (a question about "the photo" needs the photo):
+/// those of the most recent user messages, up to `media.max_per_message` images, read from storage; none for a
+/// model that does not take images.
+async fn history_images(
+    state: &AppState,
+    user: &AuthUser,
+    route: &ModelRoute,
+    history_newest_first: &[Message],
+) -> Result<HashMap<Id, Vec<ImageData>>, ApiError> {
+    let mut found = HashMap::new();
+    if !route.accepts_images {
+        return Ok(found);
+    }
+    let mut budget = state.media.max_per_message();
+    for message in history_newest_first {
+        if budget == 0 {
+            break;
+        }
+        if message.role != role::USER
+            || !matches!(message.message_type.as_str(), "multimodal" | "image")
+        {
+            continue;
+        }
+        let mut images = images_of(state, user, &message.media).await?;
+        images.truncate(budget);
+        budget -= images.len();
+        if !images.is_empty() {
+            found.insert(message.id, images);
+        }
+    }
+    Ok(found)
+}
+
 /// The images of a stored message (from its `media` JSON), for sending it again; media since deleted are left
 /// out.
 async fn images_of(
     state: &AppState,
     user: &AuthUser,
     media: &serde_json::Value,
-) -> Result<Vec<crate::providers::ImageData>, ApiError> {
+) -> Result<Vec<ImageData>, ApiError> {
     let mut images = Vec::new();
     for id in crate::store::media_ids_of(media) {
         if let Some(found) = state.store.get_media(&user.user_id, id).await?
@@ -823,6 +877,7 @@ fn build_prompt(
     persona: &Persona,
     route: &ModelRoute,
     history_newest_first: &[Message],
+    history_images: &HashMap<Id, Vec<ImageData>>,
     new_message: ChatMessage,
 ) -> Result<(Vec<ChatMessage>, u64), ApiError> {
     let config = &state.config.generation;
@@ -844,11 +899,12 @@ fn build_prompt(
         .saturating_sub(system_tokens);
     let budget = window_budget.min(u64::from(config.max_history_tokens));
     let cost = |m: &ChatMessage, spent: u64| {
-        let upper = 3 + m.content.len() as u64;
+        let images = IMAGE_TOKENS * m.images.len() as u64;
+        let upper = 3 + m.content.len() as u64 + images;
         if spent + upper <= budget {
             upper
         } else {
-            tokenizer.count_message(m)
+            tokenizer.count_message(m) + images
         }
     };
 
@@ -867,7 +923,22 @@ fn build_prompt(
     let mut included = Vec::new();
     for message in history_newest_first {
         let chat = match message.role.as_str() {
-            role::USER => ChatMessage::user(message.content.clone()),
+            role::USER => match history_images.get(&message.id) {
+                Some(images) => {
+                    ChatMessage::user(message.content.clone()).with_images(images.clone())
+                }
+                // An image the model will not see still leaves a trace, so the turn is never empty.
+                None if !crate::store::media_ids_of(&message.media).is_empty()
+                    && message.message_type != "audio" =>
+                {
+                    ChatMessage::user(
+                        format!("{} [image]", message.content)
+                            .trim_start()
+                            .to_string(),
+                    )
+                }
+                None => ChatMessage::user(message.content.clone()),
+            },
             role::ASSISTANT if !message.content.is_empty() => {
                 ChatMessage::assistant(message.content.clone())
             }
