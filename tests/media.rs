@@ -143,7 +143,7 @@ async fn upload_ok(server: &TestServer, user: &str, name: &str, bytes: Vec<u8>) 
 /// Requests seen by a [`Recorder`]: path and JSON body.
 type Requests = Arc<Mutex<Vec<(String, Value)>>>;
 
-/// An upstream that records each request (path and JSON body, or the multipart body's size) and answers
+/// An upstream that records each POST (path and JSON body, or the multipart body's size) and answers
 /// with chatgate's testkit mock in the provider's own wire format.
 struct Recorder {
     url: String,
@@ -158,6 +158,10 @@ impl Recorder {
             request: Request,
             next: Next,
         ) -> axum::response::Response {
+            // Only requests that carry a prompt or a file: not the background provider checks.
+            if request.method() != axum::http::Method::POST {
+                return next.run(request).await;
+            }
             let (parts, body) = request.into_parts();
             let bytes = axum::body::to_bytes(body, usize::MAX).await.expect("body");
             let json = serde_json::from_slice(&bytes).unwrap_or_else(
@@ -981,5 +985,66 @@ async fn earlier_images_go_with_the_history_to_models_that_take_them() {
         .await
         .expect("regenerate");
     assert_eq!(response.status(), 422);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn the_openai_endpoint_takes_image_parts() {
+    let upstream = Recorder::start().await;
+    let dir = media_dir();
+    let Some(server) = TestServer::start(
+        Backend::Sqlite,
+        None,
+        &providers_config(&upstream.url, &dir, ""),
+    )
+    .await
+    else {
+        return;
+    };
+    let b64 = base64::engine::general_purpose::STANDARD.encode(png());
+    let completion = |model: &str, url: String| {
+        let request = server
+            .client
+            .post(format!("{}/v1/chat/completions", server.url))
+            .bearer_auth(server.token("alice"))
+            .json(
+                &json!({ "model": model, "messages": [{ "role": "user", "content": [
+                { "type": "text", "text": "Describe" },
+                { "type": "image_url", "image_url": { "url": url, "detail": "auto" } },
+            ] }] }),
+            );
+        async move {
+            let response = request.send().await.expect("send");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.expect("json"))
+        }
+    };
+    // To Anthropic, in its block format.
+    let (status, body) =
+        completion("vision-anthropic", format!("data:image/png;base64,{b64}")).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, sent) = upstream.last();
+    assert_eq!(
+        sent["messages"][0]["content"],
+        json!([
+            { "type": "image", "source": { "type": "base64", "media_type": "image/png", "data": b64 } },
+            { "type": "text", "text": "Describe" },
+        ]),
+        "{sent}"
+    );
+    // The declared type is not trusted; bad data, text-only models: OpenAI-shaped errors.
+    let pdf =
+        base64::engine::general_purpose::STANDARD.encode(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n");
+    let (status, body) = completion("vision-openai", format!("data:image/png;base64,{pdf}")).await;
+    assert_eq!(status, 415, "{body}");
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    let (status, _) = completion("vision-openai", "data:image/png;base64,!!!".into()).await;
+    assert_eq!(status, 400);
+    let (status, body) = completion("text-only", format!("data:image/png;base64,{b64}")).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "model_cannot_take_images");
+    let (status, body) = completion("vision-openai", "http://127.0.0.1:9/cat.png".into()).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "url_not_allowed");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -814,7 +814,7 @@ fn takes_no_images(route: &ModelRoute) -> ApiError {
 
 /// Prompt tokens counted for one image when fitting history and reserving budget: an upper estimate (Anthropic
 /// bills about 1,600 tokens for a 1092×1092 image; OpenAI at most 1,105 for a high-detail 1024×1024 one).
-const IMAGE_TOKENS: u64 = 1600;
+pub(crate) const IMAGE_TOKENS: u64 = 1600;
 
 /// Images of earlier messages sent again with the history (a question about "the photo" needs the photo):
 /// those of the most recent user messages, up to `media.max_per_message` images, read from storage; none for a

@@ -24,7 +24,7 @@ use super::messages::{admit, retry_policy};
 use crate::AppState;
 use crate::auth::AuthUser;
 use crate::error::{ApiError, AppJson};
-use crate::providers::{ChatMessage, ChatRequest, Role};
+use crate::providers::{ChatMessage, ChatRequest, ImageData, Role};
 use crate::store::{Id, PersonaFilter};
 use crate::stream::generation::{self, GenerationJob};
 use crate::stream::{EventKind, Generation, sse_response};
@@ -102,17 +102,36 @@ struct InputMessage {
     content: Value,
 }
 
-/// The text of a message: a string, or the `text` parts of a content array.
-fn text_of(content: &Value) -> Result<String, ApiError> {
+/// A message's content: a string, or an array of `text` and `image_url` parts (OpenAI API reference, "Create
+/// chat completion", content parts). An image is a `data:` URL (RFC 2397, base64), or an http(s) URL fetched
+/// under the upload rules and kept as the caller's media; its type is sniffed from its bytes.
+async fn content_of(
+    state: &AppState,
+    user: &AuthUser,
+    content: &Value,
+) -> Result<(String, Vec<ImageData>), ApiError> {
     match content {
-        Value::String(text) => Ok(text.clone()),
-        Value::Null => Ok(String::new()),
+        Value::String(text) => Ok((text.clone(), Vec::new())),
+        Value::Null => Ok((String::new(), Vec::new())),
         Value::Array(parts) => {
             let mut text = String::new();
+            let mut images = Vec::new();
             for part in parts {
                 match part.get("type").and_then(Value::as_str) {
                     Some("text") => {
                         text.push_str(part.get("text").and_then(Value::as_str).unwrap_or(""))
+                    }
+                    Some("image_url") => {
+                        let url = part["image_url"]["url"]
+                            .as_str()
+                            .or(part["image_url"].as_str())
+                            .ok_or_else(|| {
+                                ApiError::validation(
+                                    "messages",
+                                    "an image_url part needs image_url.url",
+                                )
+                            })?;
+                        images.push(image_of(state, user, url).await?);
                     }
                     Some(other) => {
                         return Err(ApiError::new(
@@ -129,13 +148,66 @@ fn text_of(content: &Value) -> Result<String, ApiError> {
                     }
                 }
             }
-            Ok(text)
+            Ok((text, images))
         }
         _ => Err(ApiError::validation(
             "messages",
             "content must be a string or an array of parts",
         )),
     }
+}
+
+/// One `image_url`: a `data:` URL checked like an upload (decodable, sniffed type allowed, within the image
+/// limit), or an http(s) URL fetched through the media guard.
+async fn image_of(state: &AppState, user: &AuthUser, url: &str) -> Result<ImageData, ApiError> {
+    use base64::Engine;
+    let Some(data) = url.strip_prefix("data:") else {
+        let media = state.media.fetch(&*state.store, &user.user_id, url).await?;
+        if crate::media::Kind::of(&media.content_type) != Some(crate::media::Kind::Image) {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "wrong_media_kind",
+                format!("{url} is {}, not an image", media.content_type),
+            ));
+        }
+        return state.media.image_data(&media).await;
+    };
+    let (_, encoded) = data.split_once(";base64,").ok_or_else(|| {
+        ApiError::validation(
+            "messages",
+            "an image data URL must be base64: data:<type>;base64,<data>",
+        )
+    })?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|e| {
+            ApiError::validation(
+                "messages",
+                format!("the image data URL is not valid base64: {e}"),
+            )
+        })?;
+    let limit = state.media.limit(crate::media::Kind::Image);
+    if bytes.len() as u64 > limit {
+        return Err(ApiError::payload_too_large(format!(
+            "an image is {} bytes; the limit is {limit}",
+            bytes.len()
+        )));
+    }
+    let mime_type = crate::media::sniff(&bytes)
+        .filter(|t| {
+            t.starts_with("image/") && state.config.media.allowed_types.iter().any(|a| a == t)
+        })
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "the image data URL's bytes are not an allowed image type",
+            )
+        })?;
+    Ok(ImageData {
+        mime_type: mime_type.to_string(),
+        base64: encoded.trim().into(),
+    })
 }
 
 /// `POST /v1/chat/completions`.
@@ -173,10 +245,29 @@ async fn completions(
                 .into());
             }
         };
+        let (content, images) = content_of(&state, &user, &message.content).await?;
+        if !images.is_empty() {
+            if role != Role::User {
+                return Err(ApiError::validation(
+                    "messages",
+                    "only user messages may carry images",
+                )
+                .into());
+            }
+            if !route.accepts_images {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "model_cannot_take_images",
+                    format!("The model `{}` does not take images", request.model),
+                )
+                .with_details(json!({ "field": "messages" }))
+                .into());
+            }
+        }
         messages.push(ChatMessage {
             role,
-            content: text_of(&message.content)?,
-            images: Vec::new(),
+            content,
+            images,
         });
     }
     if !messages.iter().any(|m| m.role == Role::User) {
@@ -187,7 +278,7 @@ async fn completions(
     let bytes: usize = messages.iter().map(|m| m.content.len()).sum();
     let prompt_tokens = 3 + messages
         .iter()
-        .map(|m| 3 + m.content.len() as u64)
+        .map(|m| 3 + m.content.len() as u64 + super::messages::IMAGE_TOKENS * m.images.len() as u64)
         .sum::<u64>();
     if bytes > state.config.server.max_body_bytes {
         return Err(ApiError::payload_too_large(
