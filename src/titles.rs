@@ -133,6 +133,17 @@ async fn write(
         .or_else(|| state.models.get(state.models.default_alias()))
         .cloned()
         .ok_or_else(|| ApiError::internal(format!("no model alias '{alias}' for titles")))?;
+    if route.provider.is_mock() {
+        // The mock's words are placeholders: the question's first words make a better title, and cost nothing.
+        let words: Vec<&str> = question.split_whitespace().take(6).collect();
+        return clean(&words.join(" ")).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "the first message has no words to make a title of",
+            )
+        });
+    }
     let excerpt = |text: &str| text.chars().take(EXCERPT_CHARS).collect::<String>();
     let messages = vec![
         ChatMessage::system(INSTRUCTIONS.to_string()),

@@ -4,7 +4,8 @@ import { api, el, readSse, setToken, signIn, token, usd } from './common.js';
 
 const PENDING_KEY = 'chatgate.pending';
 const $ = (id) => document.getElementById(id);
-const state = { conversation: null, generation: null, personas: [] };
+const state = { conversation: null, generation: null, personas: [], attachments: [], recorder: null };
+const mediaUrls = new Map();
 
 function status(text) { $('status').textContent = text || ''; }
 
@@ -19,13 +20,35 @@ function meta(message) {
   return parts.join(' · ');
 }
 
+/** A media file as an object URL (the file needs the token, so an <img src> cannot fetch it itself). */
+async function mediaUrl(id) {
+  if (!mediaUrls.has(id)) {
+    mediaUrls.set(id, api(`/api/v1/media/${id}`).then((r) => r.blob()).then((b) => URL.createObjectURL(b)));
+  }
+  return mediaUrls.get(id);
+}
+
+function renderMedia(container, media) {
+  container.replaceChildren(...(media || []).map((m) => {
+    const node = m.kind === 'audio'
+      ? el('audio', { controls: '', 'data-media-id': m.id })
+      : el('img', { alt: 'image', 'data-media-id': m.id });
+    mediaUrl(m.id).then((url) => { node.src = url; }).catch(() => { node.replaceWith(el('span', { class: 'hint' }, '(media unavailable)')); });
+    return node;
+  }));
+}
+
 /** The bubble of a message, created at the end of the list when new. */
 function bubble(message) {
   let node = document.querySelector(`.msg[data-id="${message.id}"]`);
   if (!node) {
     node = el('div', { class: `msg ${message.role}`, 'data-id': message.id },
-      el('span', { class: 'text' }), el('span', { class: 'meta' }));
+      el('div', { class: 'media' }), el('span', { class: 'text' }), el('span', { class: 'meta' }));
     $('messages').append(node);
+  }
+  if (message.media && message.media.length && !node.dataset.media) {
+    node.dataset.media = 'shown';
+    renderMedia(node.querySelector('.media'), message.media);
   }
   node.querySelector('.text').textContent = message.content ?? '';
   node.querySelector('.meta').textContent = message.role === 'assistant' ? meta(message) : '';
@@ -125,15 +148,72 @@ function finish() {
   busy(null);
 }
 
+function renderAttachments() {
+  $('attachments').replaceChildren(...state.attachments.map((file, i) => el('span', { class: 'chip' },
+    `${file.type.startsWith('audio/') ? 'voice' : 'image'}: ${file.name}`,
+    el('button', { type: 'button', title: 'Remove', onclick: () => { state.attachments.splice(i, 1); renderAttachments(); } }, '×'))));
+}
+
+/** Uploads the attachments; returns the message body fields they make. */
+async function uploadAttachments(content) {
+  const files = state.attachments;
+  if (!files.length) return { content };
+  const audio = files.filter((f) => f.type.startsWith('audio/'));
+  if (audio.length && (audio.length > 1 || files.length > 1)) {
+    throw new Error('A voice note is sent on its own.');
+  }
+  const ids = [];
+  for (const file of files) {
+    const form = new FormData();
+    form.append('file', file, file.name);
+    const uploaded = await (await api('/api/v1/media', { method: 'POST', body: form })).json();
+    ids.push(uploaded.id);
+  }
+  const message_type = audio.length ? 'audio' : (content ? 'multimodal' : 'image');
+  const body = { message_type, media_ids: ids };
+  if (content) body.content = content;
+  return body;
+}
+
+async function toggleRecording() {
+  if (state.recorder) {
+    state.recorder.stop();
+    return;
+  }
+  try {
+    const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+    const recorder = new MediaRecorder(stream);
+    const chunks = [];
+    recorder.ondataavailable = (e) => chunks.push(e.data);
+    recorder.onstop = () => {
+      stream.getTracks().forEach((t) => t.stop());
+      const type = (recorder.mimeType || 'audio/webm').split(';')[0];
+      state.attachments = [new File(chunks, `voice-note.${type.includes('ogg') ? 'ogg' : 'webm'}`, { type })];
+      state.recorder = null;
+      $('record').classList.remove('recording');
+      $('record').textContent = 'Record';
+      renderAttachments();
+    };
+    recorder.start();
+    state.recorder = recorder;
+    $('record').classList.add('recording');
+    $('record').textContent = 'Stop recording';
+  } catch (error) {
+    status(`Cannot record: ${error.message}`);
+  }
+}
+
 async function send(event) {
   event.preventDefault();
   const content = $('input').value.trim();
-  if (!content || state.generation) return;
+  if ((!content && !state.attachments.length) || state.generation) return;
   status('');
   try {
     const conversation = state.conversation || await newConversation();
+    const body = await uploadAttachments(content);
     $('input').value = '';
-    const body = { content };
+    state.attachments = [];
+    renderAttachments();
     if ($('model').value) body.model = $('model').value;
     busy('starting');
     const response = await api(`/api/v1/conversations/${conversation}/messages?stream=true`, {
@@ -189,6 +269,12 @@ async function main() {
     if (e.key === 'Enter' && !e.shiftKey) { e.preventDefault(); $('composer').requestSubmit(); }
   });
   $('stop').addEventListener('click', stop);
+  $('file').addEventListener('change', (e) => {
+    state.attachments.push(...e.target.files);
+    e.target.value = '';
+    renderAttachments();
+  });
+  $('record').addEventListener('click', toggleRecording);
   $('new-chat').addEventListener('click', () => newConversation().catch((e) => status(e.message)));
   try {
     await loadPersonas();

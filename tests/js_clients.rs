@@ -232,6 +232,32 @@ async fn the_web_ui_streams_survives_a_reload_stops_and_shows_usage() {
     );
     assert!(mock_reply("third message").starts_with(stopped));
 
+    // A photo: shown in the user's bubble, and seen by the model.
+    let photo = &seen["photo"];
+    assert_eq!(seen["chips"][0], "image: dot.png×");
+    assert_eq!(photo["image"]["width"], 1);
+    assert_eq!(photo["image"]["src"], "blob:");
+    assert!(
+        photo["reply"]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("I see 1 image.") && t.contains("What is in this photo?")),
+        "{photo}"
+    );
+    // A voice note from the microphone: transcribed (by the mock), and answered.
+    let voice = &seen["voice"];
+    assert_eq!(voice["user"]["audio"], true, "{voice}");
+    let transcript = voice["user"]["text"].as_str().expect("transcript");
+    assert!(
+        transcript.starts_with("(voice note: ") && transcript.contains("audio/"),
+        "{transcript}"
+    );
+    assert_eq!(voice["reply"]["status"], "complete");
+    assert!(
+        voice["reply"]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains(transcript))
+    );
+
     // What the page showed is what was saved.
     let token = server.token("browser-user");
     let conversations: Value = server
@@ -248,10 +274,13 @@ async fn the_web_ui_streams_survives_a_reload_stops_and_shows_usage() {
         .as_str()
         .expect("the UI's conversation")
         .to_string();
-    assert!(
-        conversations["conversations"][0]["title"].is_string(),
-        "titled after the first exchange: {conversations}"
+    // Titled after the first exchange; the mock's placeholder words are not worth a title, so the question's
+    // first words are used, and the page shows it.
+    assert_eq!(
+        conversations["conversations"][0]["title"], "first message",
+        "{conversations}"
     );
+    assert_eq!(seen["conversations"], serde_json::json!(["first message"]));
     let history: Value = server
         .client
         .get(format!(
@@ -278,12 +307,17 @@ async fn the_web_ui_streams_survives_a_reload_stops_and_shows_usage() {
         })
         .collect();
     assert_eq!(
-        saved,
-        vec![
+        saved[..3],
+        [
             ("complete", mock_reply("first message").as_str()),
             ("complete", full.as_str()),
             ("cancelled", stopped),
         ]
+    );
+    assert_eq!(
+        saved.len(),
+        5,
+        "and the photo's and the voice note's replies"
     );
 
     // The dashboard showed the totals and charts, then polled with ETags (304s).

@@ -45,6 +45,10 @@ impl MockProvider {
 }
 
 impl Provider for MockProvider {
+    fn is_mock(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &str {
         &self.name
     }

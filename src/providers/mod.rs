@@ -125,6 +125,10 @@ pub trait Provider: Send + Sync + 'static {
     fn check(&self) -> Option<reqwest::RequestBuilder> {
         None
     }
+    /// Whether this is the built-in mock (its words are placeholders, not worth a title).
+    fn is_mock(&self) -> bool {
+        false
+    }
 }
 
 /// Which timeout fired.

@@ -9,7 +9,8 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM,
-  args: ['--no-sandbox', '--disable-gpu'],
+  // A fake microphone (a beep) that needs no permission prompt, for the voice note.
+  args: ['--no-sandbox', '--disable-gpu', '--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream'],
 });
 const seen = {};
 try {
@@ -40,6 +41,9 @@ try {
     const before = (await lastReply())?.count ?? 0;
     await page.fill('#input', text);
     await page.click('#send');
+    return waitForReply(before, chars);
+  }
+  async function waitForReply(before, chars) {
     for (;;) {
       const reply = await lastReply();
       if (reply && reply.count > before && reply.text.length >= chars) return reply;
@@ -78,12 +82,44 @@ try {
   await page.click('#stop');
   seen.stop = { partial: stopping, final: await untilSettled(stopping.id) };
 
+  // 4. A photo: uploaded, shown in the user's bubble, seen by the model.
+  const png = Buffer.from('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==', 'base64');
+  let before = (await lastReply()).count;
+  await page.setInputFiles('#file', { name: 'dot.png', mimeType: 'image/png', buffer: png });
+  seen.chips = await page.$$eval('#attachments .chip', (chips) => chips.map((c) => c.textContent));
+  await page.fill('#input', 'What is in this photo?');
+  await page.click('#send');
+  const photoReply = await waitForReply(before, 1);
+  seen.photo = { reply: await untilSettled(photoReply.id) };
+  await page.waitForFunction(() => {
+    const img = [...document.querySelectorAll('.msg.user img')].pop();
+    return img && img.complete && img.naturalWidth > 0;
+  });
+  seen.photo.image = await page.evaluate(() => {
+    const img = [...document.querySelectorAll('.msg.user img')].pop();
+    return { width: img.naturalWidth, src: img.src.slice(0, 5) };
+  });
+
+  // 5. A voice note from the (fake) microphone: recorded, uploaded, transcribed, answered.
+  before = (await lastReply()).count;
+  await page.click('#record');
+  await sleep(800);
+  await page.click('#record');
+  await page.waitForSelector('#attachments .chip');
+  await page.click('#send');
+  const voiceReply = await waitForReply(before, 1);
+  seen.voice = { reply: await untilSettled(voiceReply.id) };
+  seen.voice.user = await page.evaluate(() => {
+    const node = [...document.querySelectorAll('.msg.user')].pop();
+    return { text: node.querySelector('.text').textContent, audio: Boolean(node.querySelector('audio')) };
+  });
+
   // The conversation got a title from its first exchange.
   await sleep(1800);
   seen.conversations = await page.$$eval('#conversations li', (items) => items.map((li) => li.textContent));
   await page.screenshot({ path: `${shots}/chat.png` });
 
-  // 4. The dashboard: totals and charts, then polls answered 304 while nothing changes.
+  // 6. The dashboard: totals and charts, then polls answered 304 while nothing changes.
   await page.goto(`${url}/usage?poll_ms=300`);
   await page.waitForSelector('body[data-ready="true"]');
   await page.waitForFunction(() => Number(document.body.dataset.unchanged || 0) >= 3);
