@@ -97,13 +97,8 @@ async fn conversations_crud_list_and_reuse(backend: Backend) {
         .expect("send");
     assert_eq!(sent.status(), 200);
     let page: Value = server
-        .get("/api/v1/conversations?limit=2", "alice")
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
+        .get_json("/api/v1/conversations?limit=2", "alice")
+        .await;
     let ids: Vec<_> = page["conversations"]
         .as_array()
         .expect("list")
@@ -171,13 +166,8 @@ async fn conversations_crud_list_and_reuse(backend: Backend) {
         .expect("patch");
     assert_eq!(too_long.status(), 400);
     let archived: Value = server
-        .get("/api/v1/conversations?archived=true", "alice")
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
+        .get_json("/api/v1/conversations?archived=true", "alice")
+        .await;
     assert_eq!(archived["conversations"].as_array().expect("list").len(), 1);
 
     // DELETE takes the messages with it.

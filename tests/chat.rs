@@ -427,14 +427,7 @@ async fn another_users_conversation_is_404_everywhere(backend: Backend) {
         assert_eq!(status, 404, "{body}");
         assert_eq!(body["error"], "not_found");
     }
-    let listed: Value = server
-        .get("/api/v1/conversations", "bob")
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
+    let listed: Value = server.get_json("/api/v1/conversations", "bob").await;
     assert_eq!(listed["conversations"], json!([]));
     // Nothing of alice's changed.
     let history = server.history("alice", &conversation_id).await;

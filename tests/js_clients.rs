@@ -132,14 +132,7 @@ async fn the_vercel_ai_sdk_works_unmodified() {
             .any(|m| m["role"] == "user" && m["content"] == "Hello from useChat")
     );
     // Usage for all three, per user.
-    let usage: Value = server
-        .get("/api/v1/usage", "alice")
-        .send()
-        .await
-        .expect("usage")
-        .json()
-        .await
-        .expect("json");
+    let usage: Value = server.get_json("/api/v1/usage", "alice").await;
     assert_eq!(usage["totals"]["requests"], 3, "{usage}");
 }
 

@@ -217,15 +217,45 @@ fn providers_config(upstream: &str, dir: &Path, media_extra: &str) -> String {
     )
 }
 
+/// A server whose four providers point at a new recording upstream, with uploads in a new directory.
+async fn vision_server(media_extra: &str) -> Option<(Recorder, PathBuf, TestServer)> {
+    let upstream = Recorder::start().await;
+    let dir = media_dir();
+    let server = TestServer::start(
+        Backend::Sqlite,
+        None,
+        &providers_config(&upstream.url, &dir, media_extra),
+    )
+    .await?;
+    Some((upstream, dir, server))
+}
+
+/// A server with the mock model and uploads in a new directory.
+async fn media_server(backend: Backend) -> Option<(PathBuf, TestServer)> {
+    let dir = media_dir();
+    let extra = format!("[media]\nstorage = \"{}\"\n", dir.display());
+    let server = TestServer::start(backend, None, &extra).await?;
+    Some((dir, server))
+}
+
+/// Sends a message as `user`, expecting 200; returns the JSON answer.
+async fn sent_ok(server: &TestServer, conversation: &str, user: &str, body: Value) -> Value {
+    let response = server
+        .send_message(conversation, user, body.clone())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200, "{body}");
+    response.json().await.expect("json")
+}
+
 backend_tests!(
     uploads_are_sniffed_stored_and_served_to_their_owner_only,
     a_conversations_media_go_with_it,
 );
 
 async fn uploads_are_sniffed_stored_and_served_to_their_owner_only(backend: Backend) {
-    let dir = media_dir();
-    let extra = format!("[media]\nstorage = \"{}\"\n", dir.display());
-    let Some(server) = TestServer::start(backend, None, &extra).await else {
+    let Some((dir, server)) = media_server(backend).await else {
         return;
     };
     for (name, expected, bytes) in fixtures() {
@@ -354,15 +384,7 @@ async fn disguised_wrong_and_oversize_uploads_are_refused_leaving_nothing() {
 
 #[tokio::test]
 async fn a_multimodal_message_reaches_each_provider_in_its_own_shape() {
-    let upstream = Recorder::start().await;
-    let dir = media_dir();
-    let Some(server) = TestServer::start(
-        Backend::Sqlite,
-        None,
-        &providers_config(&upstream.url, &dir, ""),
-    )
-    .await
-    else {
+    let Some((upstream, dir, server)) = vision_server("").await else {
         return;
     };
     let image = upload_ok(&server, "alice", "photo.png", png()).await;
@@ -450,16 +472,13 @@ async fn a_multimodal_message_reaches_each_provider_in_its_own_shape() {
 
     // An image-only message: no text part at all.
     let conversation = server.conversation("alice").await;
-    let response = server
-        .send_message(
-            &conversation,
-            "alice",
-            json!({ "message_type": "image", "media_ids": [image_id], "model": "vision-anthropic" }),
-        )
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(response.status(), 200);
+    sent_ok(
+        &server,
+        &conversation,
+        "alice",
+        json!({ "message_type": "image", "media_ids": [image_id], "model": "vision-anthropic" }),
+    )
+    .await;
     let (_, sent) = upstream.last();
     assert_eq!(
         sent["messages"].as_array().and_then(|m| m.last()).cloned(),
@@ -656,24 +675,18 @@ async fn an_audio_message_is_transcribed_stored_and_answered() {
 
 #[tokio::test]
 async fn the_mock_transcribes_deterministically() {
-    let dir = media_dir();
-    let extra = format!("[media]\nstorage = \"{}\"\n", dir.display());
-    let Some(server) = TestServer::start(Backend::Sqlite, None, &extra).await else {
+    let Some((dir, server)) = media_server(Backend::Sqlite).await else {
         return;
     };
     let voice = upload_ok(&server, "alice", "note.wav", wav()).await;
     let conversation = server.conversation("alice").await;
-    let response = server
-        .send_message(
-            &conversation,
-            "alice",
-            json!({ "message_type": "audio", "content": "listen:", "media_ids": [voice["id"]] }),
-        )
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(response.status(), 200);
-    let body: Value = response.json().await.expect("json");
+    let body = sent_ok(
+        &server,
+        &conversation,
+        "alice",
+        json!({ "message_type": "audio", "content": "listen:", "media_ids": [voice["id"]] }),
+    )
+    .await;
     let expected = format!(
         "(voice note: {} bytes of audio/wav, sha256 {})",
         wav().len(),
@@ -766,17 +779,13 @@ async fn media_urls_are_fetched_behind_the_ssrf_guard() {
     };
     let conversation = open.conversation("alice").await;
     let url = format!("{files}/file");
-    let response = open
-        .send_message(
-            &conversation,
-            "alice",
-            json!({ "content": "see", "message_type": "multimodal", "media_urls": [url], "model": "vision-ollama" }),
-        )
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(response.status(), 200);
-    let body: Value = response.json().await.expect("json");
+    let body = sent_ok(
+        &open,
+        &conversation,
+        "alice",
+        json!({ "content": "see", "message_type": "multimodal", "media_urls": [url], "model": "vision-ollama" }),
+    )
+    .await;
     let media = &body["user_message"]["media"][0];
     assert_eq!(media["source_url"], url.as_str());
     assert_eq!(media["content_type"], "image/png");
@@ -817,24 +826,19 @@ async fn media_urls_are_fetched_behind_the_ssrf_guard() {
 }
 
 async fn a_conversations_media_go_with_it(backend: Backend) {
-    let dir = media_dir();
-    let extra = format!("[media]\nstorage = \"{}\"\n", dir.display());
-    let Some(server) = TestServer::start(backend, None, &extra).await else {
+    let Some((dir, server)) = media_server(backend).await else {
         return;
     };
     let used = upload_ok(&server, "alice", "photo.png", png()).await;
     let kept = upload_ok(&server, "alice", "note.wav", wav()).await;
     let conversation = server.conversation("alice").await;
-    let response = server
-        .send_message(
-            &conversation,
-            "alice",
-            json!({ "content": "look", "message_type": "multimodal", "media_ids": [used["id"]] }),
-        )
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(response.status(), 200);
+    sent_ok(
+        &server,
+        &conversation,
+        "alice",
+        json!({ "content": "look", "message_type": "multimodal", "media_ids": [used["id"]] }),
+    )
+    .await;
     // The same image in a second conversation keeps it alive when the first goes.
     let shared = upload_ok(&server, "alice", "photo2.png", png()).await;
     let other = server.conversation("alice").await;
@@ -901,15 +905,7 @@ async fn a_conversations_media_go_with_it(backend: Backend) {
 
 #[tokio::test]
 async fn earlier_images_go_with_the_history_to_models_that_take_them() {
-    let upstream = Recorder::start().await;
-    let dir = media_dir();
-    let Some(server) = TestServer::start(
-        Backend::Sqlite,
-        None,
-        &providers_config(&upstream.url, &dir, ""),
-    )
-    .await
-    else {
+    let Some((upstream, dir, server)) = vision_server("").await else {
         return;
     };
     let image = upload_ok(&server, "alice", "photo.png", png()).await;
@@ -990,15 +986,7 @@ async fn earlier_images_go_with_the_history_to_models_that_take_them() {
 
 #[tokio::test]
 async fn the_openai_endpoint_takes_image_parts() {
-    let upstream = Recorder::start().await;
-    let dir = media_dir();
-    let Some(server) = TestServer::start(
-        Backend::Sqlite,
-        None,
-        &providers_config(&upstream.url, &dir, ""),
-    )
-    .await
-    else {
+    let Some((upstream, dir, server)) = vision_server("").await else {
         return;
     };
     let b64 = base64::engine::general_purpose::STANDARD.encode(png());

@@ -12,13 +12,8 @@ const TITLES_ON: &str = "[titles]\nenabled = true\n";
 
 async fn conversation_title(server: &TestServer, conversation: &str) -> Value {
     let body: Value = server
-        .get(&format!("/api/v1/conversations/{conversation}"), "alice")
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+        .get_json(&format!("/api/v1/conversations/{conversation}"), "alice")
+        .await;
     body["title"].clone()
 }
 
@@ -118,14 +113,7 @@ async fn first_exchange_is_titled_in_the_background(backend: Backend) {
     );
 
     // Titles are billed: two replies and two titles, with the upstream's counts.
-    let usage: Value = server
-        .get("/api/v1/usage", "alice")
-        .send()
-        .await
-        .expect("usage")
-        .json()
-        .await
-        .expect("json");
+    let usage: Value = server.get_json("/api/v1/usage", "alice").await;
     assert_eq!(usage["totals"]["requests"], 4, "{usage}");
     assert_eq!(usage["totals"]["prompt_tokens"], 12 + 40 + 20 + 30);
 }

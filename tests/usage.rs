@@ -172,13 +172,8 @@ async fn every_ending_is_billed_exactly_once(backend: Backend) {
     );
     // The dashboard's totals are the sum of the records.
     let usage: Value = server
-        .get("/api/v1/usage?group_by=model", "alice")
-        .send()
-        .await
-        .expect("usage")
-        .json()
-        .await
-        .expect("json");
+        .get_json("/api/v1/usage?group_by=model", "alice")
+        .await;
     assert_eq!(usage["totals"]["requests"], 4);
     assert_eq!(
         usage["totals"]["estimated_requests"], 2,
@@ -239,22 +234,12 @@ async fn usage_api_groups_totals_and_etags(backend: Backend) {
     assert!(tokens > 0);
 
     let by_model: Value = server
-        .get("/api/v1/usage?group_by=model", "alice")
-        .send()
-        .await
-        .expect("usage")
-        .json()
-        .await
-        .expect("json");
+        .get_json("/api/v1/usage?group_by=model", "alice")
+        .await;
     assert_eq!(by_model["buckets"][0]["key"], "mock");
     let by_persona: Value = server
-        .get("/api/v1/usage?group_by=persona", "alice")
-        .send()
-        .await
-        .expect("usage")
-        .json()
-        .await
-        .expect("json");
+        .get_json("/api/v1/usage?group_by=persona", "alice")
+        .await;
     assert_eq!(
         by_persona["buckets"][0]["key"],
         server.persona_id().await.as_str()
@@ -443,14 +428,7 @@ async fn budgets_hold_under_concurrent_requests(backend: Backend) {
         }
     }
     assert!(admitted >= 1, "the budget admits some requests");
-    let usage: Value = server
-        .get("/api/v1/usage", "alice")
-        .send()
-        .await
-        .expect("usage")
-        .json()
-        .await
-        .expect("json");
+    let usage: Value = server.get_json("/api/v1/usage", "alice").await;
     let used = usage["totals"]["total_tokens"].as_u64().expect("tokens");
     assert_eq!(usage["totals"]["requests"].as_u64(), Some(admitted));
     assert!(

@@ -166,6 +166,10 @@ mod tests {
             .collect()
     }
 
+    fn types(chunks: &[Value]) -> Vec<&str> {
+        chunks.iter().map(|c| c["type"].as_str().unwrap()).collect()
+    }
+
     #[test]
     fn a_generation_becomes_one_message_with_usage_on_finish() {
         let mut encoder = Encoder::default();
@@ -186,7 +190,7 @@ mod tests {
         ];
         let out: Vec<Bytes> = events.iter().filter_map(|e| encoder.encode(e)).collect();
         let all = chunks(&out);
-        let types: Vec<&str> = all.iter().map(|c| c["type"].as_str().unwrap()).collect();
+        let types = types(&all);
         assert_eq!(
             types,
             [
@@ -226,7 +230,7 @@ mod tests {
         .filter_map(|e| encoder.encode(e))
         .collect();
         let all = chunks(&out);
-        let types: Vec<&str> = all.iter().map(|c| c["type"].as_str().unwrap()).collect();
+        let types = types(&all);
         assert_eq!(
             types,
             [

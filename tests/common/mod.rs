@@ -244,6 +244,13 @@ impl TestServer {
             .bearer_auth(self.token(user))
     }
 
+    /// `GET path` as `user`, expecting 200 and JSON.
+    pub async fn get_json(&self, path: &str, user: &str) -> Value {
+        let response = self.get(path, user).send().await.expect("get");
+        assert_eq!(response.status(), 200, "GET {path}");
+        response.json().await.expect("json")
+    }
+
     pub fn post(&self, path: &str, user: &str, body: Value) -> reqwest::RequestBuilder {
         self.client
             .post(format!("{}{path}", self.url))
