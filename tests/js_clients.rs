@@ -69,6 +69,7 @@ async fn the_vercel_ai_sdk_works_unmodified() {
         Script::stream(full_stream(&["Hel", "lo", " AI SDK"], 9, 3, delay)),
         Script::stream(full_stream(&["Again", "!"], 11, 2, delay)),
         Script::stream(full_stream(&["Chat", "ting"], 13, 2, delay)),
+        Script::stream(full_stream(&["Once ", "more"], 13, 2, delay)),
     ])
     .await;
     let Some(server) = TestServer::start(Backend::Sqlite, Some(&upstream.url), "").await else {
@@ -118,22 +119,43 @@ async fn the_vercel_ai_sdk_works_unmodified() {
     assert_eq!(metadata["usage"]["completion_tokens"], 2);
     assert_eq!(metadata["conversation_id"], conversation.as_str());
     assert_eq!(metadata["finish_reason"], "stop");
-    // The message id is the saved reply's, and the exchange is in the conversation's history.
+    // Regenerated: a new reply, which history shows; the first stays as its sibling.
+    let regenerated = &seen["useChat"]["regenerated"];
+    assert_ne!(regenerated["id"], message["id"]);
+    let text_of = |m: &Value| -> String {
+        m["parts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["text"].as_str())
+            .collect()
+    };
+    assert_eq!(text_of(regenerated), "Once more", "{regenerated}");
     let history = server.history("alice", &conversation).await;
-    let reply = history
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[0]["content"], "Hello from useChat");
+    assert_eq!(history[1]["id"], regenerated["id"]);
+    assert_eq!(history[1]["content"], "Once more");
+    let all = server
+        .get_json(
+            &format!("/api/v1/conversations/{conversation}/messages?order=asc&branches=all"),
+            "alice",
+        )
+        .await;
+    let replies: Vec<&Value> = all["messages"]
+        .as_array()
+        .expect("messages")
         .iter()
-        .find(|m| m["role"] == "assistant")
-        .expect("saved reply");
-    assert_eq!(message["id"], reply["id"]);
-    assert_eq!(reply["content"], "Chatting");
-    assert!(
-        history
-            .iter()
-            .any(|m| m["role"] == "user" && m["content"] == "Hello from useChat")
-    );
-    // Usage for all three, per user.
+        .filter(|m| m["role"] == "assistant")
+        .collect();
+    assert_eq!(replies.len(), 2);
+    assert_eq!(replies[0]["parent_id"], replies[1]["parent_id"]);
+    // The message ids the AI SDK saw are the saved replies'.
+    assert_eq!(replies[0]["id"], message["id"]);
+    assert_eq!(replies[0]["content"], "Chatting");
+    // Usage for all four, per user.
     let usage: Value = server.get_json("/api/v1/usage", "alice").await;
-    assert_eq!(usage["totals"]["requests"], 3, "{usage}");
+    assert_eq!(usage["totals"]["requests"], 4, "{usage}");
 }
 
 /// The browser binary: `$CHROMIUM`, else Debian's.

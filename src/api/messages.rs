@@ -152,6 +152,17 @@ async fn send(
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
     let answer = negotiate(&headers, &query)?;
+    // useChat's regenerate button: a new reply to the message it names (a reply's id is ours, from `start`).
+    if answer == Answer::AiSdk && body["trigger"] == "regenerate-message" {
+        let message_id = body["messageId"].as_str().ok_or_else(|| {
+            ApiError::validation(
+                "messageId",
+                "regenerate-message needs the messageId to regenerate",
+            )
+        })?;
+        let model = body["model"].as_str().map(str::to_string);
+        return regenerate_message(&state, &user, message_id, model, answer, received).await;
+    }
     let body: SendMessage = if answer == Answer::AiSdk && body.get("messages").is_some() {
         from_use_chat(&body)?
     } else {
@@ -291,8 +302,20 @@ async fn regenerate(
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
     let answer = negotiate(&headers, &query)?;
-    let model = body.as_ref().and_then(|b| b.0.model.clone());
-    let message_id = parse_id(&message_id, "message")?;
+    let model = body.and_then(|b| b.0.model);
+    regenerate_message(&state, &user, &message_id, model, answer, received).await
+}
+
+/// A new reply to the user message `message_id` names (itself, or the one it answers), answered as `answer`.
+async fn regenerate_message(
+    state: &AppState,
+    user: &AuthUser,
+    message_id: &str,
+    model: Option<String>,
+    answer: Answer,
+    received: Instant,
+) -> Result<Response, ApiError> {
+    let message_id = parse_id(message_id, "message")?;
     let message = state
         .store
         .get_message(&user.user_id, message_id)
@@ -313,42 +336,42 @@ async fn regenerate(
         .get_message(&user.user_id, question_id)
         .await?
         .ok_or_else(|| ApiError::not_found("message"))?;
-    let conversation = owned(&state, &user, &question.conversation_id.to_string()).await?;
-    let (persona, route) = persona_and_route(&state, &conversation, model.as_deref()).await?;
+    let conversation = owned(state, user, &question.conversation_id.to_string()).await?;
+    let (persona, route) = persona_and_route(state, &conversation, model.as_deref()).await?;
     if answer == Answer::Async {
-        refuse_if_unattended_full(&state)?;
+        refuse_if_unattended_full(state)?;
     }
     let history = state
         .store
         .list_messages(
             conversation.id,
             HistoryPage::Before(question.id),
-            history_limit(&state),
+            history_limit(state),
             false,
             false,
         )
         .await?;
-    let earlier_images = history_images(&state, &user, &route, &history).await?;
+    let earlier_images = history_images(state, user, &route, &history).await?;
     let question_images = if matches!(question.message_type.as_str(), "multimodal" | "image") {
         if !route.accepts_images {
             return Err(takes_no_images(&route));
         }
-        images_of(&state, &user, &question.media).await?
+        images_of(state, user, &question.media).await?
     } else {
         Vec::new()
     };
     let (messages, prompt_tokens) = build_prompt(
-        &state,
+        state,
         &persona,
         &route,
         &history,
         &earlier_images,
         ChatMessage::user(question.content.clone()).with_images(question_images),
     )?;
-    let reservation = admit(&state, &user, &route, prompt_tokens).await?;
+    let reservation = admit(state, user, &route, prompt_tokens).await?;
     let generation = start_generation(
-        &state,
-        &user,
+        state,
+        user,
         &conversation,
         &persona,
         route,
@@ -357,9 +380,9 @@ async fn regenerate(
         reservation,
     )?;
     respond(
-        &state,
+        state,
         answer,
-        &user,
+        user,
         conversation,
         generation,
         question,

@@ -23,9 +23,10 @@ const transport = new DefaultChatTransport({
   api: `${url}/api/v1/conversations/${conversation}/messages?format=ai-sdk`,
   headers: { Authorization: `Bearer ${token}` },
 });
+const question = { id: 'u1', role: 'user', parts: [{ type: 'text', text: 'Hello from useChat' }] };
 const stream = await transport.sendMessages({
   chatId: conversation,
-  messages: [{ id: 'u1', role: 'user', parts: [{ type: 'text', text: 'Hello from useChat' }] }],
+  messages: [question],
   trigger: 'submit-message',
   messageId: undefined,
   abortSignal: undefined,
@@ -36,9 +37,21 @@ for await (const message of readUIMessageStream({ stream, onError: (e) => { thro
   uiMessage = message;
   updates += 1;
 }
+// useChat's regenerate: the same transport, naming the reply to replace.
+const again = await transport.sendMessages({
+  chatId: conversation,
+  messages: [question, uiMessage],
+  trigger: 'regenerate-message',
+  messageId: uiMessage.id,
+  abortSignal: undefined,
+});
+let regenerated;
+for await (const message of readUIMessageStream({ stream: again, onError: (e) => { throw e; } })) {
+  regenerated = message;
+}
 
 console.log(JSON.stringify({
   stream: { chunks, text: chunks.join(''), usage: streamUsage },
   generate: { text: generated.text, usage: generated.usage, finishReason: generated.finishReason },
-  useChat: { message: uiMessage, updates },
+  useChat: { message: uiMessage, updates, regenerated },
 }));
