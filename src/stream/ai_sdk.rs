@@ -42,6 +42,19 @@ pub struct Encoder {
 impl Encoder {
     /// The chunks for one event, as SSE bytes (possibly none).
     pub fn encode(&mut self, event: &GenerationEvent) -> Option<Bytes> {
+        if event.kind == EventKind::Delta
+            && let Some(id) = &self.text_id
+            && let Some(text) = delta_text_json(event.data())
+        {
+            // The hot path: the text is already JSON-escaped in the logged event; splice it, no parsing.
+            let mut out = String::with_capacity(text.len() + id.len() + 48);
+            out.push_str(r#"data: {"type":"text-delta","id":""#);
+            out.push_str(id);
+            out.push_str(r#"","delta":"#);
+            out.push_str(text);
+            out.push_str("}\n\n");
+            return Some(Bytes::from(out));
+        }
         let data: Value = serde_json::from_str(event.data()).ok()?;
         let mut out = String::new();
         match event.kind {
@@ -113,6 +126,13 @@ impl Encoder {
             push(out, &json!({ "type": "text-end", "id": id }));
         }
     }
+}
+
+/// The JSON string holding a delta's text, from the hub's `{"text":"..."}`.
+fn delta_text_json(data: &str) -> Option<&str> {
+    data.strip_prefix(r#"{"text":"#)?
+        .strip_suffix('}')
+        .filter(|t| t.len() >= 2 && t.starts_with('"') && t.ends_with('"'))
 }
 
 /// The AI SDK's finish reasons (`stop`, `length`, `content-filter`, `tool-calls`, `error`, `other`) from ours.
@@ -212,6 +232,25 @@ mod tests {
                 .unwrap()
                 .ends_with("data: [DONE]\n\n")
         );
+    }
+
+    #[test]
+    fn deltas_keep_their_escapes() {
+        let mut encoder = Encoder::default();
+        let text = "line \"one\"\n\ttab \\ é 😀 </script>";
+        let data = serde_json::to_string(&json!({ "text": text })).unwrap();
+        let out: Vec<Bytes> = [
+            GenerationEvent::new(1, EventKind::Delta, &data),
+            GenerationEvent::new(2, EventKind::Delta, &data),
+        ]
+        .iter()
+        .filter_map(|e| encoder.encode(e))
+        .collect();
+        let all = chunks(&out);
+        assert_eq!(types(&all), ["text-start", "text-delta", "text-delta"]);
+        assert_eq!(all[1]["delta"], text);
+        assert_eq!(all[2]["delta"], text, "the spliced path");
+        assert_eq!(all[1], all[2]);
     }
 
     #[test]
