@@ -83,6 +83,15 @@ impl TestDb {
         }
     }
 
+    /// The same database for a second server (another instance); the original cleans it up.
+    pub fn shared(&self) -> Self {
+        Self {
+            url: self.url.clone(),
+            _dir: None,
+            drop_pg: None,
+        }
+    }
+
     pub async fn store(&self) -> Arc<dyn Store> {
         let store = store::connect(&self.url, 5).await.expect("connect");
         store.migrate().await.expect("migrate");
