@@ -83,6 +83,7 @@ impl Modify for BearerAuth {
         super::openai::models,
         super::media::upload,
         super::media::download,
+        super::ui::dev_token,
     ),
     components(schemas(
         ErrorBody,

@@ -74,7 +74,7 @@ fn file(name: &str) -> Response {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DevTokenRequest {
     user_id: String,
@@ -82,6 +82,12 @@ struct DevTokenRequest {
 
 /// `POST /api/v1/dev/token` `{user_id}` → `{token, user_id, expires_in}` (24 h); 404 unless
 /// `server.dev_tokens` (the route does not exist for the outside world).
+#[utoipa::path(post, operation_id = "dev_token", path = "/api/v1/dev/token", tag = "development", security(()),
+    request_body = DevTokenRequest,
+    responses(
+        (status = 200, description = "`{token, user_id, expires_in}` (seconds)", body = Object),
+        (status = 400, description = "invalid user id", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "dev tokens are off (the default)", body = crate::api::openapi::ErrorBody)))]
 async fn dev_token(
     State(state): State<AppState>,
     AppJson(body): AppJson<DevTokenRequest>,
