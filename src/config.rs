@@ -472,8 +472,9 @@ pub struct ModelConfig {
     /// Aliases tried in order when this one fails before its first token.
     #[serde(default)]
     pub fallbacks: Vec<String>,
-    /// What the model takes as input: `text`, and `image` for models with vision. A message with images to a
-    /// model without `image` is refused (422). Default: `["text"]`; the mock takes everything.
+    /// What the model takes as input: `text`, `image` for models with vision, `audio` for models that hear.
+    /// A message with images to a model without `image` is refused (422). Default: `["text"]`; the mock takes
+    /// images.
     #[serde(default)]
     pub modalities: Option<Vec<Modality>>,
 }
@@ -488,6 +489,9 @@ fn default_context_window() -> u32 {
 pub enum Modality {
     Text,
     Image,
+    /// Voice notes go to the model as audio (OpenAI `input_audio`: WAV and MP3; Gemini: WAV, MP3, Ogg), as
+    /// well as being transcribed for the conversation's history.
+    Audio,
 }
 
 /// `[media]`: uploads, where their bytes are kept, fetching by URL, and voice-note transcription.

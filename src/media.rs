@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{Config, MediaConfig, ProviderKind};
 use crate::error::ApiError;
-use crate::providers::ImageData;
+use crate::providers::MediaData;
 use crate::store::{self, Id, Media, Store};
 
 /// Bytes read before the type is decided: enough for every signature `infer` checks for our types.
@@ -325,13 +325,13 @@ impl MediaStore {
         Ok(chunks.concat().into())
     }
 
-    /// An image ready for a provider: its type and base64 bytes.
+    /// A file ready for a provider: its type and base64 bytes.
     ///
     /// # Errors
     /// As [`MediaStore::read`].
-    pub async fn image_data(&self, media: &Media) -> Result<ImageData, ApiError> {
+    pub async fn media_data(&self, media: &Media) -> Result<MediaData, ApiError> {
         let bytes = self.read(media).await?;
-        Ok(ImageData {
+        Ok(MediaData {
             mime_type: media.content_type.clone(),
             base64: base64::engine::general_purpose::STANDARD
                 .encode(&bytes)

@@ -212,6 +212,8 @@ fn providers_config(upstream: &str, dir: &Path, media_extra: &str) -> String {
          [models.vision-gemini]\nprovider = \"gem\"\nmodel = \"gemini-2.5-flash\"\nmodalities = [\"text\", \"image\"]\n\
          [models.vision-ollama]\nprovider = \"oll\"\nmodel = \"llava\"\nmodalities = [\"text\", \"image\"]\n\
          [models.text-only]\nprovider = \"oai\"\nmodel = \"gpt-3.5-turbo\"\n\
+         [models.voice-openai]\nprovider = \"oai\"\nmodel = \"gpt-4o-audio-preview\"\nmodalities = [\"text\", \"audio\"]\n\
+         [models.voice-gemini]\nprovider = \"gem\"\nmodel = \"gemini-2.5-flash\"\nmodalities = [\"text\", \"image\", \"audio\"]\n\
          [media]\nstorage = \"{}\"\ntranscription_provider = \"oai\"\n{media_extra}",
         dir.display()
     )
@@ -1034,5 +1036,96 @@ async fn the_openai_endpoint_takes_image_parts() {
     let (status, body) = completion("vision-openai", "http://127.0.0.1:9/cat.png".into()).await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["code"], "url_not_allowed");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn voice_notes_go_as_audio_to_models_that_hear() {
+    let Some((upstream, dir, server)) = vision_server("").await else {
+        return;
+    };
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let fixture = |name: &str| {
+        fixtures()
+            .into_iter()
+            .find(|(n, _, _)| *n == name)
+            .map(|(_, _, bytes)| bytes)
+            .expect("fixture")
+    };
+    let last_turn = |sent: &Value, key: &str| sent[key].as_array().and_then(|m| m.last()).cloned();
+    let transcript = |bytes: &[u8], content_type: &str| {
+        format!(
+            "Transcribed {} bytes of {content_type} with whisper-1.",
+            bytes.len()
+        )
+    };
+
+    // WAV to an OpenAI audio model: the text sent with it and the audio, as input_audio; the transcript is stored.
+    let voice = upload_ok(&server, "alice", "note.wav", wav()).await;
+    let conversation = server.conversation("alice").await;
+    let body = sent_ok(
+        &server,
+        &conversation,
+        "alice",
+        json!({ "message_type": "audio", "content": "listen", "media_ids": [voice["id"]], "model": "voice-openai" }),
+    )
+    .await;
+    let (_, sent) = upstream.last();
+    assert_eq!(
+        last_turn(&sent, "messages"),
+        Some(json!({ "role": "user", "content": [
+            { "type": "text", "text": "listen" },
+            { "type": "input_audio", "input_audio": { "data": b64(&wav()), "format": "wav" } },
+        ] }))
+    );
+    assert_eq!(
+        body["user_message"]["content"],
+        format!("listen\n\n{}", transcript(&wav(), "audio/wav"))
+    );
+    assert_eq!(body["user_message"]["media"][0]["sent_as"], "audio");
+
+    // Ogg is not a format OpenAI takes: the transcript goes instead.
+    let ogg = fixture("note.ogg");
+    let voice = upload_ok(&server, "alice", "note.ogg", ogg.clone()).await;
+    sent_ok(
+        &server,
+        &conversation,
+        "alice",
+        json!({ "message_type": "audio", "media_ids": [voice["id"]], "model": "voice-openai" }),
+    )
+    .await;
+    let (_, sent) = upstream.last();
+    assert_eq!(
+        last_turn(&sent, "messages"),
+        Some(json!({ "role": "user", "content": transcript(&ogg, "audio/ogg") }))
+    );
+
+    // Gemini takes Ogg and MP3 (named audio/mp3) as inlineData.
+    for (name, content_type, gemini_type) in [
+        ("note.ogg", "audio/ogg", "audio/ogg"),
+        ("note.mp3", "audio/mpeg", "audio/mp3"),
+    ] {
+        let bytes = fixture(name);
+        let voice = upload_ok(&server, "alice", name, bytes.clone()).await;
+        let conversation = server.conversation("alice").await;
+        let body = sent_ok(
+            &server,
+            &conversation,
+            "alice",
+            json!({ "message_type": "audio", "media_ids": [voice["id"]], "model": "voice-gemini" }),
+        )
+        .await;
+        let (_, sent) = upstream.last();
+        assert_eq!(
+            last_turn(&sent, "contents"),
+            Some(
+                json!({ "role": "user", "parts": [{ "inlineData": { "mimeType": gemini_type, "data": b64(&bytes) } }] })
+            )
+        );
+        assert_eq!(
+            body["user_message"]["content"],
+            transcript(&bytes, content_type)
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -18,7 +18,7 @@ use super::{AppQuery, page_limit, parse_id};
 use crate::AppState;
 use crate::auth::AuthUser;
 use crate::error::{ApiError, AppJson};
-use crate::providers::{ChatMessage, ChatRequest, ImageData, ModelRoute};
+use crate::providers::{ChatMessage, ChatRequest, MediaData, ModelRoute};
 use crate::store::{Conversation, HistoryPage, Id, Message, NewMessage, Persona, role, status};
 use crate::stream::generation::{self, GenerationJob, RetryPolicy};
 use crate::stream::{EventKind, Generation, GenerationEvent, sse_frame, sse_response};
@@ -231,7 +231,7 @@ pub(crate) async fn start_message(
             false,
         )
         .await?;
-    let attached = attach_media(state, user, body, content).await?;
+    let attached = attach_media(state, user, &route, body, content).await?;
     let content = attached.content;
     let earlier_images = history_images(state, user, &route, &history).await?;
     let (messages, prompt_tokens) = build_prompt(
@@ -240,7 +240,7 @@ pub(crate) async fn start_message(
         &route,
         &history,
         &earlier_images,
-        ChatMessage::user(content.clone()).with_images(attached.images),
+        attached.prompt,
     )?;
     let reservation = admit(state, user, &route, prompt_tokens).await?;
     let first_exchange = conversation.title.is_none() && history.is_empty();
@@ -722,28 +722,31 @@ fn validate(state: &AppState, body: &SendMessage) -> Result<String, ApiError> {
     Ok(content.to_string())
 }
 
-/// A message's media, resolved: the text to send and store, the images for the provider, and the message's
-/// `media` JSON.
+/// A message's media, resolved: the text to store, the message to send (its text, images and native audio),
+/// and the message's `media` JSON.
 struct Attached {
     content: String,
-    images: Vec<crate::providers::ImageData>,
+    prompt: ChatMessage,
     media: serde_json::Value,
 }
 
 /// Looks up `media_ids` (the caller's own: anyone else's is 404), fetches `media_urls`/`audio_url`, checks each
 /// is of the kind the message type takes, reads images for the provider and transcribes a voice note (its
-/// transcript becomes the message's text, after any text sent with it).
+/// transcript becomes the message's text, after any text sent with it). A voice note also goes to the model as
+/// audio when the model hears (`audio` modality) and its provider takes the format; the model then gets the
+/// audio and the text sent with it, not the transcript.
 async fn attach_media(
     state: &AppState,
     user: &AuthUser,
+    route: &ModelRoute,
     body: &SendMessage,
     content: String,
 ) -> Result<Attached, ApiError> {
     use crate::media::{Kind, MediaStore};
     if body.message_type == "text" {
         return Ok(Attached {
+            prompt: ChatMessage::user(content.clone()),
             content,
-            images: Vec::new(),
             media: json!([]),
         });
     }
@@ -769,6 +772,8 @@ async fn attach_media(
     }
     let mut described = Vec::with_capacity(found.len());
     let mut images = Vec::new();
+    let mut audio = Vec::new();
+    let caption = content.clone();
     let mut content = content;
     for (media, source) in &found {
         if Kind::of(&media.content_type) != Some(wanted) {
@@ -799,8 +804,12 @@ async fn attach_media(
             entry["source_url"] = json!(source);
         }
         match wanted {
-            Kind::Image => images.push(state.media.image_data(media).await?),
+            Kind::Image => images.push(state.media.media_data(media).await?),
             Kind::Audio => {
+                if route.accepts_audio && route.provider.native_audio(&media.content_type) {
+                    audio.push(state.media.media_data(media).await?);
+                    entry["sent_as"] = json!("audio");
+                }
                 let transcript = state.media.transcribe(media).await?;
                 content = if content.trim().is_empty() {
                     transcript.clone()
@@ -815,9 +824,14 @@ async fn attach_media(
         }
         described.push(entry);
     }
+    let prompt = if audio.is_empty() {
+        ChatMessage::user(content.clone())
+    } else {
+        ChatMessage::user(caption).with_audio(audio)
+    };
     Ok(Attached {
         content,
-        images,
+        prompt: prompt.with_images(images),
         media: serde_json::Value::Array(described),
     })
 }
@@ -847,7 +861,7 @@ async fn history_images(
     user: &AuthUser,
     route: &ModelRoute,
     history_newest_first: &[Message],
-) -> Result<HashMap<Id, Vec<ImageData>>, ApiError> {
+) -> Result<HashMap<Id, Vec<MediaData>>, ApiError> {
     let mut found = HashMap::new();
     if !route.accepts_images {
         return Ok(found);
@@ -878,13 +892,13 @@ async fn images_of(
     state: &AppState,
     user: &AuthUser,
     media: &serde_json::Value,
-) -> Result<Vec<ImageData>, ApiError> {
+) -> Result<Vec<MediaData>, ApiError> {
     let mut images = Vec::new();
     for id in crate::store::media_ids_of(media) {
         if let Some(found) = state.store.get_media(&user.user_id, id).await?
             && crate::media::Kind::of(&found.content_type) == Some(crate::media::Kind::Image)
         {
-            images.push(state.media.image_data(&found).await?);
+            images.push(state.media.media_data(&found).await?);
         }
     }
     Ok(images)
@@ -900,7 +914,7 @@ fn build_prompt(
     persona: &Persona,
     route: &ModelRoute,
     history_newest_first: &[Message],
-    history_images: &HashMap<Id, Vec<ImageData>>,
+    history_images: &HashMap<Id, Vec<MediaData>>,
     new_message: ChatMessage,
 ) -> Result<(Vec<ChatMessage>, u64), ApiError> {
     let config = &state.config.generation;

@@ -24,7 +24,7 @@ use super::messages::{admit, retry_policy};
 use crate::AppState;
 use crate::auth::AuthUser;
 use crate::error::{ApiError, AppJson};
-use crate::providers::{ChatMessage, ChatRequest, ImageData, Role};
+use crate::providers::{ChatMessage, ChatRequest, MediaData, Role};
 use crate::store::{Id, PersonaFilter};
 use crate::stream::generation::{self, GenerationJob};
 use crate::stream::{EventKind, Generation, sse_response};
@@ -109,7 +109,7 @@ async fn content_of(
     state: &AppState,
     user: &AuthUser,
     content: &Value,
-) -> Result<(String, Vec<ImageData>), ApiError> {
+) -> Result<(String, Vec<MediaData>), ApiError> {
     match content {
         Value::String(text) => Ok((text.clone(), Vec::new())),
         Value::Null => Ok((String::new(), Vec::new())),
@@ -159,7 +159,7 @@ async fn content_of(
 
 /// One `image_url`: a `data:` URL checked like an upload (decodable, sniffed type allowed, within the image
 /// limit), or an http(s) URL fetched through the media guard.
-async fn image_of(state: &AppState, user: &AuthUser, url: &str) -> Result<ImageData, ApiError> {
+async fn image_of(state: &AppState, user: &AuthUser, url: &str) -> Result<MediaData, ApiError> {
     use base64::Engine;
     let Some(data) = url.strip_prefix("data:") else {
         let media = state.media.fetch(&*state.store, &user.user_id, url).await?;
@@ -170,7 +170,7 @@ async fn image_of(state: &AppState, user: &AuthUser, url: &str) -> Result<ImageD
                 format!("{url} is {}, not an image", media.content_type),
             ));
         }
-        return state.media.image_data(&media).await;
+        return state.media.media_data(&media).await;
     };
     let (_, encoded) = data.split_once(";base64,").ok_or_else(|| {
         ApiError::validation(
@@ -204,7 +204,7 @@ async fn image_of(state: &AppState, user: &AuthUser, url: &str) -> Result<ImageD
                 "the image data URL's bytes are not an allowed image type",
             )
         })?;
-    Ok(ImageData {
+    Ok(MediaData {
         mime_type: mime_type.to_string(),
         base64: encoded.trim().into(),
     })
@@ -268,6 +268,7 @@ async fn completions(
             role,
             content,
             images,
+            audio: Vec::new(),
         });
     }
     if !messages.iter().any(|m| m.role == Role::User) {

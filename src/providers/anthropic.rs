@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::http::{self, DecodeError, Decoder, Flow, Frame, Framing, HttpOptions, Upstream};
-use super::{ChatRequest, ImageData, Provider, ProviderEvent, ProviderStream, Role};
+use super::{ChatRequest, MediaData, Provider, ProviderEvent, ProviderStream, Role};
 use crate::usage::Usage;
 
 /// `anthropic-version` sent with every request.
@@ -57,7 +57,7 @@ pub fn request_body(request: &ChatRequest) -> Value {
         .filter(|m| m.role == Role::System)
         .map(|m| m.content.as_str())
         .collect();
-    let mut messages: Vec<(Role, String, Vec<&ImageData>)> = Vec::new();
+    let mut messages: Vec<(Role, String, Vec<&MediaData>)> = Vec::new();
     for message in request.messages.iter().filter(|m| m.role != Role::System) {
         match messages.last_mut() {
             Some((role, content, images)) if *role == message.role => {

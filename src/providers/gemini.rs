@@ -61,13 +61,18 @@ pub fn request_body(request: &ChatRequest) -> Value {
             } else {
                 "user"
             };
-            let mut parts = Vec::with_capacity(m.images.len() + 1);
-            if !m.content.is_empty() || m.images.is_empty() {
+            let mut parts = Vec::with_capacity(m.images.len() + m.audio.len() + 1);
+            if !m.content.is_empty() || (m.images.is_empty() && m.audio.is_empty()) {
                 parts.push(json!({ "text": m.content }));
             }
-            for image in &m.images {
+            for file in m.images.iter().chain(&m.audio) {
+                // Gemini names MP3 `audio/mp3` ("Audio understanding": supported formats).
+                let mime_type = match file.mime_type.as_str() {
+                    "audio/mpeg" => "audio/mp3",
+                    other => other,
+                };
                 parts.push(
-                    json!({ "inlineData": { "mimeType": image.mime_type, "data": &*image.base64 } }),
+                    json!({ "inlineData": { "mimeType": mime_type, "data": &*file.base64 } }),
                 );
             }
             json!({ "role": role, "parts": parts })
@@ -86,6 +91,10 @@ pub fn request_body(request: &ChatRequest) -> Value {
 impl Provider for GeminiProvider {
     fn name(&self) -> &str {
         &self.upstream.name
+    }
+
+    fn native_audio(&self, content_type: &str) -> bool {
+        matches!(content_type, "audio/wav" | "audio/mpeg" | "audio/ogg")
     }
 
     fn stream(&self, request: ChatRequest) -> ProviderStream {

@@ -49,6 +49,10 @@ impl Provider for MockProvider {
         true
     }
 
+    fn native_audio(&self, _content_type: &str) -> bool {
+        true
+    }
+
     fn name(&self) -> &str {
         &self.name
     }

@@ -35,24 +35,29 @@ pub enum Role {
 }
 
 /// One message of a prompt. `images` go with a user message, each adapter writing them in its provider's
-/// format (OpenAI `image_url` data URLs, Anthropic `image` blocks, Gemini `inlineData`, Ollama `images`).
+/// format (OpenAI `image_url` data URLs, Anthropic `image` blocks, Gemini `inlineData`, Ollama `images`);
+/// `audio` likewise, only to providers that take it natively ([`Provider::native_audio`]: OpenAI
+/// `input_audio` parts, Gemini `inlineData`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ChatMessage {
     pub role: Role,
     pub content: String,
     #[serde(skip)]
-    pub images: Vec<ImageData>,
+    pub images: Vec<MediaData>,
+    #[serde(skip)]
+    pub audio: Vec<MediaData>,
 }
 
-/// An image sent upstream: its MIME type and its bytes in standard base64, encoded once and shared.
+/// An image or audio file sent upstream: its MIME type and its bytes in standard base64, encoded once and
+/// shared.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageData {
-    /// e.g. `image/png`.
+pub struct MediaData {
+    /// e.g. `image/png`, `audio/wav`.
     pub mime_type: String,
     pub base64: Arc<str>,
 }
 
-impl ImageData {
+impl MediaData {
     /// `data:<mime>;base64,<data>` (RFC 2397), as OpenAI's `image_url` takes it.
     pub fn data_url(&self) -> String {
         format!("data:{};base64,{}", self.mime_type, self.base64)
@@ -65,6 +70,7 @@ impl ChatMessage {
             role: Role::System,
             content: content.into(),
             images: Vec::new(),
+            audio: Vec::new(),
         }
     }
     pub fn user(content: impl Into<String>) -> Self {
@@ -72,6 +78,7 @@ impl ChatMessage {
             role: Role::User,
             content: content.into(),
             images: Vec::new(),
+            audio: Vec::new(),
         }
     }
     pub fn assistant(content: impl Into<String>) -> Self {
@@ -79,11 +86,17 @@ impl ChatMessage {
             role: Role::Assistant,
             content: content.into(),
             images: Vec::new(),
+            audio: Vec::new(),
         }
     }
     /// The same message with `images`.
-    pub fn with_images(mut self, images: Vec<ImageData>) -> Self {
+    pub fn with_images(mut self, images: Vec<MediaData>) -> Self {
         self.images = images;
+        self
+    }
+    /// The same message with `audio`, for a provider that takes it natively.
+    pub fn with_audio(mut self, audio: Vec<MediaData>) -> Self {
+        self.audio = audio;
         self
     }
 }
@@ -127,6 +140,11 @@ pub trait Provider: Send + Sync + 'static {
     }
     /// Whether this is the built-in mock (its words are placeholders, not worth a title).
     fn is_mock(&self) -> bool {
+        false
+    }
+    /// Whether audio of this type can go to the provider as is (for models with `audio` in their modalities);
+    /// other voice notes are sent as their transcript.
+    fn native_audio(&self, _content_type: &str) -> bool {
         false
     }
 }
@@ -241,6 +259,9 @@ pub struct ModelRoute {
     pub fallbacks: Vec<String>,
     /// Whether the model takes images (`modalities` has `image`; the mock takes them all).
     pub accepts_images: bool,
+    /// Whether the model takes audio natively (`modalities` has `audio`): voice notes its provider can carry go
+    /// as audio, besides their stored transcript.
+    pub accepts_audio: bool,
 }
 
 impl std::fmt::Debug for ModelRoute {
@@ -345,6 +366,10 @@ impl Models {
                     max_output_tokens: mc.max_output_tokens,
                     tokenizer: Tokenizer::for_model(&mc.model),
                     fallbacks: mc.fallbacks.clone(),
+                    accepts_audio: mc
+                        .modalities
+                        .as_ref()
+                        .is_some_and(|m| m.contains(&crate::config::Modality::Audio)),
                     accepts_images: match &mc.modalities {
                         Some(modalities) => modalities.contains(&crate::config::Modality::Image),
                         None => {

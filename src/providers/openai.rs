@@ -44,16 +44,26 @@ impl OpenAiProvider {
 
 /// A Chat Completions message: `content` a string, or, with images, an array of `text` and `image_url` parts
 /// whose URLs are `data:` URLs (OpenAI API reference, "Create chat completion", user message content parts).
+///
+/// Audio goes as `input_audio` parts, `{data, format}` with format `wav` or `mp3` (the two the API takes).
 pub fn message_json(message: &ChatMessage) -> Value {
-    if message.images.is_empty() {
+    if message.images.is_empty() && message.audio.is_empty() {
         return json!({ "role": message.role, "content": message.content });
     }
-    let mut parts = Vec::with_capacity(message.images.len() + 1);
+    let mut parts = Vec::with_capacity(message.images.len() + message.audio.len() + 1);
     if !message.content.is_empty() {
         parts.push(json!({ "type": "text", "text": message.content }));
     }
     for image in &message.images {
         parts.push(json!({ "type": "image_url", "image_url": { "url": image.data_url() } }));
+    }
+    for audio in &message.audio {
+        let format = if audio.mime_type == "audio/mpeg" {
+            "mp3"
+        } else {
+            "wav"
+        };
+        parts.push(json!({ "type": "input_audio", "input_audio": { "data": &*audio.base64, "format": format } }));
     }
     json!({ "role": message.role, "content": parts })
 }
@@ -61,6 +71,10 @@ pub fn message_json(message: &ChatMessage) -> Value {
 impl Provider for OpenAiProvider {
     fn name(&self) -> &str {
         &self.upstream.name
+    }
+
+    fn native_audio(&self, content_type: &str) -> bool {
+        matches!(content_type, "audio/wav" | "audio/mpeg")
     }
 
     fn stream(&self, request: ChatRequest) -> ProviderStream {
