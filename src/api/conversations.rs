@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::openapi::ErrorBody;
 use super::{AppQuery, double_option, page_limit, parse_id};
 use crate::AppState;
 use crate::auth::AuthUser;
@@ -31,7 +32,23 @@ pub fn router() -> Router<AppState> {
 
 /// `POST /api/v1/conversations/{id}/title` → the conversation with a newly written title (replacing any),
 /// from its first exchange; 409 before the first reply; 502/504 when the title model fails.
-#[utoipa::path(post, operation_id = "conversations_retitle", path = "/api/v1/conversations/{id}/title", tag = "conversations", params(("id" = String, Path, description = "conversation id (UUID)")), responses((status = 200, description = "OK", body = Conversation), (status = 401, description = "missing or invalid token", body = crate::api::openapi::ErrorBody), (status = 404, description = "not found (or not the caller's)", body = crate::api::openapi::ErrorBody), (status = 409, description = "conflict", body = crate::api::openapi::ErrorBody), (status = 502, description = "upstream error", body = crate::api::openapi::ErrorBody), (status = 504, description = "upstream timeout", body = crate::api::openapi::ErrorBody)))]
+#[utoipa::path(
+    post,
+    operation_id = "conversations_retitle",
+    path = "/api/v1/conversations/{id}/title",
+    tag = "conversations",
+    params(
+        ("id" = String, Path, description = "conversation id (UUID)"),
+    ),
+    responses(
+        (status = 200, description = "OK", body = Conversation),
+        (status = 401, description = "missing or invalid token", body = ErrorBody),
+        (status = 404, description = "not found (or not the caller's)", body = ErrorBody),
+        (status = 409, description = "conflict", body = ErrorBody),
+        (status = 502, description = "upstream error", body = ErrorBody),
+        (status = 504, description = "upstream timeout", body = ErrorBody),
+    )
+)]
 async fn retitle(
     State(state): State<AppState>,
     user: AuthUser,
@@ -67,7 +84,20 @@ fn check_title(title: Option<&str>) -> Result<(), ApiError> {
 }
 
 /// `POST /api/v1/conversations` → 201, or 200 with the existing one when `reuse_existing` finds one.
-#[utoipa::path(post, operation_id = "conversations_create", path = "/api/v1/conversations", tag = "conversations", request_body = CreateConversation, responses((status = 201, description = "created", body = Conversation), (status = 200, description = "the existing one (`reuse_existing`)", body = Conversation), (status = 400, description = "invalid input", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or invalid token", body = crate::api::openapi::ErrorBody), (status = 404, description = "not found (or not the caller's)", body = crate::api::openapi::ErrorBody)))]
+#[utoipa::path(
+    post,
+    operation_id = "conversations_create",
+    path = "/api/v1/conversations",
+    tag = "conversations",
+    request_body = CreateConversation,
+    responses(
+        (status = 201, description = "created", body = Conversation),
+        (status = 200, description = "the existing one (`reuse_existing`)", body = Conversation),
+        (status = 400, description = "invalid input", body = ErrorBody),
+        (status = 401, description = "missing or invalid token", body = ErrorBody),
+        (status = 404, description = "not found (or not the caller's)", body = ErrorBody),
+    )
+)]
 async fn create(
     State(state): State<AppState>,
     user: AuthUser,
@@ -123,7 +153,23 @@ fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, Id), ApiError> {
 
 /// `GET /api/v1/conversations?limit&cursor&persona_id&archived` → `{conversations, next_cursor}`, most recent
 /// activity first, each with its `last_message` preview.
-#[utoipa::path(get, operation_id = "conversations_list", path = "/api/v1/conversations", tag = "conversations", params(("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"), ("persona_id" = Option<String>, Query), ("archived" = Option<bool>, Query)), responses((status = 200, description = "`{conversations: [ConversationSummary], next_cursor}`", body = Object), (status = 400, description = "invalid input", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or invalid token", body = crate::api::openapi::ErrorBody)))]
+#[utoipa::path(
+    get,
+    operation_id = "conversations_list",
+    path = "/api/v1/conversations",
+    tag = "conversations",
+    params(
+        ("limit" = Option<i64>, Query),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("persona_id" = Option<String>, Query),
+        ("archived" = Option<bool>, Query),
+    ),
+    responses(
+        (status = 200, description = "`{conversations: [ConversationSummary], next_cursor}`", body = Object),
+        (status = 400, description = "invalid input", body = ErrorBody),
+        (status = 401, description = "missing or invalid token", body = ErrorBody),
+    )
+)]
 async fn list(
     State(state): State<AppState>,
     user: AuthUser,
@@ -173,7 +219,20 @@ pub(crate) async fn owned(
         .ok_or_else(|| ApiError::not_found("conversation"))
 }
 
-#[utoipa::path(get, operation_id = "conversations_get_one", path = "/api/v1/conversations/{id}", tag = "conversations", params(("id" = String, Path, description = "conversation id (UUID)")), responses((status = 200, description = "OK", body = Conversation), (status = 401, description = "missing or invalid token", body = crate::api::openapi::ErrorBody), (status = 404, description = "not found (or not the caller's)", body = crate::api::openapi::ErrorBody)))]
+#[utoipa::path(
+    get,
+    operation_id = "conversations_get_one",
+    path = "/api/v1/conversations/{id}",
+    tag = "conversations",
+    params(
+        ("id" = String, Path, description = "conversation id (UUID)"),
+    ),
+    responses(
+        (status = 200, description = "OK", body = Conversation),
+        (status = 401, description = "missing or invalid token", body = ErrorBody),
+        (status = 404, description = "not found (or not the caller's)", body = ErrorBody),
+    )
+)]
 async fn get_one(
     State(state): State<AppState>,
     user: AuthUser,
@@ -194,7 +253,22 @@ struct UpdateConversation {
 }
 
 /// `PATCH /api/v1/conversations/{id}` with `{title?, archived?}`.
-#[utoipa::path(patch, operation_id = "conversations_update", path = "/api/v1/conversations/{id}", tag = "conversations", params(("id" = String, Path, description = "conversation id (UUID)")), request_body = UpdateConversation, responses((status = 200, description = "OK", body = Conversation), (status = 400, description = "invalid input", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or invalid token", body = crate::api::openapi::ErrorBody), (status = 404, description = "not found (or not the caller's)", body = crate::api::openapi::ErrorBody)))]
+#[utoipa::path(
+    patch,
+    operation_id = "conversations_update",
+    path = "/api/v1/conversations/{id}",
+    tag = "conversations",
+    params(
+        ("id" = String, Path, description = "conversation id (UUID)"),
+    ),
+    request_body = UpdateConversation,
+    responses(
+        (status = 200, description = "OK", body = Conversation),
+        (status = 400, description = "invalid input", body = ErrorBody),
+        (status = 401, description = "missing or invalid token", body = ErrorBody),
+        (status = 404, description = "not found (or not the caller's)", body = ErrorBody),
+    )
+)]
 async fn update(
     State(state): State<AppState>,
     user: AuthUser,
@@ -216,7 +290,20 @@ async fn update(
 }
 
 /// `DELETE /api/v1/conversations/{id}` → 204; its messages go too.
-#[utoipa::path(delete, operation_id = "conversations_delete", path = "/api/v1/conversations/{id}", tag = "conversations", params(("id" = String, Path, description = "conversation id (UUID)")), responses((status = 204, description = "deleted with its messages"), (status = 401, description = "missing or invalid token", body = crate::api::openapi::ErrorBody), (status = 404, description = "not found (or not the caller's)", body = crate::api::openapi::ErrorBody)))]
+#[utoipa::path(
+    delete,
+    operation_id = "conversations_delete",
+    path = "/api/v1/conversations/{id}",
+    tag = "conversations",
+    params(
+        ("id" = String, Path, description = "conversation id (UUID)"),
+    ),
+    responses(
+        (status = 204, description = "deleted with its messages"),
+        (status = 401, description = "missing or invalid token", body = ErrorBody),
+        (status = 404, description = "not found (or not the caller's)", body = ErrorBody),
+    )
+)]
 async fn delete(
     State(state): State<AppState>,
     user: AuthUser,

@@ -12,6 +12,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::openapi::ErrorBody;
 use super::{AppQuery, parse_id};
 use crate::AppState;
 use crate::auth::AuthUser;
@@ -46,7 +47,20 @@ async fn saved_reply(
 }
 
 /// `GET /api/v1/generations/{id}` → `{id, conversation_id, status, text, message?, model}`.
-#[utoipa::path(get, operation_id = "generations_get_one", path = "/api/v1/generations/{id}", tag = "generations", params(("id" = String, Path, description = "generation id (UUID)")), responses((status = 200, description = "`{id, conversation_id, status, text, message?, model}`", body = Object), (status = 401, description = "missing or invalid token", body = crate::api::openapi::ErrorBody), (status = 404, description = "not found (or not the caller's)", body = crate::api::openapi::ErrorBody)))]
+#[utoipa::path(
+    get,
+    operation_id = "generations_get_one",
+    path = "/api/v1/generations/{id}",
+    tag = "generations",
+    params(
+        ("id" = String, Path, description = "generation id (UUID)"),
+    ),
+    responses(
+        (status = 200, description = "`{id, conversation_id, status, text, message?, model}`", body = Object),
+        (status = 401, description = "missing or invalid token", body = ErrorBody),
+        (status = 404, description = "not found (or not the caller's)", body = ErrorBody),
+    )
+)]
 async fn get_one(
     State(state): State<AppState>,
     user: AuthUser,
@@ -92,7 +106,23 @@ struct StreamQuery {
 /// `GET /api/v1/generations/{id}/stream`: replays events after `Last-Event-ID` (or `?after=seq`), then follows
 /// live; ends after the terminal event. 204 when the generation is unknown or expired, which makes
 /// `EventSource` stop reconnecting. `?format=ai-sdk` answers in the AI SDK UI message stream protocol.
-#[utoipa::path(get, operation_id = "generations_stream", path = "/api/v1/generations/{id}/stream", tag = "generations", params(("id" = String, Path, description = "generation id (UUID)"), ("after" = Option<u64>, Query, description = "replay events after this seq"), ("Last-Event-ID" = Option<u64>, Header), ("format" = Option<String>, Query, description = "native | ai-sdk")), responses((status = 200, description = "SSE: replay, then live", content_type = "text/event-stream"), (status = 204, description = "unknown or expired"), (status = 401, description = "missing or invalid token", body = crate::api::openapi::ErrorBody)))]
+#[utoipa::path(
+    get,
+    operation_id = "generations_stream",
+    path = "/api/v1/generations/{id}/stream",
+    tag = "generations",
+    params(
+        ("id" = String, Path, description = "generation id (UUID)"),
+        ("after" = Option<u64>, Query, description = "replay events after this seq"),
+        ("Last-Event-ID" = Option<u64>, Header),
+        ("format" = Option<String>, Query, description = "native | ai-sdk"),
+    ),
+    responses(
+        (status = 200, description = "SSE: replay, then live", content_type = "text/event-stream"),
+        (status = 204, description = "unknown or expired"),
+        (status = 401, description = "missing or invalid token", body = ErrorBody),
+    )
+)]
 async fn stream(
     State(state): State<AppState>,
     user: AuthUser,
@@ -128,7 +158,20 @@ async fn stream(
 
 /// `POST /api/v1/generations/{id}/cancel`: stops the upstream, saves the partial text as `cancelled`, then
 /// answers `{cancelled, message}`. Cancelling a finished generation changes nothing and says so.
-#[utoipa::path(post, operation_id = "generations_cancel", path = "/api/v1/generations/{id}/cancel", tag = "generations", params(("id" = String, Path, description = "generation id (UUID)")), responses((status = 200, description = "`{cancelled, message}`", body = Object), (status = 401, description = "missing or invalid token", body = crate::api::openapi::ErrorBody), (status = 404, description = "not found (or not the caller's)", body = crate::api::openapi::ErrorBody)))]
+#[utoipa::path(
+    post,
+    operation_id = "generations_cancel",
+    path = "/api/v1/generations/{id}/cancel",
+    tag = "generations",
+    params(
+        ("id" = String, Path, description = "generation id (UUID)"),
+    ),
+    responses(
+        (status = 200, description = "`{cancelled, message}`", body = Object),
+        (status = 401, description = "missing or invalid token", body = ErrorBody),
+        (status = 404, description = "not found (or not the caller's)", body = ErrorBody),
+    )
+)]
 async fn cancel(
     State(state): State<AppState>,
     user: AuthUser,

@@ -21,7 +21,15 @@ pub fn router() -> Router<AppState> {
 }
 
 /// `GET /metrics`: Prometheus text exposition. Admins only, unless `server.metrics_public`.
-#[utoipa::path(get, operation_id = "health_metrics", path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain")))]
+#[utoipa::path(
+    get,
+    operation_id = "health_metrics",
+    path = "/metrics",
+    tag = "health",
+    responses(
+        (status = 200, description = "Prometheus text exposition format", content_type = "text/plain"),
+    )
+)]
 async fn metrics(
     State(state): State<AppState>,
     user: Option<AuthUser>,
@@ -41,7 +49,17 @@ async fn metrics(
 
 /// `{status, version, database: {ok, latency_ms, backend}, providers: {name: {ok, checked_at}}}`; 503 when the
 /// database does not answer within 2 s.
-#[utoipa::path(get, operation_id = "health", path = "/health", tag = "health", security(()), responses((status = 200, description = "`{status, version, database: {ok, latency_ms}, providers}`", body = Object), (status = 503, description = "the database is down", body = Object)))]
+#[utoipa::path(
+    get,
+    operation_id = "health",
+    path = "/health",
+    tag = "health",
+    security(()),
+    responses(
+        (status = 200, description = "`{status, version, database: {ok, latency_ms}, providers}`", body = Object),
+        (status = 503, description = "the database is down", body = Object),
+    )
+)]
 async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let started = Instant::now();
     let db = tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await;

@@ -10,6 +10,7 @@ use axum::{Json, Router};
 use futures::TryStreamExt;
 use serde_json::{Value, json};
 
+use super::openapi::ErrorBody;
 use super::parse_id;
 use crate::AppState;
 use crate::auth::AuthUser;
@@ -39,10 +40,10 @@ pub fn router(max_media_bytes: u64) -> Router<AppState> {
     request_body(content_type = "multipart/form-data", content = Object, description = "the file in the part `file`"),
     responses(
         (status = 201, description = "`{id, url, content_type, kind, size_bytes, sha256, created_at}`", body = Object),
-        (status = 400, description = "no `file` part, or an empty file", body = crate::api::openapi::ErrorBody),
-        (status = 401, description = "missing or invalid token", body = crate::api::openapi::ErrorBody),
-        (status = 413, description = "over the type's size limit", body = crate::api::openapi::ErrorBody),
-        (status = 415, description = "not multipart, or a type not allowed", body = crate::api::openapi::ErrorBody)))]
+        (status = 400, description = "no `file` part, or an empty file", body = ErrorBody),
+        (status = 401, description = "missing or invalid token", body = ErrorBody),
+        (status = 413, description = "over the type's size limit", body = ErrorBody),
+        (status = 415, description = "not multipart, or a type not allowed", body = ErrorBody)))]
 async fn upload(
     State(state): State<AppState>,
     user: AuthUser,
@@ -111,8 +112,8 @@ async fn upload(
     responses(
         (status = 200, description = "the file's bytes", content_type = "application/octet-stream"),
         (status = 304, description = "unchanged since the ETag"),
-        (status = 401, description = "missing or invalid token", body = crate::api::openapi::ErrorBody),
-        (status = 404, description = "not found (or not the caller's)", body = crate::api::openapi::ErrorBody)))]
+        (status = 401, description = "missing or invalid token", body = ErrorBody),
+        (status = 404, description = "not found (or not the caller's)", body = ErrorBody)))]
 async fn download(
     State(state): State<AppState>,
     user: AuthUser,

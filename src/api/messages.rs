@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::conversations::owned;
+use super::openapi::ErrorBody;
 use super::{AppQuery, page_limit, parse_id};
 use crate::AppState;
 use crate::auth::AuthUser;
@@ -141,7 +142,31 @@ fn from_use_chat(body: &serde_json::Value) -> Result<SendMessage, ApiError> {
 /// with its SSE stream (`Accept: text/event-stream` or `?stream=true`), with the saved reply (JSON, the
 /// default), at once with 202 (`Prefer: respond-async`), or as an AI SDK UI message stream (`?format=ai-sdk`,
 /// which also accepts `useChat`'s own request body).
-#[utoipa::path(post, operation_id = "messages_send", path = "/api/v1/conversations/{id}/messages", tag = "messages", params(("id" = String, Path, description = "conversation id (UUID)"), ("stream" = Option<bool>, Query, description = "true: SSE, like `Accept: text/event-stream`"), ("format" = Option<String>, Query, description = "`native` (default) or `ai-sdk`: the Vercel AI SDK UI message stream (accepts `useChat` bodies)"), ("Prefer" = Option<String>, Header, description = "`respond-async`: 202 at once")), request_body = SendMessage, responses((status = 200, description = "`{conversation, user_message, assistant_message}`; or, streamed, SSE events `user_message`, `start`, `delta`, `usage`, `done` | `error`", content((Object = "application/json"), (String = "text/event-stream"))), (status = 202, description = "`{generation_id, user_message, stream_url}`", body = Object), (status = 400, description = "invalid input", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or invalid token", body = crate::api::openapi::ErrorBody), (status = 404, description = "not found (or not the caller's)", body = crate::api::openapi::ErrorBody), (status = 413, description = "too large", body = crate::api::openapi::ErrorBody), (status = 422, description = "unprocessable", body = crate::api::openapi::ErrorBody), (status = 429, description = "rate limit or budget exceeded", body = crate::api::openapi::ErrorBody), (status = 502, description = "upstream error", body = crate::api::openapi::ErrorBody), (status = 504, description = "upstream timeout", body = crate::api::openapi::ErrorBody)))]
+#[utoipa::path(
+    post,
+    operation_id = "messages_send",
+    path = "/api/v1/conversations/{id}/messages",
+    tag = "messages",
+    params(
+        ("id" = String, Path, description = "conversation id (UUID)"),
+        ("stream" = Option<bool>, Query, description = "true: SSE, like `Accept: text/event-stream`"),
+        ("format" = Option<String>, Query, description = "`native` (default) or `ai-sdk`: the Vercel AI SDK UI message stream (accepts `useChat` bodies)"),
+        ("Prefer" = Option<String>, Header, description = "`respond-async`: 202 at once"),
+    ),
+    request_body = SendMessage,
+    responses(
+        (status = 200, description = "`{conversation, user_message, assistant_message}`; or, streamed, SSE events `user_message`, `start`, `delta`, `usage`, `done` | `error`", content((Object = "application/json"), (String = "text/event-stream"))),
+        (status = 202, description = "`{generation_id, user_message, stream_url}`", body = Object),
+        (status = 400, description = "invalid input", body = ErrorBody),
+        (status = 401, description = "missing or invalid token", body = ErrorBody),
+        (status = 404, description = "not found (or not the caller's)", body = ErrorBody),
+        (status = 413, description = "too large", body = ErrorBody),
+        (status = 422, description = "unprocessable", body = ErrorBody),
+        (status = 429, description = "rate limit or budget exceeded", body = ErrorBody),
+        (status = 502, description = "upstream error", body = ErrorBody),
+        (status = 504, description = "upstream timeout", body = ErrorBody),
+    )
+)]
 async fn send(
     State(state): State<AppState>,
     user: AuthUser,
@@ -291,7 +316,26 @@ pub(crate) async fn start_message(
 /// `POST /api/v1/messages/{id}/regenerate` (`{model?}`): a new reply to the same user message (the id of that
 /// message or of a previous reply to it). The previous reply stays as a sibling; history shows the latest by
 /// default. Answers like sending a message.
-#[utoipa::path(post, operation_id = "messages_regenerate", path = "/api/v1/messages/{id}/regenerate", tag = "messages", params(("id" = String, Path, description = "message id (UUID)"), ("stream" = Option<bool>, Query), ("format" = Option<String>, Query)), request_body(content = Option<RegenerateBody>), responses((status = 200, description = "as sending a message", content((Object = "application/json"), (String = "text/event-stream"))), (status = 202, description = "accepted: the reply runs on", body = Object), (status = 401, description = "missing or invalid token", body = crate::api::openapi::ErrorBody), (status = 404, description = "not found (or not the caller's)", body = crate::api::openapi::ErrorBody), (status = 409, description = "conflict", body = crate::api::openapi::ErrorBody), (status = 429, description = "rate limit or budget exceeded", body = crate::api::openapi::ErrorBody)))]
+#[utoipa::path(
+    post,
+    operation_id = "messages_regenerate",
+    path = "/api/v1/messages/{id}/regenerate",
+    tag = "messages",
+    params(
+        ("id" = String, Path, description = "message id (UUID)"),
+        ("stream" = Option<bool>, Query),
+        ("format" = Option<String>, Query),
+    ),
+    request_body(content = Option<RegenerateBody>),
+    responses(
+        (status = 200, description = "as sending a message", content((Object = "application/json"), (String = "text/event-stream"))),
+        (status = 202, description = "accepted: the reply runs on", body = Object),
+        (status = 401, description = "missing or invalid token", body = ErrorBody),
+        (status = 404, description = "not found (or not the caller's)", body = ErrorBody),
+        (status = 409, description = "conflict", body = ErrorBody),
+        (status = 429, description = "rate limit or budget exceeded", body = ErrorBody),
+    )
+)]
 async fn regenerate(
     State(state): State<AppState>,
     user: AuthUser,
@@ -1008,7 +1052,27 @@ struct HistoryQuery {
 
 /// `GET /api/v1/conversations/{id}/messages?limit&before|after|offset&order=asc|desc&branches=latest|all` →
 /// `{messages, has_more}`. Without a cursor, `desc` (the default) gives the newest page.
-#[utoipa::path(get, operation_id = "messages_history", path = "/api/v1/conversations/{id}/messages", tag = "messages", params(("id" = String, Path, description = "conversation id (UUID)"), ("limit" = Option<i64>, Query), ("before" = Option<String>, Query), ("after" = Option<String>, Query), ("offset" = Option<i64>, Query), ("order" = Option<String>, Query, description = "asc | desc"), ("branches" = Option<String>, Query, description = "latest | all")), responses((status = 200, description = "`{messages: [Message], has_more}`", body = Object), (status = 400, description = "invalid input", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or invalid token", body = crate::api::openapi::ErrorBody), (status = 404, description = "not found (or not the caller's)", body = crate::api::openapi::ErrorBody)))]
+#[utoipa::path(
+    get,
+    operation_id = "messages_history",
+    path = "/api/v1/conversations/{id}/messages",
+    tag = "messages",
+    params(
+        ("id" = String, Path, description = "conversation id (UUID)"),
+        ("limit" = Option<i64>, Query),
+        ("before" = Option<String>, Query),
+        ("after" = Option<String>, Query),
+        ("offset" = Option<i64>, Query),
+        ("order" = Option<String>, Query, description = "asc | desc"),
+        ("branches" = Option<String>, Query, description = "latest | all"),
+    ),
+    responses(
+        (status = 200, description = "`{messages: [Message], has_more}`", body = Object),
+        (status = 400, description = "invalid input", body = ErrorBody),
+        (status = 401, description = "missing or invalid token", body = ErrorBody),
+        (status = 404, description = "not found (or not the caller's)", body = ErrorBody),
+    )
+)]
 async fn history(
     State(state): State<AppState>,
     user: AuthUser,
@@ -1060,7 +1124,20 @@ async fn history(
 }
 
 /// `DELETE /api/v1/messages/{id}` → 204; 404 for anyone else's message.
-#[utoipa::path(delete, operation_id = "messages_delete_message", path = "/api/v1/messages/{id}", tag = "messages", params(("id" = String, Path, description = "message id (UUID)")), responses((status = 204, description = "deleted"), (status = 401, description = "missing or invalid token", body = crate::api::openapi::ErrorBody), (status = 404, description = "not found (or not the caller's)", body = crate::api::openapi::ErrorBody)))]
+#[utoipa::path(
+    delete,
+    operation_id = "messages_delete_message",
+    path = "/api/v1/messages/{id}",
+    tag = "messages",
+    params(
+        ("id" = String, Path, description = "message id (UUID)"),
+    ),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 401, description = "missing or invalid token", body = ErrorBody),
+        (status = 404, description = "not found (or not the caller's)", body = ErrorBody),
+    )
+)]
 async fn delete_message(
     State(state): State<AppState>,
     user: AuthUser,

@@ -5,6 +5,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
+use super::openapi::ErrorBody;
 use crate::AppState;
 use crate::auth::AuthUser;
 
@@ -20,7 +21,16 @@ fn per_mtok(picousd_per_token: u64) -> f64 {
 /// `{models: [{id, provider, upstream_model, context_window, max_output_tokens, input_per_mtok,
 /// output_per_mtok, cached_input_per_mtok, modalities, fallbacks, default}], default}`; prices in USD per
 /// million tokens (0 for models served by the stand-in mock).
-#[utoipa::path(get, operation_id = "models_list", path = "/api/v1/models", tag = "models", responses((status = 200, description = "`{models: [{id, provider, model, context_window, prices, ...}], default}`", body = Object), (status = 401, description = "missing or invalid token", body = crate::api::openapi::ErrorBody)))]
+#[utoipa::path(
+    get,
+    operation_id = "models_list",
+    path = "/api/v1/models",
+    tag = "models",
+    responses(
+        (status = 200, description = "`{models: [{id, provider, model, context_window, prices, ...}], default}`", body = Object),
+        (status = 401, description = "missing or invalid token", body = ErrorBody),
+    )
+)]
 async fn list(State(state): State<AppState>, _: AuthUser) -> Json<Value> {
     let default = state.models.default_alias();
     let models: Vec<Value> = state

@@ -211,7 +211,20 @@ async fn image_of(state: &AppState, user: &AuthUser, url: &str) -> Result<MediaD
 }
 
 /// `POST /v1/chat/completions`.
-#[utoipa::path(post, operation_id = "openai_completions", path = "/v1/chat/completions", tag = "openai", request_body(content = Object, description = "OpenAI's chat completion request: `model`, `messages`, `stream`, `stream_options.include_usage`, `max_tokens`; plus `persona`"), responses((status = 200, description = "`chat.completion`, or `chat.completion.chunk` SSE ending `[DONE]`", content((Object = "application/json"), (String = "text/event-stream"))), (status = 400, description = "OpenAI error shape `{error: {message, type, param, code}}`", body = Object), (status = 401, description = "missing or invalid token", body = Object), (status = 404, description = "not found", body = Object), (status = 429, description = "rate limited", body = Object)))]
+#[utoipa::path(
+    post,
+    operation_id = "openai_completions",
+    path = "/v1/chat/completions",
+    tag = "openai",
+    request_body(content = Object, description = "OpenAI's chat completion request: `model`, `messages`, `stream`, `stream_options.include_usage`, `max_tokens`; plus `persona`"),
+    responses(
+        (status = 200, description = "`chat.completion`, or `chat.completion.chunk` SSE ending `[DONE]`", content((Object = "application/json"), (String = "text/event-stream"))),
+        (status = 400, description = "OpenAI error shape `{error: {message, type, param, code}}`", body = Object),
+        (status = 401, description = "missing or invalid token", body = Object),
+        (status = 404, description = "not found", body = Object),
+        (status = 429, description = "rate limited", body = Object),
+    )
+)]
 async fn completions(
     State(state): State<AppState>,
     user: AuthUser,
@@ -466,7 +479,16 @@ fn chunks(
 }
 
 /// `GET /v1/models`: the model aliases, as OpenAI's model list.
-#[utoipa::path(get, operation_id = "openai_models", path = "/v1/models", tag = "openai", responses((status = 200, description = "`{object: \"list\", data: [{id, object, created, owned_by}]}`", body = Object), (status = 401, description = "missing or invalid token", body = Object)))]
+#[utoipa::path(
+    get,
+    operation_id = "openai_models",
+    path = "/v1/models",
+    tag = "openai",
+    responses(
+        (status = 200, description = "`{object: \"list\", data: [{id, object, created, owned_by}]}`", body = Object),
+        (status = 401, description = "missing or invalid token", body = Object),
+    )
+)]
 async fn models(State(state): State<AppState>, _: AuthUser) -> Json<Value> {
     let data: Vec<Value> = state
         .models

@@ -7,6 +7,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::openapi::ErrorBody;
 use super::{AppQuery, page_limit, parse_id};
 use crate::AppState;
 use crate::auth::{AdminUser, AuthUser};
@@ -31,7 +32,22 @@ struct ListQuery {
 }
 
 /// `GET /api/v1/personas?limit&offset&category` → `{personas: [...]}`, active ones only.
-#[utoipa::path(get, operation_id = "personas_list", path = "/api/v1/personas", tag = "personas", security(()), params(("limit" = Option<i64>, Query), ("offset" = Option<i64>, Query), ("category" = Option<String>, Query)), responses((status = 200, description = "`{personas: [Persona]}`", body = Object), (status = 400, description = "invalid input", body = crate::api::openapi::ErrorBody)))]
+#[utoipa::path(
+    get,
+    operation_id = "personas_list",
+    path = "/api/v1/personas",
+    tag = "personas",
+    security(()),
+    params(
+        ("limit" = Option<i64>, Query),
+        ("offset" = Option<i64>, Query),
+        ("category" = Option<String>, Query),
+    ),
+    responses(
+        (status = 200, description = "`{personas: [Persona]}`", body = Object),
+        (status = 400, description = "invalid input", body = ErrorBody),
+    )
+)]
 async fn list(
     State(state): State<AppState>,
     AppQuery(q): AppQuery<ListQuery>,
@@ -49,7 +65,20 @@ async fn list(
 }
 
 /// `GET /api/v1/personas/{id}`; an inactive persona is visible to admins only.
-#[utoipa::path(get, operation_id = "personas_get_one", path = "/api/v1/personas/{id}", tag = "personas", security(()), params(("id" = String, Path, description = "persona id (UUID)")), responses((status = 200, description = "OK", body = Persona), (status = 404, description = "not found (or not the caller's)", body = crate::api::openapi::ErrorBody)))]
+#[utoipa::path(
+    get,
+    operation_id = "personas_get_one",
+    path = "/api/v1/personas/{id}",
+    tag = "personas",
+    security(()),
+    params(
+        ("id" = String, Path, description = "persona id (UUID)"),
+    ),
+    responses(
+        (status = 200, description = "OK", body = Persona),
+        (status = 404, description = "not found (or not the caller's)", body = ErrorBody),
+    )
+)]
 async fn get_one(
     State(state): State<AppState>,
     user: Option<AuthUser>,
@@ -79,7 +108,21 @@ fn check_model(state: &AppState, persona: &NewPersona) -> Result<(), ApiError> {
 }
 
 /// `POST /api/v1/personas` (admin) → 201.
-#[utoipa::path(post, operation_id = "personas_create", path = "/api/v1/personas", tag = "personas", request_body = NewPersona, responses((status = 201, description = "created", body = Persona), (status = 400, description = "invalid input", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or invalid token", body = crate::api::openapi::ErrorBody), (status = 403, description = "not allowed", body = crate::api::openapi::ErrorBody), (status = 409, description = "conflict", body = crate::api::openapi::ErrorBody), (status = 422, description = "unprocessable", body = crate::api::openapi::ErrorBody)))]
+#[utoipa::path(
+    post,
+    operation_id = "personas_create",
+    path = "/api/v1/personas",
+    tag = "personas",
+    request_body = NewPersona,
+    responses(
+        (status = 201, description = "created", body = Persona),
+        (status = 400, description = "invalid input", body = ErrorBody),
+        (status = 401, description = "missing or invalid token", body = ErrorBody),
+        (status = 403, description = "not allowed", body = ErrorBody),
+        (status = 409, description = "conflict", body = ErrorBody),
+        (status = 422, description = "unprocessable", body = ErrorBody),
+    )
+)]
 async fn create(
     State(state): State<AppState>,
     _: AdminUser,
@@ -94,7 +137,25 @@ async fn create(
 }
 
 /// `PATCH /api/v1/personas/{id}` (admin): any subset of the persona's fields.
-#[utoipa::path(patch, operation_id = "personas_update", path = "/api/v1/personas/{id}", tag = "personas", params(("id" = String, Path, description = "persona id (UUID)")), request_body(content = Object, description = "any subset of the persona's fields"), responses((status = 200, description = "OK", body = Persona), (status = 400, description = "invalid input", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or invalid token", body = crate::api::openapi::ErrorBody), (status = 403, description = "not allowed", body = crate::api::openapi::ErrorBody), (status = 404, description = "not found (or not the caller's)", body = crate::api::openapi::ErrorBody), (status = 409, description = "conflict", body = crate::api::openapi::ErrorBody), (status = 422, description = "unprocessable", body = crate::api::openapi::ErrorBody)))]
+#[utoipa::path(
+    patch,
+    operation_id = "personas_update",
+    path = "/api/v1/personas/{id}",
+    tag = "personas",
+    params(
+        ("id" = String, Path, description = "persona id (UUID)"),
+    ),
+    request_body(content = Object, description = "any subset of the persona's fields"),
+    responses(
+        (status = 200, description = "OK", body = Persona),
+        (status = 400, description = "invalid input", body = ErrorBody),
+        (status = 401, description = "missing or invalid token", body = ErrorBody),
+        (status = 403, description = "not allowed", body = ErrorBody),
+        (status = 404, description = "not found (or not the caller's)", body = ErrorBody),
+        (status = 409, description = "conflict", body = ErrorBody),
+        (status = 422, description = "unprocessable", body = ErrorBody),
+    )
+)]
 async fn update(
     State(state): State<AppState>,
     _: AdminUser,
@@ -127,7 +188,22 @@ async fn update(
 }
 
 /// `DELETE /api/v1/personas/{id}` (admin) → 204; 409 while conversations use it.
-#[utoipa::path(delete, operation_id = "personas_delete", path = "/api/v1/personas/{id}", tag = "personas", params(("id" = String, Path, description = "persona id (UUID)")), responses((status = 204, description = "deleted"), (status = 401, description = "missing or invalid token", body = crate::api::openapi::ErrorBody), (status = 403, description = "not allowed", body = crate::api::openapi::ErrorBody), (status = 404, description = "not found (or not the caller's)", body = crate::api::openapi::ErrorBody), (status = 409, description = "conflict", body = crate::api::openapi::ErrorBody)))]
+#[utoipa::path(
+    delete,
+    operation_id = "personas_delete",
+    path = "/api/v1/personas/{id}",
+    tag = "personas",
+    params(
+        ("id" = String, Path, description = "persona id (UUID)"),
+    ),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 401, description = "missing or invalid token", body = ErrorBody),
+        (status = 403, description = "not allowed", body = ErrorBody),
+        (status = 404, description = "not found (or not the caller's)", body = ErrorBody),
+        (status = 409, description = "conflict", body = ErrorBody),
+    )
+)]
 async fn delete(
     State(state): State<AppState>,
     _: AdminUser,

@@ -12,6 +12,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::openapi::ErrorBody;
 use crate::AppState;
 use crate::error::{ApiError, AppJson};
 
@@ -86,8 +87,8 @@ struct DevTokenRequest {
     request_body = DevTokenRequest,
     responses(
         (status = 200, description = "`{token, user_id, expires_in}` (seconds)", body = Object),
-        (status = 400, description = "invalid user id", body = crate::api::openapi::ErrorBody),
-        (status = 404, description = "dev tokens are off (the default)", body = crate::api::openapi::ErrorBody)))]
+        (status = 400, description = "invalid user id", body = ErrorBody),
+        (status = 404, description = "dev tokens are off (the default)", body = ErrorBody)))]
 async fn dev_token(
     State(state): State<AppState>,
     AppJson(body): AppJson<DevTokenRequest>,

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppQuery;
+use super::openapi::ErrorBody;
 use crate::AppState;
 use crate::auth::{AdminUser, AuthUser};
 use crate::error::ApiError;
@@ -202,7 +203,24 @@ async fn answer(
 /// `GET /api/v1/usage?from&to&group_by=day|model|persona` → `{from, to, group_by, buckets, totals}`; each
 /// bucket `{key, requests, estimated_requests, prompt_tokens, completion_tokens, cached_tokens,
 /// reasoning_tokens, total_tokens, cost_usd}`.
-#[utoipa::path(get, operation_id = "usage_mine", path = "/api/v1/usage", tag = "usage", params(("from" = Option<String>, Query, description = "YYYY-MM-DD"), ("to" = Option<String>, Query, description = "YYYY-MM-DD, inclusive"), ("group_by" = Option<UsageGroup>, Query), ("If-None-Match" = Option<String>, Header)), responses((status = 200, description = "`{from, to, group_by, totals, buckets: [UsageBucket]}`, with an ETag", body = Object), (status = 304, description = "unchanged since the ETag"), (status = 400, description = "invalid input", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or invalid token", body = crate::api::openapi::ErrorBody)))]
+#[utoipa::path(
+    get,
+    operation_id = "usage_mine",
+    path = "/api/v1/usage",
+    tag = "usage",
+    params(
+        ("from" = Option<String>, Query, description = "YYYY-MM-DD"),
+        ("to" = Option<String>, Query, description = "YYYY-MM-DD, inclusive"),
+        ("group_by" = Option<UsageGroup>, Query),
+        ("If-None-Match" = Option<String>, Header),
+    ),
+    responses(
+        (status = 200, description = "`{from, to, group_by, totals, buckets: [UsageBucket]}`, with an ETag", body = Object),
+        (status = 304, description = "unchanged since the ETag"),
+        (status = 400, description = "invalid input", body = ErrorBody),
+        (status = 401, description = "missing or invalid token", body = ErrorBody),
+    )
+)]
 async fn mine(
     State(state): State<AppState>,
     user: AuthUser,
@@ -225,7 +243,24 @@ async fn mine(
 
 /// `GET /api/v1/admin/usage?user_id&from&to&group_by=day|model|persona|user` (admin): everyone's usage, or one
 /// user's.
-#[utoipa::path(get, operation_id = "usage_everyone", path = "/api/v1/admin/usage", tag = "usage", params(("from" = Option<String>, Query), ("to" = Option<String>, Query), ("group_by" = Option<UsageGroup>, Query), ("user_id" = Option<String>, Query)), responses((status = 200, description = "as /api/v1/usage, for every user or one", body = Object), (status = 400, description = "invalid input", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or invalid token", body = crate::api::openapi::ErrorBody), (status = 403, description = "not allowed", body = crate::api::openapi::ErrorBody)))]
+#[utoipa::path(
+    get,
+    operation_id = "usage_everyone",
+    path = "/api/v1/admin/usage",
+    tag = "usage",
+    params(
+        ("from" = Option<String>, Query),
+        ("to" = Option<String>, Query),
+        ("group_by" = Option<UsageGroup>, Query),
+        ("user_id" = Option<String>, Query),
+    ),
+    responses(
+        (status = 200, description = "as /api/v1/usage, for every user or one", body = Object),
+        (status = 400, description = "invalid input", body = ErrorBody),
+        (status = 401, description = "missing or invalid token", body = ErrorBody),
+        (status = 403, description = "not allowed", body = ErrorBody),
+    )
+)]
 async fn everyone(
     State(state): State<AppState>,
     _: AdminUser,
@@ -241,7 +276,16 @@ async fn everyone(
 }
 
 /// `GET /api/v1/usage/summary` → `{total_conversations, total_messages, total_tokens, estimated_cost_usd}`.
-#[utoipa::path(get, operation_id = "usage_summary", path = "/api/v1/usage/summary", tag = "usage", responses((status = 200, description = "OK", body = crate::store::UsageSummary), (status = 401, description = "missing or invalid token", body = crate::api::openapi::ErrorBody)))]
+#[utoipa::path(
+    get,
+    operation_id = "usage_summary",
+    path = "/api/v1/usage/summary",
+    tag = "usage",
+    responses(
+        (status = 200, description = "OK", body = crate::store::UsageSummary),
+        (status = 401, description = "missing or invalid token", body = ErrorBody),
+    )
+)]
 async fn summary(
     State(state): State<AppState>,
     user: AuthUser,

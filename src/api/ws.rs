@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::messages::{SendMessage, start_message};
+use super::openapi::ErrorBody;
 use crate::AppState;
 use crate::auth::AuthUser;
 use crate::error::ApiError;
@@ -54,7 +55,21 @@ fn token_given(headers: &HeaderMap, uri: &Uri) -> bool {
 
 /// Upgrades to the WebSocket protocol. A token given at upgrade must be valid (401 otherwise); without one,
 /// the client has `ws.auth_timeout_ms` to send an `auth` frame.
-#[utoipa::path(get, operation_id = "ws_upgrade", path = "/api/v1/ws", tag = "websocket", security(()), params(("access_token" = Option<String>, Query, description = "or an `auth` frame first")), responses((status = 101, description = "WebSocket; protocol in docs/websocket.md"), (status = 400, description = "invalid input", body = crate::api::openapi::ErrorBody), (status = 401, description = "missing or invalid token", body = crate::api::openapi::ErrorBody)))]
+#[utoipa::path(
+    get,
+    operation_id = "ws_upgrade",
+    path = "/api/v1/ws",
+    tag = "websocket",
+    security(()),
+    params(
+        ("access_token" = Option<String>, Query, description = "or an `auth` frame first"),
+    ),
+    responses(
+        (status = 101, description = "WebSocket; protocol in docs/websocket.md"),
+        (status = 400, description = "invalid input", body = ErrorBody),
+        (status = 401, description = "missing or invalid token", body = ErrorBody),
+    )
+)]
 async fn upgrade(
     State(state): State<AppState>,
     user: Option<AuthUser>,
