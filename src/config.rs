@@ -164,6 +164,8 @@ impl Default for LogConfig {
 pub struct DatabaseConfig {
     /// `sqlite://path/to/file.db` (created when missing) or `postgres://user:pass@host/db`.
     pub url: SecretString,
+    /// Connections for requests; half as many more are opened for background writes (finished replies,
+    /// checkpoints, usage), so that a slow database never queues a request behind them.
     pub max_connections: u32,
     /// Apply pending migrations at startup.
     pub migrate_on_start: bool,

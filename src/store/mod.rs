@@ -575,8 +575,20 @@ pub trait Store: Send + Sync + 'static {
     async fn usage_for_message(&self, message_id: Id) -> StoreResult<Vec<UsageRecord>>;
 }
 
+/// Connections of the background-write pool beside a request pool of `max_connections`: half as many, at
+/// least one.
+pub fn background_connections(max_connections: u32) -> u32 {
+    max_connections.div_ceil(2).max(1)
+}
+
+/// How long a background write may wait for a connection: long, since nobody waits on it, and a persist that
+/// gives up is retried.
+const BACKGROUND_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Opens the backend named by the URL's scheme (`sqlite:` or `postgres://`), creating a SQLite file and its
-/// folder when missing.
+/// folder when missing. Each backend keeps two pools: `max_connections` for requests, and
+/// [`background_connections`] for the writes off the request path, so a slow database never makes a new
+/// request wait behind them.
 ///
 /// # Errors
 /// [`StoreError::Database`] when the database cannot be reached.

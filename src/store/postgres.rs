@@ -13,10 +13,14 @@ use super::*;
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: Pool<Postgres>,
+    /// For the writes off the request path (checkpoints, finished replies, usage): a slow database makes them
+    /// wait here, never in front of a new request.
+    background: Pool<Postgres>,
 }
 
 impl PgStore {
-    /// Connects to `url`, e.g. `postgres://user:pass@host:5432/db`.
+    /// Connects to `url`, e.g. `postgres://user:pass@host:5432/db`: `max_connections` for requests, and
+    /// [`background_connections`] more for the writes off the request path.
     ///
     /// # Errors
     /// [`StoreError::Database`] when the server cannot be reached.
@@ -26,7 +30,12 @@ impl PgStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect(url)
             .await?;
-        Ok(Self { pool })
+        let background = PgPoolOptions::new()
+            .max_connections(background_connections(max_connections))
+            .min_connections(0)
+            .acquire_timeout(BACKGROUND_ACQUIRE_TIMEOUT)
+            .connect_lazy(url)?;
+        Ok(Self { pool, background })
     }
 
     fn migrator(&self) -> sqlx::migrate::Migrator {

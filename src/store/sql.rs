@@ -509,7 +509,7 @@ macro_rules! impl_store {
             }
 
             async fn checkpoint_messages(&self, rows: &[Checkpoint], instance_id: &str) -> StoreResult<()> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.background.begin().await?;
                 let now = now();
                 for row in rows {
                     let m = &row.message;
@@ -543,7 +543,7 @@ macro_rules! impl_store {
             }
 
             async fn save_generation(&self, m: &NewMessage, u: &UsageRecord) -> StoreResult<Message> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.background.begin().await?;
                 let updated_at = now();
                 sqlx::query(
                     "INSERT INTO messages (id, conversation_id, parent_id, role, content, message_type, media, status, \
@@ -592,7 +592,7 @@ macro_rules! impl_store {
                 ))
                 .bind(instance_id)
                 .bind(stale_before)
-                .fetch_all(&self.pool)
+                .fetch_all(&self.background)
                 .await?;
                 Ok(rows
                     .into_iter()
@@ -606,7 +606,7 @@ macro_rules! impl_store {
             }
 
             async fn interrupt_reply(&self, m: &NewMessage, u: &UsageRecord) -> StoreResult<bool> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.background.begin().await?;
                 let updated = sqlx::query(
                     "UPDATE messages SET status = $2, finish_reason = $3, error = $4, updated_at = $5 \
                      WHERE id = $1 AND status = 'streaming'",
@@ -627,7 +627,7 @@ macro_rules! impl_store {
             }
 
             async fn record_usage(&self, u: &UsageRecord) -> StoreResult<()> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.background.begin().await?;
                 insert_usage(&mut *tx, u).await?;
                 tx.commit().await?;
                 Ok(())

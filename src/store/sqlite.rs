@@ -14,6 +14,8 @@ use super::*;
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: Pool<Sqlite>,
+    /// For the writes off the request path (checkpoints, finished replies, usage).
+    background: Pool<Sqlite>,
 }
 
 impl SqliteStore {
@@ -34,9 +36,14 @@ impl SqliteStore {
         }
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
-        Ok(Self { pool })
+        let background = SqlitePoolOptions::new()
+            .max_connections(background_connections(max_connections))
+            .min_connections(0)
+            .acquire_timeout(BACKGROUND_ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options);
+        Ok(Self { pool, background })
     }
 
     fn migrator(&self) -> sqlx::migrate::Migrator {
