@@ -122,6 +122,23 @@ load "open-streams-sse-10000" native 10000 1 5000
 stop_gateway
 stop_mock
 
+# 4. PostgreSQL slowed: every usage insert and every reply-row update sleeps 200 ms. Tokens and new requests must
+#    not notice (background writes have their own connection pool); every reply must still be saved.
+if [ -n "${CHATGATE_BENCH_POSTGRES_URL:-}" ]; then
+  start_mock 100 20
+  start_gateway "$pg_url"
+  psql "$pg_url" -q <<'SQL'
+CREATE OR REPLACE FUNCTION bench_slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.2); RETURN NEW; END $$;
+CREATE TRIGGER bench_slow_usage BEFORE INSERT ON usage_records FOR EACH ROW EXECUTE FUNCTION bench_slow();
+CREATE TRIGGER bench_slow_reply BEFORE UPDATE ON messages FOR EACH ROW EXECUTE FUNCTION bench_slow();
+SQL
+  load "sse-postgres-slowdb-100" native 100 3 2000 --compare-direct "http://127.0.0.1:$MOCK_PORT/v1"
+  stop_gateway
+  stop_mock
+  echo "slowed PostgreSQL: replies saved by status: $(psql "$pg_url" -tAc "SELECT string_agg(status || '=' || n, ' ') FROM (SELECT status, count(*) n FROM messages WHERE role = 'assistant' GROUP BY status) s")" \
+    | tee "$OUT/startup-zz-slowdb.txt"
+fi
+
 if [ -n "${CHATGATE_BENCH_POSTGRES_URL:-}" ]; then psql "$CHATGATE_BENCH_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true; fi
 
 # The report.
