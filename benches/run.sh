@@ -136,7 +136,7 @@ SQL
   stop_gateway
   stop_mock
   echo "slowed PostgreSQL: replies saved by status: $(psql "$pg_url" -tAc "SELECT string_agg(status || '=' || n, ' ') FROM (SELECT status, count(*) n FROM messages WHERE role = 'assistant' GROUP BY status) s")" \
-    | tee "$OUT/startup-zz-slowdb.txt"
+    | tee "$OUT/notes-slowdb.txt"
 fi
 
 if [ -n "${CHATGATE_BENCH_POSTGRES_URL:-}" ]; then psql "$CHATGATE_BENCH_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true; fi
@@ -172,5 +172,6 @@ row() { # file
   echo "Startup (time until \`/health\` answers, on an existing database) and idle RSS:"
   echo
   for f in "$OUT"/startup-*.txt; do echo "- $(cat "$f")"; done
+  for f in "$OUT"/notes-*.txt; do [ -e "$f" ] && { echo; echo "$(cat "$f")"; }; done
 } > docs/benchmarks-results.md
 echo "wrote docs/benchmarks-results.md"
