@@ -706,11 +706,25 @@ async fn the_mock_transcribes_deterministically() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Serves `bytes` at `/file` with `content_type`, a redirect at `/moved`, and HTML at `/page`.
+/// Serves `bytes` at `/file`, a redirect at `/moved`, and HTML at `/page`.
 async fn file_server(bytes: Vec<u8>) -> String {
+    file_server_counting(bytes).await.0
+}
+
+/// [`file_server`], with the number of requests for `/file`.
+async fn file_server_counting(bytes: Vec<u8>) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
     use axum::routing::get;
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
     let app = axum::Router::new()
-        .route("/file", get(move || async move { bytes.clone() }))
+        .route(
+            "/file",
+            get(move || {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let bytes = bytes.clone();
+                async move { bytes }
+            }),
+        )
         .route(
             "/moved",
             get(|| async { axum::response::Redirect::temporary("/file") }),
@@ -724,7 +738,7 @@ async fn file_server(bytes: Vec<u8>) -> String {
         .expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(listener, app).await });
-    url
+    (url, hits)
 }
 
 #[tokio::test]
@@ -1127,5 +1141,43 @@ async fn voice_notes_go_as_audio_to_models_that_hear() {
             transcript(&bytes, content_type)
         );
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_request_over_budget_fetches_and_transcribes_nothing() {
+    let Some((upstream, dir, server)) =
+        vision_server("allow_private_urls = true\n[limits]\ndaily_token_budget = 50\n").await
+    else {
+        return;
+    };
+    let (files, hits) = file_server_counting(png()).await;
+    let voice = upload_ok(&server, "alice", "note.wav", wav()).await;
+    let conversation = server.conversation("alice").await;
+    for body in [
+        json!({ "content": "see", "message_type": "multimodal", "media_urls": [format!("{files}/file")], "model": "vision-openai" }),
+        json!({ "message_type": "audio", "media_ids": [voice["id"]], "model": "vision-openai" }),
+    ] {
+        let response = server
+            .send_message(&conversation, "alice", body.clone())
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 429, "{body}");
+        assert_eq!(
+            response.json::<Value>().await.expect("json")["error"],
+            "budget_exceeded"
+        );
+    }
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing fetched"
+    );
+    assert!(
+        upstream.requests().is_empty(),
+        "nothing transcribed or sent"
+    );
+    assert!(server.history("alice", &conversation).await.is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }

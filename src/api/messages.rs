@@ -256,10 +256,32 @@ pub(crate) async fn start_message(
             false,
         )
         .await?;
+    let earlier_images = history_images(state, user, &route, &history).await?;
+    // Limits first, on an estimate (the text, and 1,600 tokens an image to come): nothing is fetched,
+    // transcribed or stored for a request that would be refused.
+    let images_to_come = if matches!(body.message_type.as_str(), "multimodal" | "image") {
+        (body.media_ids.len() + body.media_urls.len()) as u64
+    } else {
+        0
+    };
+    let (_, text_tokens) = build_prompt(
+        state,
+        &persona,
+        &route,
+        &history,
+        &earlier_images,
+        ChatMessage::user(content.clone()),
+    )?;
+    let reservation = admit(
+        state,
+        user,
+        &route,
+        text_tokens + IMAGE_TOKENS * images_to_come,
+    )
+    .await?;
     let attached = attach_media(state, user, &route, body, content).await?;
     let content = attached.content;
-    let earlier_images = history_images(state, user, &route, &history).await?;
-    let (messages, prompt_tokens) = build_prompt(
+    let (messages, _) = build_prompt(
         state,
         &persona,
         &route,
@@ -267,7 +289,6 @@ pub(crate) async fn start_message(
         &earlier_images,
         attached.prompt,
     )?;
-    let reservation = admit(state, user, &route, prompt_tokens).await?;
     let first_exchange = conversation.title.is_none() && history.is_empty();
     let user_message = state
         .store
