@@ -561,6 +561,43 @@ impl MediaStore {
     }
 }
 
+/// The bytes of a base64 `data:` URL (RFC 2397), capped at `limit` bytes before decoding; `field` names the
+/// request field in errors.
+///
+/// # Errors
+/// 400 when it is not a base64 data URL or not valid base64; 413 past `limit`.
+pub fn decode_data_url(url: &str, limit: u64, field: &str) -> Result<Vec<u8>, ApiError> {
+    let (_, encoded) = url
+        .strip_prefix("data:")
+        .and_then(|d| d.split_once(";base64,"))
+        .ok_or_else(|| {
+            ApiError::validation(
+                field,
+                "a data URL must be base64: data:<type>;base64,<data>",
+            )
+        })?;
+    let encoded = encoded.trim();
+    // Four characters carry three bytes: refuse before decoding what cannot fit.
+    if (encoded.len() as u64 / 4) * 3 > limit + 3 {
+        return Err(ApiError::payload_too_large(format!(
+            "a data URL of about {} bytes; the limit is {limit}",
+            encoded.len() / 4 * 3
+        )));
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|e| {
+            ApiError::validation(field, format!("the data URL is not valid base64: {e}"))
+        })?;
+    if bytes.len() as u64 > limit {
+        return Err(ApiError::payload_too_large(format!(
+            "a file of {} bytes; the limit is {limit}",
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
+}
+
 /// The transcriber of `[media]`: the named provider, else the first `openai` one; the mock when that provider
 /// has no key or is the mock.
 fn transcriber(config: &Config) -> Result<Transcriber, String> {

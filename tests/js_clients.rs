@@ -76,6 +76,7 @@ async fn the_vercel_ai_sdk_works_unmodified() {
         return;
     };
     let conversation = server.conversation("alice").await;
+    let with_file = server.conversation("alice").await;
     let seen = run_node(
         "ai_sdk.mjs",
         vec![
@@ -83,6 +84,7 @@ async fn the_vercel_ai_sdk_works_unmodified() {
             ("CHATGATE_TOKEN", server.token("alice")),
             ("CHATGATE_MODEL", "gpt".into()),
             ("CHATGATE_CONVERSATION", conversation.clone()),
+            ("CHATGATE_CONVERSATION_2", with_file.clone()),
         ],
     )
     .await;
@@ -153,9 +155,22 @@ async fn the_vercel_ai_sdk_works_unmodified() {
     // The message ids the AI SDK saw are the saved replies'.
     assert_eq!(replies[0]["id"], message["id"]);
     assert_eq!(replies[0]["content"], "Chatting");
-    // Usage for all four, per user.
+    // A useChat file part: stored as the caller's upload and seen by the model.
+    let file_reply = &seen["useChat"]["fileReply"];
+    assert!(
+        text_of(file_reply).contains("I see 1 image."),
+        "{file_reply}"
+    );
+    let history = server.history("alice", &with_file).await;
+    assert_eq!(history[0]["message_type"], "multimodal");
+    assert_eq!(history[0]["content"], "What is this?");
+    assert_eq!(history[0]["media"][0]["content_type"], "image/png");
+    let media_url = history[0]["media"][0]["url"].as_str().expect("url");
+    let served = server.get(media_url, "alice").send().await.expect("get");
+    assert_eq!(served.status(), 200);
+    // Usage for all five, per user.
     let usage: Value = server.get_json("/api/v1/usage", "alice").await;
-    assert_eq!(usage["totals"]["requests"], 4, "{usage}");
+    assert_eq!(usage["totals"]["requests"], 5, "{usage}");
 }
 
 /// The browser binary: `$CHROMIUM`, else Debian's.

@@ -108,8 +108,15 @@ fn negotiate(headers: &HeaderMap, query: &SendQuery) -> Result<Answer, ApiError>
 }
 
 /// The body of an AI SDK `useChat` request (`DefaultChatTransport`: `{id, messages: UIMessage[], trigger,
-/// messageId?, ...body}`) as a send: the text parts of its last user message, and `model` when the app adds one.
-fn from_use_chat(body: &serde_json::Value) -> Result<SendMessage, ApiError> {
+/// messageId?, ...body}`) as a send: the text parts of its last user message, its file parts (`{type: "file",
+/// mediaType, url}`: a `data:` URL is stored as the caller's upload, an http(s) URL fetched like `media_urls`),
+/// and `model` when the app adds one. Images make a `multimodal` (or `image`) message; one audio file an
+/// `audio` message.
+async fn from_use_chat(
+    state: &AppState,
+    user: &AuthUser,
+    body: &serde_json::Value,
+) -> Result<SendMessage, ApiError> {
     let messages = body["messages"]
         .as_array()
         .ok_or_else(|| ApiError::validation("messages", "must be an array of UI messages"))?;
@@ -126,11 +133,56 @@ fn from_use_chat(body: &serde_json::Value) -> Result<SendMessage, ApiError> {
         .filter_map(|p| p["text"].as_str())
         .collect::<Vec<_>>()
         .join("\n");
+    let files: Vec<&serde_json::Value> = last["parts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["type"] == "file")
+        .collect();
+    let audio = files.iter().any(|f| {
+        f["mediaType"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("audio/"))
+    });
+    let message_type = match (files.is_empty(), audio, text.trim().is_empty()) {
+        (true, _, _) => text_type(),
+        (false, true, _) => "audio".to_string(),
+        (false, false, false) => "multimodal".to_string(),
+        (false, false, true) => "image".to_string(),
+    };
+    let (mut media_ids, mut media_urls) = (Vec::new(), Vec::new());
+    if files.len() > state.media.max_per_message() {
+        return Err(ApiError::validation(
+            "messages",
+            format!(
+                "at most {} files per message",
+                state.media.max_per_message()
+            ),
+        ));
+    }
+    for file in files {
+        let url = file["url"]
+            .as_str()
+            .ok_or_else(|| ApiError::validation("messages", "a file part needs a url"))?;
+        if url.starts_with("data:") {
+            let bytes = crate::media::decode_data_url(url, state.media.max_bytes(), "messages")?;
+            let chunk = futures::stream::once(async move {
+                Ok::<_, std::convert::Infallible>(bytes::Bytes::from(bytes))
+            });
+            let media = state
+                .media
+                .put_stream(&*state.store, &user.user_id, chunk)
+                .await?;
+            media_ids.push(media.id);
+        } else {
+            media_urls.push(url.to_string());
+        }
+    }
     Ok(SendMessage {
         content: Some(text),
-        message_type: text_type(),
-        media_ids: Vec::new(),
-        media_urls: Vec::new(),
+        message_type,
+        media_ids,
+        media_urls,
         audio_url: None,
         audio_duration_seconds: None,
         model: body["model"].as_str().map(str::to_string),
@@ -189,7 +241,7 @@ async fn send(
         return regenerate_message(&state, &user, message_id, model, answer, received).await;
     }
     let body: SendMessage = if answer == Answer::AiSdk && body.get("messages").is_some() {
-        from_use_chat(&body)?
+        from_use_chat(&state, &user, &body).await?
     } else {
         crate::error::parse_value(body)?
     };

@@ -161,7 +161,7 @@ async fn content_of(
 /// limit), or an http(s) URL fetched through the media guard.
 async fn image_of(state: &AppState, user: &AuthUser, url: &str) -> Result<MediaData, ApiError> {
     use base64::Engine;
-    let Some(data) = url.strip_prefix("data:") else {
+    if !url.starts_with("data:") {
         let media = state.media.fetch(&*state.store, &user.user_id, url).await?;
         if crate::media::Kind::of(&media.content_type) != Some(crate::media::Kind::Image) {
             return Err(ApiError::new(
@@ -171,28 +171,12 @@ async fn image_of(state: &AppState, user: &AuthUser, url: &str) -> Result<MediaD
             ));
         }
         return state.media.media_data(&media).await;
-    };
-    let (_, encoded) = data.split_once(";base64,").ok_or_else(|| {
-        ApiError::validation(
-            "messages",
-            "an image data URL must be base64: data:<type>;base64,<data>",
-        )
-    })?;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .map_err(|e| {
-            ApiError::validation(
-                "messages",
-                format!("the image data URL is not valid base64: {e}"),
-            )
-        })?;
-    let limit = state.media.limit(crate::media::Kind::Image);
-    if bytes.len() as u64 > limit {
-        return Err(ApiError::payload_too_large(format!(
-            "an image is {} bytes; the limit is {limit}",
-            bytes.len()
-        )));
     }
+    let bytes = crate::media::decode_data_url(
+        url,
+        state.media.limit(crate::media::Kind::Image),
+        "messages",
+    )?;
     let mime_type = crate::media::sniff(&bytes)
         .filter(|t| {
             t.starts_with("image/") && state.config.media.allowed_types.iter().any(|a| a == t)
@@ -206,7 +190,9 @@ async fn image_of(state: &AppState, user: &AuthUser, url: &str) -> Result<MediaD
         })?;
     Ok(MediaData {
         mime_type: mime_type.to_string(),
-        base64: encoded.trim().into(),
+        base64: base64::engine::general_purpose::STANDARD
+            .encode(&bytes)
+            .into(),
     })
 }
 

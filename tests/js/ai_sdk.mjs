@@ -50,8 +50,30 @@ for await (const message of readUIMessageStream({ stream: again, onError: (e) =>
   regenerated = message;
 }
 
+// A file part (useChat's attachments are data URLs), in another conversation, on a model that takes images.
+const withFile = new DefaultChatTransport({
+  api: `${url}/api/v1/conversations/${process.env.CHATGATE_CONVERSATION_2}/messages?format=ai-sdk`,
+  headers: { Authorization: `Bearer ${token}` },
+});
+const png = 'iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==';
+const fileStream = await withFile.sendMessages({
+  chatId: 'c2',
+  messages: [{ id: 'u2', role: 'user', parts: [
+    { type: 'text', text: 'What is this?' },
+    { type: 'file', mediaType: 'image/png', filename: 'dot.png', url: `data:image/png;base64,${png}` },
+  ] }],
+  trigger: 'submit-message',
+  messageId: undefined,
+  abortSignal: undefined,
+  body: { model: 'mock' },
+});
+let fileReply;
+for await (const message of readUIMessageStream({ stream: fileStream, onError: (e) => { throw e; } })) {
+  fileReply = message;
+}
+
 console.log(JSON.stringify({
   stream: { chunks, text: chunks.join(''), usage: streamUsage },
   generate: { text: generated.text, usage: generated.usage, finishReason: generated.finishReason },
-  useChat: { message: uiMessage, updates, regenerated },
+  useChat: { message: uiMessage, updates, regenerated, fileReply },
 }));
