@@ -18,6 +18,9 @@ pub struct PgStore {
     background: Pool<Postgres>,
 }
 
+/// Connections opened at startup, in parallel, and kept open.
+const WARM_CONNECTIONS: u32 = 4;
+
 impl PgStore {
     /// Connects to `url`, e.g. `postgres://user:pass@host:5432/db`: `max_connections` for requests, and
     /// [`background_connections`] more for the writes off the request path.
@@ -25,16 +28,26 @@ impl PgStore {
     /// # Errors
     /// [`StoreError::Database`] when the server cannot be reached.
     pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Self> {
+        let warm = max_connections.min(WARM_CONNECTIONS);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
+            .min_connections(warm)
             .acquire_timeout(Duration::from_secs(10))
-            .connect(url)
-            .await?;
+            .connect_lazy(url)?;
         let background = PgPoolOptions::new()
             .max_connections(background_connections(max_connections))
-            .min_connections(0)
+            .min_connections(1)
             .acquire_timeout(BACKGROUND_ACQUIRE_TIMEOUT)
             .connect_lazy(url)?;
+        // Open the first connections of both pools side by side. A TLS handshake costs about 90 ms with sqlx
+        // 0.9.0, which does not set TCP_NODELAY (sqlx issue #4335): one after another, startup paid it for every
+        // step.
+        let (opened, opened_background) = futures::future::try_join(
+            futures::future::try_join_all((0..warm).map(|_| pool.acquire())),
+            background.acquire(),
+        )
+        .await?;
+        drop((opened, opened_background));
         Ok(Self { pool, background })
     }
 
