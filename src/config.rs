@@ -501,7 +501,8 @@ pub enum Modality {
 #[serde(deny_unknown_fields, default)]
 pub struct MediaConfig {
     /// Where uploads are kept: a local directory (created when missing), or an object store URL such as
-    /// `s3://bucket/prefix` (credentials from `storage_options` and the usual `AWS_*` variables).
+    /// `s3://bucket/prefix` (credentials from `storage_options` and the usual `AWS_*` variables). chatgate owns
+    /// everything under it: the sweep deletes files it has no record of.
     pub storage: String,
     /// `object_store` options for a URL `storage`, e.g. `{ aws_endpoint = "http://minio:9000",
     /// aws_allow_http = "true" }`.
