@@ -94,6 +94,8 @@ enum Transcriber {
         base_url: String,
         api_key: Option<String>,
         model: String,
+        /// Built once: a voice note may take a while to transcribe, hence its own 120 s timeout.
+        client: reqwest::Client,
     },
 }
 
@@ -459,6 +461,7 @@ impl MediaStore {
                 base_url,
                 api_key,
                 model,
+                client,
             } => {
                 let bytes = self.read(media).await?;
                 let part = reqwest::multipart::Part::stream_with_length(
@@ -472,9 +475,8 @@ impl MediaStore {
                     .part("file", part)
                     .text("model", model.clone())
                     .text("response_format", "json");
-                let mut request = reqwest::Client::new()
+                let mut request = client
                     .post(format!("{base_url}/audio/transcriptions"))
-                    .timeout(Duration::from_secs(120))
                     .multipart(form);
                 if let Some(key) = api_key {
                     request = request.bearer_auth(key);
@@ -627,6 +629,10 @@ fn transcriber(config: &Config) -> Result<Transcriber, String> {
                 .api_key()
                 .map(|k| secrecy::ExposeSecret::expose_secret(k).to_string()),
             model: media.transcription_model.clone(),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .map_err(|e| format!("media: transcription HTTP client: {e}"))?,
         }),
         _ => Err(format!(
             "media.transcription_provider: '{name}' is not an OpenAI-compatible provider (kind openai or mock)"

@@ -717,3 +717,34 @@ async fn dev_tokens_when_enabled_authenticate_as_the_named_user() {
     assert_eq!(user.user_id, "dev-alice");
     assert!(!user.admin, "dev tokens never carry the admin role");
 }
+
+#[tokio::test]
+async fn an_unknown_stream_format_is_refused_before_anything_is_written() {
+    let Some(server) = TestServer::start(Backend::Sqlite, None, "").await else {
+        return;
+    };
+    let conversation = server.conversation("alice").await;
+    let response = server
+        .post(
+            &format!("/api/v1/conversations/{conversation}/messages?format=vercel"),
+            "alice",
+            json!({ "content": "hi" }),
+        )
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["details"]["field"], "format");
+    assert!(server.history("alice", &conversation).await.is_empty());
+    // Checked before the generation is looked up: an unknown id with a bad format is still 400, not 204.
+    let response = server
+        .get(
+            "/api/v1/generations/01a1fb7f-87c2-70c1-a40d-3f4eefb55b68/stream?format=vercel",
+            "alice",
+        )
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(response.status(), 400);
+}

@@ -130,6 +130,7 @@ async fn stream(
     headers: HeaderMap,
     AppQuery(query): AppQuery<StreamQuery>,
 ) -> Result<Response, ApiError> {
+    let ai_sdk = crate::stream::ai_sdk::requested(query.format.as_deref())?;
     let Some(generation) = parse_id(&id, "generation")
         .ok()
         .and_then(|id| live(&state, &user, id))
@@ -141,15 +142,11 @@ async fn stream(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     let keepalive = Duration::from_secs(state.config.server.sse_keepalive_secs);
-    match query.format.as_deref() {
-        None | Some("native") => {}
-        Some("ai-sdk") => {
-            return Ok(crate::stream::ai_sdk::response(
-                generation.subscribe(0),
-                keepalive,
-            ));
-        }
-        Some(_) => return Err(ApiError::validation("format", "must be native or ai-sdk")),
+    if ai_sdk {
+        return Ok(crate::stream::ai_sdk::response(
+            generation.subscribe(0),
+            keepalive,
+        ));
     }
     let after = last_event_id.or(query.after).unwrap_or(0);
     let events = generation.subscribe(after).map(sse_frame);

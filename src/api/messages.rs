@@ -82,10 +82,8 @@ enum Answer {
 }
 
 fn negotiate(headers: &HeaderMap, query: &SendQuery) -> Result<Answer, ApiError> {
-    match query.format.as_deref() {
-        None | Some("native") => {}
-        Some("ai-sdk") => return Ok(Answer::AiSdk),
-        Some(_) => return Err(ApiError::validation("format", "must be native or ai-sdk")),
+    if crate::stream::ai_sdk::requested(query.format.as_deref())? {
+        return Ok(Answer::AiSdk);
     }
     let header_has = |name: header::HeaderName, needle: &str| {
         headers
@@ -316,7 +314,7 @@ pub(crate) async fn start_message(
     } else {
         0
     };
-    let (_, text_tokens) = build_prompt(
+    let (text_prompt, text_tokens) = build_prompt(
         state,
         &persona,
         &route,
@@ -333,14 +331,20 @@ pub(crate) async fn start_message(
     .await?;
     let attached = attach_media(state, user, &route, body, content).await?;
     let content = attached.content;
-    let (messages, _) = build_prompt(
-        state,
-        &persona,
-        &route,
-        &history,
-        &earlier_images,
-        attached.prompt,
-    )?;
+    // A text message's prompt is the one just built; media change the last turn, so fit the history again.
+    let messages = if body.message_type == "text" {
+        text_prompt
+    } else {
+        build_prompt(
+            state,
+            &persona,
+            &route,
+            &history,
+            &earlier_images,
+            attached.prompt,
+        )?
+        .0
+    };
     let first_exchange = conversation.title.is_none() && history.is_empty();
     let user_message = state
         .store

@@ -153,6 +153,21 @@ fn push(out: &mut String, chunk: &Value) {
     out.push_str("\n\n");
 }
 
+/// Whether a request's `format` parameter asks for this protocol: `ai-sdk` yes, `native` or none no.
+///
+/// # Errors
+/// 400 `validation_error` for any other value.
+pub fn requested(format: Option<&str>) -> Result<bool, crate::error::ApiError> {
+    match format {
+        None | Some("native") => Ok(false),
+        Some("ai-sdk") => Ok(true),
+        Some(_) => Err(crate::error::ApiError::validation(
+            "format",
+            "must be native or ai-sdk",
+        )),
+    }
+}
+
 /// A generation's events as an AI SDK UI message stream response.
 pub fn response<S>(events: S, keepalive: Duration) -> Response
 where
