@@ -3,16 +3,19 @@
 //! `cargo run --release --example hub_memory [generations] [deltas_per_generation] [subscribers_per_generation]`
 //!
 //! Starts N generations in a [`Hub`], each holding D logged deltas of one short word, attaches S subscribers to
-//! each (every subscriber stream polled up to the end of the log, as a connected client would be), and prints
-//! the resident-set growth per generation and per subscriber (Linux `/proc/self/statm`).
+//! each (every subscriber stream polled up to the end of the log and each event encoded as an SSE frame, as a
+//! connected SSE client would be), and prints the resident-set growth per generation and per subscriber
+//! (Linux `/proc/self/statm`).
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chatgate::event::{GenerationEvent, LoggedEvent, Start};
 use chatgate::store::Id;
-use chatgate::stream::hub::{EventKind, GenerationEvent, UnattendedPolicy};
-use chatgate::stream::{Generation, Hub};
+use chatgate::stream::{Generation, GenerationMeta, Hub, MemoryLogs, UnattendedPolicy};
+use chatgate::tasks::Tasks;
+use chatgate::wire::sse;
 use futures::{Stream, StreamExt};
 
 fn rss_bytes() -> u64 {
@@ -25,7 +28,7 @@ fn rss_bytes() -> u64 {
     pages * 4096
 }
 
-type Subscriber = Pin<Box<dyn Stream<Item = Arc<GenerationEvent>> + Send>>;
+type Subscriber = Pin<Box<dyn Stream<Item = Arc<LoggedEvent>> + Send>>;
 
 #[tokio::main]
 async fn main() {
@@ -37,24 +40,39 @@ async fn main() {
     let deltas = args.get(1).copied().unwrap_or(100) as usize;
     let subscribers = args.get(2).copied().unwrap_or(1) as usize;
 
-    let hub = Hub::new(Duration::from_secs(300), UnattendedPolicy::default());
+    let hub = Hub::new(
+        MemoryLogs::default(),
+        Duration::from_secs(300),
+        UnattendedPolicy::default(),
+        Tasks::new(),
+    );
     let release = Arc::new(tokio::sync::Notify::new());
     let before = rss_bytes();
     let mut live: Vec<Arc<Generation>> = Vec::with_capacity(generations);
     for _ in 0..generations {
         let release = Arc::clone(&release);
+        let meta = GenerationMeta {
+            id: Id::new(),
+            user_id: "user-1".into(),
+            conversation_id: Some(Id::new()),
+            model: "default".into(),
+        };
+        let id = meta.id;
         let generation = hub
-            .start(
-                Id::new(),
-                Id::new(),
-                "user-1",
-                "default",
-                move |_| async move { release.notified().await },
-            )
+            .start(meta, move |_| async move { release.notified().await })
             .expect("hub accepts");
-        generation.emit(EventKind::Start, r#"{"generation_id":"x"}"#.to_string());
+        generation
+            .emit(GenerationEvent::Start(Box::new(Start {
+                generation_id: id,
+                message_id: id,
+                conversation_id: generation.meta.conversation_id,
+                model: "default".into(),
+            })))
+            .expect("log has room");
         for _ in 0..deltas {
-            generation.emit_delta("word ");
+            generation
+                .emit(GenerationEvent::delta("word "))
+                .expect("log has room");
         }
         live.push(generation);
     }
@@ -66,7 +84,9 @@ async fn main() {
             let mut stream: Subscriber = Box::pin(generation.subscribe(0));
             // Read the backlog, as a connected client does, then stay attached waiting for more.
             for _ in 0..=deltas {
-                let _ = stream.next().await;
+                if let Some(event) = stream.next().await {
+                    let _ = sse::frame(&event);
+                }
             }
             streams.push(stream);
         }

@@ -14,8 +14,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use chatgate::stream::ai_sdk::Encoder;
-use chatgate::stream::hub::{EventKind, GenerationEvent};
+use chatgate::event::{GenerationEvent, LoggedEvent};
+use chatgate::wire::ai_sdk::Encoder;
+use chatgate::wire::{openai, sse, ws};
 use futures::StreamExt;
 
 fn rss_bytes() -> u64 {
@@ -169,40 +170,77 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         download_peak.saturating_sub(baseline_get) as f64 / MIB
     );
 
-    // 3. The AI SDK encoder, per delta, against the native frame (already encoded once per event).
-    let events: Vec<GenerationEvent> = (1..=200_000u64)
-        .map(|seq| GenerationEvent::new(seq, EventKind::Delta, r#"{"text":" token"}"#))
-        .collect();
-    let mut encoder = Encoder::default();
-    let _ = encoder.encode(&GenerationEvent::new(
-        0,
-        EventKind::Start,
-        r#"{"generation_id":"g","message_id":"m","conversation_id":"c","model":"mock"}"#,
-    ));
-    let started = Instant::now();
-    let mut bytes = 0usize;
-    for event in &events {
-        bytes += encoder.encode(event).map_or(0, |b| b.len());
-    }
-    let ai_sdk = started.elapsed();
-    let started = Instant::now();
-    let mut native = 0usize;
-    for event in &events {
-        native += std::hint::black_box(event.sse_frame()).len();
-    }
-    let native_time = started.elapsed();
+    // 3. Every wire encoder, per delta: the native SSE frame (encoded once when first asked for, then shared by
+    //    every subscriber), WebSocket frames, the AI SDK UI message stream, OpenAI chunks.
+    let fresh = || -> Vec<Arc<LoggedEvent>> {
+        (1..=200_000u64)
+            .map(|seq| LoggedEvent::new(seq, GenerationEvent::delta(" token")))
+            .collect()
+    };
+    let per_delta = |label: &str, elapsed: Duration, bytes: usize, n: usize| {
+        println!(
+            "| {label} | {:.0} | {:.0} |",
+            elapsed.as_nanos() as f64 / n as f64,
+            bytes as f64 / n as f64
+        );
+    };
     println!(
         "\n| stream encoding, 200,000 deltas | ns per delta | bytes per delta |\n|---|---|---|"
     );
-    println!(
-        "| AI SDK UI message stream (`?format=ai-sdk`) | {:.0} | {:.0} |",
-        ai_sdk.as_nanos() as f64 / events.len() as f64,
-        bytes as f64 / events.len() as f64
+    let events = fresh();
+    let started = Instant::now();
+    let bytes: usize = events.iter().map(|e| sse::frame(e).len()).sum();
+    per_delta(
+        "native SSE, first subscriber (encodes)",
+        started.elapsed(),
+        bytes,
+        events.len(),
     );
-    println!(
-        "| native SSE (encoded once when logged; shared by every subscriber) | {:.1} | {:.0} |",
-        native_time.as_nanos() as f64 / events.len() as f64,
-        native as f64 / events.len() as f64
+    let started = Instant::now();
+    let bytes: usize = events
+        .iter()
+        .map(|e| std::hint::black_box(sse::frame(e)).len())
+        .sum();
+    per_delta(
+        "native SSE, every other subscriber (shared)",
+        started.elapsed(),
+        bytes,
+        events.len(),
+    );
+    let started = Instant::now();
+    let bytes: usize = events
+        .iter()
+        .map(|e| ws::event_frame("\"r1\"", e).len())
+        .sum();
+    per_delta("WebSocket frame", started.elapsed(), bytes, events.len());
+    let mut encoder = Encoder::default();
+    let started = Instant::now();
+    let bytes: usize = events
+        .iter()
+        .map(|e| encoder.encode(e).map_or(0, |b| b.len()))
+        .sum();
+    per_delta(
+        "AI SDK UI message stream (`?format=ai-sdk`)",
+        started.elapsed(),
+        bytes,
+        events.len(),
+    );
+    let started = Instant::now();
+    let chunks = openai::chunks(
+        futures::stream::iter(events.clone()),
+        "chatcmpl-1".into(),
+        0,
+        "mock".into(),
+        false,
+    );
+    let bytes: usize = futures::executor::block_on(chunks.map(|b| b.len()).collect::<Vec<_>>())
+        .iter()
+        .sum();
+    per_delta(
+        "OpenAI `chat.completion.chunk`",
+        started.elapsed(),
+        bytes,
+        events.len(),
     );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

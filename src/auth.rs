@@ -3,45 +3,19 @@
 //! Tokens are HS256 JWTs (RFC 7519) verified with jsonwebtoken: `exp` is required, `iss` and `aud` are checked
 //! when configured. The user id is `sub`, or `user_id` when `sub` is absent (the seeds' tokens). Admin routes
 //! need `role: "admin"` (or `"admin"` in `roles`, or `app_metadata.role` / `app_metadata.roles` as Supabase
-//! writes custom claims). Every route needs a token unless it is in [`PUBLIC_ROUTES`].
+//! writes custom claims). The HTTP side (the bearer header, the public routes) is `api::auth`.
 
 use std::time::Duration;
 
-use axum::extract::{FromRequestParts, MatchedPath, Request, State};
-use axum::http::request::Parts;
-use axum::http::{Method, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::AppState;
 use crate::config::AuthConfig;
-use crate::error::ApiError;
+use crate::error::Error;
 
-/// The only routes served without a token: `(method, route pattern)`.
-pub const PUBLIC_ROUTES: &[(Method, &str)] = &[
-    // Authenticates itself: a token at upgrade, or an `auth` frame within `ws.auth_timeout_ms`.
-    (Method::GET, "/api/v1/ws"),
-    (Method::GET, "/health"),
-    (Method::GET, "/api/v1/personas"),
-    (Method::GET, "/api/v1/personas/{id}"),
-    // The API description and its docs page.
-    (Method::GET, "/openapi.json"),
-    (Method::GET, "/docs"),
-    (Method::GET, "/docs/"),
-    (Method::GET, "/docs/{*rest}"),
-    // The web UI's files (the pages ask for a token themselves), and the development token endpoint (404
-    // unless `server.dev_tokens`).
-    (Method::GET, "/"),
-    (Method::GET, "/usage"),
-    (Method::GET, "/static/{name}"),
-    (Method::POST, "/api/v1/dev/token"),
-];
-
-/// The authenticated caller, put in request extensions by [`require_auth`].
+/// The authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthUser {
     pub user_id: String,
@@ -146,7 +120,7 @@ impl Authenticator {
     ///
     /// # Errors
     /// 401 `unauthorized` saying why (expired, bad signature, wrong issuer/audience, no user id).
-    pub fn verify(&self, token: &str) -> Result<AuthUser, ApiError> {
+    pub fn verify(&self, token: &str) -> Result<AuthUser, Error> {
         use jsonwebtoken::errors::ErrorKind;
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| {
@@ -162,12 +136,12 @@ impl Authenticator {
                     ErrorKind::ImmatureSignature => "the token is not valid yet",
                     _ => "the token is malformed",
                 };
-                ApiError::unauthorized(why)
+                Error::unauthorized(why)
             })?;
         let user_id = data
             .claims
             .user_id()
-            .ok_or_else(|| ApiError::unauthorized("the token has no sub or user_id"))?;
+            .ok_or_else(|| Error::unauthorized("the token has no sub or user_id"))?;
         Ok(AuthUser {
             user_id,
             admin: data.claims.is_admin(),
@@ -195,93 +169,6 @@ impl Authenticator {
             aud: self.audience.as_deref(),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-    }
-}
-
-/// Reads the bearer token: the `Authorization` header, or `access_token` in the query of a GET (EventSource
-/// and WebSocket clients cannot set headers).
-fn bearer_token(parts: &Parts) -> Option<String> {
-    if let Some(value) = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
-        let (scheme, token) = value.split_once(' ')?;
-        return scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| token.trim().to_string());
-    }
-    if parts.method == Method::GET {
-        let query = parts.uri.query()?;
-        return form_urlencoded::parse(query.as_bytes())
-            .find_map(|(k, v)| (k == "access_token").then(|| v.into_owned()));
-    }
-    None
-}
-
-/// Middleware: lets [`PUBLIC_ROUTES`] through, and requires a valid token everywhere else.
-pub async fn require_auth(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let (mut parts, body) = request.into_parts();
-    let route = parts
-        .extensions
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string());
-    let Some(route) = route else {
-        // No route matched: the fallback answers 404 and reveals nothing.
-        return next.run(Request::from_parts(parts, body)).await;
-    };
-    let is_public = (route == "/metrics" && state.config.server.metrics_public)
-        || PUBLIC_ROUTES
-            .iter()
-            .any(|(method, path)| *method == parts.method && *path == route)
-        || (parts.method == Method::HEAD
-            && PUBLIC_ROUTES
-                .iter()
-                .any(|(m, p)| *m == Method::GET && *p == route));
-    let user = match bearer_token(&parts) {
-        Some(token) => match state.auth.verify(&token) {
-            Ok(user) => Some(user),
-            Err(err) if !is_public => return err.into_response(),
-            Err(_) => None,
-        },
-        None if is_public => None,
-        None => return ApiError::unauthorized("a bearer token is required").into_response(),
-    };
-    if let Some(user) = user {
-        parts.extensions.insert(user);
-    }
-    next.run(Request::from_parts(parts, body)).await
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for AuthUser {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        parts
-            .extensions
-            .get::<AuthUser>()
-            .cloned()
-            .ok_or_else(|| ApiError::unauthorized("a bearer token is required"))
-    }
-}
-
-impl<S: Send + Sync> axum::extract::OptionalFromRequestParts<S> for AuthUser {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Option<Self>, Self::Rejection> {
-        Ok(parts.extensions.get::<AuthUser>().cloned())
-    }
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for AdminUser {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let user = AuthUser::from_request_parts(parts, state).await?;
-        if !user.admin {
-            return Err(ApiError::forbidden("this route needs the admin role"));
-        }
-        Ok(AdminUser(user))
     }
 }
 
@@ -376,7 +263,7 @@ mod tests {
         ];
         for (token, why) in cases {
             let err = auth.verify(&token).expect_err(why);
-            assert_eq!(err.status, 401);
+            assert_eq!(err.kind, crate::error::ErrorKind::Unauthenticated);
             assert!(
                 err.message.contains(why),
                 "{} should mention {why}",

@@ -278,6 +278,11 @@ pub struct GenerationConfig {
     pub retry_base_ms: u64,
     /// Longest wait before a retry, in ms; a provider asking for longer sends the request to the next fallback.
     pub retry_max_ms: u64,
+    /// Bound of one generation's event log, in events; a reply that reaches it ends with the error
+    /// `generation_too_long`, its text so far saved.
+    pub max_events: usize,
+    /// Bound of one generation's event log, in bytes of reply text; as `max_events`.
+    pub max_text_bytes: usize,
 }
 
 /// See [`GenerationConfig::disconnect_policy`].
@@ -305,6 +310,8 @@ impl Default for GenerationConfig {
             retry_attempts: 2,
             retry_base_ms: 250,
             retry_max_ms: 8000,
+            max_events: 100_000,
+            max_text_bytes: 16 * 1024 * 1024,
         }
     }
 }

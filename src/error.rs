@@ -1,37 +1,71 @@
-//! The one error type of the HTTP API and the JSON extractor that reports bad input with it.
+//! The one error type of chatgate's core: what went wrong, in words a client can act on, free of HTTP.
 //!
-//! Every error answers `{"error": "<snake_case_kind>", "message": "<human readable>", "details": {...}}` with the
-//! status that fits. 5xx bodies never carry internals: the cause is logged once, here, inside the request's span.
+//! Every error is a [`ErrorKind`] (the category: invalid input, not found, rate limited, upstream failure, ...),
+//! a snake_case code (`validation_error`, `budget_exceeded`, `upstream_timeout`), a human message and structured
+//! details. The HTTP layer (`api::error`) maps the kind to a status and writes `{error, message, details}`; the
+//! WebSocket and OpenAI-compatible surfaces write the same fields in their own shapes. An internal cause is kept
+//! for the log and never shown.
 
-use axum::extract::{FromRequest, Request};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
+use std::borrow::Cow;
+
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::providers::ProviderError;
-use crate::store::StoreError;
-
-/// An API error: status, machine-readable kind, human message and structured details.
-#[derive(Debug, Clone)]
-pub struct ApiError {
-    pub status: StatusCode,
-    /// snake_case kind, e.g. `not_found`, `validation_error`, `upstream_timeout`.
-    pub error: &'static str,
-    pub message: String,
-    pub details: Value,
-    /// Seconds, sent as `Retry-After` (429, 503).
-    pub retry_after_secs: Option<u64>,
-    /// Internal cause, logged and never shown.
-    cause: Option<String>,
+/// The category of an [`Error`]; each maps to one HTTP status (in parentheses) in `api::error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The input is malformed or breaks a rule (400).
+    Invalid,
+    /// No valid credentials (401).
+    Unauthenticated,
+    /// Valid credentials without the right (403).
+    Forbidden,
+    /// The resource does not exist, or is not the caller's (404).
+    NotFound,
+    /// The method does not apply to the resource (405).
+    NotAllowed,
+    /// The request conflicts with the resource's state (409).
+    Conflict,
+    /// The input is larger than a configured limit (413).
+    TooLarge,
+    /// The input's type is not accepted (415).
+    UnsupportedType,
+    /// The input is well formed but cannot be served (an unknown model, a model without vision) (422).
+    Unprocessable,
+    /// A rate limit, concurrency cap or budget refuses the request for now (429, with a retry hint).
+    RateLimited,
+    /// A defect or an unexpected failure; the cause is logged, never shown (500).
+    Internal,
+    /// The upstream provider failed or answered badly (502).
+    Upstream,
+    /// A dependency (the database) is unavailable, or the server is shutting down (503).
+    Unavailable,
+    /// The upstream, or the request as a whole, took too long (504).
+    Timeout,
 }
 
-impl ApiError {
-    pub fn new(status: StatusCode, error: &'static str, message: impl Into<String>) -> Self {
+/// A chatgate error: kind, machine-readable code, human message and structured details.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Error {
+    pub kind: ErrorKind,
+    /// snake_case code, e.g. `not_found`, `validation_error`, `upstream_timeout`.
+    pub error: Cow<'static, str>,
+    pub message: String,
+    /// Structured context: the offending `field`, limits, available models; `{}` when none.
+    pub details: Value,
+    /// Seconds the caller should wait before retrying (rate limits, budgets, upstream hints).
+    pub retry_after_secs: Option<u64>,
+    /// Internal cause, logged and never shown.
+    pub cause: Option<String>,
+}
+
+impl Error {
+    pub fn new(kind: ErrorKind, error: &'static str, message: impl Into<String>) -> Self {
         Self {
-            status,
-            error,
+            kind,
+            error: Cow::Borrowed(error),
             message: message.into(),
             details: json!({}),
             retry_after_secs: None,
@@ -45,199 +79,81 @@ impl ApiError {
         self
     }
 
-    /// 400 `validation_error` about one field.
+    #[must_use]
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
+    }
+
+    /// `invalid` / `validation_error` about one field: `"{field}: {message}"`, `details.field`.
     pub fn validation(field: &str, message: impl Into<String>) -> Self {
         let message = message.into();
         Self::new(
-            StatusCode::BAD_REQUEST,
+            ErrorKind::Invalid,
             "validation_error",
             format!("{field}: {message}"),
         )
         .with_details(json!({ "field": field }))
     }
 
-    /// 404 `not_found`; used for another user's resource too, so that its existence is not confirmed.
+    /// `not_found`; used for another user's resource too, so that its existence is not confirmed.
     pub fn not_found(what: &str) -> Self {
         Self::new(
-            StatusCode::NOT_FOUND,
+            ErrorKind::NotFound,
             "not_found",
             format!("{what} not found"),
         )
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+        Self::new(ErrorKind::Unauthenticated, "unauthorized", message)
     }
 
     pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+        Self::new(ErrorKind::Forbidden, "forbidden", message)
     }
 
     pub fn conflict(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, "conflict", message)
+        Self::new(ErrorKind::Conflict, "conflict", message)
     }
 
     pub fn payload_too_large(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+        Self::new(ErrorKind::TooLarge, "payload_too_large", message)
     }
 
-    /// 500 `internal_error`; `cause` goes to the log only.
+    /// `internal_error`; `cause` goes to the log only.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
-        let mut err = Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            "internal error",
-        );
+        let mut err = Self::new(ErrorKind::Internal, "internal_error", "internal error");
         err.cause = Some(cause.to_string());
         err
     }
 
-    /// 503 `unavailable`; `cause` goes to the log only.
+    /// `unavailable`; `cause` goes to the log only.
     pub fn unavailable(message: impl Into<String>, cause: impl std::fmt::Display) -> Self {
-        let mut err = Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
+        let mut err = Self::new(ErrorKind::Unavailable, "unavailable", message);
         err.cause = Some(cause.to_string());
         err
     }
 
-    /// The body, as sent.
+    /// The body every surface shows: `{error, message, details}`.
     pub fn body(&self) -> Value {
         json!({ "error": self.error, "message": self.message, "details": self.details })
     }
 }
 
-impl std::fmt::Display for ApiError {
+impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} {}: {}",
-            self.status.as_u16(),
-            self.error,
-            self.message
-        )
+        write!(f, "{}: {}", self.error, self.message)
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        if self.status.is_server_error() {
-            tracing::error!(
-                status = self.status.as_u16(),
-                error = self.error,
-                cause = self.cause.as_deref().unwrap_or(""),
-                "{}",
-                self.message
-            );
-        } else {
-            tracing::debug!(
-                status = self.status.as_u16(),
-                error = self.error,
-                "{}",
-                self.message
-            );
-        }
-        let mut response = (self.status, axum::Json(self.body())).into_response();
-        if let Some(secs) = self.retry_after_secs {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        if self.status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        response
-    }
-}
+impl std::error::Error for Error {}
 
-impl From<StoreError> for ApiError {
-    fn from(err: StoreError) -> Self {
-        match err {
-            StoreError::Conflict(message) => ApiError::conflict(message),
-            StoreError::NotFound(what) => ApiError::not_found(what),
-            StoreError::Database(e) => ApiError::unavailable("the database is unavailable", e),
-        }
-    }
-}
-
-impl From<&ProviderError> for ApiError {
-    fn from(err: &ProviderError) -> Self {
-        let status = err.http_status();
-        let mut api = ApiError::new(status, err.kind(), err.to_string());
-        api.retry_after_secs = err.retry_after().map(|d| d.as_secs_f64().ceil() as u64);
-        api
-    }
-}
-
-/// A JSON body extractor whose rejections are [`ApiError`]s naming the bad field's path
-/// (`messages[0].content: invalid type: ...`).
-///
-/// Accepts `application/json` (and `+json`) or no content type; anything else is 415.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct AppJson<T>(pub T);
-
-impl<S, T> FromRequest<S> for AppJson<T>
-where
-    T: DeserializeOwned,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        if let Some(content_type) = req.headers().get(header::CONTENT_TYPE) {
-            let content_type = content_type.to_str().unwrap_or("");
-            let essence = content_type.split(';').next().unwrap_or("").trim();
-            if !(essence == "application/json" || essence.ends_with("+json")) {
-                return Err(ApiError::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "unsupported_media_type",
-                    format!("expected Content-Type: application/json, got '{content_type}'"),
-                ));
-            }
-        }
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::payload_too_large("request body is larger than server.max_body_bytes")
-            } else {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_body",
-                    rejection.body_text(),
-                )
-            }
-        })?;
-        parse_json(&bytes).map(AppJson)
-    }
-}
-
-/// An optional JSON body: an empty body is `None`.
-impl<S, T> axum::extract::OptionalFromRequest<S> for AppJson<T>
-where
-    T: DeserializeOwned,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Option<Self>, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_body",
-                rejection.body_text(),
-            )
-        })?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(None);
-        }
-        parse_json(&bytes).map(|v| Some(AppJson(v)))
-    }
-}
-
-/// Parses JSON with the path of the offending field in the error.
+/// Parses JSON with the path of the offending field in the error. A JSON array is never taken for an object.
 ///
 /// # Errors
-/// 400 `invalid_json` with `details.path`.
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+/// `invalid` / `invalid_json` with `details.path`.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(&mut de).map_err(invalid_json)
 }
@@ -245,19 +161,26 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 /// Like [`parse_json`], from an already parsed JSON value.
 ///
 /// # Errors
-/// 400 `invalid_json` with `details.path`.
-pub fn parse_value<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
+/// `invalid` / `invalid_json` with `details.path`.
+pub fn parse_value<T: DeserializeOwned>(value: Value) -> Result<T, Error> {
     serde_path_to_error::deserialize(value).map_err(invalid_json)
 }
 
-fn invalid_json(err: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+/// `invalid_json` naming the path; a well-formed value outside a field's allowed set (an unknown enum value,
+/// such as `message_type: "video"`) is a `validation_error` naming the field instead.
+fn invalid_json(err: serde_path_to_error::Error<serde_json::Error>) -> Error {
     let path = err.path().to_string();
     let inner = err.into_inner();
+    let reason = inner.to_string();
+    if path != "." && reason.starts_with("unknown variant") {
+        let reason = reason.split(" at line ").next().unwrap_or(&reason);
+        return Error::validation(&path, reason)
+            .with_details(json!({ "field": path, "path": path }));
+    }
     let message = if path == "." {
-        inner.to_string()
+        reason
     } else {
-        format!("{path}: {inner}")
+        format!("{path}: {reason}")
     };
-    ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", message)
-        .with_details(json!({ "path": path }))
+    Error::new(ErrorKind::Invalid, "invalid_json", message).with_details(json!({ "path": path }))
 }

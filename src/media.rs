@@ -9,7 +9,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::StatusCode;
 use base64::Engine;
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
@@ -19,7 +18,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Config, MediaConfig, ProviderKind};
-use crate::error::ApiError;
+use crate::error::{Error, ErrorKind};
 use crate::providers::MediaData;
 use crate::store::{self, Id, Media, Store};
 
@@ -193,7 +192,7 @@ impl MediaStore {
         store: &dyn Store,
         user_id: &str,
         chunks: S,
-    ) -> Result<Media, ApiError>
+    ) -> Result<Media, Error>
     where
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
@@ -217,7 +216,7 @@ impl MediaStore {
             }
         }
         if head.is_empty() {
-            return Err(ApiError::validation("file", "the file is empty"));
+            return Err(Error::validation("file", "the file is empty"));
         }
         let content_type = self.allowed_type(&head)?;
         let kind = Kind::of(content_type).ok_or_else(|| refused_type(content_type, self))?;
@@ -234,7 +233,7 @@ impl MediaStore {
         let mut hasher = Sha256::new();
         let mut size: u64 = 0;
         let mut next = futures::stream::iter(pending.into_iter().map(Ok::<Bytes, E>));
-        let outcome: Result<(), ApiError> = async {
+        let outcome: Result<(), Error> = async {
             loop {
                 let chunk = match next.next().await {
                     Some(chunk) => chunk,
@@ -289,7 +288,7 @@ impl MediaStore {
         Ok(media)
     }
 
-    fn allowed_type(&self, head: &[u8]) -> Result<&'static str, ApiError> {
+    fn allowed_type(&self, head: &[u8]) -> Result<&'static str, Error> {
         match sniff(head) {
             Some(found) if self.config.allowed_types.iter().any(|t| t == found) => Ok(found),
             Some(found) => Err(refused_type(found, self)),
@@ -304,11 +303,11 @@ impl MediaStore {
     pub async fn read_stream(
         &self,
         media: &Media,
-    ) -> Result<impl Stream<Item = Result<Bytes, object_store::Error>> + use<>, ApiError> {
+    ) -> Result<impl Stream<Item = Result<Bytes, object_store::Error>> + use<>, Error> {
         let location = ObjectPath::from(media.storage_key.as_str());
         match self.store.get(&location).await {
             Ok(result) => Ok(result.into_stream()),
-            Err(object_store::Error::NotFound { .. }) => Err(ApiError::not_found("media")),
+            Err(object_store::Error::NotFound { .. }) => Err(Error::not_found("media")),
             Err(e) => Err(storage_error("reading", e)),
         }
     }
@@ -317,7 +316,7 @@ impl MediaStore {
     ///
     /// # Errors
     /// As [`MediaStore::read_stream`].
-    pub async fn read(&self, media: &Media) -> Result<Bytes, ApiError> {
+    pub async fn read(&self, media: &Media) -> Result<Bytes, Error> {
         let chunks: Vec<Bytes> = self
             .read_stream(media)
             .await?
@@ -331,7 +330,7 @@ impl MediaStore {
     ///
     /// # Errors
     /// As [`MediaStore::read`].
-    pub async fn media_data(&self, media: &Media) -> Result<MediaData, ApiError> {
+    pub async fn media_data(&self, media: &Media) -> Result<MediaData, Error> {
         let bytes = self.read(media).await?;
         Ok(MediaData {
             mime_type: media.content_type.clone(),
@@ -347,12 +346,7 @@ impl MediaStore {
     ///
     /// # Errors
     /// 422 `url_not_allowed` / `url_fetch_failed`, and the errors of [`MediaStore::put_stream`].
-    pub async fn fetch(
-        &self,
-        store: &dyn Store,
-        user_id: &str,
-        raw: &str,
-    ) -> Result<Media, ApiError> {
+    pub async fn fetch(&self, store: &dyn Store, user_id: &str, raw: &str) -> Result<Media, Error> {
         let url = reqwest::Url::parse(raw)
             .map_err(|e| url_error("url_not_allowed", raw, format!("not a URL: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
@@ -417,7 +411,7 @@ impl MediaStore {
                 .timeout(Duration::from_millis(self.config.fetch_timeout_ms))
                 .resolve_to_addrs(&host, &addrs)
                 .build()
-                .map_err(ApiError::internal)?
+                .map_err(Error::internal)?
         };
         let response = client
             .get(url)
@@ -434,7 +428,7 @@ impl MediaStore {
         if let Some(length) = response.content_length()
             && length > self.max_bytes()
         {
-            return Err(ApiError::payload_too_large(format!(
+            return Err(Error::payload_too_large(format!(
                 "{raw} is {length} bytes; the largest media allowed is {} bytes",
                 self.max_bytes()
             )));
@@ -443,11 +437,29 @@ impl MediaStore {
             .await
     }
 
+    /// Removes one of `user_id`'s media: its record, then its file (a file left behind is swept later).
+    ///
+    /// # Errors
+    /// When the database fails.
+    pub async fn discard(
+        &self,
+        store: &dyn Store,
+        user_id: &str,
+        media: &Media,
+    ) -> Result<(), Error> {
+        store.delete_media(user_id, media.id).await?;
+        let location = ObjectPath::from(media.storage_key.as_str());
+        if let Err(err) = self.store.delete(&location).await {
+            tracing::debug!(media_id = %media.id, %err, "deleting a discarded media file failed; the sweep will");
+        }
+        Ok(())
+    }
+
     /// A voice note's transcript.
     ///
     /// # Errors
     /// 502 `transcription_failed` when the transcription endpoint fails; 504 when it times out.
-    pub async fn transcribe(&self, media: &Media) -> Result<String, ApiError> {
+    pub async fn transcribe(&self, media: &Media) -> Result<String, Error> {
         let started = std::time::Instant::now();
         let text = match &self.transcriber {
             Transcriber::Mock => format!(
@@ -470,7 +482,7 @@ impl MediaStore {
                 )
                 .file_name(format!("voice.{}", extension(&media.content_type)))
                 .mime_str(&media.content_type)
-                .map_err(ApiError::internal)?;
+                .map_err(Error::internal)?;
                 let form = reqwest::multipart::Form::new()
                     .part("file", part)
                     .text("model", model.clone())
@@ -482,8 +494,8 @@ impl MediaStore {
                     request = request.bearer_auth(key);
                 }
                 let failed = |message: String| {
-                    ApiError::new(
-                        StatusCode::BAD_GATEWAY,
+                    Error::new(
+                        ErrorKind::Upstream,
                         "transcription_failed",
                         format!(
                             "provider '{provider}' could not transcribe the voice note: {message}"
@@ -492,8 +504,8 @@ impl MediaStore {
                 };
                 let response = request.send().await.map_err(|e| {
                     if e.is_timeout() {
-                        ApiError::new(
-                            StatusCode::GATEWAY_TIMEOUT,
+                        Error::new(
+                            ErrorKind::Timeout,
                             "upstream_timeout",
                             "transcription timed out",
                         )
@@ -568,12 +580,12 @@ impl MediaStore {
 ///
 /// # Errors
 /// 400 when it is not a base64 data URL or not valid base64; 413 past `limit`.
-pub fn decode_data_url(url: &str, limit: u64, field: &str) -> Result<Vec<u8>, ApiError> {
+pub fn decode_data_url(url: &str, limit: u64, field: &str) -> Result<Vec<u8>, Error> {
     let (_, encoded) = url
         .strip_prefix("data:")
         .and_then(|d| d.split_once(";base64,"))
         .ok_or_else(|| {
-            ApiError::validation(
+            Error::validation(
                 field,
                 "a data URL must be base64: data:<type>;base64,<data>",
             )
@@ -581,18 +593,16 @@ pub fn decode_data_url(url: &str, limit: u64, field: &str) -> Result<Vec<u8>, Ap
     let encoded = encoded.trim();
     // Four characters carry three bytes: refuse before decoding what cannot fit.
     if (encoded.len() as u64 / 4) * 3 > limit + 3 {
-        return Err(ApiError::payload_too_large(format!(
+        return Err(Error::payload_too_large(format!(
             "a data URL of about {} bytes; the limit is {limit}",
             encoded.len() / 4 * 3
         )));
     }
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(encoded)
-        .map_err(|e| {
-            ApiError::validation(field, format!("the data URL is not valid base64: {e}"))
-        })?;
+        .map_err(|e| Error::validation(field, format!("the data URL is not valid base64: {e}")))?;
     if bytes.len() as u64 > limit {
-        return Err(ApiError::payload_too_large(format!(
+        return Err(Error::payload_too_large(format!(
             "a file of {} bytes; the limit is {limit}",
             bytes.len()
         )));
@@ -681,9 +691,9 @@ fn hex(bytes: &[u8]) -> String {
     })
 }
 
-fn refused_type(found: &str, media: &MediaStore) -> ApiError {
-    ApiError::new(
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+fn refused_type(found: &str, media: &MediaStore) -> Error {
+    Error::new(
+        ErrorKind::UnsupportedType,
         "unsupported_media_type",
         format!(
             "the file's bytes are {}; allowed: {}",
@@ -698,34 +708,34 @@ fn refused_type(found: &str, media: &MediaStore) -> ApiError {
     .with_details(json!({ "detected": found, "allowed": media.config.allowed_types }))
 }
 
-fn too_large(kind: Kind, limit: u64) -> ApiError {
-    ApiError::payload_too_large(format!(
+fn too_large(kind: Kind, limit: u64) -> Error {
+    Error::payload_too_large(format!(
         "the {} is larger than {limit} bytes, the limit for its type",
         kind.as_str()
     ))
     .with_details(json!({ "kind": kind.as_str(), "limit_bytes": limit }))
 }
 
-fn broken_body(e: impl std::fmt::Display) -> ApiError {
-    ApiError::new(
-        StatusCode::BAD_REQUEST,
+fn broken_body(e: impl std::fmt::Display) -> Error {
+    Error::new(
+        ErrorKind::Invalid,
         "invalid_body",
         format!("the file could not be read: {e}"),
     )
 }
 
-fn storage_error(what: &str, e: impl std::fmt::Display) -> ApiError {
+fn storage_error(what: &str, e: impl std::fmt::Display) -> Error {
     tracing::error!(error = %e, "media storage failed while {what}");
-    ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
+    Error::new(
+        ErrorKind::Internal,
         "storage_error",
         format!("media storage failed while {what}"),
     )
 }
 
-fn url_error(code: &'static str, url: &str, why: String) -> ApiError {
-    ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
+fn url_error(code: &'static str, url: &str, why: String) -> Error {
+    Error::new(
+        ErrorKind::Unprocessable,
         code,
         format!("media URL {url}: {why}"),
     )

@@ -1,7 +1,7 @@
 //! Personas: the default set shipped as data (`personas_defaults.json`), validation, and the system prompt
 //! sent upstream (the persona's instructions, its traits, and the behaviour of its relationship).
 
-use crate::error::ApiError;
+use crate::error::Error;
 use crate::store::{NewPersona, Persona};
 
 /// Relationship types, as in the seed systems.
@@ -78,7 +78,7 @@ pub fn defaults() -> Result<Vec<NewPersona>, String> {
 ///
 /// # Errors
 /// 400 `validation_error` naming the field.
-pub fn validate(persona: &NewPersona) -> Result<(), ApiError> {
+pub fn validate(persona: &NewPersona) -> Result<(), Error> {
     let slug_ok = !persona.slug.is_empty()
         && persona.slug.len() <= 64
         && persona
@@ -86,22 +86,22 @@ pub fn validate(persona: &NewPersona) -> Result<(), ApiError> {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if !slug_ok {
-        return Err(ApiError::validation(
+        return Err(Error::validation(
             "slug",
             "must be 1-64 characters of a-z, 0-9 and '-'",
         ));
     }
     if persona.display_name.trim().is_empty() {
-        return Err(ApiError::validation("display_name", "must not be empty"));
+        return Err(Error::validation("display_name", "must not be empty"));
     }
     if !RELATIONSHIPS.contains(&persona.relationship.as_str()) {
-        return Err(ApiError::validation(
+        return Err(Error::validation(
             "relationship",
             format!("must be one of {}", RELATIONSHIPS.join(", ")),
         ));
     }
     if persona.system_prompt.trim().is_empty() {
-        return Err(ApiError::validation("system_prompt", "must not be empty"));
+        return Err(Error::validation("system_prompt", "must not be empty"));
     }
     Ok(())
 }

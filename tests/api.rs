@@ -23,7 +23,9 @@ async fn saved_reply(
         .list_messages(id, chatgate::store::HistoryPage::Offset(0), 10, true, false)
         .await
         .expect("history");
-    messages.into_iter().find(|m| m.role == "assistant")
+    messages
+        .into_iter()
+        .find(|m| m.role.as_str() == "assistant")
 }
 
 const SLOW_MODEL: &str = "[providers.slow]\nkind = \"mock\"\ndelay_ms = 25\n[models.slow]\nprovider = \"slow\"\nmodel = \"mock-1\"\n";
@@ -443,7 +445,7 @@ async fn shutdown_lets_running_generations_finish_and_saves_them(backend: Backen
     let reply = saved_reply(&*store, &conversation_id)
         .await
         .expect("the reply was saved before the server stopped");
-    assert_eq!(reply.status, "complete");
+    assert_eq!(reply.status.as_str(), "complete");
     assert!(
         reply.content.ends_with("talk to a real model."),
         "{}",
@@ -482,7 +484,7 @@ async fn shutdown_past_the_grace_period_saves_partial_text(backend: Backend) {
     assert_eq!(last.data["finish_reason"], "shutdown");
     stopped.await.expect("join").expect("serve");
     let reply = saved_reply(&*store, &conversation_id).await.expect("saved");
-    assert_eq!(reply.status, "interrupted");
+    assert_eq!(reply.status.as_str(), "interrupted");
     assert!(
         !reply.content.is_empty() && !reply.content.ends_with("real model."),
         "partial: {}",

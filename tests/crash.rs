@@ -293,7 +293,8 @@ async fn sigterm_saves_every_generation_in_flight(backend: Backend) {
             .expect("read")
             .expect("saved");
         assert_eq!(
-            message.status, "complete",
+            message.status.as_str(),
+            "complete",
             "generation {i} finished during the grace period"
         );
         assert_eq!(message.content, full_reply(&format!("message {i}")));

@@ -132,7 +132,9 @@ async fn collect(provider: &dyn Provider, model: &str) -> Collected {
                 collected.deltas += 1;
             }
             Ok(ProviderEvent::Usage(usage)) => collected.usage.merge(usage),
-            Ok(ProviderEvent::Finish(reason)) => collected.finish = Some(reason),
+            Ok(ProviderEvent::Finish(reason)) => {
+                collected.finish = Some(reason.as_str().to_string())
+            }
             Err(error) => {
                 collected.error = Some(error);
                 break;

@@ -3,8 +3,8 @@
 mod common;
 
 use chatgate::store::{
-    ConversationFilter, HistoryPage, Id, NewMessage, NewPersona, PersonaFilter, Store, StoreError,
-    UsageRecord, now, role, status,
+    ConversationFilter, HistoryPage, Id, MessageStatus, MessageType, NewMessage, NewPersona,
+    PersonaFilter, Role, Store, StoreError, UsageRecord, now,
 };
 use common::{Backend, TestDb};
 use serde_json::json;
@@ -37,11 +37,11 @@ fn user_message(conversation_id: Id, content: &str) -> NewMessage {
         id: Id::new(),
         conversation_id,
         parent_id: None,
-        role: role::USER,
+        role: Role::User,
         content: content.into(),
-        message_type: "text".into(),
+        message_type: MessageType::Text,
         media: json!([]),
-        status: status::COMPLETE,
+        status: MessageStatus::Complete,
         model: None,
         provider: None,
         finish_reason: None,
@@ -401,7 +401,7 @@ async fn generation_saves_message_and_usage_together(backend: Backend) {
         .await
         .expect("insert");
     let mut reply = user_message(c.id, "answer");
-    reply.role = role::ASSISTANT;
+    reply.role = Role::Assistant;
     reply.parent_id = Some(question.id);
     let usage = UsageRecord {
         id: Id::new(),

@@ -10,11 +10,12 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::openapi::ErrorBody;
+use super::error::AppJson;
+use super::error::ErrorBody;
 use super::{AppQuery, double_option, page_limit, parse_id};
 use crate::AppState;
 use crate::auth::AuthUser;
-use crate::error::{ApiError, AppJson};
+use crate::error::Error;
 use crate::store::{Conversation, ConversationFilter, Id};
 
 /// Longest title, in characters.
@@ -53,9 +54,9 @@ async fn retitle(
     State(state): State<AppState>,
     user: AuthUser,
     Path(id): Path<String>,
-) -> Result<Json<Conversation>, ApiError> {
+) -> Result<Json<Conversation>, Error> {
     let conversation = owned(&state, &user, &id).await?;
-    crate::titles::regenerate(&state, &user.user_id, &conversation)
+    crate::chat::titles::regenerate(&state.chat, &user.user_id, &conversation)
         .await
         .map(Json)
 }
@@ -71,11 +72,11 @@ struct CreateConversation {
     reuse_existing: bool,
 }
 
-fn check_title(title: Option<&str>) -> Result<(), ApiError> {
+fn check_title(title: Option<&str>) -> Result<(), Error> {
     if let Some(title) = title
         && title.chars().count() > MAX_TITLE_CHARS
     {
-        return Err(ApiError::validation(
+        return Err(Error::validation(
             "title",
             format!("must be at most {MAX_TITLE_CHARS} characters"),
         ));
@@ -102,11 +103,11 @@ async fn create(
     State(state): State<AppState>,
     user: AuthUser,
     AppJson(body): AppJson<CreateConversation>,
-) -> Result<(StatusCode, Json<Conversation>), ApiError> {
+) -> Result<(StatusCode, Json<Conversation>), Error> {
     check_title(body.title.as_deref())?;
     let persona = state.store.get_persona(body.persona_id).await?;
     if !persona.is_some_and(|p| p.is_active) {
-        return Err(ApiError::not_found("persona"));
+        return Err(Error::not_found("persona"));
     }
     if body.reuse_existing
         && let Some(existing) = state
@@ -140,8 +141,8 @@ fn encode_cursor(at: DateTime<Utc>, id: Id) -> String {
     URL_SAFE_NO_PAD.encode(format!("{}|{id}", at.to_rfc3339()))
 }
 
-fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, Id), ApiError> {
-    let bad = || ApiError::validation("cursor", "is not a cursor returned by this endpoint");
+fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, Id), Error> {
+    let bad = || Error::validation("cursor", "is not a cursor returned by this endpoint");
     let raw = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
     let raw = String::from_utf8(raw).map_err(|_| bad())?;
     let (at, id) = raw.split_once('|').ok_or_else(bad)?;
@@ -174,7 +175,7 @@ async fn list(
     State(state): State<AppState>,
     user: AuthUser,
     AppQuery(q): AppQuery<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Value>, Error> {
     let limit = page_limit(q.limit, 20, 100)?;
     let filter = ConversationFilter {
         persona_id: q.persona_id,
@@ -210,13 +211,13 @@ pub(crate) async fn owned(
     state: &AppState,
     user: &AuthUser,
     raw_id: &str,
-) -> Result<Conversation, ApiError> {
+) -> Result<Conversation, Error> {
     let id = parse_id(raw_id, "conversation")?;
     state
         .store
         .get_conversation(&user.user_id, id)
         .await?
-        .ok_or_else(|| ApiError::not_found("conversation"))
+        .ok_or_else(|| Error::not_found("conversation"))
 }
 
 #[utoipa::path(
@@ -237,7 +238,7 @@ async fn get_one(
     State(state): State<AppState>,
     user: AuthUser,
     Path(id): Path<String>,
-) -> Result<Json<Conversation>, ApiError> {
+) -> Result<Json<Conversation>, Error> {
     Ok(Json(owned(&state, &user, &id).await?))
 }
 
@@ -274,7 +275,7 @@ async fn update(
     user: AuthUser,
     Path(id): Path<String>,
     AppJson(body): AppJson<UpdateConversation>,
-) -> Result<Json<Conversation>, ApiError> {
+) -> Result<Json<Conversation>, Error> {
     let id = parse_id(&id, "conversation")?;
     let title = body
         .title
@@ -285,7 +286,7 @@ async fn update(
         .store
         .update_conversation(&user.user_id, id, title, body.archived)
         .await?
-        .ok_or_else(|| ApiError::not_found("conversation"))?;
+        .ok_or_else(|| Error::not_found("conversation"))?;
     Ok(Json(updated))
 }
 
@@ -308,12 +309,12 @@ async fn delete(
     State(state): State<AppState>,
     user: AuthUser,
     Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<StatusCode, Error> {
     let id = parse_id(&id, "conversation")?;
     if state.store.delete_conversation(&user.user_id, id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(ApiError::not_found("conversation"))
+        Err(Error::not_found("conversation"))
     }
 }
 
@@ -330,8 +331,8 @@ mod tests {
             (at, id)
         );
         assert_eq!(
-            decode_cursor("!!!").expect_err("bad").status,
-            StatusCode::BAD_REQUEST
+            decode_cursor("!!!").expect_err("bad").kind,
+            crate::error::ErrorKind::Invalid
         );
         assert!(decode_cursor(&URL_SAFE_NO_PAD.encode("no-separator")).is_err());
     }

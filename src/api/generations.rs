@@ -1,6 +1,6 @@
 //! Generations: status, re-attachable SSE stream, cancel. A generation's id is its assistant message's id.
+//! Each handler parses, calls the chat service, and encodes.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -10,40 +10,20 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::StreamExt;
 use serde::Deserialize;
-use serde_json::{Value, json};
 
-use super::openapi::ErrorBody;
+use super::error::ErrorBody;
 use super::{AppQuery, parse_id};
 use crate::AppState;
 use crate::auth::AuthUser;
-use crate::error::ApiError;
-use crate::stream::hub::CancelReason;
-use crate::stream::{Generation, sse_frame, sse_response};
+use crate::chat::{Cancelled, GenerationStatus};
+use crate::error::Error;
+use crate::wire::{ai_sdk, sse};
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/generations/{id}", get(get_one))
         .route("/api/v1/generations/{id}/stream", get(stream))
         .route("/api/v1/generations/{id}/cancel", post(cancel))
-}
-
-/// The caller's live (or recently finished) generation.
-fn live(state: &AppState, user: &AuthUser, id: crate::store::Id) -> Option<Arc<Generation>> {
-    state.hub.get(id).filter(|g| g.user_id == user.user_id)
-}
-
-/// A finished generation, read back as its saved reply (the generation's id is the message's id).
-async fn saved_reply(
-    state: &AppState,
-    user: &AuthUser,
-    id: crate::store::Id,
-) -> Result<crate::store::Message, ApiError> {
-    state
-        .store
-        .get_message(&user.user_id, id)
-        .await?
-        .filter(|m| m.role == crate::store::role::ASSISTANT)
-        .ok_or_else(|| ApiError::not_found("generation"))
 }
 
 /// `GET /api/v1/generations/{id}` → `{id, conversation_id, status, text, message?, model}`.
@@ -56,7 +36,7 @@ async fn saved_reply(
         ("id" = String, Path, description = "generation id (UUID)"),
     ),
     responses(
-        (status = 200, description = "`{id, conversation_id, status, text, message?, model}`", body = Object),
+        (status = 200, description = "where the generation stands", body = GenerationStatus),
         (status = 401, description = "missing or invalid token", body = ErrorBody),
         (status = 404, description = "not found (or not the caller's)", body = ErrorBody),
     )
@@ -65,34 +45,9 @@ async fn get_one(
     State(state): State<AppState>,
     user: AuthUser,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<GenerationStatus>, Error> {
     let id = parse_id(&id, "generation")?;
-    if let Some(generation) = live(&state, &user, id) {
-        let outcome = generation.outcome_now();
-        let message = outcome.as_ref().and_then(|o| o.message.clone());
-        let status = match (&outcome, &message) {
-            (None, _) => "streaming".to_string(),
-            (Some(_), Some(m)) => m.status.clone(),
-            (Some(_), None) => "failed".to_string(),
-        };
-        return Ok(Json(json!({
-            "id": generation.id,
-            "conversation_id": generation.conversation_id,
-            "model": generation.model,
-            "status": status,
-            "text": generation.text(),
-            "message": message,
-        })));
-    }
-    let message = saved_reply(&state, &user, id).await?;
-    Ok(Json(json!({
-        "id": message.id,
-        "conversation_id": message.conversation_id,
-        "model": message.model,
-        "status": message.status,
-        "text": message.content,
-        "message": message,
-    })))
+    Ok(Json(state.chat.status(&user.user_id, id).await?))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -129,11 +84,11 @@ async fn stream(
     Path(id): Path<String>,
     headers: HeaderMap,
     AppQuery(query): AppQuery<StreamQuery>,
-) -> Result<Response, ApiError> {
-    let ai_sdk = crate::stream::ai_sdk::requested(query.format.as_deref())?;
+) -> Result<Response, Error> {
+    let ai_sdk = ai_sdk::requested(query.format.as_deref())?;
     let Some(generation) = parse_id(&id, "generation")
         .ok()
-        .and_then(|id| live(&state, &user, id))
+        .and_then(|id| state.chat.generation(&user.user_id, id))
     else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
@@ -143,14 +98,11 @@ async fn stream(
         .and_then(|v| v.trim().parse::<u64>().ok());
     let keepalive = Duration::from_secs(state.config.server.sse_keepalive_secs);
     if ai_sdk {
-        return Ok(crate::stream::ai_sdk::response(
-            generation.subscribe(0),
-            keepalive,
-        ));
+        return Ok(ai_sdk::response(generation.subscribe(0), keepalive));
     }
     let after = last_event_id.or(query.after).unwrap_or(0);
-    let events = generation.subscribe(after).map(sse_frame);
-    Ok(sse_response(events, keepalive))
+    let events = generation.subscribe(after).map(|e| sse::frame(&e));
+    Ok(sse::response(events, keepalive))
 }
 
 /// `POST /api/v1/generations/{id}/cancel`: stops the upstream, saves the partial text as `cancelled`, then
@@ -164,7 +116,7 @@ async fn stream(
         ("id" = String, Path, description = "generation id (UUID)"),
     ),
     responses(
-        (status = 200, description = "`{cancelled, message}`", body = Object),
+        (status = 200, description = "`{cancelled, reason, message}`", body = Cancelled),
         (status = 401, description = "missing or invalid token", body = ErrorBody),
         (status = 404, description = "not found (or not the caller's)", body = ErrorBody),
     )
@@ -173,26 +125,7 @@ async fn cancel(
     State(state): State<AppState>,
     user: AuthUser,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Cancelled>, Error> {
     let id = parse_id(&id, "generation")?;
-    let Some(generation) = live(&state, &user, id) else {
-        let message = saved_reply(&state, &user, id).await?;
-        return Ok(Json(
-            json!({ "cancelled": false, "reason": "the generation had already ended", "message": message }),
-        ));
-    };
-    let already_over = generation.outcome_now().is_some();
-    generation.cancel(CancelReason::User);
-    let outcome = generation.outcome().await;
-    let cancelled = !already_over
-        && generation.cancel_reason() == Some(CancelReason::User)
-        && outcome
-            .message
-            .as_ref()
-            .is_some_and(|m| m.status == crate::store::status::CANCELLED);
-    Ok(Json(json!({
-        "cancelled": cancelled,
-        "reason": if cancelled { "cancelled" } else { "the generation had already ended" },
-        "message": outcome.message,
-    })))
+    Ok(Json(state.chat.cancel(&user.user_id, id).await?))
 }

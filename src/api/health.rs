@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::auth::AuthUser;
-use crate::error::ApiError;
+use crate::error::Error;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
@@ -30,12 +30,9 @@ pub fn router() -> Router<AppState> {
         (status = 200, description = "Prometheus text exposition format", content_type = "text/plain"),
     )
 )]
-async fn metrics(
-    State(state): State<AppState>,
-    user: Option<AuthUser>,
-) -> Result<Response, ApiError> {
+async fn metrics(State(state): State<AppState>, user: Option<AuthUser>) -> Result<Response, Error> {
     if !state.config.server.metrics_public && !user.is_some_and(|u| u.admin) {
-        return Err(ApiError::forbidden(
+        return Err(Error::forbidden(
             "/metrics needs the admin role (or server.metrics_public = true)",
         ));
     }

@@ -10,11 +10,11 @@ use axum::{Json, Router};
 use futures::TryStreamExt;
 use serde_json::{Value, json};
 
-use super::openapi::ErrorBody;
+use super::error::ErrorBody;
 use super::parse_id;
 use crate::AppState;
 use crate::auth::AuthUser;
-use crate::error::ApiError;
+use crate::error::{Error, ErrorKind};
 use crate::media::MediaStore;
 
 /// Room for the multipart framing around the file, in bytes.
@@ -49,7 +49,7 @@ async fn upload(
     user: AuthUser,
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Value>), Error> {
     let max = state.media.max_bytes();
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -58,14 +58,14 @@ async fn upload(
     if let Some(length) = declared
         && length > max + FRAMING_BYTES
     {
-        return Err(ApiError::payload_too_large(format!(
+        return Err(Error::payload_too_large(format!(
             "the upload is {length} bytes; the largest media allowed is {max} bytes"
         ))
         .with_details(json!({ "limit_bytes": max, "size_bytes": length })));
     }
     let mut multipart = multipart.map_err(|rejection| {
-        ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        Error::new(
+            ErrorKind::UnsupportedType,
             "unsupported_media_type",
             format!(
                 "expected a multipart/form-data body with the file in the part `file`: {}",
@@ -75,14 +75,14 @@ async fn upload(
     })?;
     loop {
         let field = multipart.next_field().await.map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
+            Error::new(
+                ErrorKind::Invalid,
                 "invalid_body",
                 format!("malformed multipart body: {}", e.body_text()),
             )
         })?;
         let Some(field) = field else {
-            return Err(ApiError::validation(
+            return Err(Error::validation(
                 "file",
                 "the multipart body has no part named `file`",
             ));
@@ -119,13 +119,13 @@ async fn download(
     user: AuthUser,
     Path(id): Path<String>,
     headers: HeaderMap,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     let id = parse_id(&id, "media")?;
     let media = state
         .store
         .get_media(&user.user_id, id)
         .await?
-        .ok_or_else(|| ApiError::not_found("media"))?;
+        .ok_or_else(|| Error::not_found("media"))?;
     let etag = format!("\"{}\"", media.sha256);
     if headers
         .get(header::IF_NONE_MATCH)
@@ -137,7 +137,7 @@ async fn download(
     let stream = state.media.read_stream(&media).await?;
     let mut response = Body::from_stream(stream).into_response();
     let h = response.headers_mut();
-    let value = |v: &str| HeaderValue::from_str(v).map_err(ApiError::internal);
+    let value = |v: &str| HeaderValue::from_str(v).map_err(Error::internal);
     h.insert(header::CONTENT_TYPE, value(&media.content_type)?);
     h.insert(
         header::CONTENT_LENGTH,

@@ -1,7 +1,9 @@
 //! HTTP routes. Each area exposes `router()`; [`app`] merges them and adds the layers every request goes
 //! through: request id, tracing, CORS, body limit, timeout and authentication (deny by default).
 
+mod auth;
 mod conversations;
+pub mod error;
 mod generations;
 mod health;
 mod media;
@@ -20,7 +22,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderName, Method, StatusCode, header};
+use axum::http::{HeaderName, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
@@ -31,7 +33,7 @@ use tower_http::request_id::{
 use tower_http::trace::TraceLayer;
 
 use crate::AppState;
-use crate::error::ApiError;
+use crate::error::{Error, ErrorKind};
 use crate::store::Id;
 
 /// The whole application: every route and layer, with state.
@@ -54,19 +56,19 @@ pub fn app(state: AppState) -> Router {
         .merge(media::router(state.media.max_bytes()));
     // Route layers run last-added first: authentication, then the rate limit keyed by its user.
     let limits = &state.config.limits;
-    let routes = match ratelimit::layer(limits.requests_per_minute, limits.burst) {
+    let routes = match ratelimit::layer(limits.requests_per_minute, limits.burst, &state.tasks) {
         Some(governor) => routes.route_layer(governor),
         None => routes,
     };
     let api = routes
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
-            crate::auth::require_auth,
+            auth::require_auth,
         ))
-        .fallback(|| async { ApiError::not_found("route") })
+        .fallback(|| async { Error::not_found("route") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
+            Error::new(
+                ErrorKind::NotAllowed,
                 "method_not_allowed",
                 "method not allowed on this route",
             )
@@ -129,8 +131,8 @@ async fn request_timeout(
 ) -> Response {
     match tokio::time::timeout(timeout, next.run(request)).await {
         Ok(response) => response,
-        Err(_) => ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
+        Err(_) => Error::new(
+            ErrorKind::Timeout,
             "request_timeout",
             "the request took longer than server.request_timeout_secs",
         )
@@ -138,31 +140,31 @@ async fn request_timeout(
     }
 }
 
-/// A query-string extractor whose rejections are [`ApiError`]s.
+/// A query-string extractor whose rejections are [`Error`]s.
 #[derive(Debug, Clone, Default)]
 pub struct AppQuery<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for AppQuery<T> {
-    type Rejection = ApiError;
+    type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         axum::extract::Query::<T>::try_from_uri(&parts.uri)
             .map(|q| AppQuery(q.0))
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))
+            .map_err(|e| Error::new(ErrorKind::Invalid, "invalid_query", e.body_text()))
     }
 }
 
 /// Parses a path id; a malformed id names nothing that exists, so it is a 404 like any unknown id.
-pub fn parse_id(raw: &str, what: &'static str) -> Result<Id, ApiError> {
-    raw.parse().map_err(|_| ApiError::not_found(what))
+pub fn parse_id(raw: &str, what: &'static str) -> Result<Id, Error> {
+    raw.parse().map_err(|_| Error::not_found(what))
 }
 
 /// Clamps a page size to 1..=max, `default` when absent.
-pub fn page_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
+pub fn page_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64, Error> {
     match limit {
         None => Ok(default),
         Some(l) if (1..=max).contains(&l) => Ok(l),
-        Some(_) => Err(ApiError::validation(
+        Some(_) => Err(Error::validation(
             "limit",
             format!("must be between 1 and {max}"),
         )),

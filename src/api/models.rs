@@ -5,7 +5,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
-use super::openapi::ErrorBody;
+use super::error::ErrorBody;
 use crate::AppState;
 use crate::auth::AuthUser;
 

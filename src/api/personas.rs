@@ -7,11 +7,12 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::openapi::ErrorBody;
+use super::error::AppJson;
+use super::error::ErrorBody;
 use super::{AppQuery, page_limit, parse_id};
 use crate::AppState;
 use crate::auth::{AdminUser, AuthUser};
-use crate::error::{ApiError, AppJson};
+use crate::error::{Error, ErrorKind};
 use crate::personas::validate;
 use crate::store::{NewPersona, Persona, PersonaFilter};
 
@@ -51,7 +52,7 @@ struct ListQuery {
 async fn list(
     State(state): State<AppState>,
     AppQuery(q): AppQuery<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Value>, Error> {
     let filter = PersonaFilter {
         category: q.category.filter(|c| !c.is_empty()),
         include_inactive: false,
@@ -83,23 +84,23 @@ async fn get_one(
     State(state): State<AppState>,
     user: Option<AuthUser>,
     Path(id): Path<String>,
-) -> Result<Json<Persona>, ApiError> {
+) -> Result<Json<Persona>, Error> {
     let id = parse_id(&id, "persona")?;
     let persona = state
         .store
         .get_persona(id)
         .await?
-        .ok_or_else(|| ApiError::not_found("persona"))?;
+        .ok_or_else(|| Error::not_found("persona"))?;
     if !persona.is_active && !user.is_some_and(|u| u.admin) {
-        return Err(ApiError::not_found("persona"));
+        return Err(Error::not_found("persona"));
     }
     Ok(Json(persona))
 }
 
-fn check_model(state: &AppState, persona: &NewPersona) -> Result<(), ApiError> {
+fn check_model(state: &AppState, persona: &NewPersona) -> Result<(), Error> {
     match persona.model.as_deref() {
-        Some(alias) if state.models.get(alias).is_none() => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
+        Some(alias) if state.models.get(alias).is_none() => Err(Error::new(
+            ErrorKind::Unprocessable,
             "unknown_model",
             format!("model alias '{alias}' is not configured"),
         )),
@@ -127,7 +128,7 @@ async fn create(
     State(state): State<AppState>,
     _: AdminUser,
     AppJson(persona): AppJson<NewPersona>,
-) -> Result<(StatusCode, Json<Persona>), ApiError> {
+) -> Result<(StatusCode, Json<Persona>), Error> {
     validate(&persona)?;
     check_model(&state, &persona)?;
     Ok((
@@ -161,17 +162,17 @@ async fn update(
     _: AdminUser,
     Path(id): Path<String>,
     AppJson(patch): AppJson<serde_json::Map<String, Value>>,
-) -> Result<Json<Persona>, ApiError> {
+) -> Result<Json<Persona>, Error> {
     let id = parse_id(&id, "persona")?;
     let current = state
         .store
         .get_persona(id)
         .await?
-        .ok_or_else(|| ApiError::not_found("persona"))?;
-    let mut merged = serde_json::to_value(&current).map_err(ApiError::internal)?;
+        .ok_or_else(|| Error::not_found("persona"))?;
+    let mut merged = serde_json::to_value(&current).map_err(Error::internal)?;
     for (key, value) in patch {
         if matches!(key.as_str(), "id" | "created_at" | "updated_at") {
-            return Err(ApiError::validation(&key, "cannot be changed"));
+            return Err(Error::validation(&key, "cannot be changed"));
         }
         merged[key] = value;
     }
@@ -183,7 +184,7 @@ async fn update(
         .store
         .update_persona(id, &persona)
         .await?
-        .ok_or_else(|| ApiError::not_found("persona"))?;
+        .ok_or_else(|| Error::not_found("persona"))?;
     Ok(Json(updated))
 }
 
@@ -208,12 +209,12 @@ async fn delete(
     State(state): State<AppState>,
     _: AdminUser,
     Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<StatusCode, Error> {
     let id = parse_id(&id, "persona")?;
     state.personas.invalidate(id);
     if state.store.delete_persona(id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(ApiError::not_found("persona"))
+        Err(Error::not_found("persona"))
     }
 }

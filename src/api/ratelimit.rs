@@ -16,7 +16,7 @@ use tower_governor::governor::{GovernorConfig, GovernorConfigBuilder};
 use tower_governor::key_extractor::KeyExtractor;
 
 use crate::auth::AuthUser;
-use crate::error::ApiError;
+use crate::error::Error;
 
 /// `user:<id>` for authenticated requests, else `ip:<address>`.
 #[derive(Debug, Clone, Copy)]
@@ -36,11 +36,12 @@ impl KeyExtractor for UserOrIp {
     }
 }
 
-/// The layer for `per_minute` requests with bursts of `burst`; `None` when `per_minute` is 0. Also starts the
-/// task that forgets idle keys, so the limiter's memory follows the active clients.
+/// The layer for `per_minute` requests with bursts of `burst`; `None` when `per_minute` is 0. Also starts, on
+/// `tasks`, the service that forgets idle keys, so the limiter's memory follows the active clients.
 pub fn layer(
     per_minute: u32,
     burst: u32,
+    tasks: &crate::tasks::Tasks,
 ) -> Option<
     GovernorLayer<
         UserOrIp,
@@ -59,7 +60,7 @@ pub fn layer(
         .finish()?;
     let config = Arc::new(config);
     let limiter = Arc::downgrade(config.limiter());
-    tokio::spawn(async move {
+    tasks.spawn_service(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
             tick.tick().await;
@@ -75,8 +76,8 @@ pub fn layer(
 fn refusal(error: GovernorError, per_minute: u32) -> Response<Body> {
     match error {
         GovernorError::TooManyRequests { wait_time, .. } => {
-            let mut err = ApiError::new(
-                axum::http::StatusCode::TOO_MANY_REQUESTS,
+            let mut err = Error::new(
+                crate::error::ErrorKind::RateLimited,
                 "rate_limited",
                 format!(
                     "too many requests: at most {per_minute} per minute; retry in {} s",
@@ -87,6 +88,6 @@ fn refusal(error: GovernorError, per_minute: u32) -> Response<Body> {
             err.retry_after_secs = Some(wait_time.max(1));
             err.into_response()
         }
-        other => ApiError::internal(other).into_response(),
+        other => Error::internal(other).into_response(),
     }
 }

@@ -5,16 +5,17 @@
 use std::time::Duration;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::openapi::ErrorBody;
+use super::error::AppJson;
+use super::error::ErrorBody;
 use crate::AppState;
-use crate::error::{ApiError, AppJson};
+use crate::error::{Error, ErrorKind};
 
 /// The UI's files: `(name, content type, body)`.
 const FILES: &[(&str, &str, &str)] = &[
@@ -71,7 +72,7 @@ fn file(name: &str) -> Response {
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             response
         }
-        None => ApiError::not_found("file").into_response(),
+        None => Error::not_found("file").into_response(),
     }
 }
 
@@ -92,21 +93,18 @@ struct DevTokenRequest {
 async fn dev_token(
     State(state): State<AppState>,
     AppJson(body): AppJson<DevTokenRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Value>, Error> {
     if !state.config.server.dev_tokens {
-        return Err(ApiError::not_found("route"));
+        return Err(Error::not_found("route"));
     }
     let user_id = body.user_id.trim();
     if user_id.is_empty() || user_id.len() > 128 {
-        return Err(ApiError::validation(
-            "user_id",
-            "must be 1 to 128 characters",
-        ));
+        return Err(Error::validation("user_id", "must be 1 to 128 characters"));
     }
     let ttl = Duration::from_secs(24 * 3600);
     let token = state.auth.mint(user_id, false, ttl).map_err(|e| {
-        ApiError::new(
-            StatusCode::CONFLICT,
+        Error::new(
+            ErrorKind::Conflict,
             "dev_tokens_unavailable",
             format!("cannot mint tokens with this auth configuration: {e}"),
         )

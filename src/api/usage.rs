@@ -14,10 +14,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppQuery;
-use super::openapi::ErrorBody;
+use super::error::ErrorBody;
 use crate::AppState;
 use crate::auth::{AdminUser, AuthUser};
-use crate::error::ApiError;
+use crate::error::Error;
 use crate::store::{UsageBucket, UsageGroup, UsageQuery};
 use crate::usage::nanousd_to_usd;
 
@@ -42,17 +42,17 @@ struct UsageParams {
     user_id: Option<String>,
 }
 
-fn parse_day(field: &str, raw: &str) -> Result<NaiveDate, ApiError> {
+fn parse_day(field: &str, raw: &str) -> Result<NaiveDate, Error> {
     let day = raw.get(..10).unwrap_or(raw);
     NaiveDate::parse_from_str(day, "%Y-%m-%d")
-        .map_err(|_| ApiError::validation(field, "must be a date, YYYY-MM-DD"))
+        .map_err(|_| Error::validation(field, "must be a date, YYYY-MM-DD"))
 }
 
 fn query(
     params: &UsageParams,
     user_id: Option<String>,
     allow_user_group: bool,
-) -> Result<UsageQuery, ApiError> {
+) -> Result<UsageQuery, Error> {
     let to = params
         .to
         .as_deref()
@@ -64,17 +64,17 @@ fn query(
         None => to.checked_sub_days(Days::new(29)).unwrap_or(to),
     };
     if from > to {
-        return Err(ApiError::validation("from", "must not be after to"));
+        return Err(Error::validation("from", "must not be after to"));
     }
     if (to - from).num_days() as u64 >= MAX_DAYS {
-        return Err(ApiError::validation(
+        return Err(Error::validation(
             "from",
             format!("the range may span at most {MAX_DAYS} days"),
         ));
     }
     let group_by = params.group_by.unwrap_or(UsageGroup::Day);
     if group_by == UsageGroup::User && !allow_user_group {
-        return Err(ApiError::validation(
+        return Err(Error::validation(
             "group_by",
             "must be day, model or persona",
         ));
@@ -159,7 +159,7 @@ async fn answer(
     state: &AppState,
     headers: &HeaderMap,
     query: UsageQuery,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     let stamp = state.store.usage_stamp(query.user_id.as_deref()).await?;
     let etag = etag_of((
         "usage",
@@ -226,13 +226,13 @@ async fn mine(
     user: AuthUser,
     headers: HeaderMap,
     AppQuery(params): AppQuery<UsageParams>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     if params
         .user_id
         .as_ref()
         .is_some_and(|id| *id != user.user_id)
     {
-        return Err(ApiError::validation(
+        return Err(Error::validation(
             "user_id",
             "use /api/v1/admin/usage for other users",
         ));
@@ -266,7 +266,7 @@ async fn everyone(
     _: AdminUser,
     headers: HeaderMap,
     AppQuery(params): AppQuery<UsageParams>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     let query = query(
         &params,
         params.user_id.clone().filter(|u| !u.is_empty()),
@@ -290,7 +290,7 @@ async fn summary(
     State(state): State<AppState>,
     user: AuthUser,
     headers: HeaderMap,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     let summary = state.store.usage_summary(&user.user_id).await?;
     let etag = etag_of((
         "summary",

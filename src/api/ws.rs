@@ -19,17 +19,18 @@ use axum::http::{HeaderMap, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::{Sink, SinkExt, Stream, StreamExt};
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::messages::{SendMessage, start_message};
-use super::openapi::ErrorBody;
+use super::error::ErrorBody;
 use crate::AppState;
 use crate::auth::AuthUser;
-use crate::error::ApiError;
-use crate::stream::hub::CancelReason;
-use crate::stream::{Generation, GenerationEvent};
+use crate::chat::{Attendance, SendRequest};
+use crate::domain::CancelReason;
+use crate::error::Error;
+use crate::stream::Generation;
+use crate::wire::ws::{self as frames, ClientFrame};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/v1/ws", get(upgrade))
@@ -78,15 +79,17 @@ async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     if user.is_none() && token_given(&headers, &uri) {
-        return ApiError::unauthorized("the token is invalid or expired").into_response();
+        return Error::unauthorized("the token is invalid or expired").into_response();
     }
     // The transport takes frames up to 4× the limit so that a too-large frame gets a polite error frame.
     let transport_limit = state.config.ws.max_frame_bytes.saturating_mul(4);
     ws.max_message_size(transport_limit)
         .max_frame_size(transport_limit)
-        .on_upgrade(move |socket| {
+        .on_upgrade(move |socket| async move {
             let (sink, stream) = socket.split();
-            serve_socket(state, sink, stream, user)
+            // Tracked, so that shutdown closes it (1001) and waits for it.
+            let tasks = state.tasks.clone();
+            let _ = tasks.spawn(serve_socket(state, sink, stream, user)).await;
         })
 }
 
@@ -122,7 +125,7 @@ pub async fn serve_socket<S, R, E>(
 {
     let config = state.config.ws.clone();
     let (out, out_rx) = mpsc::channel::<Outbound>(config.send_queue.max(1));
-    let writer = tokio::spawn(write_frames(sink, out_rx));
+    let writer = state.tasks.spawn(write_frames(sink, out_rx));
     let (notes_tx, mut notes) = mpsc::unbounded_channel::<Note>();
     let slow = CancellationToken::new();
     let mut active: HashMap<String, Active> = HashMap::new();
@@ -133,11 +136,7 @@ pub async fn serve_socket<S, R, E>(
     let mut bucket = TokenBucket::new(config.max_frames_per_second, config.frame_burst);
 
     if let Some(user) = &user {
-        send(
-            &out,
-            &slow,
-            json!({ "type": "ready", "user_id": user.user_id }),
-        );
+        push(&out, &slow, frames::ready_frame(&user.user_id));
     }
     let closing: (u16, String) = loop {
         let expiry = user.as_ref().and_then(|u| u.expires_at).map(expiry_instant);
@@ -156,28 +155,28 @@ pub async fn serve_socket<S, R, E>(
                 }
                 if text.len() > config.max_frame_bytes {
                     let message = format!("frame of {} bytes; the limit is {}", text.len(), config.max_frame_bytes);
-                    send(&out, &slow, json!({ "type": "error", "error": "frame_too_large", "message": message }));
+                    send_error(&out, &slow, None, "frame_too_large", &message);
                     continue;
                 }
-                let frame = match parse_frame(&text) {
+                let frame = match frames::parse(&text) {
                     Ok(frame) => frame,
                     Err(reason) => break (close::BAD_FRAME, reason),
                 };
                 match frame {
-                    Frame::Ping => send(&out, &slow, json!({ "type": "pong" })),
-                    Frame::Auth { token } => match state.auth.verify(&token) {
+                    ClientFrame::Ping => push(&out, &slow, frames::PONG.to_string()),
+                    ClientFrame::Auth { token } => match state.auth.verify(&token.0) {
                         Ok(verified) if user.as_ref().is_none_or(|u| u.user_id == verified.user_id) => {
                             let first = user.is_none();
                             user = Some(verified.clone());
                             if first {
-                                send(&out, &slow, json!({ "type": "ready", "user_id": verified.user_id }));
+                                push(&out, &slow, frames::ready_frame(&verified.user_id));
                             }
                         }
                         Ok(_) => break (close::UNAUTHORIZED, "a socket cannot change user".into()),
                         Err(err) => break (close::UNAUTHORIZED, err.message),
                     },
                     _ if user.is_none() => break (close::UNAUTHORIZED, "authenticate first".into()),
-                    Frame::Send { id, conversation_id, body } => {
+                    ClientFrame::Send { id, conversation_id, body } => {
                         if active.contains_key(&id) {
                             break (close::DUPLICATE_ID, format!("request id {id} is in use"));
                         }
@@ -186,10 +185,10 @@ pub async fn serve_socket<S, R, E>(
                             continue;
                         }
                         let Some(user) = user.clone() else { continue };
-                        let task = tokio::spawn(run_send(state.clone(), user, id.clone(), conversation_id, body, out.clone(), slow.clone(), notes_tx.clone()));
+                        let task = state.tasks.spawn(run_send(state.clone(), user, id.clone(), conversation_id.0, body.0, out.clone(), slow.clone(), notes_tx.clone()));
                         active.insert(id, Active { generation: None, cancel_requested: false, task: task.abort_handle() });
                     }
-                    Frame::Subscribe { id, generation_id, after } => {
+                    ClientFrame::Subscribe { id, generation_id, after } => {
                         if active.contains_key(&id) {
                             break (close::DUPLICATE_ID, format!("request id {id} is in use"));
                         }
@@ -198,18 +197,18 @@ pub async fn serve_socket<S, R, E>(
                             continue;
                         }
                         let generation = generation_id
+                            .0
                             .parse()
                             .ok()
-                            .and_then(|gid| state.hub.get(gid))
-                            .filter(|g| user.as_ref().is_some_and(|u| u.user_id == g.user_id));
+                            .and_then(|gid| user.as_ref().and_then(|u| state.chat.generation(&u.user_id, gid)));
                         let Some(generation) = generation else {
                             send_error(&out, &slow, Some(&id), "not_found", "generation not found or expired");
                             continue;
                         };
-                        let task = tokio::spawn(follow(Arc::clone(&generation), id.clone(), after, out.clone(), slow.clone(), notes_tx.clone()));
+                        let task = state.tasks.spawn(follow(Arc::clone(&generation), id.clone(), after.unwrap_or(0), out.clone(), slow.clone(), notes_tx.clone()));
                         active.insert(id, Active { generation: Some(generation), cancel_requested: false, task: task.abort_handle() });
                     }
-                    Frame::Cancel { id } => match active.get_mut(&id) {
+                    ClientFrame::Cancel { id } => match active.get_mut(&id) {
                         Some(entry) => match &entry.generation {
                             Some(generation) => generation.cancel(CancelReason::User),
                             None => entry.cancel_requested = true,
@@ -245,6 +244,9 @@ pub async fn serve_socket<S, R, E>(
             }
             () = slow.cancelled() => {
                 break (close::SLOW_READER, "slow reader: resubscribe with after".into());
+            }
+            () = state.tasks.stopping() => {
+                break (close::GOING_AWAY, "the server is shutting down; reconnect and resubscribe".into());
             }
         }
     };
@@ -298,10 +300,6 @@ async fn write_frames<S: Sink<Message> + Unpin>(mut sink: S, mut frames: mpsc::R
 }
 
 /// Queues a frame; a full queue means the client reads too slowly, and the socket is cut off.
-fn send(out: &mpsc::Sender<Outbound>, slow: &CancellationToken, frame: Value) {
-    push(out, slow, frame.to_string());
-}
-
 fn push(out: &mpsc::Sender<Outbound>, slow: &CancellationToken, text: String) {
     if let Err(mpsc::error::TrySendError::Full(_)) = out.try_send(Outbound::Text(text)) {
         slow.cancel();
@@ -312,44 +310,46 @@ fn send_error(
     out: &mpsc::Sender<Outbound>,
     slow: &CancellationToken,
     id: Option<&str>,
-    error: &str,
+    error: &'static str,
     message: &str,
 ) {
-    send(
-        out,
-        slow,
-        json!({ "type": "error", "id": id, "error": error, "message": message }),
-    );
+    let err = Error::new(crate::error::ErrorKind::Invalid, error, message);
+    push(out, slow, frames::error_frame(id, &err));
 }
 
-/// A `send` request: the whole HTTP send path, then follows its generation.
+/// A `send` request: the chat service's send, then follows its generation.
 #[allow(clippy::too_many_arguments)]
 async fn run_send(
     state: AppState,
     user: AuthUser,
     id: String,
     conversation_id: String,
-    body: SendMessage,
+    body: SendRequest,
     out: mpsc::Sender<Outbound>,
     slow: CancellationToken,
     notes: mpsc::UnboundedSender<Note>,
 ) {
-    match start_message(&state, &user, &conversation_id, &body, false).await {
+    let started = match conversation_id.parse() {
+        Ok(conversation_id) => {
+            state
+                .chat
+                .send(&user.user_id, conversation_id, body, Attendance::Followed)
+                .await
+        }
+        Err(_) => Err(Error::not_found("conversation")),
+    };
+    match started {
         Ok(started) => {
-            send(
+            push(
                 &out,
                 &slow,
-                json!({ "type": "user_message", "id": id, "message": started.user_message }),
+                frames::user_message_frame(&id, &started.user_message),
             );
             let _ = notes.send(Note::Started(id.clone(), Arc::clone(&started.generation)));
             follow(started.generation, id, 0, out, slow, notes).await;
         }
         Err(err) => {
-            let mut frame = json!({ "type": "error", "id": id, "error": err.error, "message": err.message, "details": err.details });
-            if let Some(retry) = err.retry_after_secs {
-                frame["retry_after"] = json!(retry);
-            }
-            send(&out, &slow, frame);
+            push(&out, &slow, frames::error_frame(Some(&id), &err));
             let _ = notes.send(Note::Ended(id));
         }
     }
@@ -367,102 +367,12 @@ async fn follow(
     let id_json = Value::String(id.clone()).to_string();
     let mut events = std::pin::pin!(generation.subscribe(after));
     while let Some(event) = events.next().await {
-        push(&out, &slow, frame_of(&id_json, &event));
+        push(&out, &slow, frames::event_frame(&id_json, &event));
         if slow.is_cancelled() {
             break;
         }
     }
     let _ = notes.send(Note::Ended(id));
-}
-
-/// `{"type": <kind>, "id": <request id>, "seq": <seq>, ...event data}`, spliced without re-parsing the data.
-fn frame_of(id_json: &str, event: &GenerationEvent) -> String {
-    let body = event.data().trim();
-    let rest = body.strip_prefix('{').unwrap_or("}");
-    let separator = if rest.trim_start().starts_with('}') {
-        ""
-    } else {
-        ","
-    };
-    format!(
-        r#"{{"type":"{}","id":{id_json},"seq":{}{separator}{rest}"#,
-        event.kind.as_str(),
-        event.seq
-    )
-}
-
-/// A parsed client frame.
-enum Frame {
-    Auth {
-        token: String,
-    },
-    Send {
-        id: String,
-        conversation_id: String,
-        body: SendMessage,
-    },
-    Subscribe {
-        id: String,
-        generation_id: String,
-        after: u64,
-    },
-    Cancel {
-        id: String,
-    },
-    Ping,
-}
-
-fn parse_frame(text: &str) -> Result<Frame, String> {
-    let mut object: Map<String, Value> = match serde_json::from_str(text) {
-        Ok(Value::Object(object)) => object,
-        Ok(_) => return Err("a frame is a JSON object".into()),
-        Err(e) => return Err(format!("not JSON: {e}")),
-    };
-    let kind = object
-        .remove("type")
-        .and_then(|t| t.as_str().map(str::to_string))
-        .ok_or("missing type")?;
-    let mut string = |field: &str| -> Result<String, String> {
-        match object.remove(field) {
-            Some(Value::String(s)) if !s.is_empty() => Ok(s),
-            Some(Value::Number(n)) if field == "id" => Ok(n.to_string()),
-            _ => Err(format!("{kind}: missing {field}")),
-        }
-    };
-    match kind.as_str() {
-        "ping" => Ok(Frame::Ping),
-        "auth" => Ok(Frame::Auth {
-            token: string("token")?,
-        }),
-        "cancel" => Ok(Frame::Cancel { id: string("id")? }),
-        "subscribe" => {
-            let id = string("id")?;
-            let generation_id = string("generation_id")?;
-            let after = match object.remove("after") {
-                None | Some(Value::Null) => 0,
-                Some(v) => v
-                    .as_u64()
-                    .ok_or("subscribe: after must be a sequence number")?,
-            };
-            Ok(Frame::Subscribe {
-                id,
-                generation_id,
-                after,
-            })
-        }
-        "send" => {
-            let id = string("id")?;
-            let conversation_id = string("conversation_id")?;
-            let body: SendMessage =
-                serde_json::from_value(Value::Object(object)).map_err(|e| format!("send: {e}"))?;
-            Ok(Frame::Send {
-                id,
-                conversation_id,
-                body,
-            })
-        }
-        other => Err(format!("unknown frame type {other}")),
-    }
 }
 
 /// Frames a client may send: `rate` per second on average, `burst` at once.
@@ -501,42 +411,6 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stream::EventKind;
-
-    #[test]
-    fn frames_splice_the_event_data() {
-        let event = GenerationEvent::new(7, EventKind::Delta, r#"{"text":"hi"}"#);
-        let frame: Value = serde_json::from_str(&frame_of("\"r1\"", &event)).expect("json");
-        assert_eq!(
-            frame,
-            json!({ "type": "delta", "id": "r1", "seq": 7, "text": "hi" })
-        );
-        let empty = GenerationEvent::new(1, EventKind::Start, "{}");
-        let frame: Value = serde_json::from_str(&frame_of("\"r1\"", &empty)).expect("json");
-        assert_eq!(frame, json!({ "type": "start", "id": "r1", "seq": 1 }));
-    }
-
-    #[test]
-    fn malformed_frames_are_named() {
-        for (text, why) in [
-            ("nope", "not JSON"),
-            ("[1]", "JSON object"),
-            (r#"{"id":"1"}"#, "missing type"),
-            (r#"{"type":"send","id":"1"}"#, "missing conversation_id"),
-            (r#"{"type":"dance"}"#, "unknown frame type"),
-            (
-                r#"{"type":"send","id":"1","conversation_id":"c","content":5}"#,
-                "invalid type",
-            ),
-        ] {
-            let err = parse_frame(text).err().unwrap_or_default();
-            assert!(err.contains(why), "{text}: {err}");
-        }
-        assert!(matches!(
-            parse_frame(r#"{"type":"subscribe","id":2,"generation_id":"g","after":4}"#),
-            Ok(Frame::Subscribe { after: 4, .. })
-        ));
-    }
 
     #[test]
     fn the_bucket_refills() {

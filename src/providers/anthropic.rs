@@ -10,8 +10,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::http::{self, DecodeError, Decoder, Flow, Frame, Framing, HttpOptions, Upstream};
-use super::{ChatRequest, MediaData, Provider, ProviderEvent, ProviderStream, Role};
-use crate::usage::Usage;
+use super::{
+    ChatRequest, FinishReason, MediaData, Provider, ProviderEvent, ProviderStream, Role, Usage,
+};
 
 /// `anthropic-version` sent with every request.
 pub const API_VERSION: &str = "2023-06-01";
@@ -176,15 +177,15 @@ impl AnthropicDecoder {
     }
 }
 
-fn finish_reason(stop_reason: &str) -> String {
+/// Anthropic's `stop_reason` (Messages API, "Handling stop reasons") in common words.
+fn finish_reason(stop_reason: &str) -> FinishReason {
     match stop_reason {
-        "end_turn" | "stop_sequence" => "stop",
-        "max_tokens" => "length",
-        "tool_use" => "tool_calls",
-        "refusal" => "content_filter",
-        other => other,
+        "end_turn" | "stop_sequence" => FinishReason::Stop,
+        "max_tokens" => FinishReason::Length,
+        "tool_use" => FinishReason::ToolCalls,
+        "refusal" => FinishReason::ContentFilter,
+        other => FinishReason::from(other),
     }
-    .to_string()
 }
 
 impl Decoder for AnthropicDecoder {

@@ -11,8 +11,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::http::{self, DecodeError, Decoder, Flow, Frame, Framing, HttpOptions, Upstream};
-use super::{ChatRequest, Provider, ProviderEvent, ProviderStream, Role};
-use crate::usage::Usage;
+use super::{ChatRequest, FinishReason, Provider, ProviderEvent, ProviderStream, Role, Usage};
 
 /// The Gemini adapter.
 pub struct GeminiProvider {
@@ -126,7 +125,7 @@ impl Provider for GeminiProvider {
 /// Decodes `GenerateContentResponse` chunks; remembers the last finish reason for the end of the body.
 #[derive(Debug, Default)]
 pub struct GeminiDecoder {
-    finish_reason: Option<String>,
+    finish_reason: Option<FinishReason>,
 }
 
 #[derive(Deserialize)]
@@ -154,16 +153,16 @@ impl From<UsageMetadata> for Usage {
     }
 }
 
-fn finish_reason(reason: &str) -> String {
+/// Gemini's `finishReason` (`Candidate.FinishReason`) in common words.
+fn finish_reason(reason: &str) -> FinishReason {
     match reason {
-        "STOP" => "stop",
-        "MAX_TOKENS" => "length",
+        "STOP" => FinishReason::Stop,
+        "MAX_TOKENS" => FinishReason::Length,
         "SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII" | "IMAGE_SAFETY" => {
-            "content_filter"
+            FinishReason::ContentFilter
         }
-        other => return other.to_ascii_lowercase(),
+        other => FinishReason::from(other.to_ascii_lowercase().as_str()),
     }
-    .to_string()
 }
 
 impl Decoder for GeminiDecoder {

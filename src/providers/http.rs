@@ -428,7 +428,7 @@ mod tests {
             r#"{"error":{"message":"Incorrect API key provided: sk-abc"}}"#,
         );
         assert!(!err.to_string().contains("sk-abc"), "{err}");
-        assert_eq!(err.http_status(), 502);
+        assert_eq!(err.error_kind(), crate::error::ErrorKind::Upstream);
 
         let err = status_error(
             "anthropic",

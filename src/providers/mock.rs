@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_stream::stream;
 
-use super::{ChatRequest, Provider, ProviderEvent, ProviderStream, Role};
+use super::{ChatRequest, FinishReason, Provider, ProviderEvent, ProviderStream, Role};
 
 /// Replies with a fixed text that quotes the user's last message, one word per delta, `delay` apart.
 /// Reports no usage, so the gateway's local estimate is used (and flagged).
@@ -67,7 +67,7 @@ impl Provider for MockProvider {
                 }
                 yield Ok(ProviderEvent::TextDelta(word.to_string()));
             }
-            yield Ok(ProviderEvent::Finish("stop".to_string()));
+            yield Ok(ProviderEvent::Finish(FinishReason::Stop));
         })
     }
 }

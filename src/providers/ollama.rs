@@ -9,8 +9,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::http::{self, DecodeError, Decoder, Flow, Frame, Framing, HttpOptions, Upstream};
-use super::{ChatRequest, Provider, ProviderEvent, ProviderStream};
-use crate::usage::Usage;
+use super::{ChatRequest, FinishReason, Provider, ProviderEvent, ProviderStream, Usage};
 
 /// The Ollama adapter.
 pub struct OllamaProvider {
@@ -148,11 +147,11 @@ impl Decoder for OllamaDecoder {
             cached_tokens: None,
             reasoning_tokens: None,
         }));
-        out.push(ProviderEvent::Finish(match line.done_reason.as_deref() {
-            Some("length") => "length".to_string(),
-            Some(other) => other.to_string(),
-            None => "stop".to_string(),
-        }));
+        out.push(ProviderEvent::Finish(
+            line.done_reason
+                .as_deref()
+                .map_or(FinishReason::Stop, FinishReason::from),
+        ));
         Ok(Flow::Done)
     }
 }

@@ -10,8 +10,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::http::{self, DecodeError, Decoder, Flow, Frame, Framing, HttpOptions, Upstream};
-use super::{ChatMessage, ChatRequest, Provider, ProviderEvent, ProviderStream};
-use crate::usage::Usage;
+use super::{
+    ChatMessage, ChatRequest, FinishReason, Provider, ProviderEvent, ProviderStream, Usage,
+};
 
 /// The OpenAI-compatible adapter.
 pub struct OpenAiProvider {
@@ -154,7 +155,7 @@ impl Decoder for OpenAiDecoder {
             out.push(ProviderEvent::Usage(usage.into()));
         }
         if let Some(reason) = finish {
-            out.push(ProviderEvent::Finish(reason));
+            out.push(ProviderEvent::Finish(FinishReason::from(reason.as_str())));
         }
         Ok(Flow::Continue)
     }

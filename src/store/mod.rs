@@ -5,7 +5,6 @@
 //! microsecond precision) so both backends order and compare them the same way.
 
 mod postgres;
-mod sql;
 mod sqlite;
 
 use chrono::{DateTime, SubsecRound, Utc};
@@ -15,6 +14,7 @@ use sqlx::types::Json;
 
 pub use self::postgres::PgStore;
 pub use self::sqlite::SqliteStore;
+pub use crate::domain::{FinishReason, MessageStatus, MessageType, Role};
 pub use crate::id::Id;
 
 /// A storage failure.
@@ -32,6 +32,16 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+impl From<StoreError> for crate::error::Error {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Conflict(message) => Self::conflict(message),
+            StoreError::NotFound(what) => Self::not_found(what),
+            StoreError::Database(e) => Self::unavailable("the database is unavailable", e),
+        }
+    }
+}
 
 /// Now, truncated to microseconds (PostgreSQL's precision) so a value round-trips exactly on both backends.
 pub fn now() -> DateTime<Utc> {
@@ -122,7 +132,7 @@ pub struct ConversationSummary {
 #[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct MessagePreview {
     pub id: Id,
-    pub role: String,
+    pub role: Role,
     pub content: String,
     pub created_at: DateTime<Utc>,
 }
@@ -140,41 +150,22 @@ pub struct ConversationFilter {
     pub limit: i64,
 }
 
-/// Message role.
-pub mod role {
-    pub const USER: &str = "user";
-    pub const ASSISTANT: &str = "assistant";
-    pub const SYSTEM: &str = "system";
-}
-
-/// Message status: where its generation stands.
-pub mod status {
-    pub const STREAMING: &str = "streaming";
-    pub const COMPLETE: &str = "complete";
-    pub const CANCELLED: &str = "cancelled";
-    pub const FAILED: &str = "failed";
-    pub const INTERRUPTED: &str = "interrupted";
-}
-
 /// A message as stored, with the usage of the generation that wrote it (assistant messages).
-#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Message {
     pub id: Id,
     pub conversation_id: Id,
     pub parent_id: Option<Id>,
-    /// `user|assistant|system`.
-    pub role: String,
+    pub role: Role,
     pub content: String,
-    /// `text|multimodal|image|audio`.
-    pub message_type: String,
+    pub message_type: MessageType,
     pub media: Value,
-    /// `streaming|complete|cancelled|failed|interrupted`.
-    pub status: String,
+    pub status: MessageStatus,
     /// Model alias that answered (assistant messages).
     pub model: Option<String>,
     /// Provider name that answered (assistant messages).
     pub provider: Option<String>,
-    pub finish_reason: Option<String>,
+    pub finish_reason: Option<FinishReason>,
     pub error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -196,14 +187,14 @@ struct MessageRow {
     id: Id,
     conversation_id: Id,
     parent_id: Option<Id>,
-    role: String,
+    role: Role,
     content: String,
-    message_type: String,
+    message_type: MessageType,
     media: Json<Value>,
-    status: String,
+    status: MessageStatus,
     model: Option<String>,
     provider: Option<String>,
-    finish_reason: Option<String>,
+    finish_reason: Option<FinishReason>,
     error: Option<String>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -239,7 +230,7 @@ impl From<MessageRow> for Message {
             model_used: r.u_upstream_model,
             response_time_ms: r.u_duration_ms,
             ttft_ms: r.u_ttft_ms,
-            cost_usd: r.u_cost_nanousd.map(crate::usage::nanousd_to_usd),
+            cost_usd: r.u_cost_nanousd.map(crate::domain::nanousd_to_usd),
         }
     }
 }
@@ -251,11 +242,11 @@ impl Message {
             id: m.id,
             conversation_id: m.conversation_id,
             parent_id: m.parent_id,
-            role: m.role.to_string(),
+            role: m.role,
             content: m.content.clone(),
-            message_type: m.message_type.clone(),
+            message_type: m.message_type,
             media: m.media.clone(),
-            status: m.status.to_string(),
+            status: m.status,
             model: m.model.clone(),
             provider: m.provider.clone(),
             finish_reason: m.finish_reason.clone(),
@@ -266,12 +257,11 @@ impl Message {
             model_used: usage.map(|u| u.upstream_model.clone()),
             response_time_ms: usage.map(|u| u.duration_ms),
             ttft_ms: usage.and_then(|u| u.ttft_ms),
-            cost_usd: usage.map(|u| crate::usage::nanousd_to_usd(u.cost_nanousd)),
+            cost_usd: usage.map(|u| crate::domain::nanousd_to_usd(u.cost_nanousd)),
         }
     }
 }
 
-/// A message to insert.
 /// An uploaded file: image or audio, owned by its uploader. The bytes live in the object store under
 /// `storage_key`.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, PartialEq)]
@@ -299,19 +289,20 @@ pub fn media_ids_of(media: &Value) -> Vec<Id> {
         .collect()
 }
 
+/// A message to insert.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
     pub id: Id,
     pub conversation_id: Id,
     pub parent_id: Option<Id>,
-    pub role: &'static str,
+    pub role: Role,
     pub content: String,
-    pub message_type: String,
+    pub message_type: MessageType,
     pub media: Value,
-    pub status: &'static str,
+    pub status: MessageStatus,
     pub model: Option<String>,
     pub provider: Option<String>,
-    pub finish_reason: Option<String>,
+    pub finish_reason: Option<FinishReason>,
     pub error: Option<String>,
     pub created_at: DateTime<Utc>,
 }
@@ -503,6 +494,8 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_media(&self, media: &Media) -> StoreResult<()>;
     /// One of the caller's uploads; `None` for anyone else's.
     async fn get_media(&self, user_id: &str, id: Id) -> StoreResult<Option<Media>>;
+    /// Deletes one of the caller's media records; `false` when it is not theirs or does not exist.
+    async fn delete_media(&self, user_id: &str, id: Id) -> StoreResult<bool>;
     /// The storage keys of every media record, for the sweep that deletes files without one.
     async fn media_storage_keys(&self) -> StoreResult<Vec<String>>;
     /// Sets a generated title unless the conversation has one (a title the user set in the meantime wins);

@@ -3,10 +3,8 @@
 use std::time::Duration;
 
 use sqlx::postgres::PgPoolOptions;
-use sqlx::types::Json;
 use sqlx::{Pool, Postgres};
 
-use super::sql::*;
 use super::*;
 
 /// [`Store`] on PostgreSQL.
@@ -56,4 +54,10 @@ impl PgStore {
     }
 }
 
-impl_store!(PgStore, Postgres, "postgres");
+/// The database, store type and name the shared queries (`sql.rs`) are compiled for here.
+type Db = Postgres;
+type Backend = PgStore;
+const BACKEND: &str = "postgres";
+
+#[path = "sql.rs"]
+mod sql;

@@ -1,8 +1,17 @@
-//! The queries of [`Store`](super::Store), written once and compiled for each backend by [`impl_store!`].
+//! The queries of [`Store`](super::Store), written once as plain functions and compiled once per backend: the
+//! backend's module (`sqlite.rs`, `postgres.rs`) includes this file with `#[path]` after naming its database
+//! (`Db`), its store type (`Backend`) and its name (`BACKEND`).
 //!
 //! The SQL is the common subset of SQLite (≥ 3.35) and PostgreSQL: `$N` parameters (SQLite accepts them),
 //! `RETURNING`, row-value comparisons, `ON CONFLICT DO NOTHING`. Types that differ (ids, timestamps, JSON)
 //! are handled by their Rust encodings ([`Id`](crate::id::Id), `DateTime<Utc>`, `Json<T>`).
+
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+
+use super::{BACKEND, Backend, Db};
+use crate::domain::{MessageStatus, Role};
+use crate::store::*;
 
 macro_rules! persona_columns {
     () => {
@@ -33,6 +42,14 @@ macro_rules! message_columns {
     };
 }
 
+macro_rules! message_insert {
+    () => {
+        "INSERT INTO messages (id, conversation_id, parent_id, role, content, message_type, media, status, \
+         model, provider, finish_reason, error, created_at, updated_at, instance_id, prompt_tokens_estimate) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+    };
+}
+
 macro_rules! message_select {
     () => {
         concat!(
@@ -45,8 +62,8 @@ macro_rules! message_select {
 
 macro_rules! branch_filter {
     () => {
-        "AND ($4 OR m.role <> 'assistant' OR m.parent_id IS NULL OR NOT EXISTS \
-         (SELECT 1 FROM messages s WHERE s.parent_id = m.parent_id AND s.role = 'assistant' \
+        "AND ($4 OR m.role <> $5 OR m.parent_id IS NULL OR NOT EXISTS \
+         (SELECT 1 FROM messages s WHERE s.parent_id = m.parent_id AND s.role = $5 \
           AND (s.created_at, s.id) > (m.created_at, m.id))) "
     };
 }
@@ -71,737 +88,795 @@ macro_rules! usage_columns {
     };
 }
 
-/// Implements [`Store`](super::Store) for `$store`, a struct with a `pool: sqlx::Pool<$db>` field.
-macro_rules! impl_store {
-    ($store:ty, $db:ty, $backend:literal) => {
-        #[async_trait::async_trait]
-        impl $crate::store::Store for $store {
-            fn backend(&self) -> &'static str {
-                $backend
-            }
+#[async_trait::async_trait]
+impl Store for Backend {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
 
-            async fn migrate(&self) -> StoreResult<()> {
-                self.migrator().run(&self.pool).await.map_err(|e| StoreError::Database(e.into()))
-            }
+    async fn migrate(&self) -> StoreResult<()> {
+        self.migrator()
+            .run(&self.pool)
+            .await
+            .map_err(|e| StoreError::Database(e.into()))
+    }
 
-            async fn ping(&self) -> StoreResult<()> {
-                sqlx::query("SELECT 1").execute(&self.pool).await?;
-                Ok(())
-            }
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
 
-            async fn seed_personas(&self, personas: &[NewPersona]) -> StoreResult<u64> {
-                let mut inserted = 0;
-                let mut tx = self.pool.begin().await?;
-                for p in personas {
-                    let now = now();
-                    inserted += sqlx::query(
-                        "INSERT INTO personas (id, slug, display_name, avatar_url, description, category, relationship, \
-                         system_prompt, personality_traits, model, is_active, created_at, updated_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) ON CONFLICT (slug) DO NOTHING",
-                    )
-                    .bind(Id::new())
-                    .bind(&p.slug)
-                    .bind(&p.display_name)
-                    .bind(&p.avatar_url)
-                    .bind(&p.description)
-                    .bind(&p.category)
-                    .bind(&p.relationship)
-                    .bind(&p.system_prompt)
-                    .bind(Json(&p.personality_traits))
-                    .bind(&p.model)
-                    .bind(p.is_active)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                }
-                tx.commit().await?;
-                Ok(inserted)
-            }
+    async fn seed_personas(&self, personas: &[NewPersona]) -> StoreResult<u64> {
+        let mut inserted = 0;
+        let mut tx = self.pool.begin().await?;
+        for p in personas {
+            let now = now();
+            inserted += sqlx::query(
+                "INSERT INTO personas (id, slug, display_name, avatar_url, description, category, relationship, \
+                 system_prompt, personality_traits, model, is_active, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) ON CONFLICT (slug) DO NOTHING",
+            )
+            .bind(Id::new())
+            .bind(&p.slug)
+            .bind(&p.display_name)
+            .bind(&p.avatar_url)
+            .bind(&p.description)
+            .bind(&p.category)
+            .bind(&p.relationship)
+            .bind(&p.system_prompt)
+            .bind(Json(&p.personality_traits))
+            .bind(&p.model)
+            .bind(p.is_active)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
 
-            async fn list_personas(&self, filter: &PersonaFilter) -> StoreResult<Vec<Persona>> {
-                Ok(sqlx::query_as::<_, Persona>(concat!(
-                    "SELECT ",
-                    persona_columns!(),
-                    " FROM personas WHERE ($1 IS NULL OR category = $1) AND ($2 OR is_active) \
-                     ORDER BY display_name, id LIMIT $3 OFFSET $4"
-                ))
-                .bind(&filter.category)
-                .bind(filter.include_inactive)
-                .bind(filter.limit)
-                .bind(filter.offset)
-                .fetch_all(&self.pool)
-                .await?)
-            }
+    async fn list_personas(&self, filter: &PersonaFilter) -> StoreResult<Vec<Persona>> {
+        Ok(sqlx::query_as::<_, Persona>(concat!(
+            "SELECT ",
+            persona_columns!(),
+            " FROM personas WHERE ($1 IS NULL OR category = $1) AND ($2 OR is_active) \
+             ORDER BY display_name, id LIMIT $3 OFFSET $4"
+        ))
+        .bind(&filter.category)
+        .bind(filter.include_inactive)
+        .bind(filter.limit)
+        .bind(filter.offset)
+        .fetch_all(&self.pool)
+        .await?)
+    }
 
-            async fn get_persona(&self, id: Id) -> StoreResult<Option<Persona>> {
-                Ok(sqlx::query_as::<_, Persona>(concat!("SELECT ", persona_columns!(), " FROM personas WHERE id = $1"))
-                    .bind(id)
-                    .fetch_optional(&self.pool)
-                    .await?)
-            }
+    async fn get_persona(&self, id: Id) -> StoreResult<Option<Persona>> {
+        Ok(sqlx::query_as::<_, Persona>(concat!(
+            "SELECT ",
+            persona_columns!(),
+            " FROM personas WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
 
-            async fn create_persona(&self, p: &NewPersona) -> StoreResult<Persona> {
-                let now = now();
-                sqlx::query_as::<_, Persona>(concat!(
-                    "INSERT INTO personas (id, slug, display_name, avatar_url, description, category, relationship, \
-                     system_prompt, personality_traits, model, is_active, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) RETURNING ",
-                    persona_columns!()
-                ))
-                .bind(Id::new())
-                .bind(&p.slug)
-                .bind(&p.display_name)
-                .bind(&p.avatar_url)
-                .bind(&p.description)
-                .bind(&p.category)
-                .bind(&p.relationship)
-                .bind(&p.system_prompt)
-                .bind(Json(&p.personality_traits))
-                .bind(&p.model)
-                .bind(p.is_active)
-                .bind(now)
+    async fn create_persona(&self, p: &NewPersona) -> StoreResult<Persona> {
+        let now = now();
+        sqlx::query_as::<_, Persona>(concat!(
+            "INSERT INTO personas (id, slug, display_name, avatar_url, description, category, relationship, \
+             system_prompt, personality_traits, model, is_active, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) RETURNING ",
+            persona_columns!()
+        ))
+        .bind(Id::new())
+        .bind(&p.slug)
+        .bind(&p.display_name)
+        .bind(&p.avatar_url)
+        .bind(&p.description)
+        .bind(&p.category)
+        .bind(&p.relationship)
+        .bind(&p.system_prompt)
+        .bind(Json(&p.personality_traits))
+        .bind(&p.model)
+        .bind(p.is_active)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| map_write_error(e, "a persona with this slug"))
+    }
+
+    async fn update_persona(&self, id: Id, p: &NewPersona) -> StoreResult<Option<Persona>> {
+        sqlx::query_as::<_, Persona>(concat!(
+            "UPDATE personas SET slug = $2, display_name = $3, avatar_url = $4, description = $5, category = $6, \
+             relationship = $7, system_prompt = $8, personality_traits = $9, model = $10, is_active = $11, \
+             updated_at = $12 WHERE id = $1 RETURNING ",
+            persona_columns!()
+        ))
+        .bind(id)
+        .bind(&p.slug)
+        .bind(&p.display_name)
+        .bind(&p.avatar_url)
+        .bind(&p.description)
+        .bind(&p.category)
+        .bind(&p.relationship)
+        .bind(&p.system_prompt)
+        .bind(Json(&p.personality_traits))
+        .bind(&p.model)
+        .bind(p.is_active)
+        .bind(now())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| map_write_error(e, "a persona with this slug"))
+    }
+
+    async fn delete_persona(&self, id: Id) -> StoreResult<bool> {
+        let in_use: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM conversations WHERE persona_id = $1")
+                .bind(id)
                 .fetch_one(&self.pool)
-                .await
-                .map_err(|e| map_write_error(e, "a persona with this slug"))
-            }
-
-            async fn update_persona(&self, id: Id, p: &NewPersona) -> StoreResult<Option<Persona>> {
-                sqlx::query_as::<_, Persona>(concat!(
-                    "UPDATE personas SET slug = $2, display_name = $3, avatar_url = $4, description = $5, category = $6, \
-                     relationship = $7, system_prompt = $8, personality_traits = $9, model = $10, is_active = $11, \
-                     updated_at = $12 WHERE id = $1 RETURNING ",
-                    persona_columns!()
-                ))
-                .bind(id)
-                .bind(&p.slug)
-                .bind(&p.display_name)
-                .bind(&p.avatar_url)
-                .bind(&p.description)
-                .bind(&p.category)
-                .bind(&p.relationship)
-                .bind(&p.system_prompt)
-                .bind(Json(&p.personality_traits))
-                .bind(&p.model)
-                .bind(p.is_active)
-                .bind(now())
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(|e| map_write_error(e, "a persona with this slug"))
-            }
-
-            async fn delete_persona(&self, id: Id) -> StoreResult<bool> {
-                let in_use: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM conversations WHERE persona_id = $1")
-                    .bind(id)
-                    .fetch_one(&self.pool)
-                    .await?;
-                if in_use > 0 {
-                    return Err(StoreError::Conflict(format!(
-                        "the persona has {in_use} conversation(s); set is_active = false to retire it instead"
-                    )));
-                }
-                let result = sqlx::query("DELETE FROM personas WHERE id = $1")
-                    .bind(id)
-                    .execute(&self.pool)
-                    .await
-                    .map_err(|e| map_write_error(e, "the persona"))?;
-                Ok(result.rows_affected() > 0)
-            }
-
-            async fn create_conversation(
-                &self,
-                user_id: &str,
-                persona_id: Id,
-                title: Option<&str>,
-            ) -> StoreResult<Conversation> {
-                let now = now();
-                sqlx::query_as::<_, Conversation>(concat!(
-                    "INSERT INTO conversations (id, user_id, persona_id, title, archived, created_at, updated_at, \
-                     last_message_at) VALUES ($1, $2, $3, $4, $5, $6, $6, $6) RETURNING ",
-                    conversation_returning!()
-                ))
-                .bind(Id::new())
-                .bind(user_id)
-                .bind(persona_id)
-                .bind(title)
-                .bind(false)
-                .bind(now)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(|e| map_write_error(e, "the conversation"))
-            }
-
-            async fn latest_conversation(&self, user_id: &str, persona_id: Id) -> StoreResult<Option<Conversation>> {
-                Ok(sqlx::query_as::<_, Conversation>(concat!(
-                    "SELECT ",
-                    conversation_columns!(),
-                    " FROM conversations c WHERE c.user_id = $1 AND c.persona_id = $2 AND NOT c.archived \
-                     ORDER BY c.last_message_at DESC, c.id DESC LIMIT 1"
-                ))
-                .bind(user_id)
-                .bind(persona_id)
-                .fetch_optional(&self.pool)
-                .await?)
-            }
-
-            async fn list_conversations(
-                &self,
-                user_id: &str,
-                filter: &ConversationFilter,
-            ) -> StoreResult<Vec<ConversationSummary>> {
-                #[derive(sqlx::FromRow)]
-                struct Row {
-                    #[sqlx(flatten)]
-                    conversation: Conversation,
-                    lm_id: Option<Id>,
-                    lm_role: Option<String>,
-                    lm_content: Option<String>,
-                    lm_created_at: Option<chrono::DateTime<chrono::Utc>>,
-                }
-                let (after_at, after_id) = filter.after.map_or((None, None), |(at, id)| (Some(at), Some(id)));
-                let rows = sqlx::query_as::<_, Row>(concat!(
-                    "SELECT ",
-                    conversation_columns!(),
-                    ", lm.id AS lm_id, lm.role AS lm_role, SUBSTR(lm.content, 1, 161) AS lm_content, \
-                     lm.created_at AS lm_created_at \
-                     FROM conversations c \
-                     LEFT JOIN messages lm ON lm.id = (SELECT m.id FROM messages m WHERE m.conversation_id = c.id \
-                       ORDER BY m.created_at DESC, m.id DESC LIMIT 1) \
-                     WHERE c.user_id = $1 AND ($2 IS NULL OR c.persona_id = $2) AND ($3 IS NULL OR c.archived = $3) \
-                       AND ($4 IS NULL OR (c.last_message_at, c.id) < ($4, $5)) \
-                     ORDER BY c.last_message_at DESC, c.id DESC LIMIT $6"
-                ))
-                .bind(user_id)
-                .bind(filter.persona_id)
-                .bind(filter.archived)
-                .bind(after_at)
-                .bind(after_id)
-                .bind(filter.limit)
-                .fetch_all(&self.pool)
                 .await?;
-                Ok(rows
-                    .into_iter()
-                    .map(|r| ConversationSummary {
-                        conversation: r.conversation,
-                        last_message: match (r.lm_id, r.lm_role, r.lm_content, r.lm_created_at) {
-                            (Some(id), Some(role), Some(content), Some(created_at)) => {
-                                Some(MessagePreview { id, role, content: preview(&content), created_at })
-                            }
-                            _ => None,
-                        },
-                    })
-                    .collect())
-            }
+        if in_use > 0 {
+            return Err(StoreError::Conflict(format!(
+                "the persona has {in_use} conversation(s); set is_active = false to retire it instead"
+            )));
+        }
+        let result = sqlx::query("DELETE FROM personas WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| map_write_error(e, "the persona"))?;
+        Ok(result.rows_affected() > 0)
+    }
 
-            async fn get_conversation(&self, user_id: &str, id: Id) -> StoreResult<Option<Conversation>> {
-                Ok(sqlx::query_as::<_, Conversation>(concat!(
-                    "SELECT ",
-                    conversation_columns!(),
-                    " FROM conversations c WHERE c.id = $1 AND c.user_id = $2"
-                ))
-                .bind(id)
-                .bind(user_id)
-                .fetch_optional(&self.pool)
-                .await?)
-            }
+    async fn create_conversation(
+        &self,
+        user_id: &str,
+        persona_id: Id,
+        title: Option<&str>,
+    ) -> StoreResult<Conversation> {
+        let now = now();
+        sqlx::query_as::<_, Conversation>(concat!(
+            "INSERT INTO conversations (id, user_id, persona_id, title, archived, created_at, updated_at, \
+             last_message_at) VALUES ($1, $2, $3, $4, $5, $6, $6, $6) RETURNING ",
+            conversation_returning!()
+        ))
+        .bind(Id::new())
+        .bind(user_id)
+        .bind(persona_id)
+        .bind(title)
+        .bind(false)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| map_write_error(e, "the conversation"))
+    }
 
-            async fn update_conversation(
-                &self,
-                user_id: &str,
-                id: Id,
-                title: Option<Option<&str>>,
-                archived: Option<bool>,
-            ) -> StoreResult<Option<Conversation>> {
-                Ok(sqlx::query_as::<_, Conversation>(concat!(
-                    "UPDATE conversations SET title = CASE WHEN $3 THEN $4 ELSE title END, \
-                     archived = COALESCE($5, archived), updated_at = $6 WHERE id = $1 AND user_id = $2 RETURNING ",
-                    conversation_returning!()
-                ))
-                .bind(id)
-                .bind(user_id)
-                .bind(title.is_some())
-                .bind(title.flatten())
-                .bind(archived)
-                .bind(now())
-                .fetch_optional(&self.pool)
-                .await?)
-            }
+    async fn latest_conversation(
+        &self,
+        user_id: &str,
+        persona_id: Id,
+    ) -> StoreResult<Option<Conversation>> {
+        Ok(sqlx::query_as::<_, Conversation>(concat!(
+            "SELECT ",
+            conversation_columns!(),
+            " FROM conversations c WHERE c.user_id = $1 AND c.persona_id = $2 AND NOT c.archived \
+             ORDER BY c.last_message_at DESC, c.id DESC LIMIT 1"
+        ))
+        .bind(user_id)
+        .bind(persona_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
 
-            async fn title_if_untitled(
-                &self,
-                user_id: &str,
-                id: Id,
-                title: &str,
-            ) -> StoreResult<Option<Conversation>> {
-                Ok(sqlx::query_as::<_, Conversation>(concat!(
-                    "UPDATE conversations SET title = $3, updated_at = $4 \
-                     WHERE id = $1 AND user_id = $2 AND title IS NULL RETURNING ",
-                    conversation_returning!()
-                ))
-                .bind(id)
-                .bind(user_id)
-                .bind(title)
-                .bind(now())
-                .fetch_optional(&self.pool)
-                .await?)
-            }
-
-            async fn delete_conversation(&self, user_id: &str, id: Id) -> StoreResult<bool> {
-                let mut tx = self.pool.begin().await?;
-                // The media its messages used, unless a message of another conversation uses them too.
-                sqlx::query(
-                    "DELETE FROM media WHERE user_id = $2 AND id IN (\
-                       SELECT mm.media_id FROM message_media mm JOIN messages m ON m.id = mm.message_id \
-                       JOIN conversations c ON c.id = m.conversation_id \
-                       WHERE m.conversation_id = $1 AND c.user_id = $2) \
-                     AND id NOT IN (\
-                       SELECT mm.media_id FROM message_media mm JOIN messages m ON m.id = mm.message_id \
-                       WHERE m.conversation_id <> $1)",
-                )
-                .bind(id)
-                .bind(user_id)
-                .execute(&mut *tx)
-                .await?;
-                let result = sqlx::query("DELETE FROM conversations WHERE id = $1 AND user_id = $2")
-                    .bind(id)
-                    .bind(user_id)
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                Ok(result.rows_affected() > 0)
-            }
-
-            async fn insert_message(&self, m: &NewMessage) -> StoreResult<Message> {
-                let media_ids = crate::store::media_ids_of(&m.media);
-                if media_ids.is_empty() {
-                    // One statement: a trigger marks the conversation active (migration 0004).
-                    let mut conn = self.pool.acquire().await?;
-                    insert_message_row(&mut *conn, m).await?;
-                } else {
-                    let mut tx = self.pool.begin().await?;
-                    insert_message_row(&mut *tx, m).await?;
-                    for media_id in media_ids {
-                        sqlx::query("INSERT INTO message_media (message_id, media_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-                            .bind(m.id)
-                            .bind(media_id)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(|e| map_write_error(e, "the message's media"))?;
+    async fn list_conversations(
+        &self,
+        user_id: &str,
+        filter: &ConversationFilter,
+    ) -> StoreResult<Vec<ConversationSummary>> {
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            #[sqlx(flatten)]
+            conversation: Conversation,
+            lm_id: Option<Id>,
+            lm_role: Option<Role>,
+            lm_content: Option<String>,
+            lm_created_at: Option<chrono::DateTime<chrono::Utc>>,
+        }
+        let (after_at, after_id) = filter
+            .after
+            .map_or((None, None), |(at, id)| (Some(at), Some(id)));
+        let rows = sqlx::query_as::<_, Row>(concat!(
+            "SELECT ",
+            conversation_columns!(),
+            ", lm.id AS lm_id, lm.role AS lm_role, SUBSTR(lm.content, 1, 161) AS lm_content, \
+             lm.created_at AS lm_created_at \
+             FROM conversations c \
+             LEFT JOIN messages lm ON lm.id = (SELECT m.id FROM messages m WHERE m.conversation_id = c.id \
+               ORDER BY m.created_at DESC, m.id DESC LIMIT 1) \
+             WHERE c.user_id = $1 AND ($2 IS NULL OR c.persona_id = $2) AND ($3 IS NULL OR c.archived = $3) \
+               AND ($4 IS NULL OR (c.last_message_at, c.id) < ($4, $5)) \
+             ORDER BY c.last_message_at DESC, c.id DESC LIMIT $6"
+        ))
+        .bind(user_id)
+        .bind(filter.persona_id)
+        .bind(filter.archived)
+        .bind(after_at)
+        .bind(after_id)
+        .bind(filter.limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| ConversationSummary {
+                conversation: r.conversation,
+                last_message: match (r.lm_id, r.lm_role, r.lm_content, r.lm_created_at) {
+                    (Some(id), Some(role), Some(content), Some(created_at)) => {
+                        Some(MessagePreview {
+                            id,
+                            role,
+                            content: preview(&content),
+                            created_at,
+                        })
                     }
-                    tx.commit().await?;
-                }
-                Ok(Message::from_new(m, None))
-            }
+                    _ => None,
+                },
+            })
+            .collect())
+    }
 
-            async fn insert_media(&self, media: &Media) -> StoreResult<()> {
-                sqlx::query(
-                    "INSERT INTO media (id, user_id, content_type, size_bytes, sha256, storage_key, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
-                .bind(media.id)
-                .bind(&media.user_id)
-                .bind(&media.content_type)
-                .bind(media.size_bytes)
-                .bind(&media.sha256)
-                .bind(&media.storage_key)
-                .bind(media.created_at)
-                .execute(&self.pool)
-                .await
-                .map_err(|e| map_write_error(e, "the media"))?;
-                Ok(())
-            }
+    async fn get_conversation(&self, user_id: &str, id: Id) -> StoreResult<Option<Conversation>> {
+        Ok(sqlx::query_as::<_, Conversation>(concat!(
+            "SELECT ",
+            conversation_columns!(),
+            " FROM conversations c WHERE c.id = $1 AND c.user_id = $2"
+        ))
+        .bind(id)
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
 
-            async fn get_media(&self, user_id: &str, id: Id) -> StoreResult<Option<Media>> {
-                Ok(sqlx::query_as::<_, Media>(
-                    "SELECT id, user_id, content_type, size_bytes, sha256, storage_key, created_at \
-                     FROM media WHERE id = $1 AND user_id = $2",
-                )
-                .bind(id)
-                .bind(user_id)
-                .fetch_optional(&self.pool)
-                .await?)
-            }
+    async fn update_conversation(
+        &self,
+        user_id: &str,
+        id: Id,
+        title: Option<Option<&str>>,
+        archived: Option<bool>,
+    ) -> StoreResult<Option<Conversation>> {
+        Ok(sqlx::query_as::<_, Conversation>(concat!(
+            "UPDATE conversations SET title = CASE WHEN $3 THEN $4 ELSE title END, \
+             archived = COALESCE($5, archived), updated_at = $6 WHERE id = $1 AND user_id = $2 RETURNING ",
+            conversation_returning!()
+        ))
+        .bind(id)
+        .bind(user_id)
+        .bind(title.is_some())
+        .bind(title.flatten())
+        .bind(archived)
+        .bind(now())
+        .fetch_optional(&self.pool)
+        .await?)
+    }
 
-            async fn media_storage_keys(&self) -> StoreResult<Vec<String>> {
-                Ok(sqlx::query_scalar::<_, String>("SELECT storage_key FROM media")
-                    .fetch_all(&self.pool)
-                    .await?)
-            }
+    async fn title_if_untitled(
+        &self,
+        user_id: &str,
+        id: Id,
+        title: &str,
+    ) -> StoreResult<Option<Conversation>> {
+        Ok(sqlx::query_as::<_, Conversation>(concat!(
+            "UPDATE conversations SET title = $3, updated_at = $4 \
+             WHERE id = $1 AND user_id = $2 AND title IS NULL RETURNING ",
+            conversation_returning!()
+        ))
+        .bind(id)
+        .bind(user_id)
+        .bind(title)
+        .bind(now())
+        .fetch_optional(&self.pool)
+        .await?)
+    }
 
-            async fn get_message(&self, user_id: &str, id: Id) -> StoreResult<Option<Message>> {
-                let row = sqlx::query_as::<_, MessageRow>(concat!(
-                    message_select!(),
-                    "JOIN conversations c ON c.id = m.conversation_id WHERE m.id = $1 AND c.user_id = $2"
-                ))
-                .bind(id)
-                .bind(user_id)
-                .fetch_optional(&self.pool)
-                .await?;
-                Ok(row.map(Message::from))
-            }
+    async fn delete_conversation(&self, user_id: &str, id: Id) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        // The media its messages used, unless a message of another conversation uses them too.
+        sqlx::query(
+            "DELETE FROM media WHERE user_id = $2 AND id IN (\
+               SELECT mm.media_id FROM message_media mm JOIN messages m ON m.id = mm.message_id \
+               JOIN conversations c ON c.id = m.conversation_id \
+               WHERE m.conversation_id = $1 AND c.user_id = $2) \
+             AND id NOT IN (\
+               SELECT mm.media_id FROM message_media mm JOIN messages m ON m.id = mm.message_id \
+               WHERE m.conversation_id <> $1)",
+        )
+        .bind(id)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+        let result = sqlx::query("DELETE FROM conversations WHERE id = $1 AND user_id = $2")
+            .bind(id)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(result.rows_affected() > 0)
+    }
 
-            async fn list_messages(
-                &self,
-                conversation_id: Id,
-                page: HistoryPage,
-                limit: i64,
-                ascending: bool,
-                all_branches: bool,
-            ) -> StoreResult<Vec<Message>> {
-                let query = match (page, ascending) {
-                    (HistoryPage::Offset(_), true) => sqlx::query_as::<_, MessageRow>(concat!(
-                        message_select!(),
-                        "WHERE m.conversation_id = $1 ",
-                        branch_filter!(),
-                        "ORDER BY m.created_at ASC, m.id ASC LIMIT $2 OFFSET $3"
-                    )),
-                    (HistoryPage::Offset(_), false) => sqlx::query_as::<_, MessageRow>(concat!(
-                        message_select!(),
-                        "WHERE m.conversation_id = $1 ",
-                        branch_filter!(),
-                        "ORDER BY m.created_at DESC, m.id DESC LIMIT $2 OFFSET $3"
-                    )),
-                    (HistoryPage::Before(_), _) => sqlx::query_as::<_, MessageRow>(concat!(
-                        message_select!(),
-                        "WHERE m.conversation_id = $1 AND (m.created_at, m.id) < \
-                         (SELECT x.created_at, x.id FROM messages x WHERE x.id = $3 AND x.conversation_id = $1) ",
-                        branch_filter!(),
-                        "ORDER BY m.created_at DESC, m.id DESC LIMIT $2"
-                    )),
-                    (HistoryPage::After(_), _) => sqlx::query_as::<_, MessageRow>(concat!(
-                        message_select!(),
-                        "WHERE m.conversation_id = $1 AND (m.created_at, m.id) > \
-                         (SELECT x.created_at, x.id FROM messages x WHERE x.id = $3 AND x.conversation_id = $1) ",
-                        branch_filter!(),
-                        "ORDER BY m.created_at ASC, m.id ASC LIMIT $2"
-                    )),
-                };
-                let query = query.bind(conversation_id).bind(limit);
-                let query = match page {
-                    HistoryPage::Offset(offset) => query.bind(offset),
-                    HistoryPage::Before(id) | HistoryPage::After(id) => query.bind(id),
-                };
-                let query = query.bind(all_branches);
-                let mut messages: Vec<Message> =
-                    query.fetch_all(&self.pool).await?.into_iter().map(Message::from).collect();
-                // Keyset pages are read walking away from the cursor; present them in the order asked for.
-                let read_ascending = match page {
-                    HistoryPage::Offset(_) => ascending,
-                    HistoryPage::Before(_) => false,
-                    HistoryPage::After(_) => true,
-                };
-                if read_ascending != ascending {
-                    messages.reverse();
-                }
-                Ok(messages)
-            }
-
-            async fn delete_message(&self, user_id: &str, id: Id) -> StoreResult<bool> {
-                let result = sqlx::query(
-                    "DELETE FROM messages WHERE id = $1 AND conversation_id IN \
-                     (SELECT id FROM conversations WHERE user_id = $2)",
-                )
-                .bind(id)
-                .bind(user_id)
-                .execute(&self.pool)
-                .await?;
-                Ok(result.rows_affected() > 0)
-            }
-
-            async fn checkpoint_messages(&self, rows: &[Checkpoint], instance_id: &str) -> StoreResult<()> {
-                let mut tx = self.background.begin().await?;
-                let now = now();
-                for row in rows {
-                    let m = &row.message;
-                    sqlx::query(
-                        "INSERT INTO messages (id, conversation_id, parent_id, role, content, message_type, media, status, \
-                         model, provider, finish_reason, error, created_at, updated_at, instance_id, prompt_tokens_estimate) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, $11, $12, $13, $14) \
-                         ON CONFLICT (id) DO UPDATE SET content = excluded.content, updated_at = excluded.updated_at \
-                         WHERE messages.status = 'streaming'",
-                    )
+    async fn insert_message(&self, m: &NewMessage) -> StoreResult<Message> {
+        let media_ids = crate::store::media_ids_of(&m.media);
+        if media_ids.is_empty() {
+            // One statement: a trigger marks the conversation active (migration 0004).
+            let mut conn = self.pool.acquire().await?;
+            write_message(&mut conn, m, m.created_at, None, OnConflict::Fail).await?;
+        } else {
+            let mut tx = self.pool.begin().await?;
+            write_message(&mut tx, m, m.created_at, None, OnConflict::Fail).await?;
+            for media_id in media_ids {
+                sqlx::query("INSERT INTO message_media (message_id, media_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
                     .bind(m.id)
-                    .bind(m.conversation_id)
-                    .bind(m.parent_id)
-                    .bind(m.role)
-                    .bind(&m.content)
-                    .bind(&m.message_type)
-                    .bind(Json(&m.media))
-                    .bind(status::STREAMING)
-                    .bind(&m.model)
-                    .bind(&m.provider)
-                    .bind(m.created_at)
-                    .bind(now)
-                    .bind(instance_id)
-                    .bind(row.prompt_tokens_estimate)
+                    .bind(media_id)
                     .execute(&mut *tx)
                     .await
-                    .map_err(|e| map_write_error(e, "the message"))?;
-                }
-                tx.commit().await?;
-                Ok(())
+                    .map_err(|e| map_write_error(e, "the message's media"))?;
             }
-
-            async fn save_generation(&self, m: &NewMessage, u: &UsageRecord) -> StoreResult<Message> {
-                let mut tx = self.background.begin().await?;
-                let updated_at = now();
-                sqlx::query(
-                    "INSERT INTO messages (id, conversation_id, parent_id, role, content, message_type, media, status, \
-                     model, provider, finish_reason, error, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-                     ON CONFLICT (id) DO UPDATE SET content = excluded.content, status = excluded.status, \
-                     model = excluded.model, provider = excluded.provider, finish_reason = excluded.finish_reason, \
-                     error = excluded.error, updated_at = excluded.updated_at",
-                )
-                .bind(m.id)
-                .bind(m.conversation_id)
-                .bind(m.parent_id)
-                .bind(m.role)
-                .bind(&m.content)
-                .bind(&m.message_type)
-                .bind(Json(&m.media))
-                .bind(m.status)
-                .bind(&m.model)
-                .bind(&m.provider)
-                .bind(&m.finish_reason)
-                .bind(&m.error)
-                .bind(m.created_at)
-                .bind(updated_at)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| map_write_error(e, "the message"))?;
-                insert_usage(&mut *tx, u).await?;
-                tx.commit().await?;
-                let mut saved = Message::from_new(m, Some(u));
-                saved.updated_at = updated_at;
-                Ok(saved)
-            }
-
-            async fn stale_replies(
-                &self,
-                instance_id: &str,
-                stale_before: chrono::DateTime<chrono::Utc>,
-            ) -> StoreResult<Vec<StaleReply>> {
-                let rows = sqlx::query_as::<_, StaleRow>(concat!(
-                    "SELECT ",
-                    message_columns!(),
-                    ", c.user_id AS c_user_id, c.persona_id AS c_persona_id, m.prompt_tokens_estimate ",
-                    "FROM messages m LEFT JOIN usage_records u ON u.message_id = m.id ",
-                    "JOIN conversations c ON c.id = m.conversation_id ",
-                    "WHERE m.status = 'streaming' AND (m.instance_id = $1 OR m.updated_at < $2)"
-                ))
-                .bind(instance_id)
-                .bind(stale_before)
-                .fetch_all(&self.background)
-                .await?;
-                Ok(rows
-                    .into_iter()
-                    .map(|r| StaleReply {
-                        message: r.message.into(),
-                        user_id: r.c_user_id,
-                        persona_id: r.c_persona_id,
-                        prompt_tokens_estimate: r.prompt_tokens_estimate,
-                    })
-                    .collect())
-            }
-
-            async fn interrupt_reply(&self, m: &NewMessage, u: &UsageRecord) -> StoreResult<bool> {
-                let mut tx = self.background.begin().await?;
-                let updated = sqlx::query(
-                    "UPDATE messages SET status = $2, finish_reason = $3, error = $4, updated_at = $5 \
-                     WHERE id = $1 AND status = 'streaming'",
-                )
-                .bind(m.id)
-                .bind(m.status)
-                .bind(&m.finish_reason)
-                .bind(&m.error)
-                .bind(now())
-                .execute(&mut *tx)
-                .await?;
-                if updated.rows_affected() == 0 {
-                    return Ok(false);
-                }
-                insert_usage(&mut *tx, u).await?;
-                tx.commit().await?;
-                Ok(true)
-            }
-
-            async fn record_usage(&self, u: &UsageRecord) -> StoreResult<()> {
-                let mut tx = self.background.begin().await?;
-                insert_usage(&mut *tx, u).await?;
-                tx.commit().await?;
-                Ok(())
-            }
-
-            async fn usage_buckets(&self, q: &UsageQuery) -> StoreResult<Vec<UsageBucket>> {
-                // One statement per shape: a `($1 IS NULL OR user_id = $1)` filter would keep both SQLite and
-                // PostgreSQL from using the (user_id, day, ...) key.
-                macro_rules! buckets {
-                    ($key:literal, $filter:literal) => {
-                        sqlx::query_as::<_, UsageBucket>(concat!(
-                            "SELECT ", $key, " AS key, ", usage_sums!(), " FROM usage_daily WHERE ", $filter,
-                            " GROUP BY ", $key, " ORDER BY ", $key
-                        ))
-                    };
-                }
-                let query = match (q.group_by, q.user_id.is_some()) {
-                    (UsageGroup::Day, true) => buckets!("day", "user_id = $1 AND day >= $2 AND day <= $3"),
-                    (UsageGroup::Model, true) => buckets!("model", "user_id = $1 AND day >= $2 AND day <= $3"),
-                    (UsageGroup::Persona, true) => buckets!("persona_id", "user_id = $1 AND day >= $2 AND day <= $3"),
-                    (UsageGroup::User, true) => buckets!("user_id", "user_id = $1 AND day >= $2 AND day <= $3"),
-                    (UsageGroup::Day, false) => buckets!("day", "$1 IS NULL AND day >= $2 AND day <= $3"),
-                    (UsageGroup::Model, false) => buckets!("model", "$1 IS NULL AND day >= $2 AND day <= $3"),
-                    (UsageGroup::Persona, false) => buckets!("persona_id", "$1 IS NULL AND day >= $2 AND day <= $3"),
-                    (UsageGroup::User, false) => buckets!("user_id", "$1 IS NULL AND day >= $2 AND day <= $3"),
-                };
-                Ok(query.bind(&q.user_id).bind(&q.from_day).bind(&q.to_day).fetch_all(&self.pool).await?)
-            }
-
-            async fn usage_stamp(
-                &self,
-                user_id: Option<&str>,
-            ) -> StoreResult<(Option<chrono::DateTime<chrono::Utc>>, i64)> {
-                let query = match user_id {
-                    Some(_) => sqlx::query_as("SELECT MAX(updated_at), COUNT(*) FROM usage_daily WHERE user_id = $1"),
-                    None => sqlx::query_as("SELECT MAX(updated_at), COUNT(*) FROM usage_daily WHERE $1 IS NULL"),
-                };
-                Ok(query.bind(user_id).fetch_one(&self.pool).await?)
-            }
-
-            async fn usage_summary(&self, user_id: &str) -> StoreResult<UsageSummary> {
-                let total_conversations: i64 =
-                    sqlx::query_scalar("SELECT COUNT(*) FROM conversations WHERE user_id = $1")
-                        .bind(user_id)
-                        .fetch_one(&self.pool)
-                        .await?;
-                let total_messages: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM messages m JOIN conversations c ON c.id = m.conversation_id WHERE c.user_id = $1",
-                )
-                .bind(user_id)
-                .fetch_one(&self.pool)
-                .await?;
-                let (total_tokens, cost_nanousd): (i64, i64) = sqlx::query_as(
-                    "SELECT COALESCE(CAST(SUM(prompt_tokens + completion_tokens) AS BIGINT), 0), \
-                     COALESCE(CAST(SUM(cost_nanousd) AS BIGINT), 0) FROM usage_daily WHERE user_id = $1",
-                )
-                .bind(user_id)
-                .fetch_one(&self.pool)
-                .await?;
-                Ok(UsageSummary { total_conversations, total_messages, total_tokens, cost_nanousd })
-            }
-
-            async fn usage_since(&self, user_id: &str, from_day: &str) -> StoreResult<(i64, i64)> {
-                Ok(sqlx::query_as(
-                    "SELECT COALESCE(CAST(SUM(prompt_tokens + completion_tokens) AS BIGINT), 0), \
-                     COALESCE(CAST(SUM(cost_nanousd) AS BIGINT), 0) FROM usage_daily WHERE user_id = $1 AND day >= $2",
-                )
-                .bind(user_id)
-                .bind(from_day)
-                .fetch_one(&self.pool)
-                .await?)
-            }
-
-            async fn usage_for_message(&self, message_id: Id) -> StoreResult<Vec<UsageRecord>> {
-                Ok(sqlx::query_as::<_, UsageRecord>(concat!(
-                    "SELECT ",
-                    usage_columns!(),
-                    " FROM usage_records WHERE message_id = $1 ORDER BY created_at"
-                ))
-                .bind(message_id)
-                .fetch_all(&self.pool)
-                .await?)
-            }
+            tx.commit().await?;
         }
+        Ok(Message::from_new(m, None))
+    }
 
-        async fn insert_message_row(
-            conn: &mut <$db as sqlx::Database>::Connection,
-            m: &NewMessage,
-        ) -> StoreResult<()> {
-            sqlx::query(
-                "INSERT INTO messages (id, conversation_id, parent_id, role, content, message_type, media, status, \
-                 model, provider, finish_reason, error, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)",
-            )
-            .bind(m.id)
-            .bind(m.conversation_id)
-            .bind(m.parent_id)
-            .bind(m.role)
-            .bind(&m.content)
-            .bind(&m.message_type)
-            .bind(Json(&m.media))
-            .bind(m.status)
-            .bind(&m.model)
-            .bind(&m.provider)
-            .bind(&m.finish_reason)
-            .bind(&m.error)
-            .bind(m.created_at)
-            .execute(conn)
-            .await
-            .map_err(|e| map_write_error(e, "the message"))?;
-            Ok(())
-        }
+    async fn insert_media(&self, media: &Media) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO media (id, user_id, content_type, size_bytes, sha256, storage_key, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(media.id)
+        .bind(&media.user_id)
+        .bind(&media.content_type)
+        .bind(media.size_bytes)
+        .bind(&media.sha256)
+        .bind(&media.storage_key)
+        .bind(media.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| map_write_error(e, "the media"))?;
+        Ok(())
+    }
 
-        /// Writes a usage record and adds it to the daily rollup, inside the caller's transaction.
-        async fn insert_usage(conn: &mut <$db as sqlx::Database>::Connection, u: &UsageRecord) -> StoreResult<()> {
-            sqlx::query(concat!(
-                "INSERT INTO usage_records (",
-                usage_columns!(),
-                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
-            ))
-            .bind(u.id)
-            .bind(&u.user_id)
-            .bind(u.conversation_id)
-            .bind(u.message_id)
-            .bind(u.persona_id)
-            .bind(&u.model)
-            .bind(&u.upstream_model)
-            .bind(&u.provider)
-            .bind(u.prompt_tokens)
-            .bind(u.completion_tokens)
-            .bind(u.cached_tokens)
-            .bind(u.reasoning_tokens)
-            .bind(u.estimated)
-            .bind(u.cost_nanousd)
-            .bind(u.ttft_ms)
-            .bind(u.duration_ms)
-            .bind(u.created_at)
-            .execute(&mut *conn)
-            .await
-            .map_err(|e| map_write_error(e, "a usage record for this message"))?;
-            sqlx::query(
-                "INSERT INTO usage_daily (user_id, day, model, persona_id, requests, estimated_requests, prompt_tokens, \
-                 completion_tokens, cached_tokens, reasoning_tokens, cost_nanousd, updated_at) \
-                 VALUES ($1, $2, $3, $4, 1, $5, $6, $7, $8, $9, $10, $11) \
-                 ON CONFLICT (user_id, day, model, persona_id) DO UPDATE SET \
-                 requests = usage_daily.requests + 1, \
-                 estimated_requests = usage_daily.estimated_requests + excluded.estimated_requests, \
-                 prompt_tokens = usage_daily.prompt_tokens + excluded.prompt_tokens, \
-                 completion_tokens = usage_daily.completion_tokens + excluded.completion_tokens, \
-                 cached_tokens = usage_daily.cached_tokens + excluded.cached_tokens, \
-                 reasoning_tokens = usage_daily.reasoning_tokens + excluded.reasoning_tokens, \
-                 cost_nanousd = usage_daily.cost_nanousd + excluded.cost_nanousd, \
-                 updated_at = excluded.updated_at",
-            )
-            .bind(&u.user_id)
-            .bind(day_of(u.created_at))
-            .bind(&u.model)
-            .bind(u.persona_id.map(|p| p.to_string()).unwrap_or_default())
-            .bind(i64::from(u.estimated))
-            .bind(u.prompt_tokens)
-            .bind(u.completion_tokens)
-            .bind(u.cached_tokens)
-            .bind(u.reasoning_tokens)
-            .bind(u.cost_nanousd)
-            .bind(now())
-            .execute(&mut *conn)
+    async fn get_media(&self, user_id: &str, id: Id) -> StoreResult<Option<Media>> {
+        Ok(sqlx::query_as::<_, Media>(
+            "SELECT id, user_id, content_type, size_bytes, sha256, storage_key, created_at \
+             FROM media WHERE id = $1 AND user_id = $2",
+        )
+        .bind(id)
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn delete_media(&self, user_id: &str, id: Id) -> StoreResult<bool> {
+        let result = sqlx::query("DELETE FROM media WHERE id = $1 AND user_id = $2")
+            .bind(id)
+            .bind(user_id)
+            .execute(&self.pool)
             .await?;
-            Ok(())
-        }
+        Ok(result.rows_affected() > 0)
+    }
 
-    };
+    async fn media_storage_keys(&self) -> StoreResult<Vec<String>> {
+        Ok(
+            sqlx::query_scalar::<_, String>("SELECT storage_key FROM media")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn get_message(&self, user_id: &str, id: Id) -> StoreResult<Option<Message>> {
+        let row = sqlx::query_as::<_, MessageRow>(concat!(
+            message_select!(),
+            "JOIN conversations c ON c.id = m.conversation_id WHERE m.id = $1 AND c.user_id = $2"
+        ))
+        .bind(id)
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(Message::from))
+    }
+
+    async fn list_messages(
+        &self,
+        conversation_id: Id,
+        page: HistoryPage,
+        limit: i64,
+        ascending: bool,
+        all_branches: bool,
+    ) -> StoreResult<Vec<Message>> {
+        let query = match (page, ascending) {
+            (HistoryPage::Offset(_), true) => sqlx::query_as::<_, MessageRow>(concat!(
+                message_select!(),
+                "WHERE m.conversation_id = $1 ",
+                branch_filter!(),
+                "ORDER BY m.created_at ASC, m.id ASC LIMIT $2 OFFSET $3"
+            )),
+            (HistoryPage::Offset(_), false) => sqlx::query_as::<_, MessageRow>(concat!(
+                message_select!(),
+                "WHERE m.conversation_id = $1 ",
+                branch_filter!(),
+                "ORDER BY m.created_at DESC, m.id DESC LIMIT $2 OFFSET $3"
+            )),
+            (HistoryPage::Before(_), _) => sqlx::query_as::<_, MessageRow>(concat!(
+                message_select!(),
+                "WHERE m.conversation_id = $1 AND (m.created_at, m.id) < \
+                 (SELECT x.created_at, x.id FROM messages x WHERE x.id = $3 AND x.conversation_id = $1) ",
+                branch_filter!(),
+                "ORDER BY m.created_at DESC, m.id DESC LIMIT $2"
+            )),
+            (HistoryPage::After(_), _) => sqlx::query_as::<_, MessageRow>(concat!(
+                message_select!(),
+                "WHERE m.conversation_id = $1 AND (m.created_at, m.id) > \
+                 (SELECT x.created_at, x.id FROM messages x WHERE x.id = $3 AND x.conversation_id = $1) ",
+                branch_filter!(),
+                "ORDER BY m.created_at ASC, m.id ASC LIMIT $2"
+            )),
+        };
+        let query = query.bind(conversation_id).bind(limit);
+        let query = match page {
+            HistoryPage::Offset(offset) => query.bind(offset),
+            HistoryPage::Before(id) | HistoryPage::After(id) => query.bind(id),
+        };
+        let query = query.bind(all_branches).bind(Role::Assistant);
+        let mut messages: Vec<Message> = query
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(Message::from)
+            .collect();
+        // Keyset pages are read walking away from the cursor; present them in the order asked for.
+        let read_ascending = match page {
+            HistoryPage::Offset(_) => ascending,
+            HistoryPage::Before(_) => false,
+            HistoryPage::After(_) => true,
+        };
+        if read_ascending != ascending {
+            messages.reverse();
+        }
+        Ok(messages)
+    }
+
+    async fn delete_message(&self, user_id: &str, id: Id) -> StoreResult<bool> {
+        let result = sqlx::query(
+            "DELETE FROM messages WHERE id = $1 AND conversation_id IN \
+             (SELECT id FROM conversations WHERE user_id = $2)",
+        )
+        .bind(id)
+        .bind(user_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    async fn checkpoint_messages(&self, rows: &[Checkpoint], instance_id: &str) -> StoreResult<()> {
+        let mut tx = self.background.begin().await?;
+        let now = now();
+        for row in rows {
+            let streaming = NewMessage {
+                status: MessageStatus::Streaming,
+                finish_reason: None,
+                error: None,
+                ..row.message.clone()
+            };
+            write_message(
+                &mut tx,
+                &streaming,
+                now,
+                Some((instance_id, row.prompt_tokens_estimate)),
+                OnConflict::UpdateWhileStreaming,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn save_generation(&self, m: &NewMessage, u: &UsageRecord) -> StoreResult<Message> {
+        let mut tx = self.background.begin().await?;
+        let updated_at = now();
+        write_message(&mut tx, m, updated_at, None, OnConflict::Update).await?;
+        insert_usage(&mut tx, u).await?;
+        tx.commit().await?;
+        let mut saved = Message::from_new(m, Some(u));
+        saved.updated_at = updated_at;
+        Ok(saved)
+    }
+
+    async fn stale_replies(
+        &self,
+        instance_id: &str,
+        stale_before: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<Vec<StaleReply>> {
+        let rows = sqlx::query_as::<_, StaleRow>(concat!(
+            "SELECT ",
+            message_columns!(),
+            ", c.user_id AS c_user_id, c.persona_id AS c_persona_id, m.prompt_tokens_estimate ",
+            "FROM messages m LEFT JOIN usage_records u ON u.message_id = m.id ",
+            "JOIN conversations c ON c.id = m.conversation_id ",
+            "WHERE m.status = $3 AND (m.instance_id = $1 OR m.updated_at < $2)"
+        ))
+        .bind(instance_id)
+        .bind(stale_before)
+        .bind(MessageStatus::Streaming)
+        .fetch_all(&self.background)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| StaleReply {
+                message: r.message.into(),
+                user_id: r.c_user_id,
+                persona_id: r.c_persona_id,
+                prompt_tokens_estimate: r.prompt_tokens_estimate,
+            })
+            .collect())
+    }
+
+    async fn interrupt_reply(&self, m: &NewMessage, u: &UsageRecord) -> StoreResult<bool> {
+        let mut tx = self.background.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE messages SET status = $2, finish_reason = $3, error = $4, updated_at = $5 \
+             WHERE id = $1 AND status = $6",
+        )
+        .bind(m.id)
+        .bind(m.status)
+        .bind(&m.finish_reason)
+        .bind(&m.error)
+        .bind(now())
+        .bind(MessageStatus::Streaming)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Ok(false);
+        }
+        insert_usage(&mut *tx, u).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn record_usage(&self, u: &UsageRecord) -> StoreResult<()> {
+        let mut tx = self.background.begin().await?;
+        insert_usage(&mut *tx, u).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn usage_buckets(&self, q: &UsageQuery) -> StoreResult<Vec<UsageBucket>> {
+        // One statement per shape: a `($1 IS NULL OR user_id = $1)` filter would keep both SQLite and
+        // PostgreSQL from using the (user_id, day, ...) key.
+        macro_rules! buckets {
+            ($key:literal, $filter:literal) => {
+                sqlx::query_as::<_, UsageBucket>(concat!(
+                    "SELECT ",
+                    $key,
+                    " AS key, ",
+                    usage_sums!(),
+                    " FROM usage_daily WHERE ",
+                    $filter,
+                    " GROUP BY ",
+                    $key,
+                    " ORDER BY ",
+                    $key
+                ))
+            };
+        }
+        let query = match (q.group_by, q.user_id.is_some()) {
+            (UsageGroup::Day, true) => buckets!("day", "user_id = $1 AND day >= $2 AND day <= $3"),
+            (UsageGroup::Model, true) => {
+                buckets!("model", "user_id = $1 AND day >= $2 AND day <= $3")
+            }
+            (UsageGroup::Persona, true) => {
+                buckets!("persona_id", "user_id = $1 AND day >= $2 AND day <= $3")
+            }
+            (UsageGroup::User, true) => {
+                buckets!("user_id", "user_id = $1 AND day >= $2 AND day <= $3")
+            }
+            (UsageGroup::Day, false) => buckets!("day", "$1 IS NULL AND day >= $2 AND day <= $3"),
+            (UsageGroup::Model, false) => {
+                buckets!("model", "$1 IS NULL AND day >= $2 AND day <= $3")
+            }
+            (UsageGroup::Persona, false) => {
+                buckets!("persona_id", "$1 IS NULL AND day >= $2 AND day <= $3")
+            }
+            (UsageGroup::User, false) => {
+                buckets!("user_id", "$1 IS NULL AND day >= $2 AND day <= $3")
+            }
+        };
+        Ok(query
+            .bind(&q.user_id)
+            .bind(&q.from_day)
+            .bind(&q.to_day)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn usage_stamp(
+        &self,
+        user_id: Option<&str>,
+    ) -> StoreResult<(Option<chrono::DateTime<chrono::Utc>>, i64)> {
+        let query = match user_id {
+            Some(_) => sqlx::query_as(
+                "SELECT MAX(updated_at), COUNT(*) FROM usage_daily WHERE user_id = $1",
+            ),
+            None => {
+                sqlx::query_as("SELECT MAX(updated_at), COUNT(*) FROM usage_daily WHERE $1 IS NULL")
+            }
+        };
+        Ok(query.bind(user_id).fetch_one(&self.pool).await?)
+    }
+
+    async fn usage_summary(&self, user_id: &str) -> StoreResult<UsageSummary> {
+        let total_conversations: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM conversations WHERE user_id = $1")
+                .bind(user_id)
+                .fetch_one(&self.pool)
+                .await?;
+        let total_messages: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM messages m JOIN conversations c ON c.id = m.conversation_id WHERE c.user_id = $1",
+        )
+        .bind(user_id)
+        .fetch_one(&self.pool)
+        .await?;
+        let (total_tokens, cost_nanousd): (i64, i64) = sqlx::query_as(
+            "SELECT COALESCE(CAST(SUM(prompt_tokens + completion_tokens) AS BIGINT), 0), \
+             COALESCE(CAST(SUM(cost_nanousd) AS BIGINT), 0) FROM usage_daily WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(UsageSummary {
+            total_conversations,
+            total_messages,
+            total_tokens,
+            cost_nanousd,
+        })
+    }
+
+    async fn usage_since(&self, user_id: &str, from_day: &str) -> StoreResult<(i64, i64)> {
+        Ok(sqlx::query_as(
+            "SELECT COALESCE(CAST(SUM(prompt_tokens + completion_tokens) AS BIGINT), 0), \
+             COALESCE(CAST(SUM(cost_nanousd) AS BIGINT), 0) FROM usage_daily WHERE user_id = $1 AND day >= $2",
+        )
+        .bind(user_id)
+        .bind(from_day)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn usage_for_message(&self, message_id: Id) -> StoreResult<Vec<UsageRecord>> {
+        Ok(sqlx::query_as::<_, UsageRecord>(concat!(
+            "SELECT ",
+            usage_columns!(),
+            " FROM usage_records WHERE message_id = $1 ORDER BY created_at"
+        ))
+        .bind(message_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
 }
 
-pub(crate) use {
-    branch_filter, conversation_columns, conversation_returning, impl_store, message_columns,
-    message_select, persona_columns, usage_columns, usage_sums,
-};
+/// What [`write_message`] does when the message's row exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnConflict {
+    /// Fails (a new message).
+    Fail,
+    /// Updates the text and heartbeat of a row still `streaming`; a row with a final status is left alone (a
+    /// late checkpoint).
+    UpdateWhileStreaming,
+    /// Overwrites the text, status and outcome (the final save, over the last checkpoint).
+    Update,
+}
+
+/// The one INSERT of the `messages` table. `updated_at` is the row's heartbeat; `checkpoint` is the instance
+/// writing a streaming reply and the prompt's estimated tokens, for billing it should that instance die.
+async fn write_message(
+    conn: &mut <Db as sqlx::Database>::Connection,
+    m: &NewMessage,
+    updated_at: DateTime<Utc>,
+    checkpoint: Option<(&str, i64)>,
+    on_conflict: OnConflict,
+) -> StoreResult<()> {
+    let sql = match on_conflict {
+        OnConflict::Fail => concat!(message_insert!(), ""),
+        OnConflict::UpdateWhileStreaming => concat!(
+            message_insert!(),
+            " ON CONFLICT (id) DO UPDATE SET content = excluded.content, updated_at = excluded.updated_at \
+             WHERE messages.status = excluded.status"
+        ),
+        OnConflict::Update => concat!(
+            message_insert!(),
+            " ON CONFLICT (id) DO UPDATE SET content = excluded.content, status = excluded.status, \
+             model = excluded.model, provider = excluded.provider, finish_reason = excluded.finish_reason, \
+             error = excluded.error, updated_at = excluded.updated_at"
+        ),
+    };
+    let (instance_id, prompt_tokens_estimate) = checkpoint.unzip();
+    sqlx::query(sql)
+        .bind(m.id)
+        .bind(m.conversation_id)
+        .bind(m.parent_id)
+        .bind(m.role)
+        .bind(&m.content)
+        .bind(m.message_type)
+        .bind(Json(&m.media))
+        .bind(m.status)
+        .bind(&m.model)
+        .bind(&m.provider)
+        .bind(&m.finish_reason)
+        .bind(&m.error)
+        .bind(m.created_at)
+        .bind(updated_at)
+        .bind(instance_id)
+        .bind(prompt_tokens_estimate)
+        .execute(conn)
+        .await
+        .map_err(|e| map_write_error(e, "the message"))?;
+    Ok(())
+}
+
+/// Writes a usage record and adds it to the daily rollup, inside the caller's transaction.
+async fn insert_usage(
+    conn: &mut <Db as sqlx::Database>::Connection,
+    u: &UsageRecord,
+) -> StoreResult<()> {
+    sqlx::query(concat!(
+        "INSERT INTO usage_records (",
+        usage_columns!(),
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+    ))
+    .bind(u.id)
+    .bind(&u.user_id)
+    .bind(u.conversation_id)
+    .bind(u.message_id)
+    .bind(u.persona_id)
+    .bind(&u.model)
+    .bind(&u.upstream_model)
+    .bind(&u.provider)
+    .bind(u.prompt_tokens)
+    .bind(u.completion_tokens)
+    .bind(u.cached_tokens)
+    .bind(u.reasoning_tokens)
+    .bind(u.estimated)
+    .bind(u.cost_nanousd)
+    .bind(u.ttft_ms)
+    .bind(u.duration_ms)
+    .bind(u.created_at)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| map_write_error(e, "a usage record for this message"))?;
+    sqlx::query(
+        "INSERT INTO usage_daily (user_id, day, model, persona_id, requests, estimated_requests, prompt_tokens, \
+         completion_tokens, cached_tokens, reasoning_tokens, cost_nanousd, updated_at) \
+         VALUES ($1, $2, $3, $4, 1, $5, $6, $7, $8, $9, $10, $11) \
+         ON CONFLICT (user_id, day, model, persona_id) DO UPDATE SET \
+         requests = usage_daily.requests + 1, \
+         estimated_requests = usage_daily.estimated_requests + excluded.estimated_requests, \
+         prompt_tokens = usage_daily.prompt_tokens + excluded.prompt_tokens, \
+         completion_tokens = usage_daily.completion_tokens + excluded.completion_tokens, \
+         cached_tokens = usage_daily.cached_tokens + excluded.cached_tokens, \
+         reasoning_tokens = usage_daily.reasoning_tokens + excluded.reasoning_tokens, \
+         cost_nanousd = usage_daily.cost_nanousd + excluded.cost_nanousd, \
+         updated_at = excluded.updated_at",
+    )
+    .bind(&u.user_id)
+    .bind(day_of(u.created_at))
+    .bind(&u.model)
+    .bind(u.persona_id.map(|p| p.to_string()).unwrap_or_default())
+    .bind(i64::from(u.estimated))
+    .bind(u.prompt_tokens)
+    .bind(u.completion_tokens)
+    .bind(u.cached_tokens)
+    .bind(u.reasoning_tokens)
+    .bind(u.cost_nanousd)
+    .bind(now())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}

@@ -4,10 +4,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::types::Json;
 use sqlx::{Pool, Sqlite};
 
-use super::sql::*;
 use super::*;
 
 /// [`Store`] on SQLite, in WAL mode with foreign keys enforced.
@@ -51,4 +49,10 @@ impl SqliteStore {
     }
 }
 
-impl_store!(SqliteStore, Sqlite, "sqlite");
+/// The database, store type and name the shared queries (`sql.rs`) are compiled for here.
+type Db = Sqlite;
+type Backend = SqliteStore;
+const BACKEND: &str = "sqlite";
+
+#[path = "sql.rs"]
+mod sql;

@@ -1,127 +1,24 @@
-//! The generation hub: every running generation, its seq-numbered event log, and its subscribers.
+//! The generation hub: the registry of this process's generations, each a handle on its event log, with the
+//! subscriber counts that drive the unattended policy and the shutdown that lets running generations finish.
 //!
-//! A generation appends events to its log and bumps a `watch` channel holding the latest seq; each subscriber
-//! keeps its own cursor into the log and reads what it has not seen yet. The generation never waits for a
-//! subscriber, so a slow or gone client cannot slow it, and any client can re-attach from any seq it saw.
+//! A subscriber keeps its own cursor into the log and reads what it has not seen yet; the generation never
+//! waits for a subscriber, so a slow or gone client cannot slow it, and any client can re-attach from any seq
+//! it saw. The hub holds no store and no HTTP: what a generation does is the chat service's business.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use futures::Stream;
-use serde::Serialize;
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::log::{EventLog, EventLogs, GenerationMeta, LogFull};
 use crate::config::DisconnectPolicy;
-use crate::store::{Checkpoint, Id, Message, NewMessage, Store};
-
-/// The kind of a generation event; the SSE `event:` name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EventKind {
-    /// `{message}`: the user message just saved; only on the stream of the request that sent it, with seq 0.
-    UserMessage,
-    /// `{generation_id, message_id, conversation_id, model}`
-    Start,
-    /// `{text}`
-    Delta,
-    /// `{prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, estimated, cost_usd}`
-    Usage,
-    /// `{message, usage, finish_reason}`: the generation ended and its message is saved. Terminal.
-    Done,
-    /// `{error, message, details}`: the generation failed; what was streamed is saved. Terminal.
-    Error,
-}
-
-impl EventKind {
-    /// The SSE event name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::UserMessage => "user_message",
-            EventKind::Start => "start",
-            EventKind::Delta => "delta",
-            EventKind::Usage => "usage",
-            EventKind::Done => "done",
-            EventKind::Error => "error",
-        }
-    }
-
-    pub fn is_terminal(self) -> bool {
-        matches!(self, EventKind::Done | EventKind::Error)
-    }
-}
-
-/// One logged event, encoded once for every subscriber: `frame` is its SSE form
-/// (`id: <seq>\nevent: <kind>\ndata: <json>\n\n`), which also holds its JSON data.
-#[derive(Debug)]
-pub struct GenerationEvent {
-    /// 1-based, monotonic within the generation: the SSE `id:`.
-    pub seq: u64,
-    pub kind: EventKind,
-    frame: String,
-    data: std::ops::Range<usize>,
-}
-
-impl GenerationEvent {
-    /// Encodes an event whose data is the JSON `data`.
-    pub fn new(seq: u64, kind: EventKind, data: &str) -> Self {
-        let mut frame = String::with_capacity(data.len() + 32);
-        frame.push_str("id: ");
-        frame.push_str(itoa::Buffer::new().format(seq));
-        frame.push_str("\nevent: ");
-        frame.push_str(kind.as_str());
-        frame.push_str("\ndata: ");
-        let start = frame.len();
-        frame.push_str(data);
-        let end = frame.len();
-        frame.push_str("\n\n");
-        Self {
-            seq,
-            kind,
-            frame,
-            data: start..end,
-        }
-    }
-
-    /// The event's JSON data.
-    pub fn data(&self) -> &str {
-        &self.frame[self.data.clone()]
-    }
-
-    /// The event as an SSE frame.
-    pub fn sse_frame(&self) -> &str {
-        &self.frame
-    }
-}
-
-/// Why a generation was cancelled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum CancelReason {
-    /// A user asked for it: status `cancelled`.
-    User = 1,
-    /// The server is shutting down and the grace period ran out: status `interrupted`.
-    Shutdown = 2,
-    /// The last subscriber left and the `cancel` disconnect policy applies: status `cancelled`.
-    Disconnected = 3,
-    /// Too many generations ran with nobody following them: status `cancelled`.
-    Unattended = 4,
-}
-
-impl CancelReason {
-    /// The saved message's `finish_reason`.
-    pub fn finish_reason(self) -> &'static str {
-        match self {
-            CancelReason::User => "cancelled",
-            CancelReason::Shutdown => "shutdown",
-            CancelReason::Disconnected => "client_disconnected",
-            CancelReason::Unattended => "unattended_limit",
-        }
-    }
-}
+use crate::domain::CancelReason;
+use crate::event::{GenerationEvent, LoggedEvent};
+use crate::id::Id;
+use crate::tasks::Tasks;
 
 /// What to do with generations nobody follows.
 #[derive(Debug, Clone, Copy)]
@@ -143,47 +40,24 @@ impl Default for UnattendedPolicy {
     }
 }
 
-/// How a generation ended, for callers that wait for it (the JSON answer).
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    /// The saved assistant message; `None` only when it could not be saved.
-    pub message: Option<Message>,
-    /// The upstream (or persistence) failure, when the generation failed.
-    pub error: Option<crate::error::ApiError>,
-}
-
-#[derive(Debug, Default)]
-struct LogState {
-    events: Vec<Arc<GenerationEvent>>,
-    text: String,
-    outcome: Option<Arc<Outcome>>,
-}
-
-/// A running (or recently finished) generation. Its id is the id of the assistant message it writes.
-#[derive(Debug)]
+/// A generation, running or recently finished: who it belongs to, and its event log. Its id is the id of the
+/// assistant message it writes.
 pub struct Generation {
-    pub id: Id,
-    pub conversation_id: Id,
-    pub user_id: String,
-    /// Model alias.
-    pub model: String,
-    state: Mutex<LogState>,
-    latest: watch::Sender<u64>,
-    cancel: CancellationToken,
-    cancel_reason: AtomicU8,
-    finished_at: Mutex<Option<Instant>>,
+    pub meta: GenerationMeta,
+    log: Arc<dyn EventLog>,
     subscribers: AtomicUsize,
+    finished_at: Mutex<Option<Instant>>,
+    upstream_ttft: OnceLock<Duration>,
     hub: Weak<HubInner>,
-    upstream_ttft: std::sync::OnceLock<Duration>,
-    checkpoint: Mutex<Option<CheckpointSlot>>,
 }
 
-/// What the checkpointer keeps for one generation.
-#[derive(Debug)]
-struct CheckpointSlot {
-    row: Checkpoint,
-    written_len: Option<usize>,
-    written_at: Instant,
+impl std::fmt::Debug for Generation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generation")
+            .field("meta", &self.meta)
+            .field("subscribers", &self.subscribers())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Counts a subscriber for as long as it lives (an SSE stream, a JSON answer waiting).
@@ -200,6 +74,78 @@ impl Drop for SubscriberGuard {
 }
 
 impl Generation {
+    pub fn id(&self) -> Id {
+        self.meta.id
+    }
+
+    /// The user who started it.
+    pub fn user_id(&self) -> &str {
+        &self.meta.user_id
+    }
+
+    /// Appends an event (see [`EventLog::append`]); a terminal event marks the generation finished.
+    ///
+    /// # Errors
+    /// [`LogFull`] past the log's bounds.
+    pub fn emit(&self, event: GenerationEvent) -> Result<u64, LogFull> {
+        let terminal = event.kind().is_terminal();
+        let seq = self.log.append(event)?;
+        if terminal {
+            metrics::gauge!("chatgate_active_generations").decrement(1.0);
+            *self
+                .finished_at
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+        }
+        Ok(seq)
+    }
+
+    /// The terminal event, once it ended.
+    pub fn terminal(&self) -> Option<Arc<LoggedEvent>> {
+        self.log.terminal()
+    }
+
+    /// Whether it ended.
+    pub fn is_finished(&self) -> bool {
+        self.terminal().is_some()
+    }
+
+    /// Waits for the terminal event.
+    pub async fn finished(&self) -> Arc<LoggedEvent> {
+        let mut seen = 0;
+        loop {
+            if let Some(terminal) = self.log.terminal() {
+                return terminal;
+            }
+            let mut events = Vec::new();
+            self.log.read_after(seen, &mut events);
+            seen = events.last().map_or(seen, |e| e.seq);
+            if events.is_empty() {
+                self.log.wait_after(seen).await;
+            }
+        }
+    }
+
+    /// The text streamed so far.
+    pub fn text(&self) -> String {
+        self.log.text()
+    }
+
+    /// Asks the generation to stop; it saves what it has.
+    pub fn cancel(&self, reason: CancelReason) {
+        self.log.cancel(reason);
+    }
+
+    /// Resolves when cancelled.
+    pub async fn cancelled(&self) {
+        self.log.cancelled().await;
+    }
+
+    /// Why it was cancelled, if it was.
+    pub fn cancel_reason(&self) -> Option<CancelReason> {
+        self.log.cancel_reason()
+    }
+
     /// Counts a subscriber until the guard is dropped.
     pub fn attach(self: &Arc<Self>) -> SubscriberGuard {
         metrics::gauge!("chatgate_active_subscribers").increment(1.0);
@@ -212,62 +158,42 @@ impl Generation {
         self.subscribers.load(Ordering::SeqCst)
     }
 
-    /// The last subscriber left a running generation: apply the unattended policy.
-    fn on_unattended(self: &Arc<Self>) {
-        let Some(hub) = self.hub.upgrade() else {
-            return;
-        };
-        if self.outcome_now().is_some() {
-            return;
-        }
-        match hub.policy.on_disconnect {
-            DisconnectPolicy::Cancel => {
-                let generation = Arc::clone(self);
-                let grace = hub.policy.grace;
-                hub.tracker.spawn(async move {
-                    tokio::select! {
-                        () = tokio::time::sleep(grace) => {
-                            if generation.subscribers() == 0 {
-                                tracing::info!(generation_id = %generation.id, "no subscriber came back: cancelling");
-                                generation.cancel(CancelReason::Disconnected);
-                            }
-                        }
-                        _ = generation.outcome() => {}
+    /// Events with seq > `after`, then live ones, ending after the terminal event. The subscriber is counted
+    /// (see [`Generation::attach`]) until the stream is dropped.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        after: u64,
+    ) -> impl Stream<Item = Arc<LoggedEvent>> + Send + 'static + use<> {
+        let generation = Arc::clone(self);
+        let guard = self.attach();
+        async_stream::stream! {
+            let _guard = guard;
+            let mut seen = after;
+            let mut batch = Vec::new();
+            loop {
+                generation.log.read_after(seen, &mut batch);
+                if batch.is_empty() {
+                    generation.log.wait_after(seen).await;
+                    continue;
+                }
+                for event in batch.drain(..) {
+                    seen = event.seq;
+                    let ended = event.kind().is_terminal();
+                    yield event;
+                    if ended {
+                        return;
                     }
-                });
-            }
-            DisconnectPolicy::Drain => {
-                let max = hub.policy.max_unattended;
-                if (Hub { inner: hub }).unattended() > max {
-                    tracing::warn!(generation_id = %self.id, "too many unattended generations: cancelling this one");
-                    self.cancel(CancelReason::Unattended);
                 }
             }
         }
     }
 
-    /// Has the hub's checkpointer write this generation's row (`template`, with the text so far) from its first
-    /// token on.
-    pub fn enable_checkpoints(&self, template: NewMessage, prompt_tokens_estimate: i64) {
-        *self
-            .checkpoint
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(CheckpointSlot {
-            row: Checkpoint {
-                message: template,
-                prompt_tokens_estimate,
-            },
-            written_len: None,
-            written_at: Instant::now(),
-        });
-    }
-
-    /// Records the upstream's time to first token (once).
+    /// Records the upstream's time to first token (once), for the gateway-overhead metric.
     pub fn set_upstream_ttft(&self, ttft: Duration) {
         let _ = self.upstream_ttft.set(ttft);
     }
 
-    /// The upstream's time to first token, once a delta came.
+    /// The upstream's time to first token, once a delta came (generations of this process only).
     pub fn upstream_ttft(&self) -> Option<Duration> {
         self.upstream_ttft.get().copied()
     }
@@ -280,166 +206,61 @@ impl Generation {
             .is_some_and(|at| at.elapsed() >= retention)
     }
 
-    /// Length of the text streamed so far, in bytes.
-    pub fn text_len(&self) -> usize {
-        self.state().text.len()
-    }
-    fn state(&self) -> MutexGuard<'_, LogState> {
-        // A panic while holding this lock cannot leave the log inconsistent (pushes are atomic), so recover.
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Appends an event and wakes subscribers; returns its seq.
-    pub fn emit(&self, kind: EventKind, data: String) -> u64 {
-        let seq = {
-            let mut state = self.state();
-            let seq = state.events.len() as u64 + 1;
-            state
-                .events
-                .push(Arc::new(GenerationEvent::new(seq, kind, &data)));
-            seq
+    /// The last subscriber left a running generation: apply the unattended policy.
+    fn on_unattended(self: &Arc<Self>) {
+        let Some(hub) = self.hub.upgrade() else {
+            return;
         };
-        self.latest.send_replace(seq);
-        seq
-    }
-
-    /// Appends a delta: logs it and extends the running text.
-    pub fn emit_delta(&self, text: &str) -> u64 {
-        #[derive(Serialize)]
-        struct Delta<'a> {
-            text: &'a str,
+        if self.is_finished() {
+            return;
         }
-        let data = serde_json::to_string(&Delta { text }).unwrap_or_default();
-        let seq = {
-            let mut state = self.state();
-            state.text.push_str(text);
-            let seq = state.events.len() as u64 + 1;
-            state
-                .events
-                .push(Arc::new(GenerationEvent::new(seq, EventKind::Delta, &data)));
-            seq
-        };
-        self.latest.send_replace(seq);
-        seq
-    }
-
-    /// The events logged so far.
-    pub fn events_now(&self) -> Vec<Arc<GenerationEvent>> {
-        self.state().events.clone()
-    }
-
-    /// The text streamed so far.
-    pub fn text(&self) -> String {
-        self.state().text.clone()
-    }
-
-    /// Records the outcome, then appends the terminal event, so that whoever sees the terminal event finds
-    /// the outcome.
-    pub fn finish(&self, outcome: Outcome, kind: EventKind, data: String) {
-        metrics::gauge!("chatgate_active_generations").decrement(1.0);
-        self.state().outcome = Some(Arc::new(outcome));
-        self.emit(kind, data);
-        *self
-            .finished_at
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
-    }
-
-    /// The outcome, once finished.
-    pub fn outcome_now(&self) -> Option<Arc<Outcome>> {
-        self.state().outcome.clone()
-    }
-
-    /// Waits for the end of the generation.
-    pub async fn outcome(&self) -> Arc<Outcome> {
-        let mut rx = self.latest.subscribe();
-        loop {
-            if let Some(outcome) = self.outcome_now() {
-                return outcome;
-            }
-            // The sender lives as long as `self`, so `changed` only fails if the generation is gone.
-            if rx.changed().await.is_err() {
-                return Arc::new(Outcome {
-                    message: None,
-                    error: None,
+        match hub.policy.on_disconnect {
+            DisconnectPolicy::Cancel => {
+                let generation = Arc::clone(self);
+                let grace = hub.policy.grace;
+                hub.tasks.spawn(async move {
+                    tokio::select! {
+                        () = tokio::time::sleep(grace) => {
+                            if generation.subscribers() == 0 {
+                                tracing::info!(generation_id = %generation.id(), "no subscriber came back: cancelling");
+                                generation.cancel(CancelReason::Disconnected);
+                            }
+                        }
+                        _ = generation.finished() => {}
+                    }
                 });
             }
-        }
-    }
-
-    /// Asks the generation to stop; it saves what it has.
-    pub fn cancel(&self, reason: CancelReason) {
-        let _ = self.cancel_reason.compare_exchange(
-            0,
-            reason as u8,
-            Ordering::SeqCst,
-            Ordering::SeqCst,
-        );
-        self.cancel.cancel();
-    }
-
-    /// Resolves when cancelled.
-    pub fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
-        self.cancel.cancelled()
-    }
-
-    /// Why it was cancelled, if it was.
-    pub fn cancel_reason(&self) -> Option<CancelReason> {
-        match self.cancel_reason.load(Ordering::SeqCst) {
-            1 => Some(CancelReason::User),
-            2 => Some(CancelReason::Shutdown),
-            3 => Some(CancelReason::Disconnected),
-            4 => Some(CancelReason::Unattended),
-            _ => None,
-        }
-    }
-
-    /// Events with seq > `after`, then live ones, ending after the terminal event. The subscriber is counted
-    /// (see [`Generation::attach`]) until the stream is dropped.
-    pub fn subscribe(
-        self: &Arc<Self>,
-        after: u64,
-    ) -> impl Stream<Item = Arc<GenerationEvent>> + Send + 'static + use<> {
-        let generation = Arc::clone(self);
-        let guard = self.attach();
-        let mut rx = generation.latest.subscribe();
-        async_stream::stream! {
-            let _guard = guard;
-            let mut next = usize::try_from(after).unwrap_or(usize::MAX);
-            loop {
-                // Mark the current value seen *before* reading the log: anything appended later wakes us.
-                rx.borrow_and_update();
-                // One event at a time, by index: no copy of the log, no allocation per wake-up.
-                                loop {
-                    let event = generation.state().events.get(next).cloned();
-                    let Some(event) = event else { break };
-                    next += 1;
-                    let ended = event.kind.is_terminal();
-                    yield event;
-                    if ended {
-                        return;
-                    }
-                }
-                if rx.changed().await.is_err() {
-                    break;
+            DisconnectPolicy::Drain => {
+                let max = hub.policy.max_unattended;
+                if (Hub { inner: hub }).unattended() > max {
+                    tracing::warn!(generation_id = %self.id(), "too many unattended generations: cancelling this one");
+                    self.cancel(CancelReason::Unattended);
                 }
             }
         }
     }
 }
 
-/// All generations of this process.
-#[derive(Debug, Clone)]
+/// All generations of this process, and the logs of other instances' through [`EventLogs::open`].
+#[derive(Clone)]
 pub struct Hub {
     inner: Arc<HubInner>,
 }
 
-#[derive(Debug)]
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("running", &self.running())
+            .finish_non_exhaustive()
+    }
+}
+
 struct HubInner {
     generations: Mutex<HashMap<Id, Arc<Generation>>>,
-    tracker: TaskTracker,
+    logs: Box<dyn EventLogs>,
+    /// The generation tasks, for the shutdown grace period; each is also tracked by `tasks`.
+    running: TaskTracker,
+    tasks: Tasks,
     retention: Duration,
     accepting: AtomicBool,
     policy: UnattendedPolicy,
@@ -451,38 +272,25 @@ struct HubInner {
 pub struct ShuttingDown;
 
 impl Hub {
-    /// A hub keeping finished generations' logs for `retention`.
-    pub fn new(retention: Duration, policy: UnattendedPolicy) -> Self {
+    /// A hub whose logs come from `logs`, keeping finished generations for `retention`, running their tasks
+    /// on `tasks`.
+    pub fn new(
+        logs: impl EventLogs,
+        retention: Duration,
+        policy: UnattendedPolicy,
+        tasks: Tasks,
+    ) -> Self {
         Self {
             inner: Arc::new(HubInner {
                 generations: Mutex::new(HashMap::new()),
-                tracker: TaskTracker::new(),
+                logs: Box::new(logs),
+                running: TaskTracker::new(),
+                tasks,
                 retention,
                 accepting: AtomicBool::new(true),
                 policy,
             }),
         }
-    }
-
-    /// Running generations of one user.
-    pub fn running_for(&self, user_id: &str) -> usize {
-        self.generations()
-            .values()
-            .filter(|g| g.user_id == user_id && g.outcome_now().is_none())
-            .count()
-    }
-
-    /// Running generations that nobody follows.
-    pub fn unattended(&self) -> usize {
-        self.generations()
-            .values()
-            .filter(|g| g.subscribers() == 0 && g.outcome_now().is_none())
-            .count()
-    }
-
-    /// True when one more unattended generation would pass `max_unattended`.
-    pub fn unattended_full(&self) -> bool {
-        self.unattended() >= self.inner.policy.max_unattended
     }
 
     fn generations(&self) -> MutexGuard<'_, HashMap<Id, Arc<Generation>>> {
@@ -498,10 +306,7 @@ impl Hub {
     /// [`ShuttingDown`] once shutdown has begun.
     pub fn start<F, Fut>(
         &self,
-        id: Id,
-        conversation_id: Id,
-        user_id: &str,
-        model: &str,
+        meta: GenerationMeta,
         task: F,
     ) -> Result<Arc<Generation>, ShuttingDown>
     where
@@ -512,35 +317,46 @@ impl Hub {
             return Err(ShuttingDown);
         }
         let generation = Arc::new(Generation {
-            id,
-            conversation_id,
-            user_id: user_id.to_string(),
-            model: model.to_string(),
-            state: Mutex::new(LogState::default()),
-            latest: watch::Sender::new(0),
-            cancel: CancellationToken::new(),
-            cancel_reason: AtomicU8::new(0),
-            finished_at: Mutex::new(None),
+            log: self.inner.logs.create(&meta),
+            meta,
             subscribers: AtomicUsize::new(0),
+            finished_at: Mutex::new(None),
+            upstream_ttft: OnceLock::new(),
             hub: Arc::downgrade(&self.inner),
-            upstream_ttft: std::sync::OnceLock::new(),
-            checkpoint: Mutex::new(None),
         });
-        self.generations().insert(id, Arc::clone(&generation));
-        metrics::counter!("chatgate_generations_started_total", "model" => model.to_string())
+        self.generations()
+            .insert(generation.id(), Arc::clone(&generation));
+        metrics::counter!("chatgate_generations_started_total", "model" => generation.meta.model.clone())
             .increment(1);
         metrics::gauge!("chatgate_active_generations").increment(1.0);
-        self.inner.tracker.spawn(task(Arc::clone(&generation)));
+        let run = self
+            .inner
+            .running
+            .track_future(task(Arc::clone(&generation)));
+        self.inner.tasks.spawn(run);
         Ok(generation)
     }
 
-    /// A generation by id, if it is running or finished within the retention time.
+    /// A generation by id, if it is running or finished within the retention time: this process's, or one
+    /// whose log another instance shares.
     pub fn get(&self, id: Id) -> Option<Arc<Generation>> {
         let retention = self.inner.retention;
-        self.generations()
+        if let Some(generation) = self
+            .generations()
             .get(&id)
             .filter(|g| !g.expired(retention))
-            .cloned()
+        {
+            return Some(Arc::clone(generation));
+        }
+        let (meta, log) = self.inner.logs.open(id)?;
+        Some(Arc::new(Generation {
+            meta,
+            log,
+            subscribers: AtomicUsize::new(0),
+            finished_at: Mutex::new(None),
+            upstream_ttft: OnceLock::new(),
+            hub: Weak::new(),
+        }))
     }
 
     /// Drops finished generations older than the retention time; called periodically.
@@ -549,80 +365,54 @@ impl Hub {
         self.generations().retain(|_, g| !g.expired(retention));
     }
 
+    /// Running generations of this process.
+    pub fn running_generations(&self) -> Vec<Arc<Generation>> {
+        self.generations()
+            .values()
+            .filter(|g| !g.is_finished())
+            .cloned()
+            .collect()
+    }
+
     /// Number of generations still running.
     pub fn running(&self) -> usize {
         self.generations()
             .values()
-            .filter(|g| g.outcome_now().is_none())
+            .filter(|g| !g.is_finished())
             .count()
     }
 
-    /// Writes, in one transaction, the rows of every running generation whose text grew since its last
-    /// checkpoint, or whose last write is older than `heartbeat`. Called every `checkpoint_interval_ms` by one
-    /// task, so the database sees one batch per interval however many replies stream.
-    pub async fn write_checkpoints(
-        &self,
-        store: &dyn Store,
-        instance_id: &str,
-        heartbeat: Duration,
-    ) {
-        let due: Vec<(Arc<Generation>, usize, Checkpoint)> = {
-            let generations: Vec<Arc<Generation>> = self.generations().values().cloned().collect();
-            generations
-                .into_iter()
-                .filter(|g| g.outcome_now().is_none())
-                .filter_map(|g| {
-                    let len = g.text_len();
-                    let mut row = {
-                        let slot = g
-                            .checkpoint
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner);
-                        let slot = slot.as_ref()?;
-                        let due = len > 0
-                            && (slot.written_len != Some(len)
-                                || slot.written_at.elapsed() >= heartbeat);
-                        if !due {
-                            return None;
-                        }
-                        slot.row.clone()
-                    };
-                    row.message.content = g.text();
-                    Some((g, len, row))
-                })
-                .collect()
-        };
-        if due.is_empty() {
-            return;
-        }
-        let rows: Vec<Checkpoint> = due.iter().map(|(_, _, row)| row.clone()).collect();
-        let started = Instant::now();
-        let written = store.checkpoint_messages(&rows, instance_id).await;
-        metrics::histogram!("chatgate_db_write_seconds", "op" => "checkpoint")
-            .record(started.elapsed().as_secs_f64());
-        match written {
-            Ok(()) => {
-                for (generation, len, _) in due {
-                    if let Some(slot) = generation
-                        .checkpoint
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .as_mut()
-                    {
-                        slot.written_len = Some(len);
-                        slot.written_at = Instant::now();
-                    }
-                }
-            }
-            Err(err) => tracing::warn!(rows = rows.len(), error = %err, "checkpoint batch failed"),
-        }
+    /// Running generations of one user.
+    pub fn running_for(&self, user_id: &str) -> usize {
+        self.generations()
+            .values()
+            .filter(|g| g.user_id() == user_id && !g.is_finished())
+            .count()
+    }
+
+    /// Running generations that nobody follows.
+    pub fn unattended(&self) -> usize {
+        self.generations()
+            .values()
+            .filter(|g| g.subscribers() == 0 && !g.is_finished())
+            .count()
+    }
+
+    /// True when one more unattended generation would pass `max_unattended`.
+    pub fn unattended_full(&self) -> bool {
+        self.unattended() >= self.inner.policy.max_unattended
+    }
+
+    /// Whether new generations are refused (shutdown has begun).
+    pub fn is_closed(&self) -> bool {
+        !self.inner.accepting.load(Ordering::SeqCst)
     }
 
     /// Graceful shutdown: refuse new generations, let running ones finish for up to `grace`, then cancel the
-    /// rest (they save their partial text as `interrupted`) and wait for every task, saves included.
+    /// rest (they save their partial text as `interrupted`) and wait for every generation task, saves included.
     pub async fn shutdown(&self, grace: Duration) {
         self.inner.accepting.store(false, Ordering::SeqCst);
-        self.inner.tracker.close();
+        self.inner.running.close();
         let running = self.running();
         if running > 0 {
             tracing::info!(
@@ -631,7 +421,7 @@ impl Hub {
                 "waiting for running generations to finish"
             );
         }
-        if tokio::time::timeout(grace, self.inner.tracker.wait())
+        if tokio::time::timeout(grace, self.inner.running.wait())
             .await
             .is_err()
         {
@@ -643,7 +433,7 @@ impl Hub {
             for generation in generations {
                 generation.cancel(CancelReason::Shutdown);
             }
-            self.inner.tracker.wait().await;
+            self.inner.running.wait().await;
         }
     }
 }

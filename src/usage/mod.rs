@@ -5,31 +5,10 @@ pub mod tokens;
 
 use serde::Serialize;
 
+pub use crate::domain::nanousd_to_usd;
+pub use crate::providers::Usage;
+
 use crate::config::ModelConfig;
-
-/// Token usage of one generation, as reported by a provider. `None` means the provider did not say (never 0).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Usage {
-    /// Prompt (input) tokens, cached ones included.
-    pub prompt_tokens: Option<u64>,
-    /// Completion (output) tokens, reasoning ones included.
-    pub completion_tokens: Option<u64>,
-    /// Prompt tokens read from the provider's cache.
-    pub cached_tokens: Option<u64>,
-    /// Completion tokens spent on reasoning.
-    pub reasoning_tokens: Option<u64>,
-}
-
-impl Usage {
-    /// Overlays `newer` on `self`: each figure `newer` knows replaces the old one (providers send cumulative
-    /// usage, e.g. Anthropic's `message_delta`, Gemini's `usageMetadata`).
-    pub fn merge(&mut self, newer: Usage) {
-        self.prompt_tokens = newer.prompt_tokens.or(self.prompt_tokens);
-        self.completion_tokens = newer.completion_tokens.or(self.completion_tokens);
-        self.cached_tokens = newer.cached_tokens.or(self.cached_tokens);
-        self.reasoning_tokens = newer.reasoning_tokens.or(self.reasoning_tokens);
-    }
-}
 
 /// Final token figures of a generation, every count known.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -79,11 +58,6 @@ impl Prices {
             + u128::from(counts.completion_tokens) * u128::from(self.output_picousd_per_token);
         i64::try_from((picousd + 500) / 1000).unwrap_or(i64::MAX)
     }
-}
-
-/// nano-USD → USD, for display.
-pub fn nanousd_to_usd(nanousd: i64) -> f64 {
-    nanousd as f64 / 1e9
 }
 
 #[cfg(test)]

@@ -1,42 +1,36 @@
-//! One generation's life: stream from the provider, relay each delta the moment it arrives, then — off the
-//! relay path — count tokens, price them and write the assistant message and its usage record in one
-//! transaction, and only then announce `done`.
+//! One generation's life: stream from the provider, relay each delta to the event log the moment it arrives,
+//! then — off the relay path — count tokens, price them and write the assistant message and its usage record in
+//! one transaction, and only then announce `done`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use serde_json::json;
 
-use super::hub::{CancelReason, EventKind, Generation, Outcome};
-use crate::error::ApiError;
-use crate::providers::{
-    ChatMessage, ChatRequest, ModelRoute, Models, ProviderError, ProviderEvent,
-};
-use crate::store::{self, Id, Message, NewMessage, Store, StoreError, UsageRecord, role, status};
+use super::checkpoints::RunningReply;
+use super::{Chat, Persist};
+use crate::catalog::ModelRoute;
+use crate::domain::{CancelReason, FinishReason, MessageStatus, MessageType, Role};
+use crate::error::{Error, ErrorKind};
+use crate::event::{Done, Failed, Failure, GenerationEvent, Start, UsageReport};
+use crate::id::Id;
+use crate::providers::{ChatMessage, ChatRequest, ProviderError, ProviderEvent};
+use crate::store::{self, Message, NewMessage, StoreError, UsageRecord};
+use crate::stream::Generation;
 use crate::usage::budget::Reservation;
-use crate::usage::tokens::Tokenizer;
 use crate::usage::{TokenCounts, Usage, nanousd_to_usd};
 
-/// Everything a generation needs, prepared by the handler.
-pub struct GenerationJob {
+/// Everything a generation needs, prepared by the service.
+pub struct Job {
     pub route: ModelRoute,
+    /// The request for `route`; a fallback gets the same messages with its own model name.
     pub request: ChatRequest,
-    pub store: Arc<dyn Store>,
-    pub user_id: String,
-    pub conversation_id: Id,
-    pub persona_id: Option<Id>,
-    /// The user message this answers (`parent_id` of the reply).
-    pub parent_id: Option<Id>,
-    /// Attempts at the final write before giving up.
-    pub persist_attempts: u32,
-
     /// Routes tried in order when `route` fails before its first token.
     pub fallbacks: Vec<ModelRoute>,
+    pub user_id: String,
+    pub persist: Persist,
     /// The budget reservation, swapped for the actual usage once it is saved.
     pub reservation: Reservation,
-    /// A reply of the stateless OpenAI-compatible endpoint: only its usage record is written, no message.
-    pub stateless: bool,
     pub retry: RetryPolicy,
 }
 
@@ -45,57 +39,55 @@ struct Streamed {
     /// The route that answered (or was tried last).
     route: ModelRoute,
     usage: Usage,
-    finish_reason: Option<String>,
-    error: Option<ProviderError>,
+    finish_reason: Option<FinishReason>,
+    error: Option<Error>,
     cancelled: Option<CancelReason>,
     ttft: Option<Duration>,
 }
 
-/// Emits `error` if the task ends (or panics) without a terminal event, so no subscriber waits forever.
+/// Ends the generation with `error` if the task ends (or panics) without a terminal event, so no subscriber
+/// waits forever.
 struct TerminalGuard(Arc<Generation>);
 
 impl Drop for TerminalGuard {
     fn drop(&mut self) {
-        if self.0.outcome_now().is_none() {
-            let err = ApiError::internal("generation task ended without a terminal event");
-            let data = json!({ "error": err.error, "message": "the generation stopped unexpectedly", "details": {} });
-            self.0.finish(
-                Outcome {
-                    message: None,
-                    error: Some(err),
-                },
-                EventKind::Error,
-                data.to_string(),
-            );
+        if !self.0.is_finished() {
+            let mut err = Error::internal("generation task ended without a terminal event");
+            err.message = "the generation stopped unexpectedly".into();
+            let _ = self.0.emit(GenerationEvent::Error(Box::new(Failed {
+                failure: Failure::from(&err),
+                saved: None,
+            })));
         }
     }
 }
 
 /// Runs a generation to its end. Never fails: every failure becomes a saved message and a terminal event.
-pub async fn run(generation: Arc<Generation>, mut job: GenerationJob) {
+pub async fn run(chat: Chat, generation: Arc<Generation>, mut job: Job) {
     let _guard = TerminalGuard(Arc::clone(&generation));
     let started = Instant::now();
     let created_at = store::now();
-    generation.emit(
-        EventKind::Start,
-        json!({
-            "generation_id": generation.id,
-            "message_id": generation.id,
-                        "conversation_id": (!job.stateless).then_some(job.conversation_id),
-            "model": job.route.alias,
-        })
-        .to_string(),
-    );
-
+    let _ = generation.emit(GenerationEvent::Start(Box::new(Start {
+        generation_id: generation.id(),
+        message_id: generation.id(),
+        conversation_id: job.persist.conversation_id(),
+        model: job.route.alias.clone(),
+    })));
     let template = NewMessage {
-        id: generation.id,
-        conversation_id: job.conversation_id,
-        parent_id: job.parent_id,
-        role: role::ASSISTANT,
+        id: generation.id(),
+        conversation_id: job
+            .persist
+            .conversation_id()
+            .unwrap_or(Id(uuid::Uuid::nil())),
+        parent_id: match job.persist {
+            Persist::Conversation { parent_id, .. } => Some(parent_id),
+            Persist::UsageOnly => None,
+        },
+        role: Role::Assistant,
         content: String::new(),
-        message_type: "text".into(),
-        media: json!([]),
-        status: status::STREAMING,
+        message_type: MessageType::Text,
+        media: serde_json::json!([]),
+        status: MessageStatus::Streaming,
         model: Some(job.route.alias.clone()),
         provider: Some(job.route.provider.name().to_string()),
         finish_reason: None,
@@ -110,51 +102,53 @@ pub async fn run(generation: Arc<Generation>, mut job: GenerationJob) {
         .iter()
         .map(|m| 3 + (m.content.len() as u64).div_ceil(4))
         .sum::<u64>();
-    // From now on the hub's checkpointer writes this reply's row in its periodic batch, never on this path.
-    if !job.stateless {
-        generation.enable_checkpoints(
+    // From its first token on, the checkpointer writes this reply's row in its periodic batch, never here.
+    let reply = match job.persist {
+        Persist::Conversation { .. } => chat.checkpoints.register(
             template.clone(),
             i64::try_from(prompt_estimate).unwrap_or(i64::MAX),
-        );
-    }
-    let streamed = relay(&generation, &job).await;
+        ),
+        Persist::UsageOnly => RunningReply::untracked(),
+    };
+    let streamed = relay(&generation, &job, &reply).await;
     let duration = started.elapsed();
-    let text = generation.text();
+    let text = reply.finish();
 
     // Count, price and record with the route that actually answered.
     let route = &streamed.route;
     let counts = count_tokens(&job.request.messages, route, &streamed.usage, &text).await;
     let cost_nanousd = route.prices.cost_nanousd(&counts);
     let (message_status, finish_reason) = match (&streamed.error, streamed.cancelled) {
-        (Some(_), _) => (status::FAILED, "error".to_string()),
-        (None, Some(CancelReason::Shutdown)) => (
-            status::INTERRUPTED,
-            CancelReason::Shutdown.finish_reason().to_string(),
-        ),
-        (None, Some(reason)) => (status::CANCELLED, reason.finish_reason().to_string()),
+        (Some(_), _) => (MessageStatus::Failed, FinishReason::Error),
+        (None, Some(reason)) => (reason.status(), reason.finish_reason()),
         (None, None) => (
-            status::COMPLETE,
-            streamed
-                .finish_reason
-                .clone()
-                .unwrap_or_else(|| "stop".into()),
+            MessageStatus::Complete,
+            streamed.finish_reason.clone().unwrap_or(FinishReason::Stop),
         ),
     };
     let message = NewMessage {
         content: text,
         status: message_status,
         finish_reason: Some(finish_reason.clone()),
-        error: streamed.error.as_ref().map(ToString::to_string),
+        error: streamed.error.as_ref().map(|e| e.message.clone()),
         model: Some(route.alias.clone()),
         provider: Some(route.provider.name().to_string()),
         ..template
     };
+    let (conversation_id, persona_id) = match job.persist {
+        Persist::Conversation {
+            conversation_id,
+            persona_id,
+            ..
+        } => (Some(conversation_id), Some(persona_id)),
+        Persist::UsageOnly => (None, None),
+    };
     let usage = UsageRecord {
         id: Id::new(),
         user_id: job.user_id.clone(),
-        conversation_id: (!job.stateless).then_some(job.conversation_id),
-        message_id: (!job.stateless).then_some(generation.id),
-        persona_id: job.persona_id,
+        conversation_id,
+        message_id: conversation_id.map(|_| generation.id()),
+        persona_id,
         model: route.alias.clone(),
         upstream_model: route.upstream_model.clone(),
         provider: route.provider.name().to_string(),
@@ -170,10 +164,10 @@ pub async fn run(generation: Arc<Generation>, mut job: GenerationJob) {
     };
 
     let write_started = Instant::now();
-    let saved = persist(&job, &message, &usage).await;
+    let saved = persist(&chat, job.persist, &message, &usage).await;
     metrics::histogram!("chatgate_db_write_seconds", "op" => "save")
         .record(write_started.elapsed().as_secs_f64());
-    metrics::counter!("chatgate_generations_finished_total", "model" => route.alias.clone(), "outcome" => message_status)
+    metrics::counter!("chatgate_generations_finished_total", "model" => route.alias.clone(), "outcome" => message_status.as_str())
         .increment(1);
     let provider_name = route.provider.name().to_string();
     metrics::counter!("chatgate_tokens_total", "provider" => provider_name.clone(), "kind" => "prompt")
@@ -187,63 +181,48 @@ pub async fn run(generation: Arc<Generation>, mut job: GenerationJob) {
             cost_nanousd.max(0) as u64,
         );
     }
-    let usage_json = json!({
-        "prompt_tokens": counts.prompt_tokens,
-        "completion_tokens": counts.completion_tokens,
-        "cached_tokens": counts.cached_tokens,
-        "reasoning_tokens": counts.reasoning_tokens,
-        "estimated": counts.estimated,
-        "cost_usd": nanousd_to_usd(cost_nanousd),
-    });
-    generation.emit(EventKind::Usage, usage_json.to_string());
+    let usage_report = UsageReport {
+        prompt_tokens: counts.prompt_tokens,
+        completion_tokens: counts.completion_tokens,
+        cached_tokens: counts.cached_tokens,
+        reasoning_tokens: counts.reasoning_tokens,
+        estimated: counts.estimated,
+        cost_usd: nanousd_to_usd(cost_nanousd),
+    };
+    let _ = generation.emit(GenerationEvent::Usage(usage_report));
 
-    match (saved, streamed.error) {
-        (Ok(saved), None) => {
-            let data =
-                json!({ "message": saved, "usage": usage_json, "finish_reason": finish_reason });
-            generation.finish(
-                Outcome {
-                    message: Some(saved),
-                    error: None,
-                },
-                EventKind::Done,
-                data.to_string(),
-            );
-        }
+    let terminal = match (saved, streamed.error) {
+        (Ok(saved), None) => GenerationEvent::Done(Box::new(Done {
+            message: saved,
+            usage: usage_report,
+            finish_reason,
+        })),
         (Ok(saved), Some(error)) => {
-            let api = ApiError::from(&error).with_details(
-                json!({ "message_id": saved.id, "partial": !saved.content.is_empty() }),
+            let error = error.with_details(
+                serde_json::json!({ "message_id": saved.id, "partial": !saved.content.is_empty() }),
             );
-            let data = api.body();
-            generation.finish(
-                Outcome {
-                    message: Some(saved),
-                    error: Some(api),
-                },
-                EventKind::Error,
-                data.to_string(),
-            );
+            GenerationEvent::Error(Box::new(Failed {
+                failure: Failure::from(&error),
+                saved: Some(saved),
+            }))
         }
         (Err(err), _) => {
-            tracing::error!(generation_id = %generation.id, error = %err, "could not save the generation");
-            let api = ApiError::unavailable("the reply could not be saved", err);
-            let data = json!({ "error": api.error, "message": api.message, "details": { "message_id": generation.id } });
-            generation.finish(
-                Outcome {
-                    message: None,
-                    error: Some(api),
-                },
-                EventKind::Error,
-                data.to_string(),
-            );
+            tracing::error!(generation_id = %generation.id(), error = %err, "could not save the generation");
+            let error = Error::unavailable("the reply could not be saved", &err)
+                .with_details(serde_json::json!({ "message_id": generation.id() }));
+            GenerationEvent::Error(Box::new(Failed {
+                failure: Failure::from(&error),
+                saved: None,
+            }))
         }
-    }
+    };
+    let _ = generation.emit(terminal);
 }
 
 /// Streams from the model, then its fallbacks: a retryable failure before any delta was relayed is retried
 /// with jittered exponential backoff (honouring the provider's retry hint), then the next fallback is tried.
 /// Once a delta has been relayed, a failure ends the generation: it never switches silently.
-async fn relay(generation: &Generation, job: &GenerationJob) -> Streamed {
+async fn relay(generation: &Generation, job: &Job, reply: &RunningReply) -> Streamed {
     let started = Instant::now();
     let mut out = Streamed {
         route: job.route.clone(),
@@ -260,24 +239,29 @@ async fn relay(generation: &Generation, job: &GenerationJob) -> Streamed {
         loop {
             let request = ChatRequest {
                 model: route.upstream_model.clone(),
-                max_tokens: route.max_output_tokens,
+                max_tokens: if std::ptr::eq(route, &job.route) {
+                    job.request.max_tokens
+                } else {
+                    route.max_output_tokens
+                },
                 ..job.request.clone()
             };
-            let error = match relay_once(generation, route, request, started, &mut out).await {
+            let error = match relay_once(generation, route, request, started, reply, &mut out).await
+            {
                 None => return out,
                 Some(error) => error,
             };
             let relayed = out.ttft.is_some();
             tracing::warn!(
-                generation_id = %generation.id, model = %route.alias, provider = route.provider.name(),
+                generation_id = %generation.id(), model = %route.alias, provider = route.provider.name(),
                 attempt, relayed, error = %error, "upstream failed"
             );
-            if relayed || !error.is_retryable() {
-                out.error = Some(error);
+            let retryable = error.is_retryable();
+            let delay = job.retry.delay(attempt, error.retry_after());
+            out.error = Some(Error::from(&error));
+            if relayed || !retryable {
                 return out;
             }
-            let delay = job.retry.delay(attempt, error.retry_after());
-            out.error = Some(error);
             match delay {
                 Some(delay) if attempt < job.retry.attempts => {
                     attempt += 1;
@@ -303,6 +287,7 @@ async fn relay_once(
     route: &ModelRoute,
     request: ChatRequest,
     started: Instant,
+    reply: &RunningReply,
     out: &mut Streamed,
 ) -> Option<ProviderError> {
     let provider = route.provider.name().to_string();
@@ -330,7 +315,20 @@ async fn relay_once(
                     metrics::histogram!("chatgate_ttft_seconds", "provider" => provider.clone())
                         .record(ttft.as_secs_f64());
                 }
-                generation.emit_delta(&text);
+                reply.push(&text);
+                if let Err(full) = generation.emit(GenerationEvent::delta(text)) {
+                    out.error = Some(
+                        Error::new(
+                            ErrorKind::Unprocessable,
+                            "generation_too_long",
+                            format!("the reply outgrew the generation's event log: {full}"),
+                        )
+                        .with_details(serde_json::json!({
+                            "events": full.events, "text_bytes": full.text_bytes,
+                        })),
+                    );
+                    return None;
+                }
                 deltas_relayed.increment(1);
             }
             Some(Ok(ProviderEvent::Usage(usage))) => out.usage.merge(usage),
@@ -382,7 +380,7 @@ fn jitter_fraction() -> f64 {
 /// The provider's figures where it gave them, local tiktoken counts (flagged `estimated`) for the rest.
 /// Counting runs on a blocking thread: it may load a tokenizer (about a second, once) and costs CPU time
 /// proportional to the text.
-pub(crate) async fn count_tokens(
+pub async fn count_tokens(
     prompt: &[ChatMessage],
     route: &ModelRoute,
     usage: &Usage,
@@ -416,23 +414,25 @@ pub(crate) async fn count_tokens(
     }
 }
 
-/// Writes message and usage in one transaction, retrying transient failures with backoff.
+/// Writes message and usage in one transaction (only the usage for stateless completions), retrying transient
+/// failures with backoff.
 async fn persist(
-    job: &GenerationJob,
+    chat: &Chat,
+    target: Persist,
     message: &NewMessage,
     usage: &UsageRecord,
 ) -> Result<Message, StoreError> {
     let mut delay = Duration::from_millis(50);
-    let attempts = job.persist_attempts.max(1);
+    let attempts = chat.config.generation.persist_attempts.max(1);
     let mut attempt = 1;
     loop {
-        let written = if job.stateless {
-            job.store
+        let written = match target {
+            Persist::UsageOnly => chat
+                .store
                 .record_usage(usage)
                 .await
-                .map(|()| Message::from_new(message, Some(usage)))
-        } else {
-            job.store.save_generation(message, usage).await
+                .map(|()| Message::from_new(message, Some(usage))),
+            Persist::Conversation { .. } => chat.store.save_generation(message, usage).await,
         };
         match written {
             Ok(saved) => return Ok(saved),
@@ -449,76 +449,6 @@ async fn persist(
     }
 }
 
-fn to_i64(v: u64) -> i64 {
+pub(super) fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-/// Bills and closes the replies a dead process left `streaming` (this instance's previous life, or any whose
-/// heartbeat is older than `stale_before`): status `interrupted`, the last checkpointed text, and one usage
-/// record with estimated counts (the prompt estimate taken when the reply started, the text counted now).
-/// Returns how many were closed.
-///
-/// # Errors
-/// When the database fails.
-pub async fn recover_interrupted(
-    store: &dyn Store,
-    models: &Models,
-    instance_id: &str,
-    stale_before: chrono::DateTime<chrono::Utc>,
-) -> Result<usize, StoreError> {
-    let mut recovered = 0;
-    for stale in store.stale_replies(instance_id, stale_before).await? {
-        let message = &stale.message;
-        let route = message.model.as_deref().and_then(|alias| models.get(alias));
-        let tokenizer = route.map_or_else(|| Tokenizer::for_model(""), |r| r.tokenizer);
-        let counts = TokenCounts {
-            prompt_tokens: stale
-                .prompt_tokens_estimate
-                .and_then(|p| u64::try_from(p).ok())
-                .unwrap_or(0),
-            completion_tokens: tokenizer.count(&message.content),
-            estimated: true,
-            ..TokenCounts::default()
-        };
-        let closed = NewMessage {
-            id: message.id,
-            conversation_id: message.conversation_id,
-            parent_id: message.parent_id,
-            role: role::ASSISTANT,
-            content: message.content.clone(),
-            message_type: message.message_type.clone(),
-            media: message.media.clone(),
-            status: status::INTERRUPTED,
-            model: message.model.clone(),
-            provider: message.provider.clone(),
-            finish_reason: Some("interrupted".into()),
-            error: Some("the server stopped before the reply was finished".into()),
-            created_at: message.created_at,
-        };
-        let usage = UsageRecord {
-            id: Id::new(),
-            user_id: stale.user_id.clone(),
-            conversation_id: Some(message.conversation_id),
-            message_id: Some(message.id),
-            persona_id: Some(stale.persona_id),
-            model: message.model.clone().unwrap_or_default(),
-            upstream_model: route.map(|r| r.upstream_model.clone()).unwrap_or_default(),
-            provider: message.provider.clone().unwrap_or_default(),
-            prompt_tokens: to_i64(counts.prompt_tokens),
-            completion_tokens: to_i64(counts.completion_tokens),
-            cached_tokens: 0,
-            reasoning_tokens: 0,
-            estimated: true,
-            cost_nanousd: route.map_or(0, |r| r.prices.cost_nanousd(&counts)),
-            ttft_ms: None,
-            duration_ms: (message.updated_at - message.created_at)
-                .num_milliseconds()
-                .max(0),
-            created_at: crate::store::now(),
-        };
-        if store.interrupt_reply(&closed, &usage).await? {
-            recovered += 1;
-        }
-    }
-    Ok(recovered)
 }

@@ -5,13 +5,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::http::StatusCode;
 use futures::StreamExt;
 
-use crate::AppState;
-use crate::error::ApiError;
-use crate::providers::{ChatMessage, ChatRequest, ModelRoute, ProviderEvent};
-use crate::store::{self, Conversation, HistoryPage, Id, UsageRecord, role, status};
+use super::Chat;
+use crate::catalog::ModelRoute;
+use crate::domain::{MessageStatus, Role};
+use crate::error::{Error, ErrorKind};
+use crate::event::GenerationEvent;
+use crate::providers::{ChatMessage, ChatRequest, ProviderEvent};
+use crate::store::{self, Conversation, HistoryPage, Id, UsageRecord};
 use crate::stream::Generation;
 use crate::usage::Usage;
 
@@ -23,32 +25,34 @@ const EXCERPT_CHARS: usize = 1500;
 const INSTRUCTIONS: &str = "You write titles for chat conversations. Reply with the title only: at most six \
 words, in the language of the conversation, no quotes, no trailing punctuation.";
 
-/// After the conversation's first reply is saved, titles it (when `[titles].enabled`), in a background task.
-/// Failures are logged and leave the conversation untitled.
+/// After the conversation's first reply is saved, titles it (when `[titles].enabled`), in a tracked background
+/// task (shutdown waits for it, so its usage record is never dropped). Failures are logged and leave the
+/// conversation untitled.
 pub fn after_first_reply(
-    state: &AppState,
+    chat: &Chat,
     user_id: &str,
     conversation_id: Id,
     question: String,
     generation: Arc<Generation>,
 ) {
-    if !state.config.titles.enabled {
+    if !chat.config.titles.enabled {
         return;
     }
-    let state = state.clone();
+    let chat = chat.clone();
     let user_id = user_id.to_string();
-    tokio::spawn(async move {
-        let outcome = generation.outcome().await;
-        let Some(reply) = outcome
-            .message
-            .as_ref()
-            .filter(|m| m.status == status::COMPLETE)
-        else {
+    let tasks = chat.tasks.clone();
+    tasks.spawn(async move {
+        let terminal = generation.finished().await;
+        let GenerationEvent::Done(done) = &terminal.event else {
             return;
         };
+        let reply = &done.message;
+        if reply.status != MessageStatus::Complete {
+            return;
+        }
         let answered_by = reply.model.clone();
         match write(
-            &state,
+            &chat,
             &user_id,
             conversation_id,
             &question,
@@ -58,7 +62,7 @@ pub fn after_first_reply(
         .await
         {
             Ok(title) => {
-                match state
+                match chat
                     .store
                     .title_if_untitled(&user_id, conversation_id, &title)
                     .await
@@ -78,27 +82,27 @@ pub fn after_first_reply(
 /// 404 when the conversation is not the caller's; 409 `conflict` before its first reply; 502/504 when the
 /// title model fails.
 pub async fn regenerate(
-    state: &AppState,
+    chat: &Chat,
     user_id: &str,
     conversation: &Conversation,
-) -> Result<Conversation, ApiError> {
-    let first = state
+) -> Result<Conversation, Error> {
+    let first = chat
         .store
         .list_messages(conversation.id, HistoryPage::Offset(0), 20, true, false)
         .await?;
-    let question = first.iter().find(|m| m.role == role::USER);
+    let question = first.iter().find(|m| m.role == Role::User);
     let reply = question.and_then(|q| {
         first.iter().find(|m| {
-            m.role == role::ASSISTANT && m.parent_id == Some(q.id) && !m.content.is_empty()
+            m.role == Role::Assistant && m.parent_id == Some(q.id) && !m.content.is_empty()
         })
     });
     let (Some(question), Some(reply)) = (question, reply) else {
-        return Err(ApiError::conflict(
+        return Err(Error::conflict(
             "the conversation has no reply yet; a title is written from its first exchange",
         ));
     };
     let title = write(
-        state,
+        chat,
         user_id,
         conversation.id,
         &question.content,
@@ -106,39 +110,38 @@ pub async fn regenerate(
         reply.model.as_deref(),
     )
     .await?;
-    state
-        .store
+    chat.store
         .update_conversation(user_id, conversation.id, Some(Some(&title)), None)
         .await?
-        .ok_or_else(|| ApiError::not_found("conversation"))
+        .ok_or_else(|| Error::not_found("conversation"))
 }
 
 /// Asks the title model for a title and records its usage; returns the cleaned title.
 async fn write(
-    state: &AppState,
+    chat: &Chat,
     user_id: &str,
     conversation_id: Id,
     question: &str,
     answer: &str,
     answered_by: Option<&str>,
-) -> Result<String, ApiError> {
-    let config = &state.config.titles;
+) -> Result<String, Error> {
+    let config = &chat.config.titles;
     let alias = Some(config.model.as_str())
         .filter(|m| !m.is_empty())
         .or(answered_by)
-        .unwrap_or(state.models.default_alias());
-    let route = state
+        .unwrap_or(chat.models.default_alias());
+    let route = chat
         .models
         .get(alias)
-        .or_else(|| state.models.get(state.models.default_alias()))
+        .or_else(|| chat.models.get(chat.models.default_alias()))
         .cloned()
-        .ok_or_else(|| ApiError::internal(format!("no model alias '{alias}' for titles")))?;
+        .ok_or_else(|| Error::internal(format!("no model alias '{alias}' for titles")))?;
     if route.provider.is_mock() {
         // The mock's words are placeholders: the question's first words make a better title, and cost nothing.
         let words: Vec<&str> = question.split_whitespace().take(6).collect();
         return clean(&words.join(" ")).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::CONFLICT,
+            Error::new(
+                ErrorKind::Conflict,
                 "conflict",
                 "the first message has no words to make a title of",
             )
@@ -165,14 +168,14 @@ async fn write(
     )
     .await
     .map_err(|_| {
-        ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
+        Error::new(
+            ErrorKind::Timeout,
             "upstream_timeout",
             format!("the title model took longer than {} ms", config.timeout_ms),
         )
     })??;
     record_usage(
-        state,
+        chat,
         user_id,
         conversation_id,
         &route,
@@ -183,8 +186,8 @@ async fn write(
     )
     .await;
     clean(&text).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::BAD_GATEWAY,
+        Error::new(
+            ErrorKind::Upstream,
             "upstream_error",
             "the title model answered with no title",
         )
@@ -192,12 +195,12 @@ async fn write(
 }
 
 /// The whole reply of one provider request.
-async fn collect(route: &ModelRoute, request: ChatRequest) -> Result<(String, Usage), ApiError> {
+async fn collect(route: &ModelRoute, request: ChatRequest) -> Result<(String, Usage), Error> {
     let mut stream = route.provider.stream(request);
     let mut text = String::new();
     let mut usage = Usage::default();
     while let Some(event) = stream.next().await {
-        match event.map_err(|e| ApiError::from(&e))? {
+        match event.map_err(|e| Error::from(&e))? {
             ProviderEvent::TextDelta(delta) => text.push_str(&delta),
             ProviderEvent::Usage(u) => usage.merge(u),
             ProviderEvent::Finish(_) => {}
@@ -208,7 +211,7 @@ async fn collect(route: &ModelRoute, request: ChatRequest) -> Result<(String, Us
 
 #[allow(clippy::too_many_arguments)]
 async fn record_usage(
-    state: &AppState,
+    chat: &Chat,
     user_id: &str,
     conversation_id: Id,
     route: &ModelRoute,
@@ -217,7 +220,7 @@ async fn record_usage(
     usage: &Usage,
     started: Instant,
 ) {
-    let counts = crate::stream::generation::count_tokens(prompt, route, usage, text).await;
+    let counts = super::generation::count_tokens(prompt, route, usage, text).await;
     let record = UsageRecord {
         id: Id::new(),
         user_id: user_id.to_string(),
@@ -237,7 +240,7 @@ async fn record_usage(
         duration_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
         created_at: store::now(),
     };
-    if let Err(err) = state.store.record_usage(&record).await {
+    if let Err(err) = chat.store.record_usage(&record).await {
         tracing::warn!(%conversation_id, %err, "recording a title's usage failed");
     }
 }

@@ -1,0 +1,686 @@
+//! The chat service: one message's whole life, free of HTTP. Every transport (native SSE, JSON, 202, the AI SDK
+//! stream, WebSocket, the OpenAI-compatible endpoint) parses its input, calls one method here and encodes what
+//! comes back; errors are [`Error`]s, which `api` maps to statuses.
+//!
+//! One message, top to bottom ([`Chat::send`]):
+//! 1. [`admission::validate`]: the body's shape, no I/O.
+//! 2. The caller's conversation, its persona, and the model to answer with ([`Chat::persona_and_route`]).
+//! 3. The history and the prompt that fits the model ([`prompt::build`]).
+//! 4. Limits: concurrent replies, token and cost budgets, with a reservation ([`Chat::admit`]).
+//! 5. Media: uploads stored, URLs fetched, images read, voice notes transcribed ([`attachments::attach`]),
+//!    only now that the request is admitted, and removed again if a later step fails.
+//! 6. The user message, committed; then the generation starts ([`Chat::start`]) as a tracked task that no
+//!    connection owns ([`generation::run`]): it relays each delta to the event log, its text is checkpointed
+//!    ([`checkpoints`]), and at the end its message and usage are written in one transaction before `done`.
+//! 7. After a conversation's first reply, a title ([`titles`]).
+
+mod admission;
+mod attachments;
+pub mod checkpoints;
+mod generation;
+mod prompt;
+pub mod titles;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+pub use self::generation::RetryPolicy;
+pub use self::prompt::IMAGE_TOKENS;
+use crate::catalog::{ModelRoute, Models};
+use crate::config::Config;
+use crate::domain::{CancelReason, MessageStatus, MessageType, Role};
+use crate::error::{Error, ErrorKind};
+use crate::event::GenerationEvent;
+use crate::id::Id;
+use crate::media::MediaStore;
+use crate::personas::PersonaCache;
+use crate::providers::{ChatMessage, ChatRequest};
+use crate::store::{Conversation, HistoryPage, Message, NewMessage, Persona, PersonaFilter, Store};
+use crate::stream::{Generation, GenerationMeta, Hub};
+use crate::tasks::Tasks;
+use crate::usage::budget::{Budgets, Reservation};
+
+/// A message to send: the body of `POST /api/v1/conversations/{id}/messages` and of a WebSocket `send`.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SendRequest {
+    /// The text; required for `text` and `multimodal` messages.
+    #[serde(default)]
+    pub content: Option<String>,
+    #[serde(default)]
+    pub message_type: MessageType,
+    /// The caller's uploads (`POST /api/v1/media`).
+    #[serde(default)]
+    pub media_ids: Vec<Id>,
+    /// Images (or one voice note) to fetch: http(s), public addresses only.
+    #[serde(default)]
+    pub media_urls: Vec<String>,
+    /// A voice note to fetch.
+    #[serde(default)]
+    pub audio_url: Option<String>,
+    #[serde(default)]
+    pub audio_duration_seconds: Option<f64>,
+    /// Model alias; the persona's, else `[defaults].model`, when absent.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// The message this one answers (defaults to none).
+    #[serde(default)]
+    pub parent_id: Option<Id>,
+    /// Files sent inline (the AI SDK's `data:` file parts), stored as the caller's uploads once the send is
+    /// admitted.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub uploads: Vec<Bytes>,
+}
+
+/// Whether someone follows the reply from the start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attendance {
+    /// A stream or a waiting caller follows it.
+    Followed,
+    /// Nobody does yet (`Prefer: respond-async`): refused past `generation.max_unattended`.
+    Unattended,
+}
+
+/// A message accepted and its reply started.
+#[derive(Debug)]
+pub struct Started {
+    pub conversation: Conversation,
+    /// The message the reply answers: the one just sent, or the question of a regenerated reply.
+    pub user_message: Message,
+    pub generation: Arc<Generation>,
+}
+
+/// A stateless completion (the OpenAI-compatible endpoint): the caller sends the whole history; only the
+/// usage is recorded.
+#[derive(Debug)]
+pub struct Completion {
+    /// Model alias.
+    pub model: String,
+    pub messages: Vec<ChatMessage>,
+    /// Upper bound on the reply, in tokens; the model's `max_output_tokens` when absent.
+    pub max_tokens: Option<u32>,
+    /// A persona's id or slug whose system prompt goes first.
+    pub persona: Option<String>,
+}
+
+/// What a generation writes when it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persist {
+    /// The assistant message in its conversation, answering `parent_id`, and its usage record.
+    Conversation {
+        conversation_id: Id,
+        persona_id: Id,
+        parent_id: Id,
+    },
+    /// Only the usage record (stateless completions).
+    UsageOnly,
+}
+
+impl Persist {
+    fn conversation_id(self) -> Option<Id> {
+        match self {
+            Persist::Conversation {
+                conversation_id, ..
+            } => Some(conversation_id),
+            Persist::UsageOnly => None,
+        }
+    }
+}
+
+/// `GET /api/v1/generations/{id}`: where a generation stands.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct GenerationStatus {
+    pub id: Id,
+    pub conversation_id: Option<Id>,
+    /// The model alias.
+    pub model: Option<String>,
+    pub status: MessageStatus,
+    /// The text so far.
+    pub text: String,
+    /// The saved reply, once there is one.
+    pub message: Option<Message>,
+}
+
+/// What cancelling did.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Cancelled {
+    /// True when this request stopped the generation.
+    pub cancelled: bool,
+    /// `cancelled`, or why nothing was cancelled.
+    pub reason: &'static str,
+    /// The saved reply.
+    pub message: Option<Message>,
+}
+
+/// The chat service. Cheap to clone.
+#[derive(Clone)]
+pub struct Chat(Arc<Inner>);
+
+/// What the service works with.
+pub struct Inner {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub models: Arc<Models>,
+    pub hub: Hub,
+    pub budgets: Arc<Budgets>,
+    pub personas: Arc<PersonaCache>,
+    pub media: Arc<MediaStore>,
+    pub tasks: Tasks,
+    pub checkpoints: Arc<checkpoints::Checkpointer>,
+}
+
+impl std::ops::Deref for Chat {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl Chat {
+    pub fn new(inner: Inner) -> Self {
+        Self(Arc::new(inner))
+    }
+
+    /// Sends a message and starts its reply. Nothing is written when a check fails: the user message is
+    /// committed only after validation, ownership, the model, the prompt's fit, the limits and the media.
+    ///
+    /// # Errors
+    /// `invalid` (the body), `not_found` (the conversation, parent or media is not the caller's),
+    /// `unprocessable` (unknown model, a model without vision, wrong media kind), `rate_limited` (limits,
+    /// budgets), `too_large`, the media's fetch and transcription errors, `unavailable` (the database, or
+    /// shutting down).
+    pub async fn send(
+        &self,
+        user_id: &str,
+        conversation_id: Id,
+        request: SendRequest,
+        attendance: Attendance,
+    ) -> Result<Started, Error> {
+        let content = admission::validate(&self.config, &self.media, &request)?;
+        let conversation = self.conversation(user_id, conversation_id).await?;
+        let (persona, route) = self
+            .persona_and_route(&conversation, request.model.as_deref())
+            .await?;
+        if request.message_type.has_images() && !route.accepts_images {
+            return Err(admission::takes_no_images(&route));
+        }
+        if let Some(parent_id) = request.parent_id {
+            let parent = self.store.get_message(user_id, parent_id).await?;
+            if parent.is_none_or(|p| p.conversation_id != conversation.id) {
+                return Err(Error::not_found("parent message"));
+            }
+        }
+        if attendance == Attendance::Unattended {
+            admission::refuse_if_unattended_full(&self.hub)?;
+        }
+        let history = self
+            .history(conversation.id, HistoryPage::Offset(0))
+            .await?;
+        let earlier_images = prompt::history_images(self, user_id, &route, &history).await?;
+        // Limits first, on an estimate (the text, and IMAGE_TOKENS an image to come): nothing is fetched,
+        // transcribed or stored for a request that would be refused.
+        let images_to_come = if request.message_type.has_images() {
+            (request.media_ids.len() + request.media_urls.len() + request.uploads.len()) as u64
+        } else {
+            0
+        };
+        let new_message = ChatMessage::user(content.clone());
+        let (text_prompt, text_tokens) = prompt::build(
+            &self.config.generation,
+            &persona,
+            &route,
+            &history,
+            &earlier_images,
+            new_message,
+        )?;
+        let reservation = self
+            .admit(user_id, &route, text_tokens + IMAGE_TOKENS * images_to_come)
+            .await?;
+        let mut stored = attachments::StoredMedia::new(self, user_id);
+        let attached = match attachments::attach(
+            self,
+            user_id,
+            &route,
+            &request,
+            content,
+            &mut stored,
+        )
+        .await
+        {
+            Ok(attached) => attached,
+            Err(err) => {
+                stored.discard().await;
+                return Err(err);
+            }
+        };
+        // A text message's prompt is the one just built; media change the last turn, so fit it again.
+        let messages = if request.message_type == MessageType::Text {
+            text_prompt
+        } else {
+            match prompt::build(
+                &self.config.generation,
+                &persona,
+                &route,
+                &history,
+                &earlier_images,
+                attached.prompt,
+            ) {
+                Ok((messages, _)) => messages,
+                Err(err) => {
+                    stored.discard().await;
+                    return Err(err);
+                }
+            }
+        };
+        let first_exchange = conversation.title.is_none() && history.is_empty();
+        let inserted = self
+            .store
+            .insert_message(&NewMessage {
+                id: Id::new(),
+                conversation_id: conversation.id,
+                parent_id: request.parent_id,
+                role: Role::User,
+                content: attached.content,
+                message_type: request.message_type,
+                media: attached.media,
+                status: MessageStatus::Complete,
+                model: None,
+                provider: None,
+                finish_reason: None,
+                error: None,
+                created_at: crate::store::now(),
+            })
+            .await;
+        let user_message = match inserted {
+            Ok(message) => message,
+            Err(err) => {
+                stored.discard().await;
+                return Err(err.into());
+            }
+        };
+        stored.keep();
+        let generation = self.start(
+            user_id,
+            route,
+            messages,
+            None,
+            Persist::Conversation {
+                conversation_id: conversation.id,
+                persona_id: persona.id,
+                parent_id: user_message.id,
+            },
+            reservation,
+        )?;
+        if first_exchange {
+            titles::after_first_reply(
+                self,
+                user_id,
+                conversation.id,
+                user_message.content.clone(),
+                Arc::clone(&generation),
+            );
+        }
+        Ok(Started {
+            conversation,
+            user_message,
+            generation,
+        })
+    }
+
+    /// A new reply to the user message `message_id` names (itself, or the one a reply answers). The previous
+    /// reply stays as a sibling; history shows the latest by default. The question's images go again.
+    ///
+    /// # Errors
+    /// `not_found` (not the caller's), `conflict` (a message that answers none), and those of
+    /// [`Chat::send`]'s checks.
+    pub async fn regenerate(
+        &self,
+        user_id: &str,
+        message_id: Id,
+        model: Option<&str>,
+        attendance: Attendance,
+    ) -> Result<Started, Error> {
+        let message = self
+            .store
+            .get_message(user_id, message_id)
+            .await?
+            .ok_or_else(|| Error::not_found("message"))?;
+        let question_id = match message.role {
+            Role::User => message.id,
+            _ => message.parent_id.ok_or_else(|| {
+                Error::conflict("this message answers no user message; nothing to regenerate")
+            })?,
+        };
+        let question = self
+            .store
+            .get_message(user_id, question_id)
+            .await?
+            .ok_or_else(|| Error::not_found("message"))?;
+        let conversation = self.conversation(user_id, question.conversation_id).await?;
+        let (persona, route) = self.persona_and_route(&conversation, model).await?;
+        if attendance == Attendance::Unattended {
+            admission::refuse_if_unattended_full(&self.hub)?;
+        }
+        let history = self
+            .history(conversation.id, HistoryPage::Before(question.id))
+            .await?;
+        let earlier_images = prompt::history_images(self, user_id, &route, &history).await?;
+        let question_images = if question.message_type.has_images() {
+            if !route.accepts_images {
+                return Err(admission::takes_no_images(&route));
+            }
+            prompt::images_of(self, user_id, &question.media).await?
+        } else {
+            Vec::new()
+        };
+        let (messages, prompt_tokens) = prompt::build(
+            &self.config.generation,
+            &persona,
+            &route,
+            &history,
+            &earlier_images,
+            ChatMessage::user(question.content.clone()).with_images(question_images),
+        )?;
+        let reservation = self.admit(user_id, &route, prompt_tokens).await?;
+        let generation = self.start(
+            user_id,
+            route,
+            messages,
+            None,
+            Persist::Conversation {
+                conversation_id: conversation.id,
+                persona_id: persona.id,
+                parent_id: question.id,
+            },
+            reservation,
+        )?;
+        Ok(Started {
+            conversation,
+            user_message: question,
+            generation,
+        })
+    }
+
+    /// A stateless completion: the caller's messages (with `persona`'s system prompt first, when named) to
+    /// `model`, under the same limits, retries and fallbacks; only the usage is recorded.
+    ///
+    /// # Errors
+    /// `not_found` / `model_not_found` for an unknown alias, `not_found` for an unknown persona, `invalid` (no
+    /// user message, images on other roles), `model_cannot_take_images`, `too_large`, `rate_limited`.
+    pub async fn complete(
+        &self,
+        user_id: &str,
+        completion: Completion,
+    ) -> Result<Arc<Generation>, Error> {
+        let route = self.completion_route(&completion.model)?;
+        let mut messages = Vec::with_capacity(completion.messages.len() + 1);
+        if let Some(persona) = completion.persona.as_deref() {
+            let persona = self.find_persona(persona).await?;
+            messages.push(ChatMessage::system(crate::personas::system_prompt(
+                &persona,
+            )));
+        }
+        messages.extend(completion.messages);
+        admission::check_completion(&self.config, &route, &messages)?;
+        let prompt_tokens = 3 + messages
+            .iter()
+            .map(|m| 3 + m.content.len() as u64 + IMAGE_TOKENS * m.images.len() as u64)
+            .sum::<u64>();
+        let reservation = self.admit(user_id, &route, prompt_tokens).await?;
+        self.start(
+            user_id,
+            route,
+            messages,
+            completion.max_tokens,
+            Persist::UsageOnly,
+            reservation,
+        )
+    }
+
+    /// The route of a model alias named by a stateless completion.
+    ///
+    /// # Errors
+    /// `not_found` / `model_not_found`, in OpenAI's words.
+    pub fn completion_route(&self, alias: &str) -> Result<ModelRoute, Error> {
+        self.models.get(alias).cloned().ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                "model_not_found",
+                format!("The model `{alias}` does not exist"),
+            )
+            .with_details(serde_json::json!({ "field": "model" }))
+        })
+    }
+
+    /// The caller's live (or recently finished) generation; `None` for an unknown, expired or another user's.
+    pub fn generation(&self, user_id: &str, id: Id) -> Option<Arc<Generation>> {
+        self.hub.get(id).filter(|g| g.user_id() == user_id)
+    }
+
+    /// Where the caller's generation stands: live, or read back as its saved reply.
+    ///
+    /// # Errors
+    /// `not_found` when it is not the caller's.
+    pub async fn status(&self, user_id: &str, id: Id) -> Result<GenerationStatus, Error> {
+        if let Some(generation) = self.generation(user_id, id) {
+            let (status, message) = match generation.terminal().map(|t| t.event.clone()) {
+                None => (MessageStatus::Streaming, None),
+                Some(GenerationEvent::Done(done)) => (done.message.status, Some(done.message)),
+                Some(GenerationEvent::Error(failed)) => match failed.saved {
+                    Some(saved) => (saved.status, Some(saved)),
+                    None => (MessageStatus::Failed, None),
+                },
+                Some(_) => (MessageStatus::Failed, None),
+            };
+            return Ok(GenerationStatus {
+                id: generation.id(),
+                conversation_id: generation.meta.conversation_id,
+                model: Some(generation.meta.model.clone()),
+                status,
+                text: generation.text(),
+                message,
+            });
+        }
+        let message = self.saved_reply(user_id, id).await?;
+        Ok(GenerationStatus {
+            id: message.id,
+            conversation_id: Some(message.conversation_id),
+            model: message.model.clone(),
+            status: message.status,
+            text: message.content.clone(),
+            message: Some(message),
+        })
+    }
+
+    /// Stops the caller's generation: the upstream is cancelled, the partial text saved as `cancelled`, and the
+    /// answer comes once it is saved. Cancelling a finished generation changes nothing and says so.
+    ///
+    /// # Errors
+    /// `not_found` when it is not the caller's.
+    pub async fn cancel(&self, user_id: &str, id: Id) -> Result<Cancelled, Error> {
+        const ENDED: &str = "the generation had already ended";
+        let Some(generation) = self.generation(user_id, id) else {
+            let message = self.saved_reply(user_id, id).await?;
+            return Ok(Cancelled {
+                cancelled: false,
+                reason: ENDED,
+                message: Some(message),
+            });
+        };
+        let already_over = generation.is_finished();
+        generation.cancel(CancelReason::User);
+        let message = match self.reply(&generation).await {
+            Ok(message) => Some(message),
+            Err(_) => self.store.get_message(user_id, id).await?,
+        };
+        let cancelled = !already_over
+            && generation.cancel_reason() == Some(CancelReason::User)
+            && message
+                .as_ref()
+                .is_some_and(|m| m.status == MessageStatus::Cancelled);
+        Ok(Cancelled {
+            cancelled,
+            reason: if cancelled { "cancelled" } else { ENDED },
+            message,
+        })
+    }
+
+    /// Waits for the generation's saved reply (waiting counts as following it).
+    ///
+    /// # Errors
+    /// The generation's failure: the upstream's error (the partial reply is saved), or the save's.
+    pub async fn reply(&self, generation: &Arc<Generation>) -> Result<Message, Error> {
+        let _following = generation.attach();
+        match &generation.finished().await.event {
+            GenerationEvent::Done(done) => Ok(done.message.clone()),
+            GenerationEvent::Error(failed) => Err(failed.failure.to_error()),
+            _ => Err(Error::internal(
+                "a generation ended without a terminal event",
+            )),
+        }
+    }
+
+    /// The caller's conversation.
+    ///
+    /// # Errors
+    /// `not_found` when it is not the caller's.
+    pub async fn conversation(&self, user_id: &str, id: Id) -> Result<Conversation, Error> {
+        self.store
+            .get_conversation(user_id, id)
+            .await?
+            .ok_or_else(|| Error::not_found("conversation"))
+    }
+
+    /// Retries before the first token, from `[generation]`.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        let config = &self.config.generation;
+        RetryPolicy {
+            attempts: config.retry_attempts,
+            base: Duration::from_millis(config.retry_base_ms),
+            max: Duration::from_millis(config.retry_max_ms),
+        }
+    }
+
+    /// A finished generation, read back as its saved reply (the generation's id is the message's id).
+    async fn saved_reply(&self, user_id: &str, id: Id) -> Result<Message, Error> {
+        self.store
+            .get_message(user_id, id)
+            .await?
+            .filter(|m| m.role == Role::Assistant)
+            .ok_or_else(|| Error::not_found("generation"))
+    }
+
+    /// The newest history first, `generation.max_history_messages` of it.
+    async fn history(&self, conversation_id: Id, page: HistoryPage) -> Result<Vec<Message>, Error> {
+        let limit = i64::from(self.config.generation.max_history_messages);
+        Ok(self
+            .store
+            .list_messages(conversation_id, page, limit, false, false)
+            .await?)
+    }
+
+    /// The conversation's persona and the model to answer with: the request's alias, else the persona's, else
+    /// the default.
+    ///
+    /// # Errors
+    /// `unprocessable` / `unknown_model` for an alias that is not configured.
+    async fn persona_and_route(
+        &self,
+        conversation: &Conversation,
+        requested: Option<&str>,
+    ) -> Result<(Persona, ModelRoute), Error> {
+        let persona = self
+            .personas
+            .get(&*self.store, conversation.persona_id)
+            .await?
+            .ok_or_else(|| Error::not_found("persona"))?;
+        let alias = requested
+            .or(persona.model.as_deref())
+            .unwrap_or(self.models.default_alias());
+        let route = self.models.get(alias).cloned().ok_or_else(|| {
+            let known: Vec<_> = self.models.aliases().collect();
+            Error::new(
+                ErrorKind::Unprocessable,
+                "unknown_model",
+                format!("model alias '{alias}' is not configured"),
+            )
+            .with_details(serde_json::json!({ "model": alias, "available": known }))
+        })?;
+        Ok((persona, route))
+    }
+
+    /// A persona by id or slug.
+    async fn find_persona(&self, key: &str) -> Result<Persona, Error> {
+        if let Ok(id) = key.parse::<Id>()
+            && let Some(persona) = self.personas.get(&*self.store, id).await?
+        {
+            return Ok(persona);
+        }
+        let filter = PersonaFilter {
+            category: None,
+            include_inactive: false,
+            limit: 1000,
+            offset: 0,
+        };
+        self.store
+            .list_personas(&filter)
+            .await?
+            .into_iter()
+            .find(|p| p.slug == key)
+            .ok_or_else(|| {
+                Error::not_found("persona").with_details(serde_json::json!({ "field": "persona" }))
+            })
+    }
+
+    /// The limits checked before anything is written (see [`admission::admit`]).
+    async fn admit(
+        &self,
+        user_id: &str,
+        route: &ModelRoute,
+        prompt_tokens: u64,
+    ) -> Result<Reservation, Error> {
+        admission::admit(self, user_id, route, prompt_tokens).await
+    }
+
+    /// Starts the generation of `messages` on `route` as a tracked background task.
+    ///
+    /// # Errors
+    /// `unavailable` once shutdown has begun.
+    fn start(
+        &self,
+        user_id: &str,
+        route: ModelRoute,
+        messages: Vec<ChatMessage>,
+        max_tokens: Option<u32>,
+        persist: Persist,
+        reservation: Reservation,
+    ) -> Result<Arc<Generation>, Error> {
+        let meta = GenerationMeta {
+            id: Id::new(),
+            user_id: user_id.to_string(),
+            conversation_id: persist.conversation_id(),
+            model: route.alias.clone(),
+        };
+        let job = generation::Job {
+            request: ChatRequest {
+                model: route.upstream_model.clone(),
+                messages,
+                max_tokens: max_tokens.or(route.max_output_tokens),
+            },
+            fallbacks: self.models.fallbacks(&route.alias),
+            route,
+            user_id: user_id.to_string(),
+            persist,
+            reservation,
+            retry: self.retry_policy(),
+        };
+        let chat = self.clone();
+        self.hub
+            .start(meta, move |g| generation::run(chat, g, job))
+            .map_err(|e| Error::unavailable("the server is shutting down; retry shortly", e))
+    }
+}

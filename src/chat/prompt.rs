@@ -1,0 +1,169 @@
+//! The prompt: the persona's system prompt, then as much recent history as fits the model, then the new
+//! message; and the images of earlier messages that go with it.
+
+use std::collections::HashMap;
+
+use serde_json::json;
+
+use super::Chat;
+use crate::catalog::ModelRoute;
+use crate::config::GenerationConfig;
+use crate::domain::{MessageType, Role};
+use crate::error::{Error, ErrorKind};
+use crate::id::Id;
+use crate::media::Kind;
+use crate::providers::{ChatMessage, MediaData};
+use crate::store::{Message, Persona};
+
+/// Prompt tokens counted for one image when fitting history and reserving budget: an upper estimate (Anthropic
+/// bills about 1,600 tokens for a 1092×1092 image; OpenAI at most 1,105 for a high-detail 1024×1024 one).
+pub const IMAGE_TOKENS: u64 = 1600;
+
+/// The persona's system prompt, then as much recent history as fits, then the new message; with the prompt's
+/// estimated tokens.
+///
+/// The budget is the smaller of `generation.max_history_tokens` and the model's context window less the system
+/// prompt and `generation.reserve_output_tokens`. A message never has more tokens than bytes (byte-level BPE),
+/// so messages are counted with tiktoken only when their byte length alone could overflow the budget.
+///
+/// # Errors
+/// `invalid` / `context_length_exceeded` when the new message alone does not fit.
+pub fn build(
+    config: &GenerationConfig,
+    persona: &Persona,
+    route: &ModelRoute,
+    history_newest_first: &[Message],
+    history_images: &HashMap<Id, Vec<MediaData>>,
+    new_message: ChatMessage,
+) -> Result<(Vec<ChatMessage>, u64), Error> {
+    let system = ChatMessage::system(crate::personas::system_prompt(persona));
+    let tokenizer = route.tokenizer;
+    let reserved = u64::from(config.reserve_output_tokens);
+    // The system prompt's byte length bounds its tokens; count exactly only when the window is what limits the
+    // history (most models' windows dwarf max_history_tokens, and then no tokenizer is needed at all).
+    let system_upper = 3 + system.content.len() as u64 + 3;
+    let system_tokens = if u64::from(route.context_window).saturating_sub(reserved + system_upper)
+        >= u64::from(config.max_history_tokens)
+    {
+        system_upper
+    } else {
+        tokenizer.count_message(&system) + 3
+    };
+    let window_budget = u64::from(route.context_window)
+        .saturating_sub(reserved)
+        .saturating_sub(system_tokens);
+    let budget = window_budget.min(u64::from(config.max_history_tokens));
+    let cost = |m: &ChatMessage, spent: u64| {
+        let images = IMAGE_TOKENS * m.images.len() as u64;
+        let upper = 3 + m.content.len() as u64 + images;
+        if spent + upper <= budget {
+            upper
+        } else {
+            tokenizer.count_message(m) + images
+        }
+    };
+
+    let mut spent = cost(&new_message, 0);
+    if spent > budget {
+        return Err(Error::new(
+            ErrorKind::Invalid,
+            "context_length_exceeded",
+            format!(
+                "the message needs {spent} tokens; model '{}' has room for {budget}",
+                route.alias
+            ),
+        )
+        .with_details(json!({ "tokens": spent, "budget": budget })));
+    }
+    let mut included = Vec::new();
+    for message in history_newest_first {
+        let chat = match message.role {
+            Role::User => match history_images.get(&message.id) {
+                Some(images) => {
+                    ChatMessage::user(message.content.clone()).with_images(images.clone())
+                }
+                // An image the model will not see still leaves a trace, so the turn is never empty.
+                None if !crate::store::media_ids_of(&message.media).is_empty()
+                    && message.message_type != MessageType::Audio =>
+                {
+                    ChatMessage::user(
+                        format!("{} [image]", message.content)
+                            .trim_start()
+                            .to_string(),
+                    )
+                }
+                None => ChatMessage::user(message.content.clone()),
+            },
+            Role::Assistant if !message.content.is_empty() => {
+                ChatMessage::assistant(message.content.clone())
+            }
+            _ => continue,
+        };
+        let tokens = cost(&chat, spent);
+        if spent + tokens > budget {
+            break;
+        }
+        spent += tokens;
+        included.push(chat);
+    }
+    let mut messages = Vec::with_capacity(included.len() + 2);
+    messages.push(system);
+    messages.extend(included.into_iter().rev());
+    messages.push(new_message);
+    Ok((messages, system_tokens + spent))
+}
+
+/// Images of earlier messages sent again with the history (a question about "the photo" needs the photo):
+/// those of the most recent user messages, up to `media.max_per_message` images, read from storage; none for a
+/// model that does not take images.
+///
+/// # Errors
+/// When the database or the media storage fails.
+pub async fn history_images(
+    chat: &Chat,
+    user_id: &str,
+    route: &ModelRoute,
+    history_newest_first: &[Message],
+) -> Result<HashMap<Id, Vec<MediaData>>, Error> {
+    let mut found = HashMap::new();
+    if !route.accepts_images {
+        return Ok(found);
+    }
+    let mut budget = chat.media.max_per_message();
+    for message in history_newest_first {
+        if budget == 0 {
+            break;
+        }
+        if message.role != Role::User || !message.message_type.has_images() {
+            continue;
+        }
+        let mut images = images_of(chat, user_id, &message.media).await?;
+        images.truncate(budget);
+        budget -= images.len();
+        if !images.is_empty() {
+            found.insert(message.id, images);
+        }
+    }
+    Ok(found)
+}
+
+/// The images of a stored message (from its `media` JSON), for sending it again; media since deleted are left
+/// out.
+///
+/// # Errors
+/// When the database or the media storage fails.
+pub async fn images_of(
+    chat: &Chat,
+    user_id: &str,
+    media: &serde_json::Value,
+) -> Result<Vec<MediaData>, Error> {
+    let mut images = Vec::new();
+    for id in crate::store::media_ids_of(media) {
+        if let Some(found) = chat.store.get_media(user_id, id).await?
+            && Kind::of(&found.content_type) == Some(Kind::Image)
+        {
+            images.push(chat.media.media_data(&found).await?);
+        }
+    }
+    Ok(images)
+}

@@ -1,0 +1,219 @@
+//! The events of a generation, typed. The generation task produces each once; the event log numbers and keeps
+//! it; every wire format (native SSE, WebSocket frames, the AI SDK UI message stream, OpenAI chunks, in
+//! `crate::wire`) is an encoder over it.
+//!
+//! The native SSE `data:` of each event (DESIGN.md, "SSE events") is its payload serialized:
+//!
+//! ```text
+//! user_message  {message}                      (seq 0, only on the stream of the request that sent it)
+//! start         {generation_id, message_id, conversation_id, model}
+//! delta         {text}
+//! usage         {prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, estimated, cost_usd}
+//! done          {message, usage, finish_reason}            terminal
+//! error         {error, message, details}                  terminal
+//! ```
+
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::domain::FinishReason;
+use crate::error::{Error, ErrorKind};
+use crate::id::Id;
+use crate::store::Message;
+
+/// The kind of a generation event; the SSE `event:` name and the WebSocket frame `type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    UserMessage,
+    Start,
+    Delta,
+    Usage,
+    Done,
+    Error,
+}
+
+impl EventKind {
+    /// The SSE event name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::UserMessage => "user_message",
+            EventKind::Start => "start",
+            EventKind::Delta => "delta",
+            EventKind::Usage => "usage",
+            EventKind::Done => "done",
+            EventKind::Error => "error",
+        }
+    }
+
+    /// `done` and `error` end a generation: nothing follows them.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, EventKind::Done | EventKind::Error)
+    }
+}
+
+/// One event of a generation. Large payloads are boxed so that the common event, a delta, stays small.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "data", rename_all = "snake_case")]
+pub enum GenerationEvent {
+    /// The user message just saved; never logged, only sent first on the stream of the request that sent it.
+    UserMessage(Box<Message>),
+    Start(Box<Start>),
+    Delta(Delta),
+    Usage(UsageReport),
+    Done(Box<Done>),
+    Error(Box<Failed>),
+}
+
+impl GenerationEvent {
+    pub fn kind(&self) -> EventKind {
+        match self {
+            GenerationEvent::UserMessage(_) => EventKind::UserMessage,
+            GenerationEvent::Start(_) => EventKind::Start,
+            GenerationEvent::Delta(_) => EventKind::Delta,
+            GenerationEvent::Usage(_) => EventKind::Usage,
+            GenerationEvent::Done(_) => EventKind::Done,
+            GenerationEvent::Error(_) => EventKind::Error,
+        }
+    }
+
+    /// A delta of `text`.
+    pub fn delta(text: impl Into<String>) -> Self {
+        GenerationEvent::Delta(Delta { text: text.into() })
+    }
+
+    /// The event's native SSE `data:` (and WebSocket frame fields): its payload as a JSON object.
+    pub fn data_json(&self) -> String {
+        let json = match self {
+            GenerationEvent::UserMessage(message) => {
+                serde_json::to_string(&serde_json::json!({ "message": message }))
+            }
+            GenerationEvent::Start(start) => serde_json::to_string(start),
+            GenerationEvent::Delta(delta) => serde_json::to_string(delta),
+            GenerationEvent::Usage(usage) => serde_json::to_string(usage),
+            GenerationEvent::Done(done) => serde_json::to_string(done),
+            GenerationEvent::Error(failed) => serde_json::to_string(&failed.failure.body()),
+        };
+        // Serializing these plain structs cannot fail; an empty object keeps the frame valid if it ever did.
+        json.unwrap_or_else(|_| "{}".to_string())
+    }
+}
+
+/// `start`: the generation began; its id is the id of the assistant message it writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Start {
+    pub generation_id: Id,
+    pub message_id: Id,
+    /// `null` for stateless (OpenAI-compatible) generations, which write no message.
+    pub conversation_id: Option<Id>,
+    /// The model alias asked for.
+    pub model: String,
+}
+
+/// `delta`: a piece of the reply's text, as the provider sent it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delta {
+    pub text: String,
+}
+
+/// `usage`: the generation's final token counts and cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct UsageReport {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cached_tokens: u64,
+    pub reasoning_tokens: u64,
+    /// True when a count is a local tiktoken estimate rather than the provider's figure.
+    pub estimated: bool,
+    /// USD (the stored figure is integer nano-USD).
+    pub cost_usd: f64,
+}
+
+/// `done`: the generation ended and its message is saved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Done {
+    /// The saved assistant message (for stateless generations, as it would have been saved).
+    pub message: Message,
+    pub usage: UsageReport,
+    pub finish_reason: FinishReason,
+}
+
+/// `error`: the generation failed. What was streamed is saved unless the save itself failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failed {
+    pub failure: Failure,
+    /// The saved reply with its partial text, when it could be saved.
+    pub saved: Option<Message>,
+}
+
+/// An [`Error`] as a generation event carries it: everything but the internal cause.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    pub kind: ErrorKind,
+    pub error: String,
+    pub message: String,
+    pub details: Value,
+    pub retry_after_secs: Option<u64>,
+}
+
+impl Failure {
+    /// `{error, message, details}`, as every surface shows an error.
+    pub fn body(&self) -> Value {
+        serde_json::json!({ "error": self.error, "message": self.message, "details": self.details })
+    }
+
+    /// The error again, for callers that answer with it (a JSON answer, an OpenAI error).
+    pub fn to_error(&self) -> Error {
+        Error {
+            kind: self.kind,
+            error: self.error.clone().into(),
+            message: self.message.clone(),
+            details: self.details.clone(),
+            retry_after_secs: self.retry_after_secs,
+            cause: None,
+        }
+    }
+}
+
+impl From<&Error> for Failure {
+    fn from(err: &Error) -> Self {
+        Self {
+            kind: err.kind,
+            error: err.error.to_string(),
+            message: err.message.clone(),
+            details: err.details.clone(),
+            retry_after_secs: err.retry_after_secs,
+        }
+    }
+}
+
+/// An event as logged: numbered, shared by every subscriber, with its native SSE frame encoded at most once.
+#[derive(Debug)]
+pub struct LoggedEvent {
+    /// 1-based, monotonic within the generation: the SSE `id:`, the WebSocket `seq`.
+    pub seq: u64,
+    pub event: GenerationEvent,
+    sse: OnceLock<Bytes>,
+}
+
+impl LoggedEvent {
+    pub fn new(seq: u64, event: GenerationEvent) -> Arc<Self> {
+        Arc::new(Self {
+            seq,
+            event,
+            sse: OnceLock::new(),
+        })
+    }
+
+    pub fn kind(&self) -> EventKind {
+        self.event.kind()
+    }
+
+    /// The native SSE frame, encoded by `encode` the first time it is asked for and shared afterwards.
+    pub fn sse_frame(&self, encode: impl FnOnce(&Self) -> Bytes) -> Bytes {
+        self.sse.get_or_init(|| encode(self)).clone()
+    }
+}

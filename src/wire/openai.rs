@@ -1,0 +1,252 @@
+//! OpenAI's chat completion shapes (OpenAI API reference, "Chat Completions": the `chat.completion` object, the
+//! `chat.completion.chunk` object, streamed as SSE `data:` lines ending `data: [DONE]`; errors as
+//! `{"error": {"message", "type", "param", "code"}}`), as typed structs, and the encoder of a generation into
+//! them.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::domain::FinishReason;
+use crate::error::{Error, ErrorKind};
+use crate::event::{GenerationEvent, LoggedEvent, UsageReport};
+
+/// `usage` of a completion or of the last chunk.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct CompletionUsage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    pub prompt_tokens_details: PromptTokensDetails,
+    pub completion_tokens_details: CompletionTokensDetails,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct PromptTokensDetails {
+    pub cached_tokens: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct CompletionTokensDetails {
+    pub reasoning_tokens: u64,
+}
+
+impl From<&UsageReport> for CompletionUsage {
+    fn from(usage: &UsageReport) -> Self {
+        Self {
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            total_tokens: usage.prompt_tokens + usage.completion_tokens,
+            prompt_tokens_details: PromptTokensDetails {
+                cached_tokens: usage.cached_tokens,
+            },
+            completion_tokens_details: CompletionTokensDetails {
+                reasoning_tokens: usage.reasoning_tokens,
+            },
+        }
+    }
+}
+
+/// The `chat.completion` object.
+#[derive(Debug, Serialize)]
+pub struct ChatCompletion<'a> {
+    pub id: &'a str,
+    pub object: &'static str,
+    pub created: i64,
+    pub model: &'a str,
+    pub choices: [CompletionChoice; 1],
+    pub usage: Option<CompletionUsage>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CompletionChoice {
+    pub index: u32,
+    pub message: AssistantMessage,
+    pub logprobs: Option<()>,
+    pub finish_reason: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AssistantMessage {
+    pub role: &'static str,
+    pub content: String,
+    pub refusal: Option<()>,
+}
+
+/// The `chat.completion.chunk` object.
+#[derive(Debug, Serialize)]
+pub struct ChatCompletionChunk<'a> {
+    pub id: &'a str,
+    pub object: &'static str,
+    pub created: i64,
+    pub model: &'a str,
+    pub choices: Vec<ChunkChoice<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<CompletionUsage>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChunkChoice<'a> {
+    pub index: u32,
+    pub delta: ChunkDelta<'a>,
+    pub logprobs: Option<()>,
+    pub finish_reason: Option<&'static str>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ChunkDelta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<&'a str>,
+}
+
+/// OpenAI's finish reasons are `stop`, `length`, `content_filter` and `tool_calls`; a stopped reply is a stop.
+pub fn finish_reason(reason: &FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Length => "length",
+        FinishReason::ContentFilter => "content_filter",
+        FinishReason::ToolCalls => "tool_calls",
+        _ => "stop",
+    }
+}
+
+/// The error `type` OpenAI's SDKs read, from the error's kind.
+pub fn error_type(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::Unauthenticated => "authentication_error",
+        ErrorKind::Forbidden => "permission_error",
+        ErrorKind::NotFound => "not_found_error",
+        ErrorKind::RateLimited => "rate_limit_error",
+        ErrorKind::Invalid
+        | ErrorKind::TooLarge
+        | ErrorKind::UnsupportedType
+        | ErrorKind::Unprocessable => "invalid_request_error",
+        _ => "api_error",
+    }
+}
+
+/// `{"error": {"message", "type", "param", "code"}}`; `param` is the offending field when known.
+pub fn error_body(err: &Error) -> Value {
+    let param = err
+        .details
+        .get("field")
+        .or_else(|| err.details.get("path"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    serde_json::json!({ "error": { "message": err.message, "type": error_type(err.kind), "param": param, "code": err.error } })
+}
+
+/// The whole answer of a finished generation: its `done` event's reply, or its failure.
+///
+/// # Errors
+/// The generation's failure.
+pub fn completion(
+    id: &str,
+    created: i64,
+    model: &str,
+    terminal: &LoggedEvent,
+) -> Result<Value, Error> {
+    let done = match &terminal.event {
+        GenerationEvent::Done(done) => done,
+        GenerationEvent::Error(failed) => return Err(failed.failure.to_error()),
+        _ => {
+            return Err(Error::internal(
+                "a generation ended without a terminal event",
+            ));
+        }
+    };
+    let completion = ChatCompletion {
+        id,
+        object: "chat.completion",
+        created,
+        model,
+        choices: [CompletionChoice {
+            index: 0,
+            message: AssistantMessage {
+                role: "assistant",
+                content: done.message.content.clone(),
+                refusal: None,
+            },
+            logprobs: None,
+            finish_reason: finish_reason(&done.finish_reason),
+        }],
+        usage: Some(CompletionUsage::from(&done.usage)),
+    };
+    serde_json::to_value(&completion).map_err(Error::internal)
+}
+
+/// The generation's events as `chat.completion.chunk` SSE frames (a first chunk with the role, one per delta,
+/// one with the finish reason, the usage chunk when `include_usage`), then `data: [DONE]`; a failure is an
+/// error object, then the end.
+pub fn chunks<S>(
+    events: S,
+    id: String,
+    created: i64,
+    model: String,
+    include_usage: bool,
+) -> impl Stream<Item = Bytes> + Send + 'static
+where
+    S: Stream<Item = Arc<LoggedEvent>> + Send + 'static,
+{
+    let frame = move |choices: Vec<ChunkChoice<'_>>, usage: Option<CompletionUsage>| {
+        let chunk = ChatCompletionChunk {
+            id: &id,
+            object: "chat.completion.chunk",
+            created,
+            model: &model,
+            choices,
+            usage,
+        };
+        sse_data(&serde_json::to_string(&chunk).unwrap_or_default())
+    };
+    async_stream::stream! {
+        let mut events = std::pin::pin!(events);
+        yield frame(vec![choice(ChunkDelta { role: Some("assistant"), content: Some("") }, None)], None);
+        let mut usage = None;
+        while let Some(event) = events.next().await {
+            match &event.event {
+                GenerationEvent::Delta(delta) => {
+                    yield frame(vec![choice(ChunkDelta { role: None, content: Some(&delta.text) }, None)], None);
+                }
+                GenerationEvent::Usage(report) => usage = Some(CompletionUsage::from(report)),
+                GenerationEvent::Done(done) => {
+                    yield frame(vec![choice(ChunkDelta::default(), Some(finish_reason(&done.finish_reason)))], None);
+                    if include_usage {
+                        yield frame(Vec::new(), usage.take());
+                    }
+                    yield Bytes::from_static(b"data: [DONE]\n\n");
+                    break;
+                }
+                GenerationEvent::Error(failed) => {
+                    let mut error = failed.failure.to_error();
+                    // Mid-stream, the status is already sent: the SDKs read this as an API error.
+                    error.kind = ErrorKind::Internal;
+                    yield sse_data(&error_body(&error).to_string());
+                    break;
+                }
+                GenerationEvent::Start(_) | GenerationEvent::UserMessage(_) => {}
+            }
+        }
+    }
+}
+
+fn choice<'a>(delta: ChunkDelta<'a>, finish_reason: Option<&'static str>) -> ChunkChoice<'a> {
+    ChunkChoice {
+        index: 0,
+        delta,
+        logprobs: None,
+        finish_reason,
+    }
+}
+
+fn sse_data(json: &str) -> Bytes {
+    let mut out = String::with_capacity(json.len() + 8);
+    out.push_str("data: ");
+    out.push_str(json);
+    out.push_str("\n\n");
+    Bytes::from(out)
+}

@@ -1,0 +1,98 @@
+//! chatgate's native SSE format (DESIGN.md, "SSE events"): `id: <seq>\nevent: <kind>\ndata: <json>\n\n`, and
+//! the SSE response that carries it or any other SSE-framed format.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderValue, header};
+use axum::response::Response;
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+
+use crate::event::{GenerationEvent, LoggedEvent};
+use crate::store::Message;
+
+/// An event's SSE frame, encoded once and shared by every subscriber.
+pub fn frame(event: &Arc<LoggedEvent>) -> Bytes {
+    event.sse_frame(|e| encode(e.seq, &e.event))
+}
+
+/// `id: <seq>\nevent: <kind>\ndata: <json>\n\n`.
+pub fn encode(seq: u64, event: &GenerationEvent) -> Bytes {
+    let data = event.data_json();
+    let kind = event.kind().as_str();
+    let mut frame = String::with_capacity(data.len() + kind.len() + 24);
+    frame.push_str("id: ");
+    frame.push_str(itoa::Buffer::new().format(seq));
+    frame.push_str("\nevent: ");
+    frame.push_str(kind);
+    frame.push_str("\ndata: ");
+    frame.push_str(&data);
+    frame.push_str("\n\n");
+    Bytes::from(frame)
+}
+
+/// The `user_message` frame (seq 0) that opens the stream of the request that sent the message.
+pub fn user_message(message: &Message) -> Bytes {
+    encode(0, &GenerationEvent::UserMessage(Box::new(message.clone())))
+}
+
+/// An SSE response (WHATWG HTML, "Server-sent events") from encoded frames, with the headers of DESIGN.md:
+/// `Content-Type: text/event-stream`, `Cache-Control: no-cache, no-transform` (no proxy may buffer or compress
+/// it), `X-Accel-Buffering: no` (nginx), and a `: keep-alive` comment after `keepalive` of silence.
+pub fn response<S>(frames: S, keepalive: Duration) -> Response
+where
+    S: Stream<Item = Bytes> + Send + 'static,
+{
+    let body = async_stream::stream! {
+        let mut frames = std::pin::pin!(frames);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
+        let mut quiet = true;
+        loop {
+            tokio::select! {
+                biased;
+                frame = frames.next() => match frame {
+                    Some(frame) => {
+                        quiet = false;
+                        yield Ok::<_, Infallible>(frame);
+                    }
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    if quiet {
+                        yield Ok(Bytes::from_static(b": keep-alive\n\n"));
+                    }
+                    quiet = true;
+                }
+            }
+        }
+    };
+    let mut response = Response::new(Body::from_stream(body));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-transform"),
+    );
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delta_frame_carries_its_seq_kind_and_escaped_text() {
+        let frame = encode(7, &GenerationEvent::delta("a \"b\"\n"));
+        assert_eq!(
+            std::str::from_utf8(&frame).expect("utf-8"),
+            "id: 7\nevent: delta\ndata: {\"text\":\"a \\\"b\\\"\\n\"}\n\n"
+        );
+    }
+}
