@@ -12,6 +12,11 @@
 //! With `--compare-direct URL` the same load first runs in `openai` mode against URL (the upstream itself) and
 //! the report adds the gateway's overhead: the difference of each percentile.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "test and benchmark harnesses spawn their own fakes and clients; the server's tasks go through chatgate::tasks"
+)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};

@@ -9,6 +9,11 @@
 //!    streamed to storage grows the process by a bounded amount, far below the file's size.
 //! 2. The AI SDK UI message stream encoder against the native SSE frames: ns per delta event.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "test and benchmark harnesses spawn their own fakes and clients; the server's tasks go through chatgate::tasks"
+)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};

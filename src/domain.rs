@@ -154,8 +154,10 @@ text_enum! {
 
 text_enum! {
     /// What a message carries.
+    #[derive(Default)]
     pub enum MessageType {
         /// Text only.
+        #[default]
         Text = "text",
         /// Text with one or more images.
         Multimodal = "multimodal",
@@ -170,12 +172,6 @@ impl MessageType {
     /// Whether the message carries images.
     pub fn has_images(self) -> bool {
         matches!(self, MessageType::Multimodal | MessageType::Image)
-    }
-}
-
-impl Default for MessageType {
-    fn default() -> Self {
-        MessageType::Text
     }
 }
 

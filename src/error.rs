@@ -58,7 +58,7 @@ pub struct Error {
     /// Seconds the caller should wait before retrying (rate limits, budgets, upstream hints).
     pub retry_after_secs: Option<u64>,
     /// Internal cause, logged and never shown.
-    pub cause: Option<String>,
+    pub cause: Option<Box<str>>,
 }
 
 impl Error {
@@ -124,14 +124,14 @@ impl Error {
     /// `internal_error`; `cause` goes to the log only.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         let mut err = Self::new(ErrorKind::Internal, "internal_error", "internal error");
-        err.cause = Some(cause.to_string());
+        err.cause = Some(cause.to_string().into());
         err
     }
 
     /// `unavailable`; `cause` goes to the log only.
     pub fn unavailable(message: impl Into<String>, cause: impl std::fmt::Display) -> Self {
         let mut err = Self::new(ErrorKind::Unavailable, "unavailable", message);
-        err.cause = Some(cause.to_string());
+        err.cause = Some(cause.to_string().into());
         err
     }
 

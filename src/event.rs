@@ -1,6 +1,6 @@
 //! The events of a generation, typed. The generation task produces each once; the event log numbers and keeps
 //! it; every wire format (native SSE, WebSocket frames, the AI SDK UI message stream, OpenAI chunks, in
-//! `crate::wire`) is an encoder over it.
+//! the `wire` module) is an encoder over it.
 //!
 //! The native SSE `data:` of each event (DESIGN.md, "SSE events") is its payload serialized:
 //!

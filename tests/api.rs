@@ -1,5 +1,10 @@
 //! Conversations, personas, health, HTTP basics, graceful shutdown and the CLI, over a real server.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "test and benchmark harnesses spawn their own fakes and clients; the server's tasks go through chatgate::tasks"
+)]
+
 mod common;
 
 use chatgate::config::Config;

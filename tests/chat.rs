@@ -1,6 +1,11 @@
 //! The core path end to end: a real server, a real database (SQLite and PostgreSQL), a fake OpenAI upstream
 //! speaking the real chunk format, real SSE clients.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "test and benchmark harnesses spawn their own fakes and clients; the server's tasks go through chatgate::tasks"
+)]
+
 mod common;
 
 use std::time::Duration;
@@ -23,6 +28,7 @@ backend_tests!(
     bad_input_gets_clear_errors_and_writes_nothing,
     async_answer_then_resume_with_last_event_id,
     prompt_carries_persona_and_history,
+    a_reply_past_the_log_bound_ends_with_a_clear_error_and_is_saved,
 );
 
 async fn send_sse(
@@ -696,4 +702,41 @@ async fn prompt_carries_persona_and_history(backend: Backend) {
     assert_eq!(messages[1]["content"], "first");
     assert_eq!(messages[2]["content"], "ok");
     assert_eq!(messages[3]["content"], "second");
+}
+
+async fn a_reply_past_the_log_bound_ends_with_a_clear_error_and_is_saved(backend: Backend) {
+    // The log takes `start` and three deltas; the fourth delta is refused.
+    let Some(server) = TestServer::start(backend, None, "[generation]\nmax_events = 4\n").await
+    else {
+        return;
+    };
+    let conversation_id = server.conversation("alice").await;
+    let response = send_sse(&server, "alice", &conversation_id, "tell me a long story").await;
+    let events: Vec<_> = sse_events(response).collect().await;
+    let kinds: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "user_message",
+            "start",
+            "delta",
+            "delta",
+            "delta",
+            "usage",
+            "error"
+        ],
+        "{events:?}"
+    );
+    let error = &events[6].data;
+    assert_eq!(error["error"], "generation_too_long", "{error}");
+    assert_eq!(error["details"]["events"], 4, "{error}");
+    let streamed: String = events
+        .iter()
+        .filter(|e| e.event == "delta")
+        .filter_map(|e| e.data["text"].as_str())
+        .collect();
+    let reply = server.wait_for_reply("alice", &conversation_id).await;
+    assert_eq!(reply["status"], "failed");
+    assert_eq!(reply["content"], streamed, "what was streamed is saved");
+    assert_eq!(reply["id"], error["details"]["message_id"]);
 }

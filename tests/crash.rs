@@ -1,6 +1,11 @@
 //! Crash safety with the real binary: SIGKILL mid-generation leaves an `interrupted` reply with its last
 //! checkpoint; SIGTERM lets every in-flight generation finish and be saved.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "test and benchmark harnesses spawn their own fakes and clients; the server's tasks go through chatgate::tasks"
+)]
+
 mod common;
 
 use std::process::{Child, Command, Stdio};

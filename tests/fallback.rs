@@ -1,5 +1,10 @@
 //! Retries and fallback before the first token, the model registry and provider health, through the gateway.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "test and benchmark harnesses spawn their own fakes and clients; the server's tasks go through chatgate::tasks"
+)]
+
 mod common;
 
 use std::time::Duration;

@@ -3,6 +3,11 @@
 //! driving the web chat UI and the usage dashboard. The Node packages live in `tests/js` (`npm ci` there, as
 //! `.ci/run` does); the browser is Debian's chromium. Each test says SKIPPED when what it needs is missing.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "test and benchmark harnesses spawn their own fakes and clients; the server's tasks go through chatgate::tasks"
+)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

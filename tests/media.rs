@@ -3,6 +3,11 @@
 //! recording upstream speaking the four wire formats), media URLs behind the SSRF guard, voice notes
 //! transcribed through an OpenAI-compatible endpoint, and media going with their conversation.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "test and benchmark harnesses spawn their own fakes and clients; the server's tasks go through chatgate::tasks"
+)]
+
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -1179,5 +1184,68 @@ async fn a_request_over_budget_fetches_and_transcribes_nothing() {
         "nothing transcribed or sent"
     );
     assert!(server.history("alice", &conversation).await.is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_send_that_fails_after_storing_media_leaves_none_behind() {
+    use base64::Engine;
+    let Some((upstream, dir, server)) = vision_server("allow_private_urls = true\n").await else {
+        return;
+    };
+    let files = file_server(png()).await;
+    let conversation = server.conversation("alice").await;
+    let data_url = format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(png())
+    );
+    let cases = [
+        // The voice note turns out to be an image: fetched and stored, then refused.
+        (
+            format!("/api/v1/conversations/{conversation}/messages"),
+            json!({ "message_type": "audio", "audio_url": format!("{files}/file"), "model": "vision-openai" }),
+            422,
+            "wrong_media_kind",
+        ),
+        // The first image is fetched and stored, the second is a web page.
+        (
+            format!("/api/v1/conversations/{conversation}/messages"),
+            json!({ "content": "see", "message_type": "multimodal", "model": "vision-openai",
+                    "media_urls": [format!("{files}/file"), format!("{files}/page")] }),
+            415,
+            "unsupported_media_type",
+        ),
+        // useChat: the inline image is stored, then its second file is a web page.
+        (
+            format!("/api/v1/conversations/{conversation}/messages?format=ai-sdk"),
+            json!({ "id": "chat", "trigger": "submit-message", "model": "vision-openai", "messages": [
+                { "id": "m1", "role": "user", "parts": [
+                    { "type": "text", "text": "what are these?" },
+                    { "type": "file", "mediaType": "image/png", "url": data_url },
+                    { "type": "file", "mediaType": "image/png", "url": format!("{files}/page") },
+                ] },
+            ] }),
+            415,
+            "unsupported_media_type",
+        ),
+    ];
+    for (path, body, status, code) in cases {
+        let response = server
+            .post(&path, "alice", body.clone())
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), status, "{body}");
+        let error: Value = response.json().await.expect("json");
+        assert_eq!(error["error"], code, "{body}: {error}");
+        assert_eq!(
+            server.state.store.media_storage_keys().await.expect("keys"),
+            Vec::<String>::new(),
+            "no media record is left: {body}"
+        );
+        assert!(files_in(&dir).is_empty(), "no file is left: {body}");
+    }
+    assert!(server.history("alice", &conversation).await.is_empty());
+    assert!(upstream.requests().is_empty(), "nothing was sent upstream");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -3,6 +3,11 @@
 //! multipart upload behind. The bucket is moto's S3 server (`pip install 'moto[server]'`, as `.ci/run` does);
 //! without `moto_server` the test says SKIPPED.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "test and benchmark harnesses spawn their own fakes and clients; the server's tasks go through chatgate::tasks"
+)]
+
 mod common;
 
 use std::time::Duration;

@@ -1,6 +1,11 @@
 //! The API description: `/openapi.json` is a valid OpenAPI 3.1 document naming every route of DESIGN.md, and
 //! `/docs` serves Swagger UI from the binary (no CDN), both without a token.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "test and benchmark harnesses spawn their own fakes and clients; the server's tasks go through chatgate::tasks"
+)]
+
 mod common;
 
 use common::{Backend, TestServer};

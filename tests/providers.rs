@@ -1,6 +1,11 @@
 //! Every adapter against recorded-format fixtures (shared/reference/provider-streams.md) served by a real local
 //! HTTP server that splits the body at random byte boundaries; plus mid-stream errors and truncated bodies.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "test and benchmark harnesses spawn their own fakes and clients; the server's tasks go through chatgate::tasks"
+)]
+
 use std::time::Duration;
 
 use axum::body::Body;

@@ -1,6 +1,11 @@
 //! Resumable generations: re-attaching, several subscribers, cancel, slow subscribers, checkpoints,
 //! regenerate and the disconnect policy.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "test and benchmark harnesses spawn their own fakes and clients; the server's tasks go through chatgate::tasks"
+)]
+
 mod common;
 
 use std::time::Duration;

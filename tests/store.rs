@@ -1,5 +1,10 @@
 //! The store conformance suite: the same assertions on SQLite and PostgreSQL.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "test and benchmark harnesses spawn their own fakes and clients; the server's tasks go through chatgate::tasks"
+)]
+
 mod common;
 
 use chatgate::store::{

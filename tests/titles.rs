@@ -1,6 +1,11 @@
 //! Conversation titles: written in the background after the first exchange without delaying the reply, on
 //! demand by `POST /api/v1/conversations/{id}/title`, billed as usage, never over a title the user set.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "test and benchmark harnesses spawn their own fakes and clients; the server's tasks go through chatgate::tasks"
+)]
+
 mod common;
 
 use std::time::Duration;
@@ -32,6 +37,7 @@ async fn wait_for_title(server: &TestServer, conversation: &str) -> Value {
 backend_tests!(
     first_exchange_is_titled_in_the_background,
     a_title_never_overwrites_the_users_and_failures_leave_none,
+    shutdown_waits_for_a_title_and_its_usage_record,
 );
 
 async fn first_exchange_is_titled_in_the_background(backend: Backend) {
@@ -196,4 +202,55 @@ async fn a_title_never_overwrites_the_users_and_failures_leave_none(backend: Bac
         .expect("retitle");
     assert_eq!(response.status(), 404);
     assert_eq!(conversation_title(&server, &named).await, "Mine");
+}
+
+async fn shutdown_waits_for_a_title_and_its_usage_record(backend: Backend) {
+    let delay = Duration::from_millis(1);
+    let mut title = full_stream(&["Ridge trail"], 40, 5, delay);
+    // The title request is held upstream until after shutdown began.
+    title.insert(0, Step::Gate);
+    let upstream = FakeOpenAi::start(vec![
+        Script::stream(full_stream(&["Try ", "the ridge trail"], 12, 4, delay)),
+        Script::stream(title),
+    ])
+    .await;
+    let Some(mut server) = TestServer::start(backend, Some(&upstream.url), TITLES_ON).await else {
+        return;
+    };
+    let conversation = server.conversation("alice").await;
+    let response = server
+        .send_message(
+            &conversation,
+            "alice",
+            json!({ "content": "Where to hike?" }),
+        )
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    let stopped = server.begin_shutdown();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!stopped.is_finished(), "shutdown waits for the title");
+    upstream.release();
+    stopped.await.expect("join").expect("serve");
+    // Nothing is read after a pause: the title and its usage were written before `serve` returned.
+    let summary = server
+        .state
+        .store
+        .usage_summary("alice")
+        .await
+        .expect("usage");
+    assert_eq!(
+        summary.total_tokens,
+        12 + 4 + 40 + 5,
+        "the reply and the title are billed"
+    );
+    let titled = server
+        .state
+        .store
+        .get_conversation("alice", conversation.parse().expect("id"))
+        .await
+        .expect("read")
+        .expect("conversation");
+    assert_eq!(titled.title.as_deref(), Some("Ridge trail"));
 }

@@ -1,6 +1,11 @@
 //! Usage, cost and limits: one usage record per generation whatever its end, the dashboard API with ETags,
 //! budgets under concurrency, rate and concurrency limits, and Prometheus metrics.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "test and benchmark harnesses spawn their own fakes and clients; the server's tasks go through chatgate::tasks"
+)]
+
 mod common;
 
 use std::time::Duration;

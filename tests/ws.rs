@@ -1,5 +1,10 @@
 //! The WebSocket transport with a real client (tokio-tungstenite), and the socket loop without a network.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "test and benchmark harnesses spawn their own fakes and clients; the server's tasks go through chatgate::tasks"
+)]
+
 mod common;
 
 use std::time::Duration;

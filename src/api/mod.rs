@@ -6,6 +6,7 @@ mod conversations;
 pub mod error;
 mod generations;
 mod health;
+mod history;
 mod media;
 mod messages;
 mod models;
@@ -46,6 +47,7 @@ pub fn app(state: AppState) -> Router {
         .merge(personas::router())
         .merge(conversations::router())
         .merge(messages::router())
+        .merge(history::router())
         .merge(generations::router())
         .merge(models::router())
         .merge(usage::router())

@@ -4,23 +4,11 @@
 
 use axum::Router;
 use axum::routing::get;
-use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::AppState;
-
-/// Every error's body: `{error, message, details}`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
-    /// Machine-readable code, e.g. `not_found`, `validation_failed`, `budget_exceeded`.
-    pub error: String,
-    /// What went wrong, for people.
-    pub message: String,
-    /// Structured context: the offending `field`, limits, available models.
-    pub details: Option<serde_json::Value>,
-}
 
 struct BearerAuth;
 
@@ -34,7 +22,8 @@ impl Modify for BearerAuth {
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("JWT")
                     .description(Some(
-                        "HS256 JWT signed with auth.jwt_secret, or a Supabase/JWKS token",
+                        "HS256 JWT signed with auth.jwt_secret (a Supabase project's legacy JWT secret works); \
+                         `exp` required, `iss`/`aud` checked when configured",
                     ))
                     .build(),
             ),
@@ -68,8 +57,8 @@ impl Modify for BearerAuth {
         super::conversations::delete,
         super::conversations::retitle,
         super::messages::send,
-        super::messages::history,
-        super::messages::delete_message,
+        super::history::history,
+        super::history::delete_message,
         super::messages::regenerate,
         super::generations::get_one,
         super::generations::stream,
@@ -86,7 +75,7 @@ impl Modify for BearerAuth {
         super::ui::dev_token,
     ),
     components(schemas(
-        ErrorBody,
+        super::error::ErrorBody,
         crate::store::Message,
         crate::store::ConversationSummary,
         crate::store::UsageBucket,

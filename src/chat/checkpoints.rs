@@ -58,6 +58,13 @@ impl RunningReply {
         self.state().text.push_str(text);
     }
 
+    /// Takes back the last `len` bytes appended (a delta that was not relayed after all).
+    pub fn unpush(&self, len: usize) {
+        let mut state = self.state();
+        let keep = state.text.len().saturating_sub(len);
+        state.text.truncate(keep);
+    }
+
     /// Stops checkpointing and returns the whole text.
     pub fn finish(&self) -> String {
         if let (Some(registry), Some(id)) = (self.registry.upgrade(), self.id) {

@@ -197,10 +197,15 @@ pub async fn run(chat: Chat, generation: Arc<Generation>, mut job: Job) {
             usage: usage_report,
             finish_reason,
         })),
-        (Ok(saved), Some(error)) => {
-            let error = error.with_details(
-                serde_json::json!({ "message_id": saved.id, "partial": !saved.content.is_empty() }),
-            );
+        (Ok(saved), Some(mut error)) => {
+            // The failure's own details, and where its partial reply is.
+            if !error.details.is_object() {
+                error.details = serde_json::json!({});
+            }
+            if let Some(details) = error.details.as_object_mut() {
+                details.insert("message_id".into(), serde_json::json!(saved.id));
+                details.insert("partial".into(), serde_json::json!(!saved.content.is_empty()));
+            }
             GenerationEvent::Error(Box::new(Failed {
                 failure: Failure::from(&error),
                 saved: Some(saved),
@@ -316,7 +321,10 @@ async fn relay_once(
                         .record(ttft.as_secs_f64());
                 }
                 reply.push(&text);
+                let len = text.len();
                 if let Err(full) = generation.emit(GenerationEvent::delta(text)) {
+                    // The saved text is exactly what was relayed: a delta the log refused is not kept.
+                    reply.unpush(len);
                     out.error = Some(
                         Error::new(
                             ErrorKind::Unprocessable,

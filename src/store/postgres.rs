@@ -60,4 +60,5 @@ type Backend = PgStore;
 const BACKEND: &str = "postgres";
 
 #[path = "sql.rs"]
+#[expect(clippy::duplicate_mod, reason = "the shared queries, compiled once per backend")]
 mod sql;

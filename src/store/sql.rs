@@ -20,6 +20,14 @@ macro_rules! persona_columns {
     };
 }
 
+macro_rules! persona_insert {
+    () => {
+        "INSERT INTO personas (id, slug, display_name, avatar_url, description, category, relationship, \
+         system_prompt, personality_traits, model, is_active, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)"
+    };
+}
+
 macro_rules! conversation_columns {
     () => {
         "c.id, c.user_id, c.persona_id, c.title, c.archived, c.created_at, c.updated_at, c.last_message_at"
@@ -110,27 +118,9 @@ impl Store for Backend {
         let mut inserted = 0;
         let mut tx = self.pool.begin().await?;
         for p in personas {
-            let now = now();
-            inserted += sqlx::query(
-                "INSERT INTO personas (id, slug, display_name, avatar_url, description, category, relationship, \
-                 system_prompt, personality_traits, model, is_active, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) ON CONFLICT (slug) DO NOTHING",
-            )
-            .bind(Id::new())
-            .bind(&p.slug)
-            .bind(&p.display_name)
-            .bind(&p.avatar_url)
-            .bind(&p.description)
-            .bind(&p.category)
-            .bind(&p.relationship)
-            .bind(&p.system_prompt)
-            .bind(Json(&p.personality_traits))
-            .bind(&p.model)
-            .bind(p.is_active)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            if insert_persona(&mut tx, p, true).await?.is_some() {
+                inserted += 1;
+            }
         }
         tx.commit().await?;
         Ok(inserted)
@@ -163,28 +153,10 @@ impl Store for Backend {
     }
 
     async fn create_persona(&self, p: &NewPersona) -> StoreResult<Persona> {
-        let now = now();
-        sqlx::query_as::<_, Persona>(concat!(
-            "INSERT INTO personas (id, slug, display_name, avatar_url, description, category, relationship, \
-             system_prompt, personality_traits, model, is_active, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) RETURNING ",
-            persona_columns!()
-        ))
-        .bind(Id::new())
-        .bind(&p.slug)
-        .bind(&p.display_name)
-        .bind(&p.avatar_url)
-        .bind(&p.description)
-        .bind(&p.category)
-        .bind(&p.relationship)
-        .bind(&p.system_prompt)
-        .bind(Json(&p.personality_traits))
-        .bind(&p.model)
-        .bind(p.is_active)
-        .bind(now)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| map_write_error(e, "a persona with this slug"))
+        let mut conn = self.pool.acquire().await?;
+        insert_persona(&mut conn, p, false)
+            .await?
+            .ok_or_else(|| StoreError::Conflict("a persona with this slug already exists".into()))
     }
 
     async fn update_persona(&self, id: Id, p: &NewPersona) -> StoreResult<Option<Persona>> {
@@ -636,14 +608,14 @@ impl Store for Backend {
         if updated.rows_affected() == 0 {
             return Ok(false);
         }
-        insert_usage(&mut *tx, u).await?;
+        insert_usage(&mut tx, u).await?;
         tx.commit().await?;
         Ok(true)
     }
 
     async fn record_usage(&self, u: &UsageRecord) -> StoreResult<()> {
         let mut tx = self.background.begin().await?;
-        insert_usage(&mut *tx, u).await?;
+        insert_usage(&mut tx, u).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -760,6 +732,40 @@ impl Store for Backend {
         .fetch_all(&self.pool)
         .await?)
     }
+}
+
+/// The one INSERT of the `personas` table; with `skip_existing`, a persona whose slug exists is left alone
+/// (`None`), else that is a conflict.
+async fn insert_persona(
+    conn: &mut <Db as sqlx::Database>::Connection,
+    p: &NewPersona,
+    skip_existing: bool,
+) -> StoreResult<Option<Persona>> {
+    let sql = if skip_existing {
+        concat!(
+            persona_insert!(),
+            " ON CONFLICT (slug) DO NOTHING RETURNING ",
+            persona_columns!()
+        )
+    } else {
+        concat!(persona_insert!(), " RETURNING ", persona_columns!())
+    };
+    sqlx::query_as::<_, Persona>(sql)
+        .bind(Id::new())
+        .bind(&p.slug)
+        .bind(&p.display_name)
+        .bind(&p.avatar_url)
+        .bind(&p.description)
+        .bind(&p.category)
+        .bind(&p.relationship)
+        .bind(&p.system_prompt)
+        .bind(Json(&p.personality_traits))
+        .bind(&p.model)
+        .bind(p.is_active)
+        .bind(now())
+        .fetch_optional(conn)
+        .await
+        .map_err(|e| map_write_error(e, "a persona with this slug"))
 }
 
 /// What [`write_message`] does when the message's row exists.

@@ -55,4 +55,5 @@ type Backend = SqliteStore;
 const BACKEND: &str = "sqlite";
 
 #[path = "sql.rs"]
+#[expect(clippy::duplicate_mod, reason = "the shared queries, compiled once per backend")]
 mod sql;

@@ -27,11 +27,12 @@ pub struct GenerationMeta {
     pub model: String,
 }
 
-/// How large one generation's log may grow. Terminal events always fit, so a generation that reaches the
-/// bound can still end with an `error`.
+/// How large one generation's log may grow. Only deltas are refused past it: the few other events a generation
+/// appends (`start`, `usage`, the terminal `done` or `error`) always fit, so a generation that reaches the bound
+/// still reports its usage and ends with an `error`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogBounds {
-    /// Events, terminal ones excluded.
+    /// Events: a delta that would be past this many events in all is refused.
     pub max_events: usize,
     /// Bytes of delta text.
     pub max_text_bytes: usize,
@@ -56,11 +57,11 @@ pub struct LogFull {
 
 /// One generation's seq-numbered event log and its stop signal.
 pub trait EventLog: Send + Sync + 'static {
-    /// Appends an event and wakes the followers; returns its seq. A terminal event (`done`, `error`) is always
-    /// appended, and nothing after it.
+    /// Appends an event and wakes the followers; returns its seq. Nothing is appended after a terminal event
+    /// (`done`, `error`).
     ///
     /// # Errors
-    /// [`LogFull`] for a non-terminal event past the [`LogBounds`], or after the terminal event.
+    /// [`LogFull`] for a delta past the [`LogBounds`], or for any event after the terminal one.
     fn append(&self, event: GenerationEvent) -> Result<u64, LogFull>;
 
     /// Adds to `out` the events with seq > `after`, in order.
@@ -160,8 +161,6 @@ impl EventLog for MemoryLog {
                     return Err(full);
                 }
                 state.text.push_str(&delta.text);
-            } else if !terminal && state.events.len() >= self.bounds.max_events {
-                return Err(full);
             }
             state.ended = terminal;
             let seq = state.events.len() as u64 + 1;
@@ -271,13 +270,15 @@ mod tests {
         assert_eq!(log.append(GenerationEvent::delta("de")), Ok(2));
         assert_eq!(log.append(GenerationEvent::delta("")), Ok(3));
         assert!(log.append(GenerationEvent::delta("")).is_err(), "4 events");
-        assert_eq!(log.append(failed()), Ok(4));
+        let usage = GenerationEvent::Usage(crate::event::UsageReport::default());
+        assert_eq!(log.append(usage), Ok(4), "the usage report still fits");
+        assert_eq!(log.append(failed()), Ok(5));
         assert!(log.append(failed()).is_err(), "nothing after the end");
         assert_eq!(log.text(), "abcde");
         let mut events = Vec::new();
         log.read_after(2, &mut events);
-        assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4]);
-        assert_eq!(log.terminal().map(|e| e.seq), Some(4));
+        assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4, 5]);
+        assert_eq!(log.terminal().map(|e| e.seq), Some(5));
     }
 
     #[test]

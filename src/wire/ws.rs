@@ -1,6 +1,8 @@
 //! The WebSocket protocol's frames (`docs/websocket.md`): client frames parsed by serde into [`ClientFrame`],
 //! server frames encoded from generation events as `{"type": <kind>, "id": <request id>, "seq": <seq>, ...}`.
 
+use std::time::Instant;
+
 use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 
@@ -145,6 +147,51 @@ pub fn ready_frame(user_id: &str) -> String {
 /// `{"type":"pong"}`.
 pub const PONG: &str = r#"{"type":"pong"}"#;
 
+/// Close codes of the protocol.
+pub mod close {
+    pub const BAD_FRAME: u16 = 4400;
+    pub const UNAUTHORIZED: u16 = 4401;
+    pub const AUTH_TIMEOUT: u16 = 4408;
+    pub const DUPLICATE_ID: u16 = 4409;
+    pub const TOO_MANY: u16 = 4429;
+    pub const SLOW_READER: u16 = 1008;
+    pub const GOING_AWAY: u16 = 1001;
+}
+
+/// Frames a client may send: `rate` per second on average, `burst` at once.
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    pub fn new(rate: u32, burst: u32) -> Self {
+        let burst = f64::from(burst.max(1));
+        Self {
+            rate: f64::from(rate.max(1)),
+            burst,
+            tokens: burst,
+            at: Instant::now(),
+        }
+    }
+
+    /// Takes one frame's token; `false` when the client is over its rate.
+    pub fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,5 +236,14 @@ mod tests {
             parse(r#"{"type":"send","id":"r","conversation_id":"c","content":"hi"}"#),
             Ok(ClientFrame::Send { ref body, .. }) if body.0.content.as_deref() == Some("hi")
         ));
+    }
+
+    #[test]
+    fn the_bucket_refills() {
+        let mut bucket = TokenBucket::new(1000, 2);
+        assert!(bucket.take() && bucket.take());
+        assert!(!bucket.take());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(bucket.take());
     }
 }

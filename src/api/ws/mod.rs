@@ -14,37 +14,28 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
-use axum::extract::ws::{CloseFrame, Message, WebSocketUpgrade};
+use axum::extract::ws::{Message, WebSocketUpgrade};
 use axum::http::{HeaderMap, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use futures::{Sink, SinkExt, Stream, StreamExt};
-use serde_json::Value;
+use futures::{Sink, Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::error::ErrorBody;
 use crate::AppState;
 use crate::auth::AuthUser;
-use crate::chat::{Attendance, SendRequest};
 use crate::domain::CancelReason;
 use crate::error::Error;
 use crate::stream::Generation;
-use crate::wire::ws::{self as frames, ClientFrame};
+use crate::wire::ws::{self as frames, ClientFrame, TokenBucket, close};
+
+mod requests;
+
+use self::requests::{Note, Outbound, follow, push, run_send, send_error, write_frames};
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/v1/ws", get(upgrade))
-}
-
-/// Close codes of the protocol.
-pub mod close {
-    pub const BAD_FRAME: u16 = 4400;
-    pub const UNAUTHORIZED: u16 = 4401;
-    pub const AUTH_TIMEOUT: u16 = 4408;
-    pub const DUPLICATE_ID: u16 = 4409;
-    pub const TOO_MANY: u16 = 4429;
-    pub const SLOW_READER: u16 = 1008;
-    pub const GOING_AWAY: u16 = 1001;
 }
 
 fn token_given(headers: &HeaderMap, uri: &Uri) -> bool {
@@ -93,19 +84,7 @@ async fn upgrade(
         })
 }
 
-/// What the writer task sends.
-enum Outbound {
-    Text(String),
-    Ping,
-    Close(u16, String),
-}
-
-/// Internal notes from spawned tasks to the socket loop.
-enum Note {
-    Started(String, Arc<Generation>),
-    Ended(String),
-}
-
+/// A request running on the socket.
 struct Active {
     generation: Option<Arc<Generation>>,
     cancel_requested: bool,
@@ -274,150 +253,4 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
 fn expiry_instant(exp: u64) -> tokio::time::Instant {
     let now = jsonwebtoken::get_current_timestamp();
     tokio::time::Instant::now() + Duration::from_secs(exp.saturating_sub(now))
-}
-
-async fn write_frames<S: Sink<Message> + Unpin>(mut sink: S, mut frames: mpsc::Receiver<Outbound>) {
-    while let Some(frame) = frames.recv().await {
-        let (message, last) = match frame {
-            Outbound::Text(text) => (Message::Text(text.into()), false),
-            Outbound::Ping => (Message::Ping(Vec::new().into()), false),
-            Outbound::Close(code, reason) => {
-                let reason: String = reason.chars().take(120).collect();
-                (
-                    Message::Close(Some(CloseFrame {
-                        code,
-                        reason: reason.into(),
-                    })),
-                    true,
-                )
-            }
-        };
-        if sink.send(message).await.is_err() || last {
-            break;
-        }
-    }
-    let _ = sink.close().await;
-}
-
-/// Queues a frame; a full queue means the client reads too slowly, and the socket is cut off.
-fn push(out: &mpsc::Sender<Outbound>, slow: &CancellationToken, text: String) {
-    if let Err(mpsc::error::TrySendError::Full(_)) = out.try_send(Outbound::Text(text)) {
-        slow.cancel();
-    }
-}
-
-fn send_error(
-    out: &mpsc::Sender<Outbound>,
-    slow: &CancellationToken,
-    id: Option<&str>,
-    error: &'static str,
-    message: &str,
-) {
-    let err = Error::new(crate::error::ErrorKind::Invalid, error, message);
-    push(out, slow, frames::error_frame(id, &err));
-}
-
-/// A `send` request: the chat service's send, then follows its generation.
-#[allow(clippy::too_many_arguments)]
-async fn run_send(
-    state: AppState,
-    user: AuthUser,
-    id: String,
-    conversation_id: String,
-    body: SendRequest,
-    out: mpsc::Sender<Outbound>,
-    slow: CancellationToken,
-    notes: mpsc::UnboundedSender<Note>,
-) {
-    let started = match conversation_id.parse() {
-        Ok(conversation_id) => {
-            state
-                .chat
-                .send(&user.user_id, conversation_id, body, Attendance::Followed)
-                .await
-        }
-        Err(_) => Err(Error::not_found("conversation")),
-    };
-    match started {
-        Ok(started) => {
-            push(
-                &out,
-                &slow,
-                frames::user_message_frame(&id, &started.user_message),
-            );
-            let _ = notes.send(Note::Started(id.clone(), Arc::clone(&started.generation)));
-            follow(started.generation, id, 0, out, slow, notes).await;
-        }
-        Err(err) => {
-            push(&out, &slow, frames::error_frame(Some(&id), &err));
-            let _ = notes.send(Note::Ended(id));
-        }
-    }
-}
-
-/// Relays a generation's events after `after` as frames tagged with the request id.
-async fn follow(
-    generation: Arc<Generation>,
-    id: String,
-    after: u64,
-    out: mpsc::Sender<Outbound>,
-    slow: CancellationToken,
-    notes: mpsc::UnboundedSender<Note>,
-) {
-    let id_json = Value::String(id.clone()).to_string();
-    let mut events = std::pin::pin!(generation.subscribe(after));
-    while let Some(event) = events.next().await {
-        push(&out, &slow, frames::event_frame(&id_json, &event));
-        if slow.is_cancelled() {
-            break;
-        }
-    }
-    let _ = notes.send(Note::Ended(id));
-}
-
-/// Frames a client may send: `rate` per second on average, `burst` at once.
-struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    at: Instant,
-}
-
-impl TokenBucket {
-    fn new(rate: u32, burst: u32) -> Self {
-        let burst = f64::from(burst.max(1));
-        Self {
-            rate: f64::from(rate.max(1)),
-            burst,
-            tokens: burst,
-            at: Instant::now(),
-        }
-    }
-
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_bucket_refills() {
-        let mut bucket = TokenBucket::new(1000, 2);
-        assert!(bucket.take() && bucket.take());
-        assert!(!bucket.take());
-        std::thread::sleep(Duration::from_millis(5));
-        assert!(bucket.take());
-    }
 }
