@@ -125,17 +125,8 @@ async fn send(
             UseChat::Send(request) => request,
             // useChat's regenerate button: a new reply to the message it names (a reply's id is ours).
             UseChat::Regenerate { message_id, model } => {
-                let message_id = parse_id(&message_id, "message")?;
-                let started = state
-                    .chat
-                    .regenerate(
-                        &user.user_id,
-                        message_id,
-                        model.as_deref(),
-                        answer.attendance(),
-                    )
-                    .await?;
-                return respond(&state, answer, &user, started, false, received).await;
+                return regenerate_and_respond(&state, &user, &message_id, model, answer, received)
+                    .await;
             }
         }
     } else {
@@ -181,8 +172,20 @@ async fn regenerate(
 ) -> Result<Response, Error> {
     let received = Instant::now();
     let answer = negotiate(&headers, &query)?;
-    let message_id = parse_id(&message_id, "message")?;
     let model = body.and_then(|b| b.0.model);
+    regenerate_and_respond(&state, &user, &message_id, model, answer, received).await
+}
+
+/// A new reply to the message `message_id` names, answered as `answer` (the question is not announced again).
+async fn regenerate_and_respond(
+    state: &AppState,
+    user: &AuthUser,
+    message_id: &str,
+    model: Option<String>,
+    answer: Answer,
+    received: Instant,
+) -> Result<Response, Error> {
+    let message_id = parse_id(message_id, "message")?;
     let started = state
         .chat
         .regenerate(
@@ -192,7 +195,7 @@ async fn regenerate(
             answer.attendance(),
         )
         .await?;
-    respond(&state, answer, &user, started, false, received).await
+    respond(state, answer, user, started, false, received).await
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]

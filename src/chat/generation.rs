@@ -204,7 +204,10 @@ pub async fn run(chat: Chat, generation: Arc<Generation>, mut job: Job) {
             }
             if let Some(details) = error.details.as_object_mut() {
                 details.insert("message_id".into(), serde_json::json!(saved.id));
-                details.insert("partial".into(), serde_json::json!(!saved.content.is_empty()));
+                details.insert(
+                    "partial".into(),
+                    serde_json::json!(!saved.content.is_empty()),
+                );
             }
             GenerationEvent::Error(Box::new(Failed {
                 failure: Failure::from(&error),

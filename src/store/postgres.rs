@@ -60,5 +60,8 @@ type Backend = PgStore;
 const BACKEND: &str = "postgres";
 
 #[path = "sql.rs"]
-#[expect(clippy::duplicate_mod, reason = "the shared queries, compiled once per backend")]
+#[expect(
+    clippy::duplicate_mod,
+    reason = "the shared queries, compiled once per backend"
+)]
 mod sql;

@@ -55,5 +55,8 @@ type Backend = SqliteStore;
 const BACKEND: &str = "sqlite";
 
 #[path = "sql.rs"]
-#[expect(clippy::duplicate_mod, reason = "the shared queries, compiled once per backend")]
+#[expect(
+    clippy::duplicate_mod,
+    reason = "the shared queries, compiled once per backend"
+)]
 mod sql;
