@@ -172,10 +172,16 @@ fn invalid_json(err: serde_path_to_error::Error<serde_json::Error>) -> Error {
     let path = err.path().to_string();
     let inner = err.into_inner();
     let reason = inner.to_string();
-    if path != "." && reason.starts_with("unknown variant") {
-        let reason = reason.split(" at line ").next().unwrap_or(&reason);
-        return Error::validation(&path, reason)
-            .with_details(json!({ "field": path, "path": path }));
+    if path != "."
+        && let Some(rest) = reason.strip_prefix("unknown variant `")
+        && let Some((value, expected)) = rest.split_once("`, expected one of ")
+    {
+        // serde: "unknown variant `video`, expected one of `text`, `image` at line 1 column 9".
+        let expected = expected.split(" at line ").next().unwrap_or(expected);
+        return Error::validation(
+            &path,
+            format!("'{value}' is not one of {}", expected.replace('`', "")),
+        );
     }
     let message = if path == "." {
         reason

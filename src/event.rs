@@ -5,7 +5,7 @@
 //! The native SSE `data:` of each event (DESIGN.md, "SSE events") is its payload serialized:
 //!
 //! ```text
-//! user_message  {message}                      (seq 0, only on the stream of the request that sent it)
+//! user_message  the saved user message itself    (seq 0, only on the stream of the request that sent it)
 //! start         {generation_id, message_id, conversation_id, model}
 //! delta         {text}
 //! usage         {prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, estimated, cost_usd}
@@ -13,9 +13,8 @@
 //! error         {error, message, details}                  terminal
 //! ```
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -55,7 +54,8 @@ impl EventKind {
     }
 }
 
-/// One event of a generation. Large payloads are boxed so that the common event, a delta, stays small.
+/// One event of a generation. Every payload but a delta's is boxed, so that the common event stays the size of
+/// a `String` (a generation logs one per delta; see `examples/hub_memory.rs`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "data", rename_all = "snake_case")]
 pub enum GenerationEvent {
@@ -63,7 +63,7 @@ pub enum GenerationEvent {
     UserMessage(Box<Message>),
     Start(Box<Start>),
     Delta(Delta),
-    Usage(UsageReport),
+    Usage(Box<UsageReport>),
     Done(Box<Done>),
     Error(Box<Failed>),
 }
@@ -88,9 +88,7 @@ impl GenerationEvent {
     /// The event's native SSE `data:` (and WebSocket frame fields): its payload as a JSON object.
     pub fn data_json(&self) -> String {
         let json = match self {
-            GenerationEvent::UserMessage(message) => {
-                serde_json::to_string(&serde_json::json!({ "message": message }))
-            }
+            GenerationEvent::UserMessage(message) => serde_json::to_string(message),
             GenerationEvent::Start(start) => serde_json::to_string(start),
             GenerationEvent::Delta(delta) => serde_json::to_string(delta),
             GenerationEvent::Usage(usage) => serde_json::to_string(usage),
@@ -190,30 +188,23 @@ impl From<&Error> for Failure {
     }
 }
 
-/// An event as logged: numbered, shared by every subscriber, with its native SSE frame encoded at most once.
+/// An event as logged: numbered and shared by every subscriber, each of which encodes it in its own wire
+/// format as it sends it. The log keeps no encoded copy: a retained generation costs its typed events only
+/// (`examples/hub_memory.rs` measures it), and encoding a delta costs a few hundred ns
+/// (`examples/media_bench.rs`).
 #[derive(Debug)]
 pub struct LoggedEvent {
     /// 1-based, monotonic within the generation: the SSE `id:`, the WebSocket `seq`.
     pub seq: u64,
     pub event: GenerationEvent,
-    sse: OnceLock<Bytes>,
 }
 
 impl LoggedEvent {
     pub fn new(seq: u64, event: GenerationEvent) -> Arc<Self> {
-        Arc::new(Self {
-            seq,
-            event,
-            sse: OnceLock::new(),
-        })
+        Arc::new(Self { seq, event })
     }
 
     pub fn kind(&self) -> EventKind {
         self.event.kind()
-    }
-
-    /// The native SSE frame, encoded by `encode` the first time it is asked for and shared afterwards.
-    pub fn sse_frame(&self, encode: impl FnOnce(&Self) -> Bytes) -> Bytes {
-        self.sse.get_or_init(|| encode(self)).clone()
     }
 }

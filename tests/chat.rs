@@ -94,6 +94,9 @@ async fn deltas_arrive_one_by_one_before_the_upstream_finishes(backend: Backend)
     );
     assert_eq!(seen[0].event, "user_message");
     assert_eq!(seen[0].id, "0");
+    // The data is the saved message itself (what the web UI renders).
+    assert_eq!(seen[0].data["role"], "user", "{:?}", seen[0].data);
+    assert!(seen[0].data["id"].is_string());
     assert_eq!(seen[1].event, "start");
 
     upstream.release();

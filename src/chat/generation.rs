@@ -189,7 +189,7 @@ pub async fn run(chat: Chat, generation: Arc<Generation>, mut job: Job) {
         estimated: counts.estimated,
         cost_usd: nanousd_to_usd(cost_nanousd),
     };
-    let _ = generation.emit(GenerationEvent::Usage(usage_report));
+    let _ = generation.emit(GenerationEvent::Usage(Box::new(usage_report)));
 
     let terminal = match (saved, streamed.error) {
         (Ok(saved), None) => GenerationEvent::Done(Box::new(Done {

@@ -20,6 +20,9 @@ use crate::event::{GenerationEvent, LoggedEvent};
 use crate::id::Id;
 use crate::tasks::Tasks;
 
+/// Events a subscriber reads from the log at once.
+const READ_BATCH: usize = 16;
+
 /// What to do with generations nobody follows.
 #[derive(Debug, Clone, Copy)]
 pub struct UnattendedPolicy {
@@ -118,7 +121,7 @@ impl Generation {
                 return terminal;
             }
             let mut events = Vec::new();
-            self.log.read_after(seen, &mut events);
+            self.log.read_after(seen, usize::MAX, &mut events);
             seen = events.last().map_or(seen, |e| e.seq);
             if events.is_empty() {
                 self.log.wait_after(seen).await;
@@ -169,9 +172,10 @@ impl Generation {
         async_stream::stream! {
             let _guard = guard;
             let mut seen = after;
-            let mut batch = Vec::new();
+            // A replayed backlog is read in slices: a follower holds at most this many events at once.
+            let mut batch = Vec::with_capacity(READ_BATCH);
             loop {
-                generation.log.read_after(seen, &mut batch);
+                generation.log.read_after(seen, READ_BATCH, &mut batch);
                 if batch.is_empty() {
                     generation.log.wait_after(seen).await;
                     continue;

@@ -64,8 +64,8 @@ pub trait EventLog: Send + Sync + 'static {
     /// [`LogFull`] for a delta past the [`LogBounds`], or for any event after the terminal one.
     fn append(&self, event: GenerationEvent) -> Result<u64, LogFull>;
 
-    /// Adds to `out` the events with seq > `after`, in order.
-    fn read_after(&self, after: u64, out: &mut Vec<Arc<LoggedEvent>>);
+    /// Adds to `out` the events with seq > `after`, in order, at most `max` of them.
+    fn read_after(&self, after: u64, max: usize, out: &mut Vec<Arc<LoggedEvent>>);
 
     /// Resolves once an event with seq > `after` exists (at once if one does).
     fn wait_after(&self, after: u64) -> BoxFuture<'_, ()>;
@@ -76,7 +76,7 @@ pub trait EventLog: Send + Sync + 'static {
     /// The text of every delta so far.
     fn text(&self) -> String {
         let mut events = Vec::new();
-        self.read_after(0, &mut events);
+        self.read_after(0, usize::MAX, &mut events);
         events
             .iter()
             .filter_map(|e| match &e.event {
@@ -119,7 +119,8 @@ pub struct MemoryLog {
 #[derive(Debug, Default)]
 struct LogState {
     events: Vec<Arc<LoggedEvent>>,
-    text: String,
+    /// Bytes of delta text logged (the text itself is in the deltas).
+    text_bytes: usize,
     ended: bool,
 }
 
@@ -149,18 +150,18 @@ impl EventLog for MemoryLog {
             let mut state = self.state();
             let full = LogFull {
                 events: state.events.len(),
-                text_bytes: state.text.len(),
+                text_bytes: state.text_bytes,
             };
             if state.ended {
                 return Err(full);
             }
             if let GenerationEvent::Delta(delta) = &event {
                 if state.events.len() >= self.bounds.max_events
-                    || state.text.len() + delta.text.len() > self.bounds.max_text_bytes
+                    || state.text_bytes + delta.text.len() > self.bounds.max_text_bytes
                 {
                     return Err(full);
                 }
-                state.text.push_str(&delta.text);
+                state.text_bytes += delta.text.len();
             }
             state.ended = terminal;
             let seq = state.events.len() as u64 + 1;
@@ -171,11 +172,11 @@ impl EventLog for MemoryLog {
         Ok(seq)
     }
 
-    fn read_after(&self, after: u64, out: &mut Vec<Arc<LoggedEvent>>) {
+    fn read_after(&self, after: u64, max: usize, out: &mut Vec<Arc<LoggedEvent>>) {
         let state = self.state();
         let from = usize::try_from(after).unwrap_or(usize::MAX);
         if let Some(events) = state.events.get(from..) {
-            out.extend(events.iter().cloned());
+            out.extend(events.iter().take(max).cloned());
         }
     }
 
@@ -193,10 +194,6 @@ impl EventLog for MemoryLog {
             return None;
         }
         state.events.last().cloned()
-    }
-
-    fn text(&self) -> String {
-        self.state().text.clone()
     }
 
     fn cancel(&self, reason: CancelReason) {
@@ -270,13 +267,13 @@ mod tests {
         assert_eq!(log.append(GenerationEvent::delta("de")), Ok(2));
         assert_eq!(log.append(GenerationEvent::delta("")), Ok(3));
         assert!(log.append(GenerationEvent::delta("")).is_err(), "4 events");
-        let usage = GenerationEvent::Usage(crate::event::UsageReport::default());
+        let usage = GenerationEvent::Usage(Box::default());
         assert_eq!(log.append(usage), Ok(4), "the usage report still fits");
         assert_eq!(log.append(failed()), Ok(5));
         assert!(log.append(failed()).is_err(), "nothing after the end");
         assert_eq!(log.text(), "abcde");
         let mut events = Vec::new();
-        log.read_after(2, &mut events);
+        log.read_after(2, usize::MAX, &mut events);
         assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4, 5]);
         assert_eq!(log.terminal().map(|e| e.seq), Some(5));
     }

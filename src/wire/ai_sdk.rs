@@ -65,10 +65,6 @@ enum Chunk<'a> {
     TextStart {
         id: &'a str,
     },
-    TextDelta {
-        id: &'a str,
-        delta: &'a str,
-    },
     TextEnd {
         id: &'a str,
     },
@@ -119,14 +115,14 @@ impl Encoder {
                     push(&mut out, &Chunk::TextStart { id: &id });
                     self.text_id = Some(id);
                 }
+                // The hot path, one chunk per delta: written directly rather than through `Chunk`.
                 let id = self.text_id.as_deref().unwrap_or_default();
-                push(
-                    &mut out,
-                    &Chunk::TextDelta {
-                        id,
-                        delta: &delta.text,
-                    },
-                );
+                out.reserve(delta.text.len() + id.len() + 56);
+                out.push_str(r#"data: {"type":"text-delta","id":""#);
+                out.push_str(id);
+                out.push_str(r#"","delta":"#);
+                push_json_string(&mut out, &delta.text);
+                out.push_str("}\n\n");
             }
             GenerationEvent::Done(done) => {
                 self.close_text(&mut out);
@@ -187,6 +183,14 @@ fn finish_reason_of(ours: &FinishReason) -> &'static str {
         FinishReason::Error => "error",
         _ => "other",
     }
+}
+
+/// `text` as a JSON string literal.
+fn push_json_string(out: &mut String, text: &str) {
+    // Serializing a string into a String cannot fail.
+    let mut buffer = std::mem::take(out).into_bytes();
+    let _ = serde_json::to_writer(&mut buffer, text);
+    *out = String::from_utf8(buffer).unwrap_or_default();
 }
 
 fn push(out: &mut String, chunk: &Chunk<'_>) {
@@ -385,7 +389,7 @@ mod tests {
             start(id),
             GenerationEvent::delta("Hel"),
             GenerationEvent::delta("lo"),
-            GenerationEvent::Usage(UsageReport::default()),
+            GenerationEvent::Usage(Box::default()),
             GenerationEvent::Done(Box::new(Done {
                 message: message(id),
                 usage: UsageReport {

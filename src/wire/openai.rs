@@ -212,7 +212,7 @@ where
                 GenerationEvent::Delta(delta) => {
                     yield frame(vec![choice(ChunkDelta { role: None, content: Some(&delta.text) }, None)], None);
                 }
-                GenerationEvent::Usage(report) => usage = Some(CompletionUsage::from(report)),
+                GenerationEvent::Usage(report) => usage = Some(CompletionUsage::from(&**report)),
                 GenerationEvent::Done(done) => {
                     yield frame(vec![choice(ChunkDelta::default(), Some(finish_reason(&done.finish_reason)))], None);
                     if include_usage {

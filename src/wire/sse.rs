@@ -2,7 +2,6 @@
 //! the SSE response that carries it or any other SSE-framed format.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -14,29 +13,40 @@ use futures::{Stream, StreamExt};
 use crate::event::{GenerationEvent, LoggedEvent};
 use crate::store::Message;
 
-/// An event's SSE frame, encoded once and shared by every subscriber.
-pub fn frame(event: &Arc<LoggedEvent>) -> Bytes {
-    event.sse_frame(|e| encode(e.seq, &e.event))
+/// A logged event's SSE frame.
+pub fn frame(event: &LoggedEvent) -> Bytes {
+    Bytes::from(encode(event.seq, &event.event))
 }
 
-/// `id: <seq>\nevent: <kind>\ndata: <json>\n\n`.
-pub fn encode(seq: u64, event: &GenerationEvent) -> Bytes {
+/// `id: <seq>\nevent: <kind>\ndata: <json>\n\n`, in a string of exactly its length (so that `Bytes` takes it
+/// over without a second allocation).
+pub fn encode(seq: u64, event: &GenerationEvent) -> String {
     let data = event.data_json();
     let kind = event.kind().as_str();
-    let mut frame = String::with_capacity(data.len() + kind.len() + 24);
-    frame.push_str("id: ");
-    frame.push_str(itoa::Buffer::new().format(seq));
-    frame.push_str("\nevent: ");
-    frame.push_str(kind);
-    frame.push_str("\ndata: ");
-    frame.push_str(&data);
-    frame.push_str("\n\n");
-    Bytes::from(frame)
+    let mut seq_text = itoa::Buffer::new();
+    let seq_text = seq_text.format(seq);
+    let parts = [
+        "id: ",
+        seq_text,
+        "\nevent: ",
+        kind,
+        "\ndata: ",
+        &data,
+        "\n\n",
+    ];
+    let mut frame = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for part in parts {
+        frame.push_str(part);
+    }
+    frame
 }
 
 /// The `user_message` frame (seq 0) that opens the stream of the request that sent the message.
 pub fn user_message(message: &Message) -> Bytes {
-    encode(0, &GenerationEvent::UserMessage(Box::new(message.clone())))
+    Bytes::from(encode(
+        0,
+        &GenerationEvent::UserMessage(Box::new(message.clone())),
+    ))
 }
 
 /// An SSE response (WHATWG HTML, "Server-sent events") from encoded frames, with the headers of DESIGN.md:
@@ -90,8 +100,9 @@ mod tests {
     #[test]
     fn a_delta_frame_carries_its_seq_kind_and_escaped_text() {
         let frame = encode(7, &GenerationEvent::delta("a \"b\"\n"));
+        assert_eq!(frame.len(), frame.capacity(), "no slack is kept");
         assert_eq!(
-            std::str::from_utf8(&frame).expect("utf-8"),
+            frame,
             "id: 7\nevent: delta\ndata: {\"text\":\"a \\\"b\\\"\\n\"}\n\n"
         );
     }

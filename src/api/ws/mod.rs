@@ -26,7 +26,7 @@ use super::error::ErrorBody;
 use crate::AppState;
 use crate::auth::AuthUser;
 use crate::domain::CancelReason;
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::stream::Generation;
 use crate::wire::ws::{self as frames, ClientFrame, TokenBucket, close};
 
@@ -134,7 +134,7 @@ pub async fn serve_socket<S, R, E>(
                 }
                 if text.len() > config.max_frame_bytes {
                     let message = format!("frame of {} bytes; the limit is {}", text.len(), config.max_frame_bytes);
-                    send_error(&out, &slow, None, "frame_too_large", &message);
+                    send_error(&out, &slow, None, &Error::new(ErrorKind::TooLarge, "frame_too_large", message));
                     continue;
                 }
                 let frame = match frames::parse(&text) {
@@ -160,7 +160,7 @@ pub async fn serve_socket<S, R, E>(
                             break (close::DUPLICATE_ID, format!("request id {id} is in use"));
                         }
                         if active.len() >= config.max_streams {
-                            send_error(&out, &slow, Some(&id), "rate_limited", &format!("at most {} generations per socket", config.max_streams));
+                            send_error(&out, &slow, Some(&id), &too_many_streams(config.max_streams));
                             continue;
                         }
                         let Some(user) = user.clone() else { continue };
@@ -172,7 +172,7 @@ pub async fn serve_socket<S, R, E>(
                             break (close::DUPLICATE_ID, format!("request id {id} is in use"));
                         }
                         if active.len() >= config.max_streams {
-                            send_error(&out, &slow, Some(&id), "rate_limited", &format!("at most {} generations per socket", config.max_streams));
+                            send_error(&out, &slow, Some(&id), &too_many_streams(config.max_streams));
                             continue;
                         }
                         let generation = generation_id
@@ -181,7 +181,7 @@ pub async fn serve_socket<S, R, E>(
                             .ok()
                             .and_then(|gid| user.as_ref().and_then(|u| state.chat.generation(&u.user_id, gid)));
                         let Some(generation) = generation else {
-                            send_error(&out, &slow, Some(&id), "not_found", "generation not found or expired");
+                            send_error(&out, &slow, Some(&id), &Error::new(ErrorKind::NotFound, "not_found", "generation not found or expired"));
                             continue;
                         };
                         let task = state.tasks.spawn(follow(Arc::clone(&generation), id.clone(), after.unwrap_or(0), out.clone(), slow.clone(), notes_tx.clone()));
@@ -192,7 +192,7 @@ pub async fn serve_socket<S, R, E>(
                             Some(generation) => generation.cancel(CancelReason::User),
                             None => entry.cancel_requested = true,
                         },
-                        None => send_error(&out, &slow, Some(&id), "not_found", "no running request with this id"),
+                        None => send_error(&out, &slow, Some(&id), &Error::new(ErrorKind::NotFound, "not_found", "no running request with this id")),
                     },
                 }
             }
@@ -241,6 +241,15 @@ pub async fn serve_socket<S, R, E>(
         let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
     }
     tracing::debug!(code, %reason, "websocket closed");
+}
+
+/// `rate_limited`: the socket follows `max_streams` generations already.
+fn too_many_streams(max_streams: usize) -> Error {
+    Error::new(
+        ErrorKind::RateLimited,
+        "rate_limited",
+        format!("at most {max_streams} generations per socket"),
+    )
 }
 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {

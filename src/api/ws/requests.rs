@@ -67,11 +67,9 @@ pub fn send_error(
     out: &mpsc::Sender<Outbound>,
     slow: &CancellationToken,
     id: Option<&str>,
-    error: &'static str,
-    message: &str,
+    err: &Error,
 ) {
-    let err = Error::new(crate::error::ErrorKind::Invalid, error, message);
-    push(out, slow, frames::error_frame(id, &err));
+    push(out, slow, frames::error_frame(id, err));
 }
 
 /// A `send` request: the chat service's send, then follows its generation.
