@@ -465,3 +465,45 @@ async fn the_socket_loop_runs_without_a_network() {
         .expect("the loop ends when the client goes")
         .expect("join");
 }
+
+#[tokio::test]
+async fn shutdown_lets_a_reply_finish_then_closes_the_socket_with_1001() {
+    let Some(mut server) = TestServer::start(Backend::Sqlite, None, SLOW).await else {
+        return;
+    };
+    let conversation = server.conversation("alice").await;
+    let mut socket = connect(&server, Some(&server.token("alice"))).await;
+    assert_eq!(next(&mut socket).await["type"], "ready");
+    send(
+        &mut socket,
+        json!({ "type": "send", "id": "r1", "conversation_id": conversation, "content": "hi", "model": "slow" }),
+    )
+    .await;
+    // Shutdown begins once the reply streams.
+    loop {
+        if next(&mut socket).await["type"] == "delta" {
+            break;
+        }
+    }
+    let stopped = server.begin_shutdown();
+    let mut last = Value::Null;
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a frame or the close in time")
+        {
+            Some(Ok(WsMessage::Text(text))) => last = serde_json::from_str(&text).expect("json"),
+            Some(Ok(WsMessage::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => {}
+            other => panic!("socket ended without a close frame: {other:?}"),
+        }
+    };
+    assert_eq!(last["type"], "done", "the reply finished first: {last}");
+    assert_eq!(last["message"]["status"], "complete");
+    assert_eq!(code, Some(1001), "then the socket closed: going away");
+    tokio::time::timeout(Duration::from_secs(10), stopped)
+        .await
+        .expect("the server stopped")
+        .expect("join")
+        .expect("serve");
+}

@@ -524,7 +524,11 @@ impl Chat {
                 .is_some_and(|m| m.status == MessageStatus::Cancelled);
         Ok(Cancelled {
             cancelled,
-            reason: if cancelled { "cancelled" } else { ENDED },
+            reason: if cancelled {
+                CancelReason::User.as_str()
+            } else {
+                ENDED
+            },
             message,
         })
     }
