@@ -51,11 +51,6 @@ impl Tasks {
         self.stopping.cancelled()
     }
 
-    /// Whether [`Tasks::stop`] was called.
-    pub fn is_stopping(&self) -> bool {
-        self.stopping.is_cancelled()
-    }
-
     /// Stops the services; finite work runs on.
     pub fn stop(&self) {
         self.stopping.cancel();
@@ -66,14 +61,33 @@ impl Tasks {
     pub async fn wait(&self) {
         self.tracker.wait().await;
     }
+}
 
-    /// Tasks still running.
-    pub fn len(&self) -> usize {
-        self.tracker.len()
-    }
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
 
-    /// Whether no task runs.
-    pub fn is_empty(&self) -> bool {
-        self.tracker.is_empty()
+    use super::Tasks;
+
+    #[tokio::test]
+    async fn stop_ends_services_and_wait_lets_finite_work_finish() {
+        let tasks = Tasks::new();
+        tasks.spawn_service(std::future::pending());
+        let written = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&written);
+        tasks.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            flag.store(true, Ordering::SeqCst);
+        });
+        tasks.stop();
+        tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+            .await
+            .expect("the service stopped and the work finished");
+        assert!(
+            written.load(Ordering::SeqCst),
+            "the finite task ran to its end"
+        );
     }
 }

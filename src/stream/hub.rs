@@ -369,15 +369,6 @@ impl Hub {
         self.generations().retain(|_, g| !g.expired(retention));
     }
 
-    /// Running generations of this process.
-    pub fn running_generations(&self) -> Vec<Arc<Generation>> {
-        self.generations()
-            .values()
-            .filter(|g| !g.is_finished())
-            .cloned()
-            .collect()
-    }
-
     /// Number of generations still running.
     pub fn running(&self) -> usize {
         self.generations()
@@ -405,11 +396,6 @@ impl Hub {
     /// True when one more unattended generation would pass `max_unattended`.
     pub fn unattended_full(&self) -> bool {
         self.unattended() >= self.inner.policy.max_unattended
-    }
-
-    /// Whether new generations are refused (shutdown has begun).
-    pub fn is_closed(&self) -> bool {
-        !self.inner.accepting.load(Ordering::SeqCst)
     }
 
     /// Graceful shutdown: refuse new generations, let running ones finish for up to `grace`, then cancel the
