@@ -176,51 +176,43 @@ pub async fn attach(
     })
 }
 
-/// One image given by URL to a stateless completion (OpenAI `image_url` parts): a `data:` URL checked like an
-/// upload (decodable, sniffed type allowed, within the image limit) and not stored, or an http(s) URL fetched
-/// through the media guard and kept as the caller's media.
-///
-/// # Errors
-/// `unsupported_media_type`, `too_large`, `wrong_media_kind`, and the fetch's errors.
-pub async fn image_from_url(chat: &Chat, user_id: &str, url: &str) -> Result<MediaData, Error> {
-    use base64::Engine;
-    if !url.starts_with("data:") {
-        let media = chat.media.fetch(&*chat.store, user_id, url).await?;
-        if Kind::of(&media.content_type) != Some(Kind::Image) {
-            return Err(Error::new(
-                ErrorKind::Unprocessable,
-                "wrong_media_kind",
-                format!("{url} is {}, not an image", media.content_type),
-            ));
-        }
-        return chat.media.media_data(&media).await;
-    }
-    let bytes = crate::media::decode_data_url(url, chat.media.limit(Kind::Image), "messages")?;
-    let mime_type = crate::media::sniff(&bytes)
-        .filter(|t| {
-            t.starts_with("image/") && chat.config.media.allowed_types.iter().any(|a| a == t)
-        })
-        .ok_or_else(|| {
-            Error::new(
-                ErrorKind::UnsupportedType,
-                "unsupported_media_type",
-                "the image data URL's bytes are not an allowed image type",
-            )
-        })?;
-    Ok(MediaData {
-        mime_type: mime_type.to_string(),
-        base64: base64::engine::general_purpose::STANDARD
-            .encode(&bytes)
-            .into(),
-    })
-}
-
 impl Chat {
-    /// See [`image_from_url`].
+    /// One image given by URL to a stateless completion (OpenAI `image_url` parts): a `data:` URL checked like an
+    /// upload (decodable, sniffed type allowed, within the image limit) and not stored, or an http(s) URL fetched
+    /// through the media guard and kept as the caller's media.
     ///
     /// # Errors
-    /// As [`image_from_url`].
+    /// `unsupported_media_type`, `too_large`, `wrong_media_kind`, and the fetch's errors.
     pub async fn image_from_url(&self, user_id: &str, url: &str) -> Result<MediaData, Error> {
-        image_from_url(self, user_id, url).await
+        use base64::Engine;
+        if !url.starts_with("data:") {
+            let media = self.media.fetch(&*self.store, user_id, url).await?;
+            if Kind::of(&media.content_type) != Some(Kind::Image) {
+                return Err(Error::new(
+                    ErrorKind::Unprocessable,
+                    "wrong_media_kind",
+                    format!("{url} is {}, not an image", media.content_type),
+                ));
+            }
+            return self.media.media_data(&media).await;
+        }
+        let bytes = crate::media::decode_data_url(url, self.media.limit(Kind::Image), "messages")?;
+        let mime_type = crate::media::sniff(&bytes)
+            .filter(|t| {
+                t.starts_with("image/") && self.config.media.allowed_types.iter().any(|a| a == t)
+            })
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::UnsupportedType,
+                    "unsupported_media_type",
+                    "the image data URL's bytes are not an allowed image type",
+                )
+            })?;
+        Ok(MediaData {
+            mime_type: mime_type.to_string(),
+            base64: base64::engine::general_purpose::STANDARD
+                .encode(&bytes)
+                .into(),
+        })
     }
 }

@@ -6,7 +6,7 @@
 //! 1. [`admission::validate`]: the body's shape, no I/O.
 //! 2. The caller's conversation, its persona, and the model to answer with ([`Chat::persona_and_route`]).
 //! 3. The history and the prompt that fits the model ([`prompt::build`]).
-//! 4. Limits: concurrent replies, token and cost budgets, with a reservation ([`Chat::admit`]).
+//! 4. Limits: concurrent replies, token and cost budgets, with a reservation ([`admission::admit`]).
 //! 5. Media: uploads stored, URLs fetched, images read, voice notes transcribed ([`attachments::attach`]),
 //!    only now that the request is admitted, and removed again if a later step fails.
 //! 6. The user message, committed; then the generation starts ([`Chat::start`]) as a tracked task that no
@@ -45,29 +45,21 @@ use crate::usage::budget::{Budgets, Reservation};
 
 /// A message to send: the body of `POST /api/v1/conversations/{id}/messages` and of a WebSocket `send`.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct SendRequest {
     /// The text; required for `text` and `multimodal` messages.
-    #[serde(default)]
     pub content: Option<String>,
-    #[serde(default)]
     pub message_type: MessageType,
     /// The caller's uploads (`POST /api/v1/media`).
-    #[serde(default)]
     pub media_ids: Vec<Id>,
     /// Images (or one voice note) to fetch: http(s), public addresses only.
-    #[serde(default)]
     pub media_urls: Vec<String>,
     /// A voice note to fetch.
-    #[serde(default)]
     pub audio_url: Option<String>,
-    #[serde(default)]
     pub audio_duration_seconds: Option<f64>,
     /// Model alias; the persona's, else `[defaults].model`, when absent.
-    #[serde(default)]
     pub model: Option<String>,
     /// The message this one answers (defaults to none).
-    #[serde(default)]
     pub parent_id: Option<Id>,
     /// Files sent inline (the AI SDK's `data:` file parts), stored as the caller's uploads once the send is
     /// admitted.
@@ -237,72 +229,65 @@ impl Chat {
             &earlier_images,
             new_message,
         )?;
-        let reservation = self
-            .admit(user_id, &route, text_tokens + IMAGE_TOKENS * images_to_come)
-            .await?;
-        let mut stored = attachments::StoredMedia::new(self, user_id);
-        let attached = match attachments::attach(
+        let reservation = admission::admit(
             self,
             user_id,
             &route,
-            &request,
-            content,
-            &mut stored,
+            text_tokens + IMAGE_TOKENS * images_to_come,
         )
-        .await
-        {
-            Ok(attached) => attached,
+        .await?;
+        // Media are stored from here on: whatever fails next removes them again.
+        let mut stored = attachments::StoredMedia::new(self, user_id);
+        let committed = async {
+            let attached =
+                attachments::attach(self, user_id, &route, &request, content, &mut stored).await?;
+            // A text message's prompt is the one just built; media change the last turn, so fit it again.
+            let messages = if request.message_type == MessageType::Text {
+                text_prompt
+            } else {
+                let config = &self.config.generation;
+                prompt::build(
+                    config,
+                    &persona,
+                    &route,
+                    &history,
+                    &earlier_images,
+                    attached.prompt,
+                )?
+                .0
+            };
+            let user_message = self
+                .store
+                .insert_message(&NewMessage {
+                    id: Id::new(),
+                    conversation_id: conversation.id,
+                    parent_id: request.parent_id,
+                    role: Role::User,
+                    content: attached.content,
+                    message_type: request.message_type,
+                    media: attached.media,
+                    status: MessageStatus::Complete,
+                    model: None,
+                    provider: None,
+                    finish_reason: None,
+                    error: None,
+                    created_at: crate::store::now(),
+                })
+                .await?;
+            Ok::<_, Error>((messages, user_message))
+        }
+        .await;
+        let (messages, user_message) = match committed {
+            Ok(committed) => {
+                stored.keep();
+                committed
+            }
             Err(err) => {
                 stored.discard().await;
                 return Err(err);
             }
         };
-        // A text message's prompt is the one just built; media change the last turn, so fit it again.
-        let messages = if request.message_type == MessageType::Text {
-            text_prompt
-        } else {
-            match prompt::build(
-                &self.config.generation,
-                &persona,
-                &route,
-                &history,
-                &earlier_images,
-                attached.prompt,
-            ) {
-                Ok((messages, _)) => messages,
-                Err(err) => {
-                    stored.discard().await;
-                    return Err(err);
-                }
-            }
-        };
         let first_exchange = conversation.title.is_none() && history.is_empty();
-        let inserted = self
-            .store
-            .insert_message(&NewMessage {
-                id: Id::new(),
-                conversation_id: conversation.id,
-                parent_id: request.parent_id,
-                role: Role::User,
-                content: attached.content,
-                message_type: request.message_type,
-                media: attached.media,
-                status: MessageStatus::Complete,
-                model: None,
-                provider: None,
-                finish_reason: None,
-                error: None,
-                created_at: crate::store::now(),
-            })
-            .await;
-        let user_message = match inserted {
-            Ok(message) => message,
-            Err(err) => {
-                stored.discard().await;
-                return Err(err.into());
-            }
-        };
-        stored.keep();
         let generation = self.start(
             user_id,
             route,
@@ -385,7 +370,7 @@ impl Chat {
             &earlier_images,
             ChatMessage::user(question.content.clone()).with_images(question_images),
         )?;
-        let reservation = self.admit(user_id, &route, prompt_tokens).await?;
+        let reservation = admission::admit(self, user_id, &route, prompt_tokens).await?;
         let generation = self.start(
             user_id,
             route,
@@ -430,7 +415,7 @@ impl Chat {
             .iter()
             .map(|m| 3 + m.content.len() as u64 + IMAGE_TOKENS * m.images.len() as u64)
             .sum::<u64>();
-        let reservation = self.admit(user_id, &route, prompt_tokens).await?;
+        let reservation = admission::admit(self, user_id, &route, prompt_tokens).await?;
         self.start(
             user_id,
             route,
@@ -638,16 +623,6 @@ impl Chat {
             .ok_or_else(|| {
                 Error::not_found("persona").with_details(serde_json::json!({ "field": "persona" }))
             })
-    }
-
-    /// The limits checked before anything is written (see [`admission::admit`]).
-    async fn admit(
-        &self,
-        user_id: &str,
-        route: &ModelRoute,
-        prompt_tokens: u64,
-    ) -> Result<Reservation, Error> {
-        admission::admit(self, user_id, route, prompt_tokens).await
     }
 
     /// Starts the generation of `messages` on `route` as a tracked background task.

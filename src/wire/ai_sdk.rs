@@ -121,7 +121,8 @@ impl Encoder {
                 out.push_str(r#"data: {"type":"text-delta","id":""#);
                 out.push_str(id);
                 out.push_str(r#"","delta":"#);
-                push_json_string(&mut out, &delta.text);
+                // Serializing a string cannot fail.
+                out.push_str(&serde_json::to_string(&delta.text).unwrap_or_default());
                 out.push_str("}\n\n");
             }
             GenerationEvent::Done(done) => {
@@ -183,14 +184,6 @@ fn finish_reason_of(ours: &FinishReason) -> &'static str {
         FinishReason::Error => "error",
         _ => "other",
     }
-}
-
-/// `text` as a JSON string literal.
-fn push_json_string(out: &mut String, text: &str) {
-    // Serializing a string into a String cannot fail.
-    let mut buffer = std::mem::take(out).into_bytes();
-    let _ = serde_json::to_writer(&mut buffer, text);
-    *out = String::from_utf8(buffer).unwrap_or_default();
 }
 
 fn push(out: &mut String, chunk: &Chunk<'_>) {
