@@ -1,7 +1,8 @@
 //! Bearer JWT authentication, deny by default.
 //!
-//! Tokens are HS256 JWTs (RFC 7519) verified with jsonwebtoken: `exp` is required, `iss` and `aud` are checked
-//! when configured. The user id is `sub`, or `user_id` when `sub` is absent (the seeds' tokens). Admin routes
+//! Tokens are HS256 JWTs (RFC 7519) verified with jsonwebtoken: `exp` is required and checked, `nbf` is checked
+//! when present (both with `leeway_secs`), and when `issuer` / `audience` are configured the token must carry
+//! that `iss` / `aud` (a token without the claim is refused, not just one with another value). The user id is `sub`, or `user_id` when `sub` is absent (the seeds' tokens). Admin routes
 //! need `role: "admin"` (or `"admin"` in `roles`, or `app_metadata.role` / `app_metadata.roles` as Supabase
 //! writes custom claims). The HTTP side (the bearer header, the public routes) is `api::auth`.
 
@@ -96,10 +97,15 @@ impl Authenticator {
     pub fn new(config: &AuthConfig) -> Self {
         let secret = config.jwt_secret.expose_secret().as_bytes();
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_required_spec_claims(&["exp"]);
         validation.leeway = config.leeway_secs;
+        validation.validate_nbf = true;
         let issuer = Some(config.issuer.clone()).filter(|s| !s.is_empty());
         let audience = Some(config.audience.clone()).filter(|s| !s.is_empty());
+        // jsonwebtoken checks `iss`/`aud` only when the token has them, unless they are required claims.
+        let mut required = vec!["exp"];
+        required.extend(issuer.as_ref().map(|_| "iss"));
+        required.extend(audience.as_ref().map(|_| "aud"));
+        validation.set_required_spec_claims(&required);
         if let Some(iss) = &issuer {
             validation.set_issuer(&[iss]);
         }
@@ -119,17 +125,20 @@ impl Authenticator {
     /// Verifies a token.
     ///
     /// # Errors
-    /// 401 `unauthorized` saying why (expired, bad signature, wrong issuer/audience, no user id).
+    /// 401 `unauthorized` saying why (expired, not valid yet, bad signature, wrong or missing issuer/audience,
+    /// no user id).
     pub fn verify(&self, token: &str) -> Result<AuthUser, Error> {
         use jsonwebtoken::errors::ErrorKind;
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| {
+                if let ErrorKind::MissingRequiredClaim(claim) = e.kind() {
+                    return Error::unauthorized(format!("the token has no {claim} claim"));
+                }
                 let why = match e.kind() {
                     ErrorKind::ExpiredSignature => "the token has expired",
                     ErrorKind::InvalidSignature => "the token's signature is invalid",
                     ErrorKind::InvalidIssuer => "the token's issuer is not accepted",
                     ErrorKind::InvalidAudience => "the token's audience is not accepted",
-                    ErrorKind::MissingRequiredClaim(_) => "the token has no exp claim",
                     ErrorKind::InvalidAlgorithm => {
                         "the token's algorithm is not accepted (HS256 expected)"
                     }
@@ -300,5 +309,187 @@ mod tests {
             )
             .is_ok()
         );
+    }
+}
+
+/// Every claim rule, one row each: the token's claims (signed with the configured secret) and whether it passes.
+#[cfg(test)]
+mod claim_rules {
+    use super::*;
+    use crate::config::Config;
+    use serde_json::json;
+
+    const SECRET: &str = "claim-rules-secret";
+
+    fn authenticator(extra: &str) -> Authenticator {
+        let config = Config::from_toml(&format!(
+            "[auth]\njwt_secret = \"{SECRET}\"\nleeway_secs = 30\n{extra}\n[providers.mock]\n[models.default]\nprovider = \"mock\"\nmodel = \"m\""
+        ))
+        .expect("config");
+        Authenticator::new(&config.auth)
+    }
+
+    fn token_with(header: Header, claims: &Value, secret: &str) -> String {
+        jsonwebtoken::encode(
+            &header,
+            claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .expect("sign")
+    }
+
+    fn token(claims: Value) -> String {
+        token_with(Header::new(Algorithm::HS256), &claims, SECRET)
+    }
+
+    /// `Ok(())`, or the 401's message.
+    fn check(auth: &Authenticator, token: &str) -> Result<(), String> {
+        match auth.verify(token) {
+            Ok(_) => Ok(()),
+            Err(err) => {
+                assert_eq!(err.kind, crate::error::ErrorKind::Unauthenticated);
+                Err(err.message)
+            }
+        }
+    }
+
+    #[test]
+    fn exp_and_nbf_with_leeway() {
+        let auth = authenticator("");
+        let now = jsonwebtoken::get_current_timestamp();
+        let cases: [(Value, Option<&str>); 8] = [
+            (json!({"sub": "a", "exp": now + 60}), None),
+            (json!({"sub": "a"}), Some("no exp claim")),
+            (json!({"sub": "a", "exp": now - 120}), Some("expired")),
+            // Within the 30 s leeway: a clock a little behind the issuer's still accepts it.
+            (json!({"sub": "a", "exp": now - 10}), None),
+            (
+                json!({"sub": "a", "exp": now + 600, "nbf": now + 300}),
+                Some("not valid yet"),
+            ),
+            (json!({"sub": "a", "exp": now + 600, "nbf": now + 10}), None),
+            (
+                json!({"sub": "a", "exp": now + 600, "nbf": now - 300}),
+                None,
+            ),
+            (json!({"sub": "a", "exp": "tomorrow"}), Some("malformed")),
+        ];
+        for (claims, refused) in cases {
+            let got = check(&auth, &token(claims.clone()));
+            match refused {
+                None => assert_eq!(got, Ok(()), "{claims}"),
+                Some(why) => {
+                    let message = got.expect_err(&claims.to_string());
+                    assert!(message.contains(why), "{claims}: {message}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn configured_issuer_and_audience_must_be_present_and_match() {
+        let auth =
+            authenticator("issuer = \"https://id.example/auth/v1\"\naudience = \"authenticated\"");
+        let exp = jsonwebtoken::get_current_timestamp() + 600;
+        let iss = "https://id.example/auth/v1";
+        let cases: [(Value, Option<&str>); 7] = [
+            (
+                json!({"sub": "a", "exp": exp, "iss": iss, "aud": "authenticated"}),
+                None,
+            ),
+            // An audience list containing ours (RFC 7519 §4.1.3).
+            (
+                json!({"sub": "a", "exp": exp, "iss": iss, "aud": ["other", "authenticated"]}),
+                None,
+            ),
+            (
+                json!({"sub": "a", "exp": exp, "aud": "authenticated"}),
+                Some("no iss claim"),
+            ),
+            (
+                json!({"sub": "a", "exp": exp, "iss": iss}),
+                Some("no aud claim"),
+            ),
+            (json!({"sub": "a", "exp": exp}), Some("no ")),
+            (
+                json!({"sub": "a", "exp": exp, "iss": "https://evil.example", "aud": "authenticated"}),
+                Some("issuer"),
+            ),
+            (
+                json!({"sub": "a", "exp": exp, "iss": iss, "aud": "anon"}),
+                Some("audience"),
+            ),
+        ];
+        for (claims, refused) in cases {
+            let got = check(&auth, &token(claims.clone()));
+            match refused {
+                None => assert_eq!(got, Ok(()), "{claims}"),
+                Some(why) => {
+                    let message = got.expect_err(&claims.to_string());
+                    assert!(message.contains(why), "{claims}: {message}");
+                }
+            }
+        }
+        // Without them configured, neither claim is needed.
+        let open = authenticator("");
+        assert_eq!(
+            check(&open, &token(json!({"sub": "a", "exp": exp}))),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn forged_tokens_are_refused() {
+        let auth = authenticator("");
+        let claims = json!({"sub": "mallory", "exp": jsonwebtoken::get_current_timestamp() + 600, "role": "admin"});
+        let good = token(claims.clone());
+        assert_eq!(check(&auth, &good), Ok(()));
+        let b64 = |v: &Value| {
+            use base64::Engine;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        let (_, rest) = good.split_once('.').expect("jwt");
+        let (_, signature) = rest.split_once('.').expect("jwt");
+        let forged = [
+            // `alg: none`, unsigned.
+            format!(
+                "{}.{}.",
+                b64(&json!({"alg": "none", "typ": "JWT"})),
+                b64(&claims)
+            ),
+            // The right secret under another HMAC algorithm: the algorithm is pinned, not read from the header.
+            token_with(Header::new(Algorithm::HS512), &claims, SECRET),
+            // An RS256 header over an HMAC signature (the algorithm-confusion attack).
+            format!(
+                "{}.{}.{signature}",
+                b64(&json!({"alg": "RS256", "typ": "JWT"})),
+                b64(&claims)
+            ),
+            // Another secret.
+            token_with(Header::new(Algorithm::HS256), &claims, "guessed"),
+            // The payload changed under the original signature.
+            format!(
+                "{}.{}.{signature}",
+                b64(&json!({"alg": "HS256", "typ": "JWT"})),
+                b64(
+                    &json!({"sub": "alice", "exp": jsonwebtoken::get_current_timestamp() + 600, "role": "admin"})
+                )
+            ),
+            // Not a JWT at all, and an empty one.
+            "a.b".to_string(),
+            String::new(),
+        ];
+        for token in forged {
+            assert!(check(&auth, &token).is_err(), "accepted {token}");
+        }
+        // No user: neither sub nor user_id, or an empty sub.
+        let exp = jsonwebtoken::get_current_timestamp() + 600;
+        for claims in [json!({"exp": exp}), json!({"sub": "", "exp": exp})] {
+            assert!(
+                check(&auth, &token(claims))
+                    .expect_err("no user")
+                    .contains("no sub")
+            );
+        }
     }
 }

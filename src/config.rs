@@ -77,6 +77,9 @@ pub struct Config {
 pub struct ServerConfig {
     /// Address to listen on, `host:port`.
     pub bind: String,
+    /// Connections the kernel queues before chatgate accepts them (capped by `net.core.somaxconn`): a burst
+    /// of new clients past it is reset.
+    pub listen_backlog: u32,
     /// Origins allowed by CORS. Empty: no cross-origin access. `["*"]`: any origin.
     pub cors_origins: Vec<String>,
     /// Time allowed to produce a response's headers, in seconds (streams are not cut by it).
@@ -103,6 +106,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             bind: "127.0.0.1:8000".into(),
+            listen_backlog: 1024,
             cors_origins: Vec::new(),
             request_timeout_secs: 300,
             max_body_bytes: 1024 * 1024,

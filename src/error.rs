@@ -149,11 +149,18 @@ impl std::fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// Parses JSON with the path of the offending field in the error. A JSON array is never taken for an object.
+/// Parses JSON with the path of the offending field in the error. Text the database cannot store (U+0000,
+/// see [`find_nul`]) is refused wherever it is in the document.
 ///
 /// # Errors
-/// `invalid` / `invalid_json` with `details.path`.
+/// `invalid` / `invalid_json` with `details.path`; `validation_error` naming the field that holds a NUL.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    // JSON can only carry U+0000 escaped; the escape is rare enough that only then is the document walked.
+    if memchr::memmem::find(bytes, b"\\u0000").is_some()
+        && let Ok(value) = serde_json::from_slice::<Value>(bytes)
+    {
+        refuse_nul(&value)?;
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(&mut de).map_err(invalid_json)
 }
@@ -161,9 +168,69 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
 /// Like [`parse_json`], from an already parsed JSON value.
 ///
 /// # Errors
-/// `invalid` / `invalid_json` with `details.path`.
+/// `invalid` / `invalid_json` with `details.path`; `validation_error` naming the field that holds a NUL.
 pub fn parse_value<T: DeserializeOwned>(value: Value) -> Result<T, Error> {
+    refuse_nul(&value)?;
     serde_path_to_error::deserialize(value).map_err(invalid_json)
+}
+
+/// The one rule for text the database cannot store: PostgreSQL's `text` refuses U+0000 (SQLite would keep it,
+/// but a conversation must not depend on its backend). Text from users is refused with 400 naming the field
+/// (this function); text from providers is repaired instead (U+FFFD), so a reply is never lost.
+///
+/// Returns the JSON path (`messages[0].content`, `.` for the document itself) of the first string or key that
+/// holds a NUL.
+pub fn find_nul(value: &Value) -> Option<String> {
+    fn walk(value: &Value, path: &mut String) -> bool {
+        match value {
+            Value::String(s) => s.contains('\0'),
+            Value::Array(items) => items.iter().enumerate().any(|(i, item)| {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                let found = walk(item, path);
+                if !found {
+                    path.truncate(len);
+                }
+                found
+            }),
+            Value::Object(fields) => fields.iter().any(|(key, item)| {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(key);
+                let found = key.contains('\0') || walk(item, path);
+                if !found {
+                    path.truncate(len);
+                }
+                found
+            }),
+            _ => false,
+        }
+    }
+    let mut path = String::new();
+    walk(value, &mut path).then(|| {
+        if path.is_empty() {
+            ".".to_string()
+        } else {
+            path
+        }
+    })
+}
+
+/// `validation_error` for a NUL in `field`.
+pub fn nul_error(field: &str) -> Error {
+    Error::validation(
+        field,
+        "text cannot contain the NUL character (U+0000); the database cannot store it",
+    )
+}
+
+fn refuse_nul(value: &Value) -> Result<(), Error> {
+    match find_nul(value) {
+        Some(path) => Err(nul_error(&path)),
+        None => Ok(()),
+    }
 }
 
 /// `invalid_json` naming the path; a well-formed value outside a field's allowed set (an unknown enum value,

@@ -158,9 +158,14 @@ pub struct Failure {
 }
 
 impl Failure {
-    /// `{error, message, details}`, as every surface shows an error.
+    /// `{error, message, details}`, as every surface shows an error; the provider's retry hint, if any, is
+    /// `details.retry_after_secs` (a stream has no `Retry-After` header to carry it).
     pub fn body(&self) -> Value {
-        serde_json::json!({ "error": self.error, "message": self.message, "details": self.details })
+        let mut details = self.details.clone();
+        if let (Some(secs), Some(fields)) = (self.retry_after_secs, details.as_object_mut()) {
+            fields.insert("retry_after_secs".into(), secs.into());
+        }
+        serde_json::json!({ "error": self.error, "message": self.message, "details": details })
     }
 
     /// The error again, for callers that answer with it (a JSON answer, an OpenAI error).

@@ -20,6 +20,7 @@ pub mod media;
 pub mod personas;
 pub mod providers;
 mod server;
+pub mod ssrf;
 mod state;
 pub mod store;
 pub mod stream;
@@ -30,5 +31,5 @@ pub mod testkit;
 pub mod usage;
 pub mod wire;
 
-pub use server::serve;
+pub use server::{listen, serve};
 pub use state::{AppInner, AppState, StartupError};

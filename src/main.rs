@@ -118,8 +118,7 @@ async fn migrate(config: Config) -> Result<(), String> {
 async fn serve(config: Config) -> Result<(), String> {
     let bind = config.bind_addr();
     let state = AppState::new(config).await.map_err(|e| e.to_string())?;
-    let listener = tokio::net::TcpListener::bind(bind)
-        .await
+    let listener = chatgate::listen(bind, state.config.server.listen_backlog)
         .map_err(|e| format!("cannot listen on {bind}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(

@@ -66,6 +66,11 @@ pub fn sniff(head: &[u8]) -> Option<&'static str> {
     })
 }
 
+/// The name a media file is served under: `{id}.{extension of its sniffed type}`.
+pub fn file_name(media: &Media) -> String {
+    format!("{}.{}", media.id, extension(&media.content_type))
+}
+
 /// File extension for a type, for storage keys and transcription uploads.
 fn extension(content_type: &str) -> &'static str {
     match content_type {
@@ -391,7 +396,7 @@ impl MediaStore {
             ));
         }
         if !self.config.allow_private_urls
-            && let Some(private) = addrs.iter().find(|a| !is_public(a.ip()))
+            && let Some(private) = addrs.iter().find(|a| !crate::ssrf::is_public(a.ip()))
         {
             return Err(url_error(
                 "url_not_allowed",
@@ -650,39 +655,6 @@ fn transcriber(config: &Config) -> Result<Transcriber, String> {
     }
 }
 
-/// Whether an address is on the public internet: not loopback, private (RFC 1918, RFC 4193), link-local,
-/// shared (RFC 6598), documentation, multicast, unspecified or broadcast, including IPv4 inside IPv6.
-pub fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_documentation()
-                || v4.is_multicast()
-                || a == 0
-                || (a == 100 && (64..128).contains(&b))
-                || (a == 192 && b == 0 && v4.octets()[2] == 0)
-                || a >= 240)
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
-            }
-            let first = v6.segments()[0];
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
-                || first == 0x2001 && v6.segments()[1] == 0x0db8)
-        }
-    }
-}
-
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes.iter().fold(String::with_capacity(64), |mut s, b| {
@@ -745,28 +717,6 @@ fn url_error(code: &'static str, url: &str, why: String) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn public_addresses_only() {
-        for private in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "0.0.0.0",
-            "::1",
-            "fd00::1",
-            "fe80::1",
-            "::ffff:127.0.0.1",
-        ] {
-            assert!(!is_public(private.parse().unwrap()), "{private}");
-        }
-        for public in ["93.184.216.34", "8.8.8.8", "2606:4700::1111"] {
-            assert!(is_public(public.parse().unwrap()), "{public}");
-        }
-    }
 
     #[test]
     fn types_are_sniffed_from_bytes() {

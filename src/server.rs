@@ -9,6 +9,38 @@ use crate::chat::checkpoints::recover_interrupted;
 use crate::state::AppState;
 use crate::{api, store};
 
+/// Binds `addr` with a listen backlog of `backlog` connections (the kernel caps it at `net.core.somaxconn`,
+/// and so does this function, saying so): a burst of clients connecting at once waits in the backlog instead
+/// of being reset, which tokio's fixed 128 does past that many. `SO_REUSEADDR` is set, so a restart can bind
+/// while old connections sit in `TIME_WAIT`.
+///
+/// # Errors
+/// The bind or listen failure (address in use, permission denied).
+pub fn listen(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    let cap = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok());
+    let backlog = match cap {
+        Some(cap) if backlog > cap => {
+            tracing::warn!(
+                requested = backlog,
+                somaxconn = cap,
+                "server.listen_backlog is over the kernel's net.core.somaxconn; using {cap}"
+            );
+            cap
+        }
+        _ => backlog,
+    };
+    socket.listen(backlog.max(1))
+}
+
 /// Serves `state` on `listener` until `shutdown` resolves, then shuts down gracefully: no new connections or
 /// generations, running generations finish (up to `server.shutdown_grace_secs`, then they are cancelled and
 /// saved), open streams end with their final event, WebSockets close with 1001, and every background task

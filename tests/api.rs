@@ -580,18 +580,42 @@ async fn health_request_ids_cors_and_unknown_routes() {
         .await
         .expect("401");
     assert_eq!(response.status(), 401);
-    // Stream endpoints take ?access_token= (EventSource cannot set headers).
+    // Only the stream endpoint (and the WebSocket upgrade) take ?access_token= (EventSource cannot set
+    // headers); elsewhere a token in the URL is ignored, and the 401 says where it belongs.
+    let token = server.token("alice");
     let response = server
         .client
         .get(format!(
-            "{}/api/v1/conversations?access_token={}",
-            server.url,
-            server.token("alice")
+            "{}/api/v1/conversations?access_token={token}",
+            server.url
         ))
         .send()
         .await
-        .expect("200");
-    assert_eq!(response.status(), 200);
+        .expect("401");
+    assert_eq!(response.status(), 401);
+    let body: Value = response.json().await.expect("json");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Authorization header"),
+        "{body}"
+    );
+    let unknown = uuid::Uuid::new_v4();
+    let stream = format!("{}/api/v1/generations/{unknown}/stream", server.url);
+    let response = server.client.get(&stream).send().await.expect("401");
+    assert_eq!(response.status(), 401);
+    let response = server
+        .client
+        .get(format!("{stream}?access_token={token}"))
+        .send()
+        .await
+        .expect("204");
+    assert_eq!(
+        response.status(),
+        204,
+        "authenticated, and no such generation"
+    );
 }
 
 #[test]

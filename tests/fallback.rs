@@ -13,6 +13,7 @@ use chatgate::config::Config;
 use common::{
     Backend, FakeOpenAi, Script, Step, TestDb, TestServer, content_chunk, full_stream, role_chunk,
 };
+use futures::StreamExt;
 use serde_json::{Value, json};
 
 /// A gateway whose `primary` model (on `primary_url`) falls back to `backup` (on `backup_url`).
@@ -347,4 +348,182 @@ async fn first_token_and_idle_timeouts_are_504() {
             ("failed", partial)
         );
     }
+}
+
+fn overloaded(status: u16, retry_after: &'static str) -> Script {
+    Script::error(
+        status,
+        vec![("retry-after", retry_after)],
+        json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+    )
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured_on_503_and_529_too() {
+    for status in [503, 529] {
+        let primary = FakeOpenAi::start(vec![
+            overloaded(status, "1"),
+            Script::stream(full_stream(&["waited"], 3, 1, Duration::ZERO)),
+        ])
+        .await;
+        let backup = FakeOpenAi::start(vec![overloaded(503, "60")]).await;
+        let Some(server) = gateway(&primary.url, &backup.url).await else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        let (code, body) = send(&server).await;
+        assert_eq!(code, 200, "{status}: {body}");
+        assert_eq!(body["assistant_message"]["content"], "waited");
+        assert_eq!(primary.requests().len(), 2, "{status}: retried once");
+        // The provider asked for a second; the backoff alone would have waited ~10 ms.
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "{status}: retried after {:?}",
+            started.elapsed()
+        );
+        assert!(backup.requests().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_stream_that_ends_before_any_content_is_retried() {
+    // A body cut after the role chunk (the connection dies), and one that just ends without `[DONE]`: nothing
+    // was relayed, so a retry is as safe as after a connect error.
+    let cut = Script::stream(vec![Step::Chunk(role_chunk()), Step::Die]);
+    let truncated = Script::stream(vec![Step::Chunk(role_chunk())]);
+    for broken in [cut, truncated] {
+        let primary = FakeOpenAi::start(vec![
+            broken,
+            Script::stream(full_stream(&["second ", "try"], 5, 2, Duration::ZERO)),
+        ])
+        .await;
+        let backup = FakeOpenAi::start(vec![Script::stream(full_stream(
+            &["unused"],
+            1,
+            1,
+            Duration::ZERO,
+        ))])
+        .await;
+        let Some(server) = gateway(&primary.url, &backup.url).await else {
+            return;
+        };
+        let (status, body) = send(&server).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["assistant_message"]["content"], "second try");
+        assert_eq!(body["assistant_message"]["status"], "complete");
+        assert_eq!(primary.requests().len(), 2);
+        assert!(backup.requests().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_refusal_before_the_first_token_bills_nothing_but_is_recorded_once() {
+    for (primary_script, backup_script) in [
+        (rate_limited("0.01"), rate_limited("0.01")),
+        (overloaded(503, "0"), overloaded(529, "0")),
+        (
+            Script::error(400, vec![], json!({"error": {"message": "bad request"}})),
+            Script::error(400, vec![], json!({"error": {"message": "bad request"}})),
+        ),
+    ] {
+        let primary = FakeOpenAi::start(vec![primary_script]).await;
+        let backup = FakeOpenAi::start(vec![backup_script]).await;
+        let Some(server) = gateway(&primary.url, &backup.url).await else {
+            return;
+        };
+        let (status, body) = send(&server).await;
+        assert!(status >= 400, "{status}: {body}");
+        let message_id = body["details"]["message_id"]
+            .as_str()
+            .expect("the failed reply's id")
+            .parse()
+            .expect("id");
+        let usage = server
+            .state
+            .store
+            .usage_for_message(message_id)
+            .await
+            .expect("usage");
+        assert_eq!(usage.len(), 1, "exactly one usage record: {body}");
+        let record = &usage[0];
+        assert_eq!(
+            (
+                record.prompt_tokens,
+                record.completion_tokens,
+                record.cost_nanousd,
+                record.estimated
+            ),
+            (0, 0, 0, false),
+            "the provider processed nothing: {body}"
+        );
+        let summary = server.get_json("/api/v1/usage/summary", "alice").await;
+        assert_eq!(summary["total_tokens"], 0, "{summary}");
+    }
+}
+
+#[tokio::test]
+async fn a_streamed_completion_that_fails_before_its_first_token_answers_with_the_status() {
+    let primary = FakeOpenAi::start(vec![rate_limited("60")]).await;
+    let backup = FakeOpenAi::start(vec![rate_limited("60")]).await;
+    let Some(server) = gateway(&primary.url, &backup.url).await else {
+        return;
+    };
+    // The OpenAI endpoint: 429 with Retry-After before any SSE, in OpenAI's error shape, so the SDK retries.
+    let response = server
+        .post(
+            "/v1/chat/completions",
+            "alice",
+            json!({"model": "primary", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "60");
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["type"], "rate_limit_error", "{body}");
+    // A stream that succeeds still streams.
+    let ok = FakeOpenAi::start(vec![Script::stream(full_stream(
+        &["fine"],
+        1,
+        1,
+        Duration::ZERO,
+    ))])
+    .await;
+    let Some(server_ok) = gateway(&ok.url, &ok.url).await else {
+        return;
+    };
+    let response = server_ok
+        .post(
+            "/v1/chat/completions",
+            "alice",
+            json!({"model": "primary", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.expect("body");
+    assert!(
+        text.contains("\"fine\"") && text.ends_with("data: [DONE]\n\n"),
+        "{text}"
+    );
+
+    // The native SSE stream has no header to carry the hint: it is in the error event's details.
+    let conversation_id = server.conversation("alice").await;
+    let response = server
+        .send_message(&conversation_id, "alice", json!({ "content": "hi" }))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    let events: Vec<_> = common::sse_events(response).collect().await;
+    let error = events.last().expect("events");
+    assert_eq!(error.event, "error");
+    assert_eq!(
+        error.data["details"]["retry_after_secs"], 60,
+        "{:?}",
+        error.data
+    );
 }

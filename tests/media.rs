@@ -282,6 +282,17 @@ async fn uploads_are_sniffed_stored_and_served_to_their_owner_only(backend: Back
         assert_eq!(served.status(), 200);
         assert_eq!(served.headers()["content-type"], expected);
         assert_eq!(served.headers()["x-content-type-options"], "nosniff");
+        assert_eq!(
+            served.headers()["content-security-policy"],
+            "default-src 'none'; sandbox"
+        );
+        let disposition = served.headers()["content-disposition"]
+            .to_str()
+            .expect("ascii");
+        assert!(
+            disposition.starts_with(&format!("inline; filename=\"{id}.")),
+            "{disposition}"
+        );
         let etag = served.headers()["etag"].to_str().expect("etag").to_string();
         assert_eq!(
             served.bytes().await.expect("bytes").as_ref(),
@@ -319,6 +330,42 @@ async fn uploads_are_sniffed_stored_and_served_to_their_owner_only(backend: Back
         .await
         .expect("post");
     assert_eq!(anonymous.status(), 401);
+    // Polyglots: a GIF that is also JavaScript, a PNG that is also HTML. The bytes make them images, and they
+    // are served as images that can never run: sandboxed, no sources, a file name.
+    let mut png_html = png();
+    png_html.extend_from_slice(
+        b"<html><body><script>fetch('/api/v1/conversations')</script></body></html>",
+    );
+    let polyglots = [
+        (
+            "gif.js",
+            "image/gif",
+            "gif",
+            b"GIF89a=1;alert(document.cookie);//\x01\x00\x00\x00".to_vec(),
+        ),
+        ("png.html", "image/png", "png", png_html),
+    ];
+    for (name, expected, extension, bytes) in polyglots {
+        let body = upload_ok(&server, "alice", name, bytes).await;
+        assert_eq!(body["content_type"], expected, "{name}");
+        let served = server
+            .get(body["url"].as_str().expect("url"), "alice")
+            .send()
+            .await
+            .expect("get");
+        let headers = served.headers();
+        assert_eq!(headers["content-type"], expected);
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+        assert_eq!(
+            headers["content-security-policy"],
+            "default-src 'none'; sandbox"
+        );
+        let id = body["id"].as_str().expect("id");
+        assert_eq!(
+            headers["content-disposition"],
+            format!("inline; filename=\"{id}.{extension}\"").as_str()
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

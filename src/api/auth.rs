@@ -1,5 +1,6 @@
 //! Authentication over HTTP, deny by default: the bearer token (the `Authorization` header, or `access_token`
-//! on a GET), the short list of public routes, and the extractors of the caller.
+//! on the few routes whose clients cannot set a header), the short list of public routes, and the extractors
+//! of the caller.
 
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
@@ -31,9 +32,14 @@ pub const PUBLIC_ROUTES: &[(Method, &str)] = &[
     (Method::POST, "/api/v1/dev/token"),
 ];
 
-/// Reads the bearer token: the `Authorization` header, or `access_token` in the query of a GET (EventSource
-/// and WebSocket clients cannot set headers).
-fn bearer_token(parts: &Parts) -> Option<String> {
+/// The only routes that take the token as `?access_token=` on a GET: `EventSource` and the browser's
+/// `WebSocket` cannot set an `Authorization` header. Anywhere else a token in the URL is ignored (URLs end up
+/// in proxies' logs and browsers' histories), so the request is 401 without a header.
+pub const QUERY_TOKEN_ROUTES: &[&str] = &["/api/v1/generations/{id}/stream", "/api/v1/ws"];
+
+/// Reads the bearer token: the `Authorization` header, or `access_token` in the query of a GET on one of the
+/// [`QUERY_TOKEN_ROUTES`].
+fn bearer_token(parts: &Parts, route: &str) -> Option<String> {
     if let Some(value) = parts
         .headers
         .get(header::AUTHORIZATION)
@@ -44,7 +50,7 @@ fn bearer_token(parts: &Parts) -> Option<String> {
             .eq_ignore_ascii_case("bearer")
             .then(|| token.trim().to_string());
     }
-    if parts.method == Method::GET {
+    if parts.method == Method::GET && QUERY_TOKEN_ROUTES.contains(&route) {
         let query = parts.uri.query()?;
         return form_urlencoded::parse(query.as_bytes())
             .find_map(|(k, v)| (k == "access_token").then(|| v.into_owned()));
@@ -71,14 +77,25 @@ pub async fn require_auth(State(state): State<AppState>, request: Request, next:
             && PUBLIC_ROUTES
                 .iter()
                 .any(|(m, p)| *m == Method::GET && *p == route));
-    let user = match bearer_token(&parts) {
+    let user = match bearer_token(&parts, &route) {
         Some(token) => match state.auth.verify(&token) {
             Ok(user) => Some(user),
             Err(err) if !is_public => return err.into_response(),
             Err(_) => None,
         },
         None if is_public => None,
-        None => return Error::unauthorized("a bearer token is required").into_response(),
+        None => {
+            let in_query = parts.uri.query().is_some_and(|q| {
+                form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "access_token")
+            });
+            let message = if in_query {
+                "a bearer token is required in the Authorization header; ?access_token= is accepted only on \
+                 the stream endpoint and the WebSocket upgrade"
+            } else {
+                "a bearer token is required"
+            };
+            return Error::unauthorized(message).into_response();
+        }
     };
     if let Some(user) = user {
         parts.extensions.insert(user);

@@ -86,7 +86,9 @@ impl IntoResponse for Error {
 /// A JSON body extractor whose rejections are [`Error`]s naming the bad field's path
 /// (`messages[0].content: invalid type: ...`).
 ///
-/// Accepts `application/json` (and `+json`) or no content type; anything else is 415.
+/// Accepts `application/json` (and `+json`) or no content type; anything else is 415. Every body chatgate takes
+/// is a JSON object: anything else (an array, which serde would read as a struct's fields in order, a string,
+/// a number) is 400 `invalid_json`. A NUL character anywhere is 400 `validation_error` naming its field.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AppJson<T>(pub T);
 
@@ -116,6 +118,7 @@ where
                 Error::new(ErrorKind::Invalid, "invalid_body", rejection.body_text())
             }
         })?;
+        require_object(&bytes)?;
         parse_json(&bytes).map(AppJson)
     }
 }
@@ -135,6 +138,22 @@ where
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(None);
         }
+        require_object(&bytes)?;
         parse_json(&bytes).map(|v| Some(AppJson(v)))
+    }
+}
+
+/// 400 unless the body is (or starts like) a JSON object; what follows the `{` is the parser's to judge.
+fn require_object(bytes: &[u8]) -> Result<(), Error> {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => Ok(()),
+        Some(_) => Err(Error::new(
+            ErrorKind::Invalid,
+            "invalid_json",
+            "the request body must be a JSON object",
+        )
+        .with_details(serde_json::json!({ "path": "." }))),
+        // Empty: the parser says so, as it always has.
+        None => Ok(()),
     }
 }

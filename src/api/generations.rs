@@ -59,8 +59,8 @@ struct StreamQuery {
 }
 
 /// `GET /api/v1/generations/{id}/stream`: replays events after `Last-Event-ID` (or `?after=seq`), then follows
-/// live; ends after the terminal event. 204 when the generation is unknown or expired, which makes
-/// `EventSource` stop reconnecting. `?format=ai-sdk` answers in the AI SDK UI message stream protocol.
+/// live; ends after the terminal event. 204 when the generation is unknown or expired, or finished with its
+/// last event at or before the one asked after, which makes `EventSource` stop reconnecting. `?format=ai-sdk` answers in the AI SDK UI message stream protocol.
 #[utoipa::path(
     get,
     operation_id = "generations_stream",
@@ -74,7 +74,7 @@ struct StreamQuery {
     ),
     responses(
         (status = 200, description = "SSE: replay, then live", content_type = "text/event-stream"),
-        (status = 204, description = "unknown or expired"),
+        (status = 204, description = "unknown, expired, or finished with nothing after the given seq"),
         (status = 401, description = "missing or invalid token", body = ErrorBody),
     )
 )]
@@ -101,6 +101,10 @@ async fn stream(
         return Ok(ai_sdk::response(generation.subscribe(0), keepalive));
     }
     let after = last_event_id.or(query.after).unwrap_or(0);
+    if generation.terminal().is_some_and(|t| t.seq <= after) {
+        // The client saw the end already: nothing more will ever come, so no stream (EventSource stops).
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
     let events = generation.subscribe(after).map(|e| sse::frame(&e));
     Ok(sse::response(events, keepalive))
 }

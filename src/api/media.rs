@@ -106,7 +106,8 @@ async fn upload(
 }
 
 /// `GET /api/v1/media/{id}`: the file, to its uploader only (anyone else gets 404), with its sniffed type,
-/// `ETag` (its SHA-256) and `X-Content-Type-Options: nosniff`.
+/// `ETag` (its SHA-256), `X-Content-Type-Options: nosniff`, `Content-Security-Policy: default-src 'none'; sandbox` and
+/// `Content-Disposition: inline; filename="{id}.{ext}"` (a polyglot never runs as a page of this origin).
 #[utoipa::path(get, operation_id = "media_download", path = "/api/v1/media/{id}", tag = "media",
     params(("id" = String, Path, description = "media id (UUID)")),
     responses(
@@ -151,6 +152,23 @@ async fn download(
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
+    );
+    // A file that is also HTML or script (a PNG/HTML or GIF/JS polyglot) must never run as a page of this
+    // origin, even opened directly: no sources, a sandbox, and a name to save it under.
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; sandbox"),
+    );
+    h.insert(
+        header::CONTENT_DISPOSITION,
+        value(&format!(
+            "inline; filename=\"{}\"",
+            crate::media::file_name(&media)
+        ))?,
+    );
+    h.insert(
+        header::HeaderName::from_static("cross-origin-resource-policy"),
+        HeaderValue::from_static("same-origin"),
     );
     Ok(response)
 }

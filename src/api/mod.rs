@@ -142,7 +142,8 @@ async fn request_timeout(
     }
 }
 
-/// A query-string extractor whose rejections are [`Error`]s.
+/// A query-string extractor whose rejections are [`Error`]s; a NUL (`%00`) in a parameter is 400 naming it
+/// (see [`crate::error::find_nul`]).
 #[derive(Debug, Clone, Default)]
 pub struct AppQuery<T>(pub T);
 
@@ -150,6 +151,12 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for AppQuery<T> {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        if let Some(query) = parts.uri.query().filter(|q| q.contains("%00"))
+            && let Some((key, _)) = form_urlencoded::parse(query.as_bytes())
+                .find(|(key, value)| key.contains('\0') || value.contains('\0'))
+        {
+            return Err(crate::error::nul_error(&key));
+        }
         axum::extract::Query::<T>::try_from_uri(&parts.uri)
             .map(|q| AppQuery(q.0))
             .map_err(|e| Error::new(ErrorKind::Invalid, "invalid_query", e.body_text()))

@@ -11,6 +11,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -19,6 +20,7 @@ use crate::AppState;
 use crate::auth::AuthUser;
 use crate::chat::Completion;
 use crate::error::Error;
+use crate::event::GenerationEvent;
 use crate::providers::{ChatMessage, MediaData, Role};
 use crate::wire::{openai, sse};
 
@@ -194,8 +196,23 @@ async fn completions(
     if request.stream {
         let include_usage = request.stream_options.unwrap_or_default().include_usage;
         let keepalive = std::time::Duration::from_secs(state.config.server.sse_keepalive_secs);
+        // As OpenAI does, the response head waits for the first delta (costing no time to the first token): a
+        // failure before it is the HTTP answer itself — 429 with Retry-After, or the 5xx — so the SDK's own
+        // retry runs, instead of a 200 whose stream holds an error chunk.
+        let mut events = Box::pin(generation.subscribe(0));
+        let mut before_first_delta = Vec::new();
+        while let Some(event) = events.next().await {
+            match &event.event {
+                GenerationEvent::Error(failed) => return Err(failed.failure.to_error().into()),
+                GenerationEvent::Delta(_) | GenerationEvent::Done(_) => {
+                    before_first_delta.push(event);
+                    break;
+                }
+                _ => before_first_delta.push(event),
+            }
+        }
         let chunks = openai::chunks(
-            generation.subscribe(0),
+            futures::stream::iter(before_first_delta).chain(events),
             id,
             created,
             request.model,

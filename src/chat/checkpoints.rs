@@ -161,11 +161,13 @@ impl Checkpointer {
         metrics::histogram!("chatgate_db_write_seconds", "op" => "checkpoint")
             .record(started.elapsed().as_secs_f64());
         match written {
-            Ok(()) => {
-                for (reply, len, _) in due {
-                    let mut state = reply.state();
-                    state.written_len = Some(len);
-                    state.written_at = Instant::now();
+            Ok(written) => {
+                for ((reply, len, _), ok) in due.into_iter().zip(written) {
+                    if ok {
+                        let mut state = reply.state();
+                        state.written_len = Some(len);
+                        state.written_at = Instant::now();
+                    }
                 }
             }
             Err(err) => tracing::warn!(rows = rows.len(), error = %err, "checkpoint batch failed"),

@@ -114,9 +114,21 @@ pub async fn run(chat: Chat, generation: Arc<Generation>, mut job: Job) {
     let duration = started.elapsed();
     let text = reply.finish();
 
-    // Count, price and record with the route that actually answered.
+    // Count, price and record with the route that actually answered. A provider that refused or failed before
+    // its first token processed nothing billable unless it said otherwise: its own figures, else zero, never an
+    // estimate (the attempt is still recorded, once, with the model and the time it took).
     let route = &streamed.route;
-    let counts = count_tokens(&job.request.messages, route, &streamed.usage, &text).await;
+    let counts = if streamed.error.is_some() && streamed.ttft.is_none() {
+        TokenCounts {
+            prompt_tokens: streamed.usage.prompt_tokens.unwrap_or(0),
+            completion_tokens: streamed.usage.completion_tokens.unwrap_or(0),
+            cached_tokens: streamed.usage.cached_tokens.unwrap_or(0),
+            reasoning_tokens: streamed.usage.reasoning_tokens.unwrap_or(0),
+            estimated: false,
+        }
+    } else {
+        count_tokens(&job.request.messages, route, &streamed.usage, &text).await
+    };
     let cost_nanousd = route.prices.cost_nanousd(&counts);
     let (message_status, finish_reason) = match (&streamed.error, streamed.cancelled) {
         (Some(_), _) => (MessageStatus::Failed, FinishReason::Error),
@@ -227,8 +239,9 @@ pub async fn run(chat: Chat, generation: Arc<Generation>, mut job: Job) {
     let _ = generation.emit(terminal);
 }
 
-/// Streams from the model, then its fallbacks: a retryable failure before any delta was relayed is retried
-/// with jittered exponential backoff (honouring the provider's retry hint), then the next fallback is tried.
+/// Streams from the model, then its fallbacks: a retryable failure before any delta was relayed (a connect
+/// error, a 429 or 5xx, a first-token timeout, a body that ended before any content) is retried with jittered
+/// exponential backoff (honouring the provider's retry hint on any status), then the next fallback is tried.
 /// Once a delta has been relayed, a failure ends the generation: it never switches silently.
 async fn relay(generation: &Generation, job: &Job, reply: &RunningReply) -> Streamed {
     let started = Instant::now();
@@ -245,6 +258,9 @@ async fn relay(generation: &Generation, job: &Job, reply: &RunningReply) -> Stre
         out.route = route.clone();
         let mut attempt = 0;
         loop {
+            // Each attempt's own usage: a failed one reported nothing that was relayed.
+            out.usage = Usage::default();
+            out.finish_reason = None;
             let request = ChatRequest {
                 model: route.upstream_model.clone(),
                 max_tokens: if std::ptr::eq(route, &job.route) {

@@ -197,7 +197,7 @@ impl Decoder for AnthropicDecoder {
         let Frame::Sse { event, data } = frame else {
             return Err(DecodeError::Malformed("expected server-sent events".into()));
         };
-        let value: Value = serde_json::from_str(data).map_err(|e| {
+        let value: Value = http::parse_frame(data).map_err(|e| {
             DecodeError::Malformed(format!("{e} in event {}", http::truncate(data, 200)))
         })?;
         // `event:` and `data.type` agree; trust `data.type` when both are present.

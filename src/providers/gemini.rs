@@ -177,7 +177,7 @@ impl Decoder for GeminiDecoder {
         if data.trim().is_empty() {
             return Ok(Flow::Continue);
         }
-        let value: Value = serde_json::from_str(data).map_err(|e| {
+        let value: Value = http::parse_frame(data).map_err(|e| {
             DecodeError::Malformed(format!("{e} in chunk {}", http::truncate(data, 200)))
         })?;
         if let Some(error) = value.get("error") {

@@ -162,7 +162,7 @@ pub fn drive<D: Decoder>(
                 Ok(None) => {
                     if decoder.end_of_body(&mut out) {
                         for event in out.drain(..) {
-                            yield event;
+                            yield storable(event, &provider);
                         }
                         break;
                     }
@@ -180,13 +180,28 @@ pub fn drive<D: Decoder>(
                 DecodeError::Upstream(message) => ProviderError::Upstream { provider: provider.clone(), message },
             })?;
             for event in out.drain(..) {
-                yield event;
+                yield storable(event, &provider);
             }
             if flow == Flow::Done {
                 break;
             }
         }
     })
+}
+
+/// A text delta as the database can store it: U+0000 (which PostgreSQL's `text` refuses, see
+/// [`crate::error::find_nul`]) becomes U+FFFD, counted in `chatgate_text_repaired_total{reason="nul"}`. The
+/// reply streams and is saved with the same text, instead of being lost at the final write.
+fn storable(event: ProviderEvent, provider: &str) -> ProviderEvent {
+    match event {
+        ProviderEvent::TextDelta(text) if text.contains('\0') => {
+            let count = text.matches('\0').count();
+            metrics::counter!("chatgate_text_repaired_total", "reason" => "nul", "provider" => provider.to_string())
+                .increment(count as u64);
+            ProviderEvent::TextDelta(text.replace('\0', "\u{fffd}"))
+        }
+        other => other,
+    }
 }
 
 /// An owned frame, as read.
@@ -275,11 +290,75 @@ fn ndjson_frames(
         // A last line without its line end is accepted only if it is a whole JSON value.
         if !buffer.iter().all(u8::is_ascii_whitespace) {
             match String::from_utf8(buffer) {
-                Ok(line) if serde_json::from_str::<Value>(&line).is_ok() => yield Ok(RawFrame::Line(line)),
+                Ok(line) if parse_frame::<Value>(&line).is_ok() => yield Ok(RawFrame::Line(line)),
                 _ => yield Err(BodyError::Transport("body ended inside an NDJSON line".into())),
             }
         }
     })
+}
+
+/// Parses one frame's JSON. A provider that cuts a reply mid-character can send a lone UTF-16 surrogate
+/// escape (`"\ud83d"`), which is not valid JSON text (RFC 8259 §8.2) and which serde_json refuses: such a frame
+/// is parsed again with each lone surrogate replaced by U+FFFD, so the reply goes on instead of failing.
+///
+/// # Errors
+/// The parser's error, when the frame is malformed in any other way.
+pub(crate) fn parse_frame<T: serde::de::DeserializeOwned>(data: &str) -> serde_json::Result<T> {
+    match serde_json::from_str(data) {
+        Ok(value) => Ok(value),
+        Err(err) => match replace_lone_surrogates(data) {
+            Some(repaired) => {
+                metrics::counter!("chatgate_text_repaired_total", "reason" => "lone_surrogate")
+                    .increment(1);
+                serde_json::from_str(&repaired)
+            }
+            None => Err(err),
+        },
+    }
+}
+
+/// `data` with every `\uXXXX` escape of a surrogate that is not half of a pair replaced by `\ufffd`; `None`
+/// when there is none.
+fn replace_lone_surrogates(data: &str) -> Option<String> {
+    fn escape_at(bytes: &[u8], i: usize) -> Option<u16> {
+        let hex = bytes.get(i..i + 6)?;
+        if hex[0] != b'\\' || hex[1] != b'u' {
+            return None;
+        }
+        u16::from_str_radix(std::str::from_utf8(&hex[2..]).ok()?, 16).ok()
+    }
+    let bytes = data.as_bytes();
+    let mut out = String::new();
+    let mut copied = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        let Some(unit) = escape_at(bytes, i) else {
+            // Any other escape (`\\`, `\"`, ...): skip both characters.
+            i += 2;
+            continue;
+        };
+        let paired = (0xd800..0xdc00).contains(&unit)
+            && escape_at(bytes, i + 6).is_some_and(|next| (0xdc00..0xe000).contains(&next));
+        if paired {
+            i += 12;
+        } else if (0xd800..0xe000).contains(&unit) {
+            out.push_str(&data[copied..i]);
+            out.push_str("\\ufffd");
+            i += 6;
+            copied = i;
+        } else {
+            i += 6;
+        }
+    }
+    if copied == 0 {
+        return None;
+    }
+    out.push_str(&data[copied..]);
+    Some(out)
 }
 
 pub(crate) fn truncate(s: &str, max: usize) -> &str {
@@ -360,8 +439,9 @@ async fn check_status(
     Err(status_error(provider, status.as_u16(), &headers, &body))
 }
 
-/// Maps a non-2xx answer. 401/403 never echo the body (it may quote the key); 429 keeps the retry hint unless
-/// the quota is exhausted (OpenAI `insufficient_quota`), which no retry fixes.
+/// Maps a non-2xx answer. 401/403 never echo the body (it may quote the key); every other status keeps the
+/// retry hint (`Retry-After` is defined for 503 as for 429, and Anthropic sends it with 529), except an
+/// exhausted quota (OpenAI `insufficient_quota`), which no retry fixes.
 pub(crate) fn status_error(
     provider: &str,
     status: u16,
@@ -382,6 +462,7 @@ pub(crate) fn status_error(
             provider,
             status,
             message,
+            retry_after: None,
         },
         429 => ProviderError::RateLimited {
             provider,
@@ -392,6 +473,7 @@ pub(crate) fn status_error(
             provider,
             status,
             message,
+            retry_after: retry_after(headers, parsed.as_ref()),
         },
     }
 }
@@ -438,6 +520,45 @@ mod tests {
         );
         assert!(err.is_retryable());
         assert!(err.to_string().contains("Overloaded"));
+        assert_eq!(err.retry_after(), None);
+
+        // Retry-After is honoured on every status that is retried (RFC 9110 §10.2.3 defines it for 503).
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", "1".parse().expect("header"));
+        for status in [503, 529, 500] {
+            let err = status_error("anthropic", status, &headers, "overloaded");
+            assert!(err.is_retryable(), "{status}");
+            assert_eq!(err.retry_after(), Some(Duration::from_secs(1)), "{status}");
+            let error = crate::error::Error::from(&err);
+            assert_eq!(error.retry_after_secs, Some(1), "{status}");
+        }
+    }
+
+    #[test]
+    fn lone_surrogates_become_replacement_characters() {
+        let parse = |data: &str| {
+            parse_frame::<Value>(data).map(|v| v["t"].as_str().unwrap_or("").to_string())
+        };
+        assert_eq!(
+            parse(r#"{"t":"a\ud83d"}"#).expect("lone leading"),
+            "a\u{fffd}"
+        );
+        assert_eq!(
+            parse(r#"{"t":"\ude00b"}"#).expect("lone trailing"),
+            "\u{fffd}b"
+        );
+        assert_eq!(parse(r#"{"t":"\ud83d\ude00"}"#).expect("a pair"), "😀");
+        assert_eq!(
+            parse(r#"{"t":"\ud83d\ud83d\ude00"}"#).expect("lone then pair"),
+            "\u{fffd}😀"
+        );
+        // An escaped backslash before `ud800` is text, not an escape.
+        assert_eq!(parse(r#"{"t":"\\ud800"}"#).expect("text"), "\\ud800");
+        assert!(
+            parse(r#"{"t":"\ud800"#).is_err(),
+            "still malformed: unterminated"
+        );
+        assert!(parse("{").is_err());
     }
 
     #[test]

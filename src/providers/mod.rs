@@ -176,6 +176,8 @@ pub enum ProviderError {
         provider: String,
         status: u16,
         message: String,
+        /// The provider's retry hint (`Retry-After` on a 503, Anthropic's 529, ...; RFC 9110 §10.2.3).
+        retry_after: Option<Duration>,
     },
     #[error("provider '{provider}': {kind}")]
     Timeout { provider: String, kind: TimeoutKind },
@@ -215,7 +217,8 @@ impl ProviderError {
     /// The provider's retry hint, when it gave one.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            ProviderError::RateLimited { retry_after, .. } => *retry_after,
+            ProviderError::RateLimited { retry_after, .. }
+            | ProviderError::Status { retry_after, .. } => *retry_after,
             _ => None,
         }
     }
@@ -226,6 +229,9 @@ impl ProviderError {
             ProviderError::Connect { .. } | ProviderError::RateLimited { .. } => true,
             ProviderError::Timeout { kind, .. } => *kind != TimeoutKind::Idle,
             ProviderError::Status { status, .. } => *status >= 500 || *status == 408,
+            // The body ended before its end marker: before any delta was relayed, a retry is as safe as after
+            // a connect error (the caller retries only then).
+            ProviderError::Interrupted { .. } => true,
             _ => false,
         }
     }

@@ -129,7 +129,7 @@ impl Decoder for OllamaDecoder {
         let Frame::Line(line) = frame else {
             return Err(DecodeError::Malformed("expected NDJSON".into()));
         };
-        let line: Line = serde_json::from_str(line).map_err(|e| {
+        let line: Line = http::parse_frame(line).map_err(|e| {
             DecodeError::Malformed(format!("{e} in line {}", http::truncate(line, 200)))
         })?;
         if let Some(error) = line.error {

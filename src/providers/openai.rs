@@ -134,7 +134,7 @@ impl Decoder for OpenAiDecoder {
         if data.is_empty() {
             return Ok(Flow::Continue);
         }
-        let chunk: Chunk = serde_json::from_str(data).map_err(|e| {
+        let chunk: Chunk = http::parse_frame(data).map_err(|e| {
             DecodeError::Malformed(format!("{e} in chunk {}", http::truncate(data, 200)))
         })?;
         if let Some(error) = chunk.error {

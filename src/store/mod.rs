@@ -38,6 +38,19 @@ impl From<StoreError> for crate::error::Error {
         match err {
             StoreError::Conflict(message) => Self::conflict(message),
             StoreError::NotFound(what) => Self::not_found(what),
+            // PostgreSQL's "character not in repertoire" / "untranslatable character": text it cannot store
+            // (input is checked before it gets here; this keeps a miss from looking like an outage).
+            StoreError::Database(e)
+                if e.as_database_error()
+                    .and_then(|d| d.code())
+                    .is_some_and(|code| code == "22021" || code == "22P05") =>
+            {
+                Self::new(
+                    crate::error::ErrorKind::Invalid,
+                    "validation_error",
+                    "the text holds a character the database cannot store (U+0000)",
+                )
+            }
             StoreError::Database(e) => Self::unavailable("the database is unavailable", e),
         }
     }
@@ -526,10 +539,20 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<Message>>;
     /// Deletes one of the caller's messages; `false` when it is not theirs or does not exist.
     async fn delete_message(&self, user_id: &str, id: Id) -> StoreResult<bool>;
-    /// Creates or updates assistant messages while they stream (status `streaming`), all in one transaction:
+    /// Creates or updates assistant messages while they stream (status `streaming`), in one transaction:
     /// their text so far, a heartbeat (`updated_at`) and the prompt's estimated tokens (to bill a reply whose
-    /// process dies). A row that already has a final status is left alone.
-    async fn checkpoint_messages(&self, rows: &[Checkpoint], instance_id: &str) -> StoreResult<()>;
+    /// process dies). A row that already has a final status is left alone. When the database refuses a row's
+    /// data, each row is written again on its own, so one bad row never fails the others.
+    ///
+    /// Returns whether each row (in order) was written.
+    ///
+    /// # Errors
+    /// When the database is unreachable (nothing was written).
+    async fn checkpoint_messages(
+        &self,
+        rows: &[Checkpoint],
+        instance_id: &str,
+    ) -> StoreResult<Vec<bool>>;
     /// Writes a finished generation's assistant message (over its checkpoint, if any) and its usage record in
     /// one transaction.
     ///

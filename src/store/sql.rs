@@ -528,27 +528,34 @@ impl Store for Backend {
         Ok(result.rows_affected() > 0)
     }
 
-    async fn checkpoint_messages(&self, rows: &[Checkpoint], instance_id: &str) -> StoreResult<()> {
-        let mut tx = self.background.begin().await?;
-        let now = now();
-        for row in rows {
-            let streaming = NewMessage {
-                status: MessageStatus::Streaming,
-                finish_reason: None,
-                error: None,
-                ..row.message.clone()
-            };
-            write_message(
-                &mut tx,
-                &streaming,
-                now,
-                Some((instance_id, row.prompt_tokens_estimate)),
-                OnConflict::UpdateWhileStreaming,
-            )
-            .await?;
+    async fn checkpoint_messages(
+        &self,
+        rows: &[Checkpoint],
+        instance_id: &str,
+    ) -> StoreResult<Vec<bool>> {
+        let batch_error = match write_checkpoint_rows(&self.background, rows, instance_id).await {
+            Ok(()) => return Ok(vec![true; rows.len()]),
+            Err(err) => err,
+        };
+        // The database refused a row's data (not an outage): one bad row must never cost the others their
+        // checkpoint, so each is written again on its own.
+        let refused_data = matches!(&batch_error, StoreError::Database(sqlx::Error::Database(_)));
+        if !refused_data || rows.len() == 1 {
+            return Err(batch_error);
         }
-        tx.commit().await?;
-        Ok(())
+        let mut written = Vec::with_capacity(rows.len());
+        for row in rows {
+            match write_checkpoint_rows(&self.background, std::slice::from_ref(row), instance_id)
+                .await
+            {
+                Ok(()) => written.push(true),
+                Err(err) => {
+                    tracing::warn!(message_id = %row.message.id, error = %err, "a reply's checkpoint was refused");
+                    written.push(false);
+                }
+            }
+        }
+        Ok(written)
     }
 
     async fn save_generation(&self, m: &NewMessage, u: &UsageRecord) -> StoreResult<Message> {
@@ -778,6 +785,34 @@ enum OnConflict {
     UpdateWhileStreaming,
     /// Overwrites the text, status and outcome (the final save, over the last checkpoint).
     Update,
+}
+
+/// Writes checkpoint rows in one transaction.
+async fn write_checkpoint_rows(
+    pool: &sqlx::Pool<Db>,
+    rows: &[Checkpoint],
+    instance_id: &str,
+) -> StoreResult<()> {
+    let mut tx = pool.begin().await?;
+    let now = now();
+    for row in rows {
+        let streaming = NewMessage {
+            status: MessageStatus::Streaming,
+            finish_reason: None,
+            error: None,
+            ..row.message.clone()
+        };
+        write_message(
+            &mut tx,
+            &streaming,
+            now,
+            Some((instance_id, row.prompt_tokens_estimate)),
+            OnConflict::UpdateWhileStreaming,
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// The one INSERT of the `messages` table. `updated_at` is the row's heartbeat; `checkpoint` is the instance

@@ -161,7 +161,8 @@ impl Generation {
         self.subscribers.load(Ordering::SeqCst)
     }
 
-    /// Events with seq > `after`, then live ones, ending after the terminal event. The subscriber is counted
+    /// Events with seq > `after`, then live ones, ending after the terminal event (at once when `after` is at or
+    /// past it). The subscriber is counted
     /// (see [`Generation::attach`]) until the stream is dropped.
     pub fn subscribe(
         self: &Arc<Self>,
@@ -177,6 +178,10 @@ impl Generation {
             loop {
                 generation.log.read_after(seen, READ_BATCH, &mut batch);
                 if batch.is_empty() {
+                    // Already past the terminal event: nothing more will ever come.
+                    if generation.log.terminal().is_some_and(|t| t.seq <= seen) {
+                        return;
+                    }
                     generation.log.wait_after(seen).await;
                     continue;
                 }

@@ -214,9 +214,11 @@ impl TestServer {
                 .try_init();
         }
         let state = AppState::new(config).await.expect("app state");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = chatgate::listen(
+            "127.0.0.1:0".parse().expect("addr"),
+            state.config.server.listen_backlog,
+        )
+        .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(chatgate::serve(state.clone(), listener, async move {
