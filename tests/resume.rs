@@ -128,6 +128,47 @@ async fn reconnect_with_last_event_id_assembles_exactly_the_saved_message(backen
         "the reassembled text equals the saved message"
     );
     assert_eq!(done["message"]["id"], saved["id"]);
+
+    // Re-attaching with the final event's id (an EventSource that did not close on `done`): nothing more will
+    // ever come, so 204, which stops EventSource, never a stream of keep-alives.
+    let final_id = ids.last().expect("ids").to_string();
+    let stream_path = format!("/api/v1/generations/{generation_id}/stream");
+    let again = tokio::time::timeout(
+        Duration::from_secs(5),
+        server
+            .get(&stream_path, "alice")
+            .header("last-event-id", &final_id)
+            .send(),
+    )
+    .await
+    .expect("answered at once")
+    .expect("resume");
+    assert_eq!(again.status(), 204);
+    let again = tokio::time::timeout(
+        Duration::from_secs(5),
+        server
+            .get(&format!("{stream_path}?after={final_id}"), "alice")
+            .send(),
+    )
+    .await
+    .expect("answered at once")
+    .expect("resume");
+    assert_eq!(again.status(), 204);
+    // One before the end still gets the end.
+    let before_end = ids[ids.len() - 2].to_string();
+    let tail = server
+        .get(&stream_path, "alice")
+        .header("last-event-id", &before_end)
+        .send()
+        .await
+        .expect("resume");
+    assert_eq!(tail.status(), 200);
+    let tail: Vec<_> = sse_events(tail).collect().await;
+    assert_eq!(tail.len(), 1);
+    assert_eq!(
+        (tail[0].event.as_str(), tail[0].id.as_str()),
+        ("done", final_id.as_str())
+    );
 }
 
 async fn two_subscribers_see_identical_streams(backend: Backend) {

@@ -570,3 +570,147 @@ mod tests {
         assert_eq!(err.retry_after(), Some(Duration::from_secs_f64(34.4)));
     }
 }
+
+/// Every decoder, fed arbitrary bytes cut at arbitrary places (real frames of each provider mixed with noise:
+/// invalid UTF-8, NUL, lone surrogate escapes, half frames), ends in events or a typed error, never a panic.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::providers::anthropic::AnthropicDecoder;
+    use crate::providers::gemini::GeminiDecoder;
+    use crate::providers::ollama::OllamaDecoder;
+    use crate::providers::openai::OpenAiDecoder;
+    use proptest::prelude::*;
+
+    const OPENAI: &[&str] = &[
+        "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n",
+        "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\\u0000lo \\ud83d\"},\"finish_reason\":null}]}\n\n",
+        "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+        "data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":2,\"total_tokens\":11}}\n\n",
+        "data: {\"error\":{\"message\":\"boom\",\"type\":\"server_error\"}}\n\n",
+        ": keep-alive\n\n",
+        "data: [DONE]\n\n",
+    ];
+    const ANTHROPIC: &[&str] = &[
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"usage\":{\"input_tokens\":11,\"output_tokens\":1}}}\n\n",
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\\u0000\"}}\n\n",
+        "event: ping\ndata: {\"type\": \"ping\"}\n\n",
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":6}}\n\n",
+        "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n",
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+    ];
+    const GEMINI: &[&str] = &[
+        "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Hi \\udc00\"}],\"role\":\"model\"},\"index\":0}]}\r\n\r\n",
+        "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"!\"}],\"role\":\"model\"},\"finishReason\":\"STOP\",\"index\":0}],\"usageMetadata\":{\"promptTokenCount\":9,\"candidatesTokenCount\":5}}\r\n\r\n",
+        "data: {\"error\":{\"code\":503,\"message\":\"overloaded\",\"status\":\"UNAVAILABLE\"}}\n\n",
+    ];
+    const OLLAMA: &[&str] = &[
+        "{\"model\":\"phi4\",\"message\":{\"role\":\"assistant\",\"content\":\"Hel\\u0000\"},\"done\":false}\n",
+        "{\"model\":\"phi4\",\"message\":{\"role\":\"assistant\",\"content\":\"\"},\"done_reason\":\"stop\",\"done\":true,\"prompt_eval_count\":3,\"eval_count\":73}\n",
+        "{\"error\":\"model not found\"}\n",
+    ];
+
+    /// A body: real frames and noise in any order, then cut into chunks at the given points.
+    fn body(frames: &'static [&'static str]) -> impl Strategy<Value = Vec<Bytes>> {
+        let piece = prop_oneof![
+            4 => proptest::sample::select(frames).prop_map(|f| f.as_bytes().to_vec()),
+            1 => proptest::collection::vec(any::<u8>(), 0..64),
+            1 => Just(b"data: \xff\xfe\n\n".to_vec()),
+            1 => Just(b"data: {\"choices\":[{\"delta\":{\"content\":\"\\ud800\\u0000\"}}]}\n\n".to_vec()),
+            1 => Just(b"\n\n\r\n".to_vec()),
+        ];
+        (
+            proptest::collection::vec(piece, 0..12),
+            proptest::collection::vec(any::<prop::sample::Index>(), 0..12),
+        )
+            .prop_map(|(pieces, cuts)| {
+                let bytes = pieces.concat();
+                let mut points: Vec<usize> =
+                    cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
+                points.sort_unstable();
+                points.dedup();
+                let mut chunks = Vec::new();
+                let mut start = 0;
+                for point in points.into_iter().chain([bytes.len()]) {
+                    chunks.push(Bytes::copy_from_slice(&bytes[start..point]));
+                    start = point;
+                }
+                chunks
+            })
+    }
+
+    /// Runs the frames of `chunks` through `decoder` as `drive` does, returning every event and the ending.
+    fn decode_all<D: Decoder>(framing: Framing, chunks: Vec<Bytes>, mut decoder: D) -> usize {
+        futures::executor::block_on(async move {
+            let body = futures::stream::iter(chunks.into_iter().map(Ok::<Bytes, reqwest::Error>));
+            let mut frames = match framing {
+                Framing::Sse => sse_frames(body),
+                Framing::Ndjson => ndjson_frames(body),
+            };
+            let mut out = Vec::new();
+            let mut events = 0;
+            while let Some(frame) = frames.next().await {
+                let Ok(frame) = frame else { return events };
+                let frame_ref = match &frame {
+                    RawFrame::Sse { event, data } => Frame::Sse { event, data },
+                    RawFrame::Line(line) => Frame::Line(line),
+                };
+                let flow = decoder.decode(frame_ref, &mut out);
+                for event in out.drain(..) {
+                    // What reaches the relay is always storable text.
+                    if let ProviderEvent::TextDelta(text) = storable(event, "fuzz") {
+                        assert!(!text.contains('\0'));
+                    }
+                    events += 1;
+                }
+                match flow {
+                    Ok(Flow::Continue) => {}
+                    Ok(Flow::Done) | Err(_) => return events,
+                }
+            }
+            decoder.end_of_body(&mut out);
+            events + out.len()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn openai_never_panics(chunks in body(OPENAI)) {
+            decode_all(Framing::Sse, chunks, OpenAiDecoder);
+        }
+
+        #[test]
+        fn anthropic_never_panics(chunks in body(ANTHROPIC)) {
+            decode_all(Framing::Sse, chunks, AnthropicDecoder::default());
+        }
+
+        #[test]
+        fn gemini_never_panics(chunks in body(GEMINI)) {
+            decode_all(Framing::Sse, chunks, GeminiDecoder::default());
+        }
+
+        #[test]
+        fn ollama_never_panics(chunks in body(OLLAMA)) {
+            decode_all(Framing::Ndjson, chunks, OllamaDecoder);
+        }
+    }
+
+    /// The real frames alone, whole, give text: the strategy is not all noise.
+    #[test]
+    fn the_real_frames_decode() {
+        let whole = |frames: &[&str]| vec![Bytes::from(frames.concat())];
+        assert!(decode_all(Framing::Sse, whole(&OPENAI[..4]), OpenAiDecoder) >= 3);
+        assert!(
+            decode_all(
+                Framing::Sse,
+                whole(&ANTHROPIC[..5]),
+                AnthropicDecoder::default()
+            ) >= 3
+        );
+        assert!(decode_all(Framing::Sse, whole(&GEMINI[..2]), GeminiDecoder::default()) >= 2);
+        assert!(decode_all(Framing::Ndjson, whole(&OLLAMA[..2]), OllamaDecoder) >= 2);
+    }
+}

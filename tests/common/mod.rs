@@ -410,8 +410,8 @@ pub fn sse_events(response: reqwest::Response) -> impl Stream<Item = SseEvent> +
 pub enum Step {
     /// `data: <json>\n\n`
     Chunk(Value),
-    /// Raw bytes, as is.
-    Raw(&'static str),
+    /// Raw bytes, as is (a frame that `Chunk` cannot write, such as a lone surrogate escape).
+    Raw(String),
     /// Waits until the test calls [`FakeOpenAi::release`].
     Gate,
     Delay(Duration),
@@ -538,6 +538,11 @@ impl FakeOpenAi {
         Self { url, state }
     }
 
+    /// Answers every request from now on with `script`.
+    pub fn set_script(&self, script: Script) {
+        *self.state.scripts.lock().expect("lock") = VecDeque::from([script]);
+    }
+
     /// Lets a stream waiting at a [`Step::Gate`] go on.
     pub fn release(&self) {
         self.state.gate.add_permits(1);
@@ -591,7 +596,7 @@ async fn serve_script(
         for step in script.steps {
             match step {
                 Step::Chunk(chunk) => yield Ok(Bytes::from(format!("data: {chunk}\n\n"))),
-                Step::Raw(raw) => yield Ok(Bytes::from_static(raw.as_bytes())),
+                Step::Raw(raw) => yield Ok(Bytes::from(raw)),
                 Step::Gate => {
                     if let Ok(permit) = state.gate.acquire().await {
                         permit.forget();
