@@ -250,6 +250,26 @@ async fn cancel_one_and_resume_another(backend: Backend) {
         (frame["type"].as_str(), frame["error"].as_str()),
         (Some("error"), Some("not_found"))
     );
+    // Text the database cannot store is refused by the frame, naming the field; the socket stays open.
+    send(
+        &mut bob,
+        json!({ "type": "send", "id": "nul", "conversation_id": first, "content": "a\u{0}b" }),
+    )
+    .await;
+    let frame = next(&mut bob).await;
+    assert_eq!(
+        (frame["type"].as_str(), frame["error"].as_str()),
+        (Some("error"), Some("validation_error")),
+        "{frame}"
+    );
+    assert!(
+        frame["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("content")),
+        "{frame}"
+    );
+    send(&mut bob, json!({ "type": "ping" })).await;
+    assert_eq!(next(&mut bob).await["type"], "pong");
 }
 
 #[tokio::test]
