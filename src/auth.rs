@@ -2,9 +2,10 @@
 //!
 //! Tokens are HS256 JWTs (RFC 7519) verified with jsonwebtoken: `exp` is required and checked, `nbf` is checked
 //! when present (both with `leeway_secs`), and when `issuer` / `audience` are configured the token must carry
-//! that `iss` / `aud` (a token without the claim is refused, not just one with another value). The user id is `sub`, or `user_id` when `sub` is absent (the seeds' tokens). Admin routes
-//! need `role: "admin"` (or `"admin"` in `roles`, or `app_metadata.role` / `app_metadata.roles` as Supabase
-//! writes custom claims). The HTTP side (the bearer header, the public routes) is `api::auth`.
+//! that `iss` / `aud` (a token without the claim is refused, not just one with another value). The user id is
+//! `sub`, or `user_id` when `sub` is absent (the seeds' tokens). Admin routes need `role: "admin"` (or
+//! `"admin"` in `roles`, or `app_metadata.role` / `app_metadata.roles` as Supabase writes custom claims). The
+//! HTTP side (the bearer header, the public routes) is `api::auth`.
 
 use std::time::Duration;
 
@@ -353,6 +354,20 @@ mod claim_rules {
         }
     }
 
+    /// Each row's claims, signed: accepted (`None`), or refused with a message containing the given words.
+    fn assert_rows(auth: &Authenticator, rows: &[(Value, Option<&str>)]) {
+        for (claims, refused) in rows {
+            let got = check(auth, &token(claims.clone()));
+            match refused {
+                None => assert_eq!(got, Ok(()), "{claims}"),
+                Some(why) => {
+                    let message = got.expect_err(&claims.to_string());
+                    assert!(message.contains(why), "{claims}: {message}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn exp_and_nbf_with_leeway() {
         let auth = authenticator("");
@@ -374,16 +389,7 @@ mod claim_rules {
             ),
             (json!({"sub": "a", "exp": "tomorrow"}), Some("malformed")),
         ];
-        for (claims, refused) in cases {
-            let got = check(&auth, &token(claims.clone()));
-            match refused {
-                None => assert_eq!(got, Ok(()), "{claims}"),
-                Some(why) => {
-                    let message = got.expect_err(&claims.to_string());
-                    assert!(message.contains(why), "{claims}: {message}");
-                }
-            }
-        }
+        assert_rows(&auth, &cases);
     }
 
     #[test]
@@ -420,16 +426,7 @@ mod claim_rules {
                 Some("audience"),
             ),
         ];
-        for (claims, refused) in cases {
-            let got = check(&auth, &token(claims.clone()));
-            match refused {
-                None => assert_eq!(got, Ok(()), "{claims}"),
-                Some(why) => {
-                    let message = got.expect_err(&claims.to_string());
-                    assert!(message.contains(why), "{claims}: {message}");
-                }
-            }
-        }
+        assert_rows(&auth, &cases);
         // Without them configured, neither claim is needed.
         let open = authenticator("");
         assert_eq!(

@@ -77,8 +77,8 @@ pub struct Config {
 pub struct ServerConfig {
     /// Address to listen on, `host:port`.
     pub bind: String,
-    /// Connections the kernel queues before chatgate accepts them (capped by `net.core.somaxconn`): a burst
-    /// of new clients past it is reset.
+    /// Connections the kernel queues before chatgate accepts them (capped by `net.core.somaxconn`): past it, a
+    /// burst of new clients is dropped (retried by their TCP a second later) or reset.
     pub listen_backlog: u32,
     /// Origins allowed by CORS. Empty: no cross-origin access. `["*"]`: any origin.
     pub cors_origins: Vec<String>,

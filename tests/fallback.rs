@@ -461,6 +461,19 @@ async fn a_refusal_before_the_first_token_bills_nothing_but_is_recorded_once() {
     }
 }
 
+/// `POST /v1/chat/completions` with `stream: true` to the `primary` model.
+async fn streamed_completion(server: &TestServer) -> reqwest::Response {
+    server
+        .post(
+            "/v1/chat/completions",
+            "alice",
+            json!({"model": "primary", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .expect("send")
+}
+
 #[tokio::test]
 async fn a_streamed_completion_that_fails_before_its_first_token_answers_with_the_status() {
     let primary = FakeOpenAi::start(vec![rate_limited("60")]).await;
@@ -469,15 +482,7 @@ async fn a_streamed_completion_that_fails_before_its_first_token_answers_with_th
         return;
     };
     // The OpenAI endpoint: 429 with Retry-After before any SSE, in OpenAI's error shape, so the SDK retries.
-    let response = server
-        .post(
-            "/v1/chat/completions",
-            "alice",
-            json!({"model": "primary", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
-        )
-        .send()
-        .await
-        .expect("send");
+    let response = streamed_completion(&server).await;
     assert_eq!(response.status(), 429);
     assert_eq!(response.headers()["retry-after"], "60");
     let body: Value = response.json().await.expect("json");
@@ -493,15 +498,7 @@ async fn a_streamed_completion_that_fails_before_its_first_token_answers_with_th
     let Some(server_ok) = gateway(&ok.url, &ok.url).await else {
         return;
     };
-    let response = server_ok
-        .post(
-            "/v1/chat/completions",
-            "alice",
-            json!({"model": "primary", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
-        )
-        .send()
-        .await
-        .expect("send");
+    let response = streamed_completion(&server_ok).await;
     assert_eq!(response.status(), 200);
     let text = response.text().await.expect("body");
     assert!(

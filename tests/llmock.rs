@@ -14,66 +14,29 @@ mod common;
 use std::time::{Duration, Instant};
 
 use chatgate::config::Config;
-use common::{Backend, TestDb, TestServer};
+use common::{Backend, ChildServer, TestDb, TestServer};
 use serde_json::{Value, json};
 
 /// An LLMock server on a free port, stopped on drop.
-struct Llmock {
-    url: String,
-    child: std::process::Child,
-}
-
-impl Drop for Llmock {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+struct Llmock(ChildServer);
 
 impl Llmock {
     async fn start() -> Option<Self> {
-        let available = std::process::Command::new("llmock")
-            .arg("--help")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !available {
+        if !ChildServer::installed("llmock") {
             common::skipped("LLMock tests: llmock is not installed (pip install llmock==0.2.2)");
             return None;
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port();
-        let child = std::process::Command::new("llmock")
-            .args(["serve", "--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--response-style", "hello", "--tool-mode", "off"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .ok()?;
-        let server = Self {
-            url: format!("http://127.0.0.1:{port}"),
-            child,
-        };
-        for _ in 0..200 {
-            if reqwest::get(format!("{}/health", server.url))
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                return Some(server);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("llmock did not answer within 20 s");
+        let args = ["serve", "--host", "127.0.0.1", "--port", "{port}"];
+        let style = ["--response-style", "hello", "--tool-mode", "off"];
+        Some(Self(
+            ChildServer::start("llmock", &[&args[..], &style[..]].concat(), "/health").await,
+        ))
     }
 
     /// Queues behaviours (LLMock's scenario API: `POST /_llmock/scenario`).
     async fn scenario(&self, behaviors: Value) {
         let response = reqwest::Client::new()
-            .post(format!("{}/_llmock/scenario", self.url))
+            .post(format!("{}/_llmock/scenario", self.0.url))
             .json(&json!({ "behaviors": behaviors }))
             .send()
             .await
@@ -86,7 +49,7 @@ impl Llmock {
     }
 
     async fn verdict(&self) -> (Value, String) {
-        let url = format!("{}/_llmock/verdict", self.url);
+        let url = format!("{}/_llmock/verdict", self.0.url);
         let json = reqwest::get(&url)
             .await
             .expect("verdict")
@@ -111,7 +74,7 @@ async fn llmock_finds_no_resilience_error_in_chatgate() {
     let Some(db) = TestDb::new(Backend::Sqlite).await else {
         return;
     };
-    let url = &llmock.url;
+    let url = &llmock.0.url;
     let toml = format!(
         "[database]\nurl = \"{}\"\n[auth]\njwt_secret = \"{}\"\n\
          [generation]\nretry_attempts = 2\nretry_base_ms = 200\nretry_max_ms = 5000\n\

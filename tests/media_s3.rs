@@ -13,46 +13,8 @@ mod common;
 use std::time::Duration;
 
 use base64::Engine;
-use common::{Backend, TestDb, TestServer};
+use common::{Backend, ChildServer, TestDb, TestServer};
 use serde_json::{Value, json};
-
-/// A moto S3 server on a free port, stopped on drop.
-struct S3Server {
-    endpoint: String,
-    child: std::process::Child,
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn s3_server() -> Option<S3Server> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .ok()?
-        .local_addr()
-        .ok()?
-        .port();
-    let child = std::process::Command::new("moto_server")
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .ok()?;
-    let server = S3Server {
-        endpoint: format!("http://127.0.0.1:{port}"),
-        child,
-    };
-    for _ in 0..100 {
-        if reqwest::get(&server.endpoint).await.is_ok() {
-            return Some(server);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("moto_server did not answer within 10 s");
-}
 
 /// Keys under `prefix` in the bucket, and the multipart uploads still open there.
 async fn bucket_state(endpoint: &str, bucket: &str) -> (Vec<String>, usize) {
@@ -105,13 +67,7 @@ async fn upload(server: &TestServer, bytes: Vec<u8>) -> reqwest::Response {
 backend_tests!(two_instances_share_media_in_a_bucket);
 
 async fn two_instances_share_media_in_a_bucket(backend: Backend) {
-    let available = std::process::Command::new("moto_server")
-        .arg("--help")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !available {
+    if !ChildServer::installed("moto_server") {
         common::skipped(
             "S3 media tests: moto_server is not installed (pip install 'moto[server]')",
         );
@@ -120,10 +76,10 @@ async fn two_instances_share_media_in_a_bucket(backend: Backend) {
     let Some(db) = TestDb::new(backend).await else {
         return;
     };
-    let s3 = s3_server().await.expect("moto_server");
+    let s3 = ChildServer::start("moto_server", &["-H", "127.0.0.1", "-p", "{port}"], "/").await;
     let bucket = format!("chatgate-{}", uuid::Uuid::new_v4().simple());
     let created = reqwest::Client::new()
-        .put(format!("{}/{bucket}", s3.endpoint))
+        .put(format!("{}/{bucket}", s3.url))
         .send()
         .await
         .expect("create bucket");
@@ -138,7 +94,7 @@ async fn two_instances_share_media_in_a_bucket(backend: Backend) {
              aws_access_key_id = \"test\", aws_secret_access_key = \"test\" }}\n",
             db.url,
             common::SECRET,
-            s3.endpoint
+            s3.url
         );
         chatgate::config::Config::from_toml(&toml).expect("config")
     };
@@ -151,7 +107,7 @@ async fn two_instances_share_media_in_a_bucket(backend: Backend) {
     assert_eq!(response.status(), 201);
     let media: Value = response.json().await.expect("json");
     let id = media["id"].as_str().expect("id").to_string();
-    let (keys, open) = bucket_state(&s3.endpoint, &bucket).await;
+    let (keys, open) = bucket_state(&s3.url, &bucket).await;
     assert_eq!(keys, vec![format!("uploads/{id}.png")]);
     assert_eq!(open, 0);
 
@@ -189,7 +145,7 @@ async fn two_instances_share_media_in_a_bucket(backend: Backend) {
     big.resize(200_000, 0);
     let response = upload(&two, big).await;
     assert_eq!(response.status(), 413);
-    let (keys, open) = bucket_state(&s3.endpoint, &bucket).await;
+    let (keys, open) = bucket_state(&s3.url, &bucket).await;
     assert_eq!(keys.len(), 1);
     assert_eq!(open, 0, "the refused upload was aborted");
 
@@ -207,6 +163,6 @@ async fn two_instances_share_media_in_a_bucket(backend: Backend) {
         .await
         .expect("sweep");
     assert_eq!(swept, 1);
-    let (keys, _) = bucket_state(&s3.endpoint, &bucket).await;
+    let (keys, _) = bucket_state(&s3.url, &bucket).await;
     assert!(keys.is_empty(), "{keys:?}");
 }

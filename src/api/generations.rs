@@ -60,7 +60,8 @@ struct StreamQuery {
 
 /// `GET /api/v1/generations/{id}/stream`: replays events after `Last-Event-ID` (or `?after=seq`), then follows
 /// live; ends after the terminal event. 204 when the generation is unknown or expired, or finished with its
-/// last event at or before the one asked after, which makes `EventSource` stop reconnecting. `?format=ai-sdk` answers in the AI SDK UI message stream protocol.
+/// last event at or before the one asked after, which makes `EventSource` stop reconnecting. `?format=ai-sdk`
+/// answers in the AI SDK UI message stream protocol.
 #[utoipa::path(
     get,
     operation_id = "generations_stream",

@@ -106,8 +106,9 @@ async fn upload(
 }
 
 /// `GET /api/v1/media/{id}`: the file, to its uploader only (anyone else gets 404), with its sniffed type,
-/// `ETag` (its SHA-256), `X-Content-Type-Options: nosniff`, `Content-Security-Policy: default-src 'none'; sandbox` and
-/// `Content-Disposition: inline; filename="{id}.{ext}"` (a polyglot never runs as a page of this origin).
+/// `ETag` (its SHA-256), `X-Content-Type-Options: nosniff`, `Content-Security-Policy: default-src 'none';
+/// sandbox` and `Content-Disposition: inline; filename="{id}.{ext}"` (a polyglot never runs as a page of this
+/// origin).
 #[utoipa::path(get, operation_id = "media_download", path = "/api/v1/media/{id}", tag = "media",
     params(("id" = String, Path, description = "media id (UUID)")),
     responses(

@@ -32,6 +32,62 @@ pub fn skipped(what: &str) {
     });
 }
 
+/// A helper server run as a child process on a free loopback port (moto's S3, LLMock), killed on drop.
+pub struct ChildServer {
+    /// `http://127.0.0.1:{port}`.
+    pub url: String,
+    child: std::process::Child,
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ChildServer {
+    /// Whether `program --help` runs: the test says SKIPPED otherwise.
+    pub fn installed(program: &str) -> bool {
+        std::process::Command::new(program)
+            .arg("--help")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Runs `program args`, each `{port}` in `args` replaced by a free port, and waits (up to 20 s) until
+    /// `health_path` answers HTTP.
+    pub async fn start(program: &str, args: &[&str], health_path: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port()
+            .to_string();
+        let child = std::process::Command::new(program)
+            .args(args.iter().map(|a| a.replace("{port}", &port)))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{program}: {e}"));
+        let server = Self {
+            url: format!("http://127.0.0.1:{port}"),
+            child,
+        };
+        for _ in 0..200 {
+            if reqwest::get(format!("{}{health_path}", server.url))
+                .await
+                .is_ok()
+            {
+                return server;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{program} did not answer within 20 s");
+    }
+}
+
 /// Which database a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
