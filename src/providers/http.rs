@@ -196,7 +196,12 @@ fn storable(event: ProviderEvent, provider: &str) -> ProviderEvent {
     match event {
         ProviderEvent::TextDelta(text) if text.contains('\0') => {
             let count = text.matches('\0').count();
-            metrics::counter!("chatgate_text_repaired_total", "reason" => "nul", "provider" => provider.to_string())
+            tracing::debug!(
+                provider,
+                count,
+                "NUL characters in a provider's text replaced by U+FFFD"
+            );
+            metrics::counter!("chatgate_text_repaired_total", "reason" => "nul")
                 .increment(count as u64);
             ProviderEvent::TextDelta(text.replace('\0', "\u{fffd}"))
         }

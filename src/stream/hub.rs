@@ -162,8 +162,7 @@ impl Generation {
     }
 
     /// Events with seq > `after`, then live ones, ending after the terminal event (at once when `after` is at or
-    /// past it). The subscriber is counted
-    /// (see [`Generation::attach`]) until the stream is dropped.
+    /// past it). The subscriber is counted (see [`Generation::attach`]) until the stream is dropped.
     pub fn subscribe(
         self: &Arc<Self>,
         after: u64,
