@@ -337,6 +337,16 @@ mod tests {
             .collect()
     }
 
+    /// What a fresh encoder writes for `events`, numbered from 1 as the log numbers them.
+    fn encode_all(events: impl IntoIterator<Item = GenerationEvent>) -> Vec<Bytes> {
+        let mut encoder = Encoder::default();
+        events
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, e)| encoder.encode(&LoggedEvent::new(i as u64 + 1, e)))
+            .collect()
+    }
+
     fn types(chunks: &[Value]) -> Vec<&str> {
         chunks.iter().map(|c| c["type"].as_str().unwrap()).collect()
     }
@@ -377,7 +387,6 @@ mod tests {
     #[test]
     fn a_generation_becomes_one_message_with_usage_on_finish() {
         let id = Id::new();
-        let mut encoder = Encoder::default();
         let events = [
             start(id),
             GenerationEvent::delta("Hel"),
@@ -393,11 +402,7 @@ mod tests {
                 finish_reason: FinishReason::Length,
             })),
         ];
-        let out: Vec<Bytes> = events
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, e)| encoder.encode(&LoggedEvent::new(i as u64 + 1, e)))
-            .collect();
+        let out = encode_all(events);
         let all = chunks(&out);
         assert_eq!(
             types(&all),
@@ -445,7 +450,6 @@ mod tests {
     #[test]
     fn an_error_closes_the_text_and_reports_it() {
         let id = Id::new();
-        let mut encoder = Encoder::default();
         let failed = GenerationEvent::Error(Box::new(Failed {
             failure: Failure {
                 kind: crate::error::ErrorKind::Upstream,
@@ -456,12 +460,11 @@ mod tests {
             },
             saved: None,
         }));
-        let out: Vec<Bytes> = [start(id), GenerationEvent::delta("a"), failed]
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, e)| encoder.encode(&LoggedEvent::new(i as u64 + 1, e)))
-            .collect();
-        let all = chunks(&out);
+        let all = chunks(&encode_all([
+            start(id),
+            GenerationEvent::delta("a"),
+            failed,
+        ]));
         assert_eq!(
             types(&all),
             [
