@@ -189,12 +189,26 @@ impl Default for DatabaseConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// HS256 secret. Defaults to a development secret, with a warning at startup.
+    /// HS256 secret. Defaults to a development secret, with a warning at startup; when keys come from
+    /// `jwks_url` (or `supabase_url`) and the secret is left at that default, HS256 tokens are refused.
     pub jwt_secret: SecretString,
+    /// A JSON Web Key Set (RFC 7517) whose public keys verify ES256/ES384, RS256/RS384/RS512, PS256/PS384/PS512
+    /// and EdDSA tokens by `kid`, e.g. `https://<ref>.supabase.co/auth/v1/.well-known/jwks.json`; empty: none.
+    pub jwks_url: String,
+    /// A Supabase project URL, e.g. `https://<ref>.supabase.co`: shorthand for `jwks_url =
+    /// {url}/auth/v1/.well-known/jwks.json`, `issuer = {url}/auth/v1`, `audience = "authenticated"` and
+    /// `admin_claim = "app_metadata.role"` (each only where not set itself).
+    pub supabase_url: String,
     /// Required `iss` claim; checked when non-empty.
     pub issuer: String,
     /// Required `aud` claim; checked when non-empty.
     pub audience: String,
+    /// The claim that makes a user an admin when it is `"admin"` (or an array holding `"admin"`), as a dotted
+    /// path into the token's claims, e.g. `app_metadata.role`. Empty: `role`, or `app_metadata.role` with
+    /// `supabase_url`. Never under `user_metadata` (users edit it themselves).
+    pub admin_claim: String,
+    /// Accept tokens with `is_anonymous: true` (Supabase anonymous sign-ins); refused with 403 when false.
+    pub allow_anonymous: bool,
     /// Clock skew tolerated on `exp`/`nbf`, in seconds.
     pub leeway_secs: u64,
 }
@@ -203,10 +217,44 @@ impl Default for AuthConfig {
     fn default() -> Self {
         Self {
             jwt_secret: SecretString::from(DEV_JWT_SECRET),
+            jwks_url: String::new(),
+            supabase_url: String::new(),
             issuer: String::new(),
             audience: String::new(),
+            admin_claim: String::new(),
+            allow_anonymous: false,
             leeway_secs: 30,
         }
+    }
+}
+
+impl AuthConfig {
+    /// Expands `supabase_url` into the keys it stands for (those left empty), and `admin_claim`'s default.
+    fn expand(&mut self) {
+        let supabase = self.supabase_url.trim_end_matches('/').to_string();
+        if !supabase.is_empty() {
+            if self.jwks_url.is_empty() {
+                self.jwks_url = format!("{supabase}/auth/v1/.well-known/jwks.json");
+            }
+            if self.issuer.is_empty() {
+                self.issuer = format!("{supabase}/auth/v1");
+            }
+            if self.audience.is_empty() {
+                self.audience = "authenticated".into();
+            }
+            if self.admin_claim.is_empty() {
+                self.admin_claim = "app_metadata.role".into();
+            }
+        }
+        if self.admin_claim.is_empty() {
+            self.admin_claim = "role".into();
+        }
+    }
+
+    /// Whether HS256 tokens are verified: a secret was set, or no key set is configured (the development
+    /// secret then, with its warning).
+    pub fn hs256_enabled(&self) -> bool {
+        self.jwks_url.is_empty() || self.jwt_secret.expose_secret() != DEV_JWT_SECRET
     }
 }
 
@@ -630,6 +678,7 @@ const SECTIONS: &[&str] = &[
 const ENV_ALIASES: &[(&str, &str)] = &[
     ("DATABASE_URL", "database.url"),
     ("JWT_SECRET", "auth.jwt_secret"),
+    ("SUPABASE_URL", "auth.supabase_url"),
     ("OPENAI_API_KEY", "providers.openai.api_key"),
     ("ANTHROPIC_API_KEY", "providers.anthropic.api_key"),
     ("GEMINI_API_KEY", "providers.gemini.api_key"),
@@ -664,7 +713,8 @@ impl Config {
     }
 
     fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
-        let config: Config = figment.extract().map_err(Box::new)?;
+        let mut config: Config = figment.extract().map_err(Box::new)?;
+        config.auth.expand();
         config.validate()?;
         Ok(config)
     }
@@ -707,6 +757,30 @@ impl Config {
             return Err(invalid(
                 "auth.jwt_secret",
                 "is empty: set it in the config file or JWT_SECRET",
+            ));
+        }
+        for (key, url) in [
+            ("auth.supabase_url", &self.auth.supabase_url),
+            ("auth.jwks_url", &self.auth.jwks_url),
+        ] {
+            if !url.is_empty()
+                && reqwest::Url::parse(url)
+                    .map_or(true, |u| !matches!(u.scheme(), "http" | "https"))
+            {
+                return Err(invalid(key, format!("'{url}' is not an http(s) URL")));
+            }
+        }
+        let admin_claim = &self.auth.admin_claim;
+        if admin_claim.split('.').any(str::is_empty) {
+            return Err(invalid(
+                "auth.admin_claim",
+                format!("'{admin_claim}' is not a dotted claim path like app_metadata.role"),
+            ));
+        }
+        if admin_claim.split('.').next() == Some("user_metadata") {
+            return Err(invalid(
+                "auth.admin_claim",
+                "user_metadata is edited by the users themselves and never grants anything; use app_metadata",
             ));
         }
         if self.generation.checkpoint_interval_ms == 0 {

@@ -61,7 +61,7 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(err) => {
-                    eprintln!("chatgate: cannot sign the token: {err}");
+                    eprintln!("chatgate: cannot sign the token: {}", err.message);
                     ExitCode::FAILURE
                 }
             }

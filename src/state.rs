@@ -94,10 +94,22 @@ impl AppState {
         if inserted > 0 {
             tracing::info!(inserted, "default personas loaded");
         }
-        if config.auth.jwt_secret.expose_secret() == config::DEV_JWT_SECRET {
+        if !config.auth.hs256_enabled() {
+            tracing::info!(
+                "HS256 tokens are refused: no auth.jwt_secret is set, keys come from auth.jwks_url"
+            );
+        } else if config.auth.jwt_secret.expose_secret() == config::DEV_JWT_SECRET {
             tracing::warn!(
                 "auth.jwt_secret is the built-in development secret: anyone can mint tokens; set JWT_SECRET in production"
             );
+        }
+        for url in [&config.auth.jwks_url, &config.auth.supabase_url] {
+            if crate::auth::jwks::is_plain_http_off_loopback(url) {
+                tracing::warn!(
+                    url = %url,
+                    "signing keys over plain http from a host that is not loopback: anyone on the path can swap them; use https"
+                );
+            }
         }
         if config.server.dev_tokens {
             tracing::warn!(
@@ -150,8 +162,10 @@ impl AppState {
             tasks: tasks.clone(),
             checkpoints: Checkpointer::new(),
         });
+        let auth = Authenticator::new(&config.auth);
+        auth.start(&tasks).await;
         Ok(AppState(Arc::new(AppInner {
-            auth: Authenticator::new(&config.auth),
+            auth,
             hub,
             chat,
             tasks,

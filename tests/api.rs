@@ -647,9 +647,9 @@ fn cli_token_prints_a_jwt_signed_with_the_configured_secret() {
     let token = stdout.trim();
     assert_eq!(stdout.lines().count(), 1, "only the token on stdout");
     let config = Config::from_toml(toml).expect("config");
-    let user = chatgate::auth::Authenticator::new(&config.auth)
-        .verify(token)
-        .expect("verifies");
+    let user =
+        futures::executor::block_on(chatgate::auth::Authenticator::new(&config.auth).verify(token))
+            .expect("verifies");
     assert_eq!((user.user_id.as_str(), user.admin), ("carol", true));
 
     // A bad config names the key and exits non-zero.
@@ -744,7 +744,7 @@ async fn dev_tokens_when_enabled_authenticate_as_the_named_user() {
         .await
         .expect("json");
     let token = body["token"].as_str().expect("token");
-    let user = server.state.auth.verify(token).expect("valid token");
+    let user = server.state.auth.verify(token).await.expect("valid token");
     assert_eq!(user.user_id, "dev-alice");
     assert!(!user.admin, "dev tokens never carry the admin role");
 }

@@ -446,6 +446,7 @@ async fn the_socket_loop_runs_without_a_network() {
         .state
         .auth
         .verify(&server.token("alice"))
+        .await
         .expect("token");
     let socket = tokio::spawn(chatgate::api::ws::serve_socket(
         server.state.clone(),

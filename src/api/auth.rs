@@ -78,7 +78,7 @@ pub async fn require_auth(State(state): State<AppState>, request: Request, next:
                 .iter()
                 .any(|(m, p)| *m == Method::GET && *p == route));
     let user = match bearer_token(&parts, &route) {
-        Some(token) => match state.auth.verify(&token) {
+        Some(token) => match state.auth.verify(&token).await {
             Ok(user) => Some(user),
             Err(err) if !is_public => return err.into_response(),
             Err(_) => None,

@@ -44,8 +44,9 @@ async fn metrics(State(state): State<AppState>, user: Option<AuthUser>) -> Resul
     Ok(response)
 }
 
-/// `{status, version, database: {ok, latency_ms, backend}, providers: {name: {ok, checked_at}}}`; 503 when the
-/// database does not answer within 2 s.
+/// `{status, version, database: {ok, latency_ms, backend}, providers: {name: {ok, checked_at}}}`, and with
+/// `auth.jwks_url` `auth: {jwks: {ok, stale, keys, age_secs, fetched_at, max_age_secs, error}}` (stale keys keep
+/// working; only a key rotated in since is refused); 503 when the database does not answer within 2 s.
 #[utoipa::path(
     get,
     operation_id = "health",
@@ -75,7 +76,7 @@ async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({
+    let mut body = json!({
         "status": if db_ok { "ok" } else { "unavailable" },
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_secs": state.started_at.elapsed().as_secs(),
@@ -83,5 +84,8 @@ async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         "providers": providers,
         "generations": { "running": state.hub.running() },
     });
+    if let Some(jwks) = state.auth.jwks_status() {
+        body["auth"] = json!({ "jwks": jwks });
+    }
     (status, Json(body))
 }

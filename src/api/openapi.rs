@@ -22,8 +22,10 @@ impl Modify for BearerAuth {
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("JWT")
                     .description(Some(
-                        "HS256 JWT signed with auth.jwt_secret (a Supabase project's legacy JWT secret works); \
-                         `exp` required, `iss`/`aud` checked when configured",
+                        "JWT: HS256 signed with auth.jwt_secret, or ES256/RS256/EdDSA (and the other RSA and \
+                         EC algorithms) signed by a key of auth.jwks_url chosen by `kid` (Supabase's signing keys \
+                         with auth.supabase_url); `exp` required, `nbf` checked, `iss`/`aud` required when \
+                         configured",
                     ))
                     .build(),
             ),

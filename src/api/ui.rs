@@ -106,7 +106,10 @@ async fn dev_token(
         Error::new(
             ErrorKind::Conflict,
             "dev_tokens_unavailable",
-            format!("cannot mint tokens with this auth configuration: {e}"),
+            format!(
+                "cannot mint tokens with this auth configuration: {}",
+                e.message
+            ),
         )
     })?;
     tracing::warn!(

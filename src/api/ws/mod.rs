@@ -143,7 +143,7 @@ pub async fn serve_socket<S, R, E>(
                 };
                 match frame {
                     ClientFrame::Ping => push(&out, &slow, frames::PONG.to_string()),
-                    ClientFrame::Auth { token } => match state.auth.verify(&token.0) {
+                    ClientFrame::Auth { token } => match state.auth.verify(&token.0).await {
                         Ok(verified) if user.as_ref().is_none_or(|u| u.user_id == verified.user_id) => {
                             let first = user.is_none();
                             user = Some(verified.clone());
