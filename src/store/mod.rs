@@ -29,6 +29,10 @@ pub enum StoreError {
     /// The database failed or is unreachable.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The database URL leads through a pooler in transaction mode (found at startup, when connecting): the
+    /// message names it and says to use a session pooler or a direct connection.
+    #[error("{}", postgres::TRANSACTION_POOLER)]
+    TransactionPooler,
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -52,6 +56,9 @@ impl From<StoreError> for crate::error::Error {
                 )
             }
             StoreError::Database(e) => Self::unavailable("the database is unavailable", e),
+            StoreError::TransactionPooler => {
+                Self::unavailable("the database is unavailable", postgres::TRANSACTION_POOLER)
+            }
         }
     }
 }

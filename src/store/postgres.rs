@@ -26,6 +26,9 @@ impl PgStore {
     /// # Errors
     /// [`StoreError::Database`] when the server cannot be reached.
     pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Self> {
+        if is_supabase_transaction_pooler(url) {
+            return Err(StoreError::TransactionPooler);
+        }
         let warm = max_connections.min(WARM_CONNECTIONS);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
@@ -40,18 +43,66 @@ impl PgStore {
         // Open the first connections of both pools side by side. A TLS handshake costs about 90 ms with sqlx
         // 0.9.0, which does not set TCP_NODELAY (sqlx issue #4335): one after another, startup paid it for every
         // step.
-        let (opened, opened_background) = futures::future::try_join(
+        let (pooled, opened, opened_background) = futures::future::try_join3(
+            transaction_pooled(url),
             futures::future::try_join_all((0..warm).map(|_| pool.acquire())),
             background.acquire(),
         )
         .await?;
         drop((opened, opened_background));
+        if pooled {
+            pool.close().await;
+            background.close().await;
+            return Err(StoreError::TransactionPooler);
+        }
         Ok(Self { pool, background })
     }
 
     fn migrator(&self) -> sqlx::migrate::Migrator {
         sqlx::migrate!("migrations/postgres")
     }
+}
+
+/// Why chatgate refuses a transaction pooler, and what to use instead.
+pub const TRANSACTION_POOLER: &str = "the database URL leads through a pooler in transaction mode (PgBouncer's \
+    pool_mode = transaction, or Supabase's transaction pooler on port 6543): chatgate keeps prepared statements \
+    on its connections, which transaction pooling hands to other clients between transactions. Use a session \
+    pooler (Supabase: the same pooler host on port 5432) or a direct connection";
+
+/// Supabase's transaction pooler by its address: `*.pooler.supabase.com` on port 6543 (its session pooler is
+/// the same host on 5432).
+fn is_supabase_transaction_pooler(url: &str) -> bool {
+    reqwest::Url::parse(url).is_ok_and(|url| {
+        url.port() == Some(6543)
+            && url
+                .host_str()
+                .is_some_and(|host| host.ends_with(".pooler.supabase.com"))
+    })
+}
+
+/// Whether `url` leads through a transaction pooler, found by where its statements run: on a direct or
+/// session-pooled connection every statement of a client runs in the same server process
+/// (`pg_backend_pid()`); a transaction pooler lends that process to another client between transactions. So:
+/// client A asks its pid; client B opens a transaction (a LIFO pooler such as PgBouncer gives it the process A
+/// just returned) and asks; A asks again while B holds it. Pooled when B got A's process or A's moved. Simple
+/// queries only, so the probe itself prepares nothing.
+async fn transaction_pooled(url: &str) -> Result<bool, sqlx::Error> {
+    use sqlx::{Connection, PgConnection, Row};
+    async fn pid(conn: &mut PgConnection) -> Result<i32, sqlx::Error> {
+        sqlx::raw_sql("SELECT pg_backend_pid()")
+            .fetch_one(conn)
+            .await?
+            .try_get(0)
+    }
+    let mut a = PgConnection::connect(url).await?;
+    let a_first = pid(&mut a).await?;
+    let mut b = PgConnection::connect(url).await?;
+    sqlx::raw_sql("BEGIN").execute(&mut b).await?;
+    let b_pid = pid(&mut b).await?;
+    let a_second = pid(&mut a).await?;
+    sqlx::raw_sql("ROLLBACK").execute(&mut b).await?;
+    let _ = futures::future::join(a.close(), b.close()).await;
+    Ok(b_pid == a_first || a_second != a_first)
 }
 
 /// The database, store type and name the shared queries (`sql.rs`) are compiled for here.

@@ -139,6 +139,15 @@ impl TestDb {
         }
     }
 
+    /// A database at `url` that the test made and cleans up itself.
+    pub fn at(url: String) -> Self {
+        Self {
+            url,
+            _dir: None,
+            drop_pg: None,
+        }
+    }
+
     /// The same database for a second server (another instance); the original cleans it up.
     pub fn shared(&self) -> Self {
         Self {
