@@ -149,6 +149,11 @@ impl IdentityProvider {
 /// chatgate configured for the provider with `[auth] supabase_url`, and `extra` lines in `[auth]`; HS256 with
 /// the test secret alongside unless `extra` sets another `jwt_secret`.
 async fn gateway(idp: &IdentityProvider, extra: &str) -> TestServer {
+    gateway_with_mock_delay(idp, extra, 0).await
+}
+
+/// As [`gateway`], the mock provider waiting `delay_ms` before each delta.
+async fn gateway_with_mock_delay(idp: &IdentityProvider, extra: &str, delay_ms: u64) -> TestServer {
     let db = common::TestDb::new(Backend::Sqlite).await.expect("sqlite");
     let secret = if extra.contains("jwt_secret") {
         String::new()
@@ -156,7 +161,7 @@ async fn gateway(idp: &IdentityProvider, extra: &str) -> TestServer {
         format!("jwt_secret = \"{}\"\n", common::SECRET)
     };
     let config = chatgate::config::Config::from_toml(&format!(
-        "[database]\nurl = \"{}\"\n[auth]\nsupabase_url = \"{}\"\n{secret}{extra}\n[providers.mock]\ndelay_ms = 0\n\
+        "[database]\nurl = \"{}\"\n[auth]\nsupabase_url = \"{}\"\n{secret}{extra}\n[providers.mock]\ndelay_ms = {delay_ms}\n\
          [models.mock]\nprovider = \"mock\"\nmodel = \"mock-1\"\n[defaults]\nmodel = \"mock\"\n[titles]\nenabled = false\n",
         db.url, idp.url
     ))
@@ -583,5 +588,65 @@ async fn a_key_set_unreachable_at_startup_is_503_until_it_answers() {
     idp.down.store(false, Ordering::SeqCst);
     wait_for_stale(&server, false).await;
     assert_eq!(status(&server, &token).await, StatusCode::OK);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_is_checked_when_a_stream_opens_not_on_every_event() {
+    let (es, _, _) = signers();
+    let idp = IdentityProvider::start(vec![es.jwk()]).await;
+    // No leeway, and a reply of about 4 s (the mock's ~25 deltas, 150 ms apart).
+    let server = gateway_with_mock_delay(&idp, "leeway_secs = 0", 150).await;
+    let exp = jsonwebtoken::get_current_timestamp() + 2;
+    let token = es.sign(&idp.claims("short-lived", json!({"exp": exp})));
+    let conversation: Value = server
+        .client
+        .post(format!("{}/api/v1/conversations", server.url))
+        .bearer_auth(&token)
+        .json(&json!({"persona_id": server.persona_id().await}))
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("json");
+    let response = server
+        .client
+        .post(format!(
+            "{}/api/v1/conversations/{}/messages",
+            server.url,
+            conversation["id"].as_str().expect("id")
+        ))
+        .bearer_auth(&token)
+        .header(header::ACCEPT, "text/event-stream")
+        .json(&json!({"content": "tell me a long story"}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::OK);
+    let events: Vec<_> = sse_events(response).collect().await;
+    assert!(
+        jsonwebtoken::get_current_timestamp() > exp,
+        "the reply should outlast the token"
+    );
+    assert_eq!(events.last().map(|e| e.event.as_str()), Some("done"));
+    let generation_id = events
+        .iter()
+        .find_map(|e| e.data["generation_id"].as_str())
+        .unwrap_or_else(|| panic!("no start event in {events:?}"));
+    // Re-attaching is opening a stream again: the expired token is refused then.
+    let (code, body) = get(
+        &server,
+        &format!("/api/v1/generations/{generation_id}/stream"),
+        &token,
+    )
+    .await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("expired")),
+        "{body}"
+    );
     server.stop().await;
 }

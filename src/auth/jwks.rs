@@ -169,6 +169,8 @@ impl Jwks {
         let result = self.fetch().await;
         let mut attempts = lock(&self.attempts);
         attempts.fetches += 1;
+        let label = if result.is_ok() { "ok" } else { "error" };
+        metrics::counter!("chatgate_jwks_fetches_total", "outcome" => label).increment(1);
         let outcome = match result {
             Ok((keys, max_age)) => {
                 let count = keys.len();

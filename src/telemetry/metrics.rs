@@ -12,6 +12,7 @@
 //! | `chatgate_tokens_total` | counter | `provider`, `kind` (`prompt`, `completion`) |
 //! | `chatgate_upstream_errors_total` | counter | `provider`, `kind` |
 //! | `chatgate_db_write_seconds` | histogram | `op` (`save`, `checkpoint`) |
+//! | `chatgate_jwks_fetches_total` | counter | `outcome` (`ok`, `error`): fetches of `auth.jwks_url` |
 
 use std::sync::OnceLock;
 
