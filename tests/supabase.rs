@@ -355,3 +355,32 @@ async fn a_transaction_pooler_is_refused_at_startup_and_a_session_pooler_works()
     // A direct connection is never taken for a pooler.
     chatgate::store::connect(&db.url, 5).await.expect("direct");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_statement_clash_the_probe_missed_is_logged_with_the_fix() {
+    let Some(admin_url) = admin_url() else { return };
+    let mut conn = PgConnection::connect(&admin_url).await.expect("connect");
+    // PostgreSQL's own errors for the two clashes a transaction pooler causes: 42P05 and 26000.
+    for sql in [
+        "PREPARE sqlx_s_1 AS SELECT 1; PREPARE sqlx_s_1 AS SELECT 1",
+        "EXECUTE sqlx_s_9",
+    ] {
+        let err = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+            .execute(&mut conn)
+            .await
+            .expect_err(sql);
+        let err = chatgate::error::Error::from(chatgate::store::StoreError::Database(err));
+        assert_eq!(err.kind, chatgate::error::ErrorKind::Unavailable, "{sql}");
+        let cause = err.cause.as_deref().unwrap_or("");
+        assert!(cause.contains("session pooler"), "{sql}: {cause}");
+        assert!(
+            !err.message.contains("pooler"),
+            "the cause is logged, not shown: {}",
+            err.message
+        );
+    }
+    sqlx::raw_sql("DEALLOCATE ALL")
+        .execute(&mut conn)
+        .await
+        .expect("deallocate");
+}

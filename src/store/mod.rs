@@ -55,6 +55,18 @@ impl From<StoreError> for crate::error::Error {
                     "the text holds a character the database cannot store (U+0000)",
                 )
             }
+            // "prepared statement sqlx_s_1 already exists" / "... does not exist": a transaction pooler the
+            // startup probe did not catch; the log then says what to change.
+            StoreError::Database(e)
+                if e.as_database_error()
+                    .and_then(|d| d.code())
+                    .is_some_and(|code| code == "42P05" || code == "26000") =>
+            {
+                Self::unavailable(
+                    "the database is unavailable",
+                    format!("{e}: {}", postgres::TRANSACTION_POOLER),
+                )
+            }
             StoreError::Database(e) => Self::unavailable("the database is unavailable", e),
             StoreError::TransactionPooler => {
                 Self::unavailable("the database is unavailable", postgres::TRANSACTION_POOLER)
