@@ -190,6 +190,41 @@ async fn status(server: &TestServer, token: &str) -> StatusCode {
     get(server, "/api/v1/conversations", token).await.0
 }
 
+/// Creates a conversation with `token` and sends `content` in it, streamed: the conversation's id and every SSE
+/// event of the reply.
+async fn send_streamed(
+    server: &TestServer,
+    token: &str,
+    content: &str,
+) -> (String, Vec<common::SseEvent>) {
+    let conversation: Value = server
+        .client
+        .post(format!("{}/api/v1/conversations", server.url))
+        .bearer_auth(token)
+        .json(&json!({"persona_id": server.persona_id().await}))
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("json");
+    let conversation_id = conversation["id"].as_str().expect("id").to_string();
+    let response = server
+        .client
+        .post(format!(
+            "{}/api/v1/conversations/{conversation_id}/messages",
+            server.url
+        ))
+        .bearer_auth(token)
+        .header(header::ACCEPT, "text/event-stream")
+        .json(&json!({ "content": content }))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::OK);
+    (conversation_id, sse_events(response).collect().await)
+}
+
 fn signers() -> (Signer, Signer, Signer) {
     (
         Signer::new("es-1", Algorithm::ES256, ES256),
@@ -223,35 +258,10 @@ async fn supabase_tokens_signed_with_es256_rs256_and_eddsa_are_accepted() {
 
     // A whole chat on an ES256 token: send, stream, and the reply saved under the token's sub.
     let token = es.sign(&idp.claims("7d3c1a52-supabase-user", json!({})));
-    let conversation: Value = server
-        .client
-        .post(format!("{}/api/v1/conversations", server.url))
-        .bearer_auth(&token)
-        .json(&json!({"persona_id": server.persona_id().await}))
-        .send()
-        .await
-        .expect("create")
-        .json()
-        .await
-        .expect("json");
-    let conversation_id = conversation["id"].as_str().expect("id");
-    let response = server
-        .client
-        .post(format!(
-            "{}/api/v1/conversations/{conversation_id}/messages",
-            server.url
-        ))
-        .bearer_auth(&token)
-        .header(header::ACCEPT, "text/event-stream")
-        .json(&json!({"content": "hello from supabase"}))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(response.status(), StatusCode::OK);
-    let events: Vec<_> = sse_events(response).collect().await;
+    let (conversation_id, events) = send_streamed(&server, &token, "hello from supabase").await;
     assert_eq!(events.last().map(|e| e.event.as_str()), Some("done"));
     let history = server
-        .history("7d3c1a52-supabase-user", conversation_id)
+        .history("7d3c1a52-supabase-user", &conversation_id)
         .await;
     assert_eq!(history.len(), 2, "{history:?}");
     // Another user's token sees none of it.
@@ -599,32 +609,7 @@ async fn a_token_is_checked_when_a_stream_opens_not_on_every_event() {
     let server = gateway_with_mock_delay(&idp, "leeway_secs = 0", 150).await;
     let exp = jsonwebtoken::get_current_timestamp() + 2;
     let token = es.sign(&idp.claims("short-lived", json!({"exp": exp})));
-    let conversation: Value = server
-        .client
-        .post(format!("{}/api/v1/conversations", server.url))
-        .bearer_auth(&token)
-        .json(&json!({"persona_id": server.persona_id().await}))
-        .send()
-        .await
-        .expect("create")
-        .json()
-        .await
-        .expect("json");
-    let response = server
-        .client
-        .post(format!(
-            "{}/api/v1/conversations/{}/messages",
-            server.url,
-            conversation["id"].as_str().expect("id")
-        ))
-        .bearer_auth(&token)
-        .header(header::ACCEPT, "text/event-stream")
-        .json(&json!({"content": "tell me a long story"}))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(response.status(), StatusCode::OK);
-    let events: Vec<_> = sse_events(response).collect().await;
+    let (_, events) = send_streamed(&server, &token, "tell me a long story").await;
     assert!(
         jsonwebtoken::get_current_timestamp() > exp,
         "the reply should outlast the token"
