@@ -103,13 +103,12 @@ impl AppState {
                 "auth.jwt_secret is the built-in development secret: anyone can mint tokens; set JWT_SECRET in production"
             );
         }
-        for url in [&config.auth.jwks_url, &config.auth.supabase_url] {
-            if crate::auth::jwks::is_plain_http_off_loopback(url) {
-                tracing::warn!(
-                    url = %url,
-                    "signing keys over plain http from a host that is not loopback: anyone on the path can swap them; use https"
-                );
-            }
+        // `supabase_url` was expanded into `jwks_url`.
+        if crate::auth::jwks::is_plain_http_off_loopback(&config.auth.jwks_url) {
+            tracing::warn!(
+                url = %config.auth.jwks_url,
+                "signing keys over plain http from a host that is not loopback: anyone on the path can swap them; use https"
+            );
         }
         if config.server.dev_tokens {
             tracing::warn!(

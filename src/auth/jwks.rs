@@ -414,6 +414,27 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn plain_http_is_flagged_off_loopback_only() {
+        for (url, flagged) in [
+            (
+                "http://supabase.internal:8000/auth/v1/.well-known/jwks.json",
+                true,
+            ),
+            ("http://10.0.0.5/jwks.json", true),
+            ("http://127.0.0.1:9999/jwks.json", false),
+            ("http://localhost/jwks.json", false),
+            ("http://[::1]:80/jwks.json", false),
+            (
+                "https://abc.supabase.co/auth/v1/.well-known/jwks.json",
+                false,
+            ),
+            ("", false),
+        ] {
+            assert_eq!(is_plain_http_off_loopback(url), flagged, "{url}");
+        }
+    }
+
+    #[test]
     fn max_age_is_read_and_clamped() {
         let headers = |value: &str| {
             let mut map = reqwest::header::HeaderMap::new();

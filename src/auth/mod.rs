@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::ExposeSecret;
-use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::config::AuthConfig;
@@ -85,19 +84,6 @@ fn claim_is_admin(claims: &Map<String, Value>, path: &[String]) -> bool {
         Some(Value::Array(roles)) => roles.iter().any(|r| r.as_str() == Some("admin")),
         _ => false,
     }
-}
-
-#[derive(Serialize)]
-struct MintClaims<'a> {
-    sub: &'a str,
-    iat: u64,
-    exp: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    role: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    iss: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    aud: Option<&'a str>,
 }
 
 /// Verifies tokens (with the shared secret and the key set), and mints HS256 ones for the CLI and the
@@ -299,12 +285,15 @@ impl Authenticator {
         Ok(AuthUser {
             user_id,
             admin: claim_is_admin(&claims, &inner.admin_claim),
-            expires_at: claims.get("exp").and_then(Value::as_u64),
+            // NumericDate may be fractional (RFC 7519 §2).
+            expires_at: claims
+                .get("exp")
+                .and_then(|exp| exp.as_u64().or_else(|| exp.as_f64().map(|f| f as u64))),
         })
     }
 
-    /// Signs an HS256 token for `sub` valid for `ttl`, with `role: "admin"` when `admin`; `iss`/`aud` as
-    /// configured.
+    /// Signs an HS256 token for `sub` valid for `ttl`, with `"admin"` at the admin claim (`role` by default)
+    /// when `admin`; `iss`/`aud` as configured.
     ///
     /// # Errors
     /// 400 when HS256 is off (keys come from `jwks_url` and no `jwt_secret` is set): tokens come from the
@@ -318,14 +307,28 @@ impl Authenticator {
             ));
         };
         let now = jsonwebtoken::get_current_timestamp();
-        let claims = MintClaims {
-            sub,
-            iat: now,
-            exp: now + ttl.as_secs(),
-            role: admin.then_some("admin"),
-            iss: self.0.issuer.as_deref(),
-            aud: self.0.audience.as_deref(),
-        };
+        let mut claims = Map::new();
+        claims.insert("sub".into(), sub.into());
+        claims.insert("iat".into(), now.into());
+        claims.insert("exp".into(), (now + ttl.as_secs()).into());
+        if let Some(iss) = &self.0.issuer {
+            claims.insert("iss".into(), iss.as_str().into());
+        }
+        if let Some(aud) = &self.0.audience {
+            claims.insert("aud".into(), aud.as_str().into());
+        }
+        if admin {
+            // At the configured claim, so the token is an admin's under this configuration.
+            let (last, parents) = self.0.admin_claim.split_last().expect("a claim path");
+            let parent = parents.iter().fold(&mut claims, |map, key| {
+                let entry = map.entry(key.as_str()).or_insert_with(|| Map::new().into());
+                if !entry.is_object() {
+                    *entry = Map::new().into();
+                }
+                entry.as_object_mut().expect("an object")
+            });
+            parent.insert(last.clone(), "admin".into());
+        }
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key)
             .map_err(|e| Error::internal(format!("cannot sign a token: {e}")))
     }
@@ -694,6 +697,15 @@ mod claim_rules {
         ] {
             assert_eq!(admin(&auth, claims.clone()), Ok(is_admin), "{claims}");
         }
+        // Minted admin tokens carry the role where this configuration looks for it.
+        let minted = auth
+            .mint("ops", true, Duration::from_secs(60))
+            .expect("mint");
+        assert_eq!(auth.verify_blocking(&minted).map(|u| u.admin), Ok(true));
+        let minted = auth
+            .mint("user", false, Duration::from_secs(60))
+            .expect("mint");
+        assert_eq!(auth.verify_blocking(&minted).map(|u| u.admin), Ok(false));
         // Anonymous sign-ins: 403 unless allowed; `is_anonymous: false` is an ordinary user.
         let anonymous = token(json!({"sub": "a", "exp": exp, "is_anonymous": true}));
         let err = authenticator("")

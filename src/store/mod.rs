@@ -626,7 +626,8 @@ const BACKGROUND_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::fro
 /// request wait behind them.
 ///
 /// # Errors
-/// [`StoreError::Database`] when the database cannot be reached.
+/// [`StoreError::Database`] when the database cannot be reached; [`StoreError::TransactionPooler`] for a
+/// PostgreSQL URL through a pooler in transaction mode.
 pub async fn connect(url: &str, max_connections: u32) -> StoreResult<std::sync::Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
         Ok(std::sync::Arc::new(

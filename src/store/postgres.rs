@@ -24,7 +24,8 @@ impl PgStore {
     /// [`background_connections`] more for the writes off the request path.
     ///
     /// # Errors
-    /// [`StoreError::Database`] when the server cannot be reached.
+    /// [`StoreError::Database`] when the server cannot be reached; [`StoreError::TransactionPooler`] when `url`
+    /// leads through a pooler in transaction mode (found by Supabase's address, or by [`transaction_pooled`]).
     pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Self> {
         if is_supabase_transaction_pooler(url) {
             return Err(StoreError::TransactionPooler);
