@@ -185,7 +185,11 @@ impl Jwks {
                 Ok(())
             }
             Err(err) => {
-                tracing::warn!(url = %self.url, error = %err, "cannot fetch the signing keys; the last good keys stay in use");
+                tracing::warn!(
+                    url = %self.url,
+                    error = %err,
+                    "cannot fetch the signing keys; the last good keys stay in use"
+                );
                 attempts.last_error = Some(err.clone());
                 Err(err)
             }

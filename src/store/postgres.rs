@@ -25,7 +25,8 @@ impl PgStore {
     ///
     /// # Errors
     /// [`StoreError::Database`] when the server cannot be reached; [`StoreError::TransactionPooler`] when `url`
-    /// leads through a pooler in transaction mode (found by Supabase's address, or by probing where its statements run).
+    /// leads through a pooler in transaction mode (found by Supabase's address, or by probing where its
+    /// statements run).
     pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Self> {
         if is_supabase_transaction_pooler(url) {
             return Err(StoreError::TransactionPooler);
