@@ -205,9 +205,7 @@ impl Jwks {
         let mut retry = RETRY_AFTER_FAILURE;
         loop {
             let wait = if lock(&self.attempts).last_error.is_some() {
-                let wait = retry;
-                retry = (retry * 2).min(MIN_MAX_AGE);
-                wait
+                retry
             } else {
                 retry = RETRY_AFTER_FAILURE;
                 let cached = read(&self.cached);
@@ -218,7 +216,9 @@ impl Jwks {
             };
             tokio::select! {
                 () = tokio::time::sleep(wait) => {
-                    let _ = self.refresh().await;
+                    if self.refresh().await.is_err() {
+                        retry = (retry * 2).min(MIN_MAX_AGE);
+                    }
                     // This loop's own fetch left a wake-up behind; plan from its outcome instead.
                     let _ = tokio::time::timeout(Duration::ZERO, self.fetched.notified()).await;
                 }
