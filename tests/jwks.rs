@@ -275,13 +275,7 @@ async fn supabase_tokens_signed_with_es256_rs256_and_eddsa_are_accepted() {
     assert_eq!(code, StatusCode::NOT_FOUND);
 
     // /health reports the key set.
-    let health: Value = reqwest::get(format!("{}/health", server.url))
-        .await
-        .expect("health")
-        .json()
-        .await
-        .expect("json");
-    let jwks = &health["auth"]["jwks"];
+    let jwks = &jwks_health(&server).await;
     assert_eq!(
         (
             &jwks["ok"],
@@ -290,7 +284,7 @@ async fn supabase_tokens_signed_with_es256_rs256_and_eddsa_are_accepted() {
             &jwks["max_age_secs"]
         ),
         (&json!(true), &json!(false), &json!(3), &json!(600)),
-        "{health}"
+        "{jwks}"
     );
     assert_eq!(idp.fetches(), 1, "known kids never fetch");
     server.stop().await;
