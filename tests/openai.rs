@@ -223,6 +223,154 @@ async fn personas_models_and_errors_in_openai_shape() {
     assert_eq!(response.status(), 400);
 }
 
+/// `(status, error.code, error.type, error.param)` of a `/v1` failure, asserting OpenAI's shape: exactly
+/// `{"error": {"message", "type", "param", "code"}}`, with a message.
+async fn openai_failure(response: reqwest::Response) -> (u16, String, String, Value) {
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.expect("a JSON error body");
+    let error = &body["error"];
+    assert_eq!(body.as_object().map(|o| o.len()), Some(1), "{body}");
+    let mut keys: Vec<&str> = error
+        .as_object()
+        .expect("error object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["code", "message", "param", "type"], "{body}");
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    (
+        status,
+        error["code"].as_str().unwrap_or("").to_string(),
+        error["type"].as_str().unwrap_or("").to_string(),
+        error["param"].clone(),
+    )
+}
+
+#[tokio::test]
+async fn every_v1_failure_is_in_openai_shape() {
+    let Some(server) =
+        TestServer::start(Backend::Sqlite, None, "[server]\nmax_body_bytes = 4096\n").await
+    else {
+        return;
+    };
+    let url = |path: &str| format!("{}{path}", server.url);
+    let token = server.token("alice");
+    let ok_body = json!({ "model": "mock", "messages": [{ "role": "user", "content": "hi" }] });
+    let client = &server.client;
+    let cases: Vec<(&str, reqwest::RequestBuilder, (u16, &str, &str))> = vec![
+        (
+            "no token",
+            client.post(url("/v1/chat/completions")).json(&ok_body),
+            (401, "unauthorized", "authentication_error"),
+        ),
+        (
+            "a bad token",
+            client
+                .post(url("/v1/chat/completions"))
+                .bearer_auth("sk-not-a-jwt")
+                .json(&ok_body),
+            (401, "unauthorized", "authentication_error"),
+        ),
+        (
+            "malformed JSON",
+            client
+                .post(url("/v1/chat/completions"))
+                .bearer_auth(&token)
+                .header("content-type", "application/json")
+                .body("{\"model\": "),
+            (400, "invalid_json", "invalid_request_error"),
+        ),
+        (
+            "a body over server.max_body_bytes",
+            client
+                .post(url("/v1/chat/completions"))
+                .bearer_auth(&token)
+                .json(&json!({ "model": "mock", "messages": [{ "role": "user", "content": "x".repeat(8000) }] })),
+            (413, "payload_too_large", "invalid_request_error"),
+        ),
+        (
+            "an unknown route",
+            client.get(url("/v1/embeddingz")).bearer_auth(&token),
+            (404, "not_found", "not_found_error"),
+        ),
+        (
+            "a wrong method",
+            client.get(url("/v1/chat/completions")).bearer_auth(&token),
+            (405, "method_not_allowed", "api_error"),
+        ),
+        (
+            "an unknown model",
+            client.get(url("/v1/models/gpt-9")).bearer_auth(&token),
+            (404, "model_not_found", "not_found_error"),
+        ),
+    ];
+    for (what, request, (status, code, kind)) in cases {
+        let (got_status, got_code, got_type, _) =
+            openai_failure(request.send().await.expect(what)).await;
+        assert_eq!(
+            (got_status, got_code.as_str(), got_type.as_str()),
+            (status, code, kind),
+            "{what}"
+        );
+    }
+    // A model by id, as `client.models.retrieve` reads it.
+    let model: Value = server
+        .get("/v1/models/mock", "alice")
+        .send()
+        .await
+        .expect("model")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        (&model["id"], &model["object"], &model["owned_by"]),
+        (&json!("mock"), &json!("model"), &json!("mock"))
+    );
+    // The native API keeps its own shape.
+    let native: Value = client
+        .get(url("/api/v1/conversations"))
+        .send()
+        .await
+        .expect("native")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(native["error"], "unauthorized", "{native}");
+    server.stop().await;
+
+    // The rate limit: 429 with Retry-After, in OpenAI's shape.
+    let Some(server) = TestServer::start(
+        Backend::Sqlite,
+        None,
+        "[limits]\nrequests_per_minute = 1\nburst = 1\n",
+    )
+    .await
+    else {
+        return;
+    };
+    let mut limited = None;
+    for _ in 0..5 {
+        let response = server
+            .get("/v1/models", "alice")
+            .send()
+            .await
+            .expect("models");
+        if response.status() == 429 {
+            limited = Some(response);
+            break;
+        }
+    }
+    let response = limited.expect("the rate limit answers 429");
+    assert!(response.headers().contains_key("retry-after"));
+    let (_, code, kind, _) = openai_failure(response).await;
+    assert_eq!(kind, "rate_limit_error", "{code}");
+    server.stop().await;
+}
+
 /// The official `openai` Python SDK, streaming and not, against a running chatgate. Runs when `python3` can
 /// import `openai` (`.ci/run` installs it); says so when skipped.
 #[tokio::test]
@@ -246,6 +394,18 @@ import os, openai
 client = openai.OpenAI(base_url=os.environ["BASE_URL"], api_key=os.environ["TOKEN"])
 models = [m.id for m in client.models.list()]
 assert "mock" in models, models
+model = client.models.retrieve("mock")
+assert (model.id, model.object) == ("mock", "model"), model
+try:
+    openai.OpenAI(base_url=os.environ["BASE_URL"], api_key="sk-not-a-chatgate-token").models.list()
+    raise SystemExit("expected AuthenticationError")
+except openai.AuthenticationError as e:
+    assert e.code == "unauthorized" and e.type == "authentication_error", (e.code, e.type, e.body)
+try:
+    client.models.retrieve("gpt-9")
+    raise SystemExit("expected NotFoundError")
+except openai.NotFoundError as e:
+    assert (e.code, e.param) == ("model_not_found", "model"), e.body
 reply = client.chat.completions.create(model="mock", messages=[{"role": "user", "content": "sdk says hi"}])
 assert "sdk says hi" in reply.choices[0].message.content, reply
 assert reply.usage.total_tokens > 0, reply.usage

@@ -75,10 +75,13 @@ pub fn add_headers(err: &Error, response: &mut Response) {
 }
 
 impl IntoResponse for Error {
+    /// The status of its kind, `{error, message, details}`, its headers (`Retry-After`), and the error itself in
+    /// the response's extensions, so that a surface with its own error shape (`/v1`) can write it its way.
     fn into_response(self) -> Response {
         log(&self);
         let mut response = (status_of(self.kind), axum::Json(self.body())).into_response();
         add_headers(&self, &mut response);
+        response.extensions_mut().insert(self);
         response
     }
 }

@@ -77,6 +77,8 @@ pub fn app(state: AppState) -> Router {
         })
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(middleware::from_fn_with_state(timeout, request_timeout))
+        // Outside the rest, so every failure under /v1 (auth, rate limit, body, route, timeout) is in OpenAI's shape.
+        .layer(middleware::from_fn(openai::error_shape))
         .with_state(state);
     let api = match cors {
         Some(cors) => api.layer(cors),

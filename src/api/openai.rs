@@ -1,4 +1,5 @@
-//! The OpenAI-compatible surface: `POST /v1/chat/completions` (streaming and not) and `GET /v1/models`, so
+//! The OpenAI-compatible surface: `POST /v1/chat/completions` (streaming and not), `GET /v1/models` and
+//! `GET /v1/models/{id}`, every failure in OpenAI's error shape ([`error_shape`]), so
 //! the official OpenAI SDKs and the Vercel AI SDK's OpenAI provider work unmodified (point their base URL at
 //! `http://<chatgate>/v1`, and pass a chatgate JWT as the API key).
 //!
@@ -7,7 +8,10 @@
 //! `persona` (a persona's id or slug) puts that persona's system prompt first. The shapes are in
 //! `wire::openai`.
 
-use axum::extract::State;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -28,29 +32,30 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/chat/completions", post(completions))
         .route("/v1/models", get(models))
+        .route("/v1/models/{id}", get(model))
 }
 
-/// An [`Error`] in OpenAI's error shape.
-struct OpenAiError(Error);
-
-impl From<Error> for OpenAiError {
-    fn from(err: Error) -> Self {
-        Self(err)
+/// Middleware: every failure under `/v1` in OpenAI's error shape `{"error": {"message", "type", "param",
+/// "code"}}` (`wire::openai::error_body`), whatever raised it: the handler, authentication, the rate limit
+/// (`Retry-After` kept), a malformed or oversized body, an unknown route or method. The status and headers stay;
+/// only the body is rewritten, from the [`Error`] the response carries.
+pub async fn error_shape(request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    if !(path == "/v1" || path.starts_with("/v1/")) {
+        return next.run(request).await;
     }
-}
-
-impl IntoResponse for OpenAiError {
-    fn into_response(self) -> Response {
-        let err = self.0;
-        super::error::log(&err);
-        let mut response = (
-            super::error::status_of(err.kind),
-            Json(openai::error_body(&err)),
-        )
-            .into_response();
-        super::error::add_headers(&err, &mut response);
-        response
-    }
+    let response = next.run(request).await;
+    let Some(err) = response.extensions().get::<Error>() else {
+        return response;
+    };
+    let body = openai::error_body(err).to_string();
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, Body::from(body))
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,7 +159,7 @@ async fn completions(
     State(state): State<AppState>,
     user: AuthUser,
     AppJson(request): AppJson<CompletionRequest>,
-) -> Result<Response, OpenAiError> {
+) -> Result<Response, Error> {
     // An unknown model is refused before any image is fetched.
     state.chat.completion_route(&request.model)?;
     let mut messages = Vec::with_capacity(request.messages.len());
@@ -167,8 +172,7 @@ async fn completions(
                 return Err(Error::validation(
                     "messages",
                     format!("role '{other}' is not supported"),
-                )
-                .into());
+                ));
             }
         };
         let (content, images) = content_of(&state, &user, &message.content).await?;
@@ -203,7 +207,7 @@ async fn completions(
         let mut before_first_delta = Vec::new();
         while let Some(event) = events.next().await {
             match &event.event {
-                GenerationEvent::Error(failed) => return Err(failed.failure.to_error().into()),
+                GenerationEvent::Error(failed) => return Err(failed.failure.to_error()),
                 GenerationEvent::Delta(_) | GenerationEvent::Done(_) => {
                     before_first_delta.push(event);
                     break;
@@ -237,10 +241,33 @@ async fn completions(
     )
 )]
 async fn models(State(state): State<AppState>, _: AuthUser) -> Json<Value> {
-    let data: Vec<Value> = state
-        .models
-        .routes()
-        .map(|route| json!({ "id": route.alias, "object": "model", "created": 0, "owned_by": route.provider.name() }))
-        .collect();
+    let data: Vec<Value> = state.models.routes().map(model_object).collect();
     Json(json!({ "object": "list", "data": data }))
+}
+
+/// OpenAI's model object for an alias: `{id, object: "model", created, owned_by}` (`owned_by`: its provider).
+fn model_object(route: &crate::catalog::ModelRoute) -> Value {
+    json!({ "id": route.alias, "object": "model", "created": 0, "owned_by": route.provider.name() })
+}
+
+/// `GET /v1/models/{id}`: one model alias as OpenAI's model object (what `client.models.retrieve(id)` reads).
+#[utoipa::path(
+    get,
+    operation_id = "openai_model",
+    path = "/v1/models/{id}",
+    tag = "openai",
+    params(("id" = String, Path, description = "a model alias")),
+    responses(
+        (status = 200, description = "`{id, object: \"model\", created, owned_by}`", body = Object),
+        (status = 401, description = "missing or invalid token", body = Object),
+        (status = 404, description = "`model_not_found`, in OpenAI's error shape", body = Object),
+    )
+)]
+async fn model(
+    State(state): State<AppState>,
+    _: AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Error> {
+    let route = state.chat.completion_route(&id)?;
+    Ok(Json(model_object(&route)))
 }

@@ -72,6 +72,7 @@ impl Modify for BearerAuth {
         super::ws::upgrade,
         super::openai::completions,
         super::openai::models,
+        super::openai::model,
         super::media::upload,
         super::media::download,
         super::ui::dev_token,
