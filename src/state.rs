@@ -120,6 +120,11 @@ impl AppState {
             i64::try_from(config.generation.stale_after_secs).unwrap_or(i64::MAX),
         );
         let models = Arc::new(Models::from_config(&config).map_err(StartupError::Other)?);
+        let labels: Vec<(String, String)> = models
+            .routes()
+            .map(|r| (r.alias.clone(), r.provider.name().to_string()))
+            .collect();
+        crate::telemetry::metrics::register(&labels);
         let recovered =
             recover_interrupted(&*store, &models, &instance_id, store::now() - stale_after).await?;
         if recovered > 0 {

@@ -528,15 +528,14 @@ async fn rate_and_concurrency_limits_answer_429_naming_the_limit() {
     upstream.release();
 }
 
-/// The value of a metric line `name{labels} value` (the first whose labels contain `labels`), or 0.
+/// The sum of the metric lines `name{labels} value` whose labels contain `labels` (0 when none).
 fn metric(text: &str, name: &str, labels: &str) -> f64 {
     text.lines()
         .filter(|l| {
             l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels)
         })
-        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse().ok()))
-        .next()
-        .unwrap_or(0.0)
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
 }
 
 #[tokio::test]
@@ -633,5 +632,138 @@ async fn metrics_move_and_are_for_admins() {
             .expect("anon")
             .status(),
         200
+    );
+}
+
+/// Every family is described (`# HELP`, `# TYPE`), the counters are there at 0 before any traffic, per model,
+/// and a reply moves tokens and cost by model. Prometheus's own parser (`prometheus_client`) reads it all when
+/// installed.
+#[tokio::test]
+async fn metrics_are_described_and_there_from_the_start() {
+    let Some(server) = TestServer::start(Backend::Sqlite, None, "").await else {
+        return;
+    };
+    let scrape = || async {
+        server
+            .client
+            .get(format!("{}/metrics", server.url))
+            .bearer_auth(server.admin_token("ops"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    };
+    let before = scrape().await;
+    for &(name, kind, _, help) in chatgate::telemetry::metrics::FAMILIES {
+        use chatgate::telemetry::metrics::Kind;
+        // Histograms appear with their first observation, and counters labelled by what happens (an error's
+        // kind, an upload's) with their first event; what is scraped is described.
+        if !before
+            .lines()
+            .any(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ', '_']))
+        {
+            continue;
+        }
+        let kind = match kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        };
+        assert!(
+            before.contains(&format!("# HELP {name} {help}")),
+            "HELP of {name}:\n{before}"
+        );
+        assert!(
+            before.contains(&format!("# TYPE {name} {kind}")),
+            "TYPE of {name}:\n{before}"
+        );
+    }
+    for (name, labels) in [
+        ("chatgate_generations_started_total", "model=\"mock\""),
+        (
+            "chatgate_tokens_total",
+            "model=\"mock\",provider=\"mock\",kind=\"completion\"",
+        ),
+        ("chatgate_cost_nanousd_total", "model=\"mock\""),
+        ("chatgate_active_generations", ""),
+    ] {
+        assert!(
+            before
+                .lines()
+                .any(|l| l.starts_with(name) && l.contains(labels)),
+            "{name}{{{labels}}} is scraped before any traffic:\n{before}"
+        );
+    }
+    let conversation_id = server.conversation("alice").await;
+    server
+        .send_message(&conversation_id, "alice", json!({ "content": "price me" }))
+        .send()
+        .await
+        .expect("send");
+    server.wait_for_reply("alice", &conversation_id).await;
+    let mut after = scrape().await;
+    for _ in 0..50 {
+        if metric(&after, "chatgate_cost_nanousd_total", "model=\"mock\"")
+            > metric(&before, "chatgate_cost_nanousd_total", "model=\"mock\"")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        after = scrape().await;
+    }
+    // The mock is priced at 1 and 2 USD per million tokens here: any reply costs something.
+    for (name, labels) in [
+        ("chatgate_cost_nanousd_total", "model=\"mock\""),
+        (
+            "chatgate_tokens_total",
+            "model=\"mock\",provider=\"mock\",kind=\"completion\"",
+        ),
+    ] {
+        assert!(
+            metric(&after, name, labels) > metric(&before, name, labels),
+            "{name}{{{labels}}} moved:\n{after}"
+        );
+    }
+
+    let parser = std::process::Command::new("python3")
+        .args(["-c", "import prometheus_client"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !parser {
+        common::skipped("the Prometheus parser check: pip install prometheus-client");
+        return;
+    }
+    let script = r#"
+import sys
+from prometheus_client.parser import text_string_to_metric_families
+families = {f.name: f for f in text_string_to_metric_families(sys.stdin.read())}
+for name in ("chatgate_generations_started", "chatgate_tokens", "chatgate_cost_nanousd", "chatgate_active_generations"):
+    assert name in families, (name, sorted(families))
+    assert families[name].documentation, name
+assert families["chatgate_tokens"].type == "counter"
+print("ok")
+"#;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(after.as_bytes())
+        .expect("write");
+    let output = child.wait_with_output().expect("parse");
+    assert!(
+        output.status.success() && String::from_utf8_lossy(&output.stdout).trim() == "ok",
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
     );
 }

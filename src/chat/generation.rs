@@ -182,10 +182,12 @@ pub async fn run(chat: Chat, generation: Arc<Generation>, mut job: Job) {
     metrics::counter!("chatgate_generations_finished_total", "model" => route.alias.clone(), "outcome" => message_status.as_str())
         .increment(1);
     let provider_name = route.provider.name().to_string();
-    metrics::counter!("chatgate_tokens_total", "provider" => provider_name.clone(), "kind" => "prompt")
+    metrics::counter!("chatgate_tokens_total", "model" => route.alias.clone(), "provider" => provider_name.clone(), "kind" => "prompt")
         .increment(counts.prompt_tokens);
-    metrics::counter!("chatgate_tokens_total", "provider" => provider_name, "kind" => "completion")
+    metrics::counter!("chatgate_tokens_total", "model" => route.alias.clone(), "provider" => provider_name, "kind" => "completion")
         .increment(counts.completion_tokens);
+    metrics::counter!("chatgate_cost_nanousd_total", "model" => route.alias.clone())
+        .increment(cost_nanousd.max(0) as u64);
     if saved.is_ok() {
         // The usage is in the database now: the budget counts it instead of the estimate.
         std::mem::replace(&mut job.reservation, Reservation::none()).settle(

@@ -1,4 +1,6 @@
-//! Prometheus metrics (the `metrics` facade with metrics-exporter-prometheus), served at `/metrics`.
+//! Prometheus metrics (the `metrics` facade with metrics-exporter-prometheus), served at `/metrics`. Every
+//! family has `# HELP` and `# TYPE` ([`FAMILIES`]), and the counters and gauges are there from the start at 0
+//! (per configured model and provider where labelled), so a dashboard or an alert sees them before traffic.
 //!
 //! | metric | kind | labels |
 //! |---|---|---|
@@ -9,14 +11,153 @@
 //! | `chatgate_ttft_seconds` | histogram | `provider`: request sent upstream → first delta received |
 //! | `chatgate_gateway_overhead_seconds` | histogram | client's time to first delta minus the upstream's TTFT |
 //! | `chatgate_deltas_relayed_total` | counter | `provider` |
-//! | `chatgate_tokens_total` | counter | `provider`, `kind` (`prompt`, `completion`) |
+//! | `chatgate_tokens_total` | counter | `model`, `provider`, `kind` (`prompt`, `completion`) |
+//! | `chatgate_cost_nanousd_total` | counter | `model`: what replies cost, in nano-USD (1e-9 USD) |
 //! | `chatgate_upstream_errors_total` | counter | `provider`, `kind` |
 //! | `chatgate_db_write_seconds` | histogram | `op` (`save`, `checkpoint`) |
+//! | `chatgate_text_repaired_total` | counter | `reason` (`nul`, `lone_surrogate`): provider text repaired before storing |
+//! | `chatgate_media_uploaded_bytes_total` | counter | `kind` (`image`, `audio`) |
+//! | `chatgate_transcription_seconds` | histogram | |
 //! | `chatgate_jwks_fetches_total` | counter | `outcome` (`ok`, `error`): fetches of `auth.jwks_url` |
 
 use std::sync::OnceLock;
 
+use metrics::Unit;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// A metric family's kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every family: name, kind, unit, and its `# HELP` text.
+pub const FAMILIES: &[(&str, Kind, Unit, &str)] = &[
+    (
+        "chatgate_generations_started_total",
+        Kind::Counter,
+        Unit::Count,
+        "Generations started, by model alias.",
+    ),
+    (
+        "chatgate_generations_finished_total",
+        Kind::Counter,
+        Unit::Count,
+        "Generations finished, by model alias and outcome (complete, cancelled, failed, interrupted).",
+    ),
+    (
+        "chatgate_active_generations",
+        Kind::Gauge,
+        Unit::Count,
+        "Generations running now.",
+    ),
+    (
+        "chatgate_active_subscribers",
+        Kind::Gauge,
+        Unit::Count,
+        "Clients following a generation now (SSE, WebSocket, OpenAI streams).",
+    ),
+    (
+        "chatgate_ttft_seconds",
+        Kind::Histogram,
+        Unit::Seconds,
+        "Upstream time to first token: request sent to the provider until its first delta, by provider.",
+    ),
+    (
+        "chatgate_gateway_overhead_seconds",
+        Kind::Histogram,
+        Unit::Seconds,
+        "The client's time to its first delta minus the upstream's time to first token.",
+    ),
+    (
+        "chatgate_deltas_relayed_total",
+        Kind::Counter,
+        Unit::Count,
+        "Deltas received from providers and relayed, by provider.",
+    ),
+    (
+        "chatgate_tokens_total",
+        Kind::Counter,
+        Unit::Count,
+        "Tokens of finished replies, by model alias, provider and kind (prompt, completion).",
+    ),
+    (
+        "chatgate_cost_nanousd_total",
+        Kind::Counter,
+        Unit::Count,
+        "Cost of finished replies in nano-USD (1e-9 USD), by model alias.",
+    ),
+    (
+        "chatgate_upstream_errors_total",
+        Kind::Counter,
+        Unit::Count,
+        "Failed provider attempts, by provider and error kind.",
+    ),
+    (
+        "chatgate_db_write_seconds",
+        Kind::Histogram,
+        Unit::Seconds,
+        "Database writes of replies, by operation (save, checkpoint).",
+    ),
+    (
+        "chatgate_text_repaired_total",
+        Kind::Counter,
+        Unit::Count,
+        "Provider text repaired before it was stored, by reason (nul, lone_surrogate).",
+    ),
+    (
+        "chatgate_media_uploaded_bytes_total",
+        Kind::Counter,
+        Unit::Bytes,
+        "Bytes of media uploaded, by kind (image, audio).",
+    ),
+    (
+        "chatgate_transcription_seconds",
+        Kind::Histogram,
+        Unit::Seconds,
+        "Time to transcribe a voice message.",
+    ),
+    (
+        "chatgate_jwks_fetches_total",
+        Kind::Counter,
+        Unit::Count,
+        "Fetches of the signing keys at auth.jwks_url, by outcome (ok, error).",
+    ),
+];
+
+/// Gives every family its `# HELP` text.
+fn describe() {
+    for &(name, kind, unit, help) in FAMILIES {
+        match kind {
+            Kind::Counter => metrics::describe_counter!(name, unit, help),
+            Kind::Gauge => metrics::describe_gauge!(name, unit, help),
+            Kind::Histogram => metrics::describe_histogram!(name, unit, help),
+        }
+    }
+}
+
+/// Registers the counters and gauges at 0 (an increment of nothing), per configured model alias and provider
+/// where they are labelled so, so they are scraped from the start.
+pub fn register(models: &[(String, String)]) {
+    for name in ["chatgate_active_generations", "chatgate_active_subscribers"] {
+        metrics::gauge!(name).increment(0.0);
+    }
+    for (model, provider) in models {
+        let (model, provider) = (model.clone(), provider.clone());
+        metrics::counter!("chatgate_generations_started_total", "model" => model.clone())
+            .increment(0);
+        for outcome in ["complete", "cancelled", "failed", "interrupted"] {
+            metrics::counter!("chatgate_generations_finished_total", "model" => model.clone(), "outcome" => outcome).increment(0);
+        }
+        for kind in ["prompt", "completion"] {
+            metrics::counter!("chatgate_tokens_total", "model" => model.clone(), "provider" => provider.clone(), "kind" => kind).increment(0);
+        }
+        metrics::counter!("chatgate_cost_nanousd_total", "model" => model).increment(0);
+        metrics::counter!("chatgate_deltas_relayed_total", "provider" => provider).increment(0);
+    }
+}
 
 /// Latency buckets, in seconds: 0.5 ms to 30 s.
 const BUCKETS: &[f64] = &[
@@ -32,7 +173,10 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
         .get_or_init(|| {
             let builder = PrometheusBuilder::new().set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS);
             match builder.and_then(PrometheusBuilder::install_recorder) {
-                Ok(handle) => Some(handle),
+                Ok(handle) => {
+                    describe();
+                    Some(handle)
+                }
                 Err(err) => {
                     tracing::warn!(error = %err, "cannot install the metrics recorder; /metrics will be empty");
                     None
