@@ -25,6 +25,8 @@ pub struct ModelRoute {
     /// Context window, in tokens.
     pub context_window: u32,
     pub max_output_tokens: Option<u32>,
+    /// The alias's own sampling settings (`temperature`, `top_p`, `stop`); a request's own values win.
+    pub sampling: crate::providers::Sampling,
     pub tokenizer: Tokenizer,
     /// Aliases tried in order when this one fails before its first token.
     pub fallbacks: Vec<String>,
@@ -135,6 +137,12 @@ impl Models {
                     },
                     context_window: mc.context_window,
                     max_output_tokens: mc.max_output_tokens,
+                    sampling: crate::providers::Sampling {
+                        temperature: mc.temperature,
+                        top_p: mc.top_p,
+                        stop: mc.stop.clone(),
+                        ..Default::default()
+                    },
                     tokenizer: Tokenizer::for_model(&mc.model),
                     fallbacks: mc.fallbacks.clone(),
                     accepts_audio: mc

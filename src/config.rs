@@ -538,6 +538,16 @@ pub struct ModelConfig {
     /// images.
     #[serde(default)]
     pub modalities: Option<Vec<Modality>>,
+    /// Sampling temperature sent with every request to this alias (0 to 2; Anthropic 0 to 1), unless the request
+    /// sets its own; none sent when absent.
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    /// Nucleus sampling (0 to 1), likewise.
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    /// Up to 4 stop sequences, likewise.
+    #[serde(default)]
+    pub stop: Vec<String>,
 }
 
 fn default_context_window() -> u32 {
@@ -829,6 +839,15 @@ impl Config {
                         known.join(", ")
                     ),
                 ));
+            }
+            if model.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
+                return Err(invalid(key("temperature"), "must be between 0 and 2"));
+            }
+            if model.top_p.is_some_and(|p| !(0.0..=1.0).contains(&p)) {
+                return Err(invalid(key("top_p"), "must be between 0 and 1"));
+            }
+            if model.stop.len() > 4 || model.stop.iter().any(String::is_empty) {
+                return Err(invalid(key("stop"), "takes up to 4 non-empty sequences"));
             }
             if model.model.is_empty() {
                 return Err(invalid(key("model"), "is empty"));

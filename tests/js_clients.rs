@@ -192,6 +192,7 @@ fn mock_reply(message: &str) -> String {
         model: "mock-1".into(),
         messages: vec![chatgate::providers::ChatMessage::user(message.to_string())],
         max_tokens: None,
+        sampling: Default::default(),
     })
 }
 

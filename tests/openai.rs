@@ -371,6 +371,183 @@ async fn every_v1_failure_is_in_openai_shape() {
     server.stop().await;
 }
 
+#[tokio::test]
+async fn sampling_settings_reach_the_upstream_and_unknown_parameters_are_refused() {
+    let upstream = FakeOpenAi::start(vec![Script::stream(full_stream(
+        &["ok"],
+        5,
+        1,
+        Duration::ZERO,
+    ))])
+    .await;
+    // An alias with sampling settings of its own, beside the plain `gpt`.
+    let Some(server) = TestServer::start(
+        Backend::Sqlite,
+        Some(&upstream.url),
+        "[models.tuned]\nprovider = \"fake\"\nmodel = \"gpt-tuned\"\ntemperature = 0.3\nstop = [\"END\"]\n",
+    )
+    .await
+    else {
+        return;
+    };
+    let send = |body: Value| {
+        server
+            .client
+            .post(format!("{}/v1/chat/completions", server.url))
+            .bearer_auth(server.token("alice"))
+            .json(&body)
+            .send()
+    };
+    let messages = json!([{ "role": "user", "content": "hi" }]);
+    let sent_upstream = |i: usize| upstream.requests()[i].1.clone();
+
+    // Every setting, as the caller gave it; `null` is absent, `user` and `n: 1` accepted.
+    let response = send(json!({
+        "model": "gpt", "messages": messages, "temperature": 0.7, "top_p": 0.9, "stop": "STOP", "seed": 7,
+        "presence_penalty": 0.1, "frequency_penalty": -0.2, "response_format": {"type": "json_object"},
+        "n": 1, "user": "end-user-42", "tools": null,
+    }))
+    .await
+    .expect("send");
+    assert_eq!(
+        response.status(),
+        200,
+        "{}",
+        response.text().await.unwrap_or_default()
+    );
+    let body = sent_upstream(0);
+    assert_eq!(
+        (
+            &body["temperature"],
+            &body["top_p"],
+            &body["stop"],
+            &body["seed"],
+            &body["presence_penalty"],
+            &body["frequency_penalty"],
+            &body["response_format"]
+        ),
+        (
+            &json!(0.7),
+            &json!(0.9),
+            &json!(["STOP"]),
+            &json!(7),
+            &json!(0.1),
+            &json!(-0.2),
+            &json!({"type": "json_object"})
+        ),
+        "{body}"
+    );
+    assert!(
+        body.get("user").is_none() && body.get("tools").is_none(),
+        "{body}"
+    );
+
+    // The alias's own settings fill in what the request leaves out; the request's win.
+    send(json!({ "model": "tuned", "messages": messages }))
+        .await
+        .expect("send");
+    let body = sent_upstream(1);
+    assert_eq!(
+        (&body["temperature"], &body["stop"]),
+        (&json!(0.3), &json!(["END"])),
+        "{body}"
+    );
+    send(json!({ "model": "tuned", "messages": messages, "temperature": 1.2 }))
+        .await
+        .expect("send");
+    let body = sent_upstream(2);
+    assert_eq!(
+        (&body["temperature"], &body["stop"]),
+        (&json!(1.2), &json!(["END"])),
+        "{body}"
+    );
+    // Without settings, none are sent.
+    send(json!({ "model": "gpt", "messages": messages }))
+        .await
+        .expect("send");
+    let body = sent_upstream(3);
+    assert!(
+        body.get("temperature").is_none() && body.get("stop").is_none(),
+        "{body}"
+    );
+
+    // Refused in OpenAI's shape, naming the parameter, and nothing reaches the upstream.
+    let refused = [
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "f"}}]}),
+            "unsupported_parameter",
+            "tools",
+        ),
+        (
+            json!({"frobnicate": true}),
+            "unknown_parameter",
+            "frobnicate",
+        ),
+        (json!({"n": 2}), "invalid_parameter", "n"),
+        (
+            json!({"temperature": 2.5}),
+            "invalid_parameter",
+            "temperature",
+        ),
+        (
+            json!({"stop": ["a", "b", "c", "d", "e"]}),
+            "invalid_parameter",
+            "stop",
+        ),
+        (
+            json!({"response_format": {"type": "xml"}}),
+            "invalid_parameter",
+            "response_format",
+        ),
+    ];
+    for (extra, code, param) in refused {
+        let mut body = json!({ "model": "gpt", "messages": messages });
+        for (key, value) in extra.as_object().expect("object") {
+            body[key] = value.clone();
+        }
+        let (status, got_code, _, got_param) =
+            openai_failure(send(body).await.expect("send")).await;
+        assert_eq!(
+            (status, got_code.as_str(), got_param),
+            (400, code, json!(param)),
+            "{extra}"
+        );
+    }
+    assert_eq!(
+        upstream.requests().len(),
+        4,
+        "refused requests never went upstream"
+    );
+    server.stop().await;
+
+    // A setting the model's provider has no counterpart for: 400 naming it (Anthropic has no seed), before any
+    // upstream request (this one points nowhere).
+    let Some(server) = TestServer::start(
+        Backend::Sqlite,
+        None,
+        "[providers.anthropic]\nbase_url = \"http://127.0.0.1:9/v1\"\napi_key = \"sk-ant\"\n\
+         [models.claude]\nprovider = \"anthropic\"\nmodel = \"claude-x\"\n",
+    )
+    .await
+    else {
+        return;
+    };
+    let response = server
+        .client
+        .post(format!("{}/v1/chat/completions", server.url))
+        .bearer_auth(server.token("alice"))
+        .json(&json!({ "model": "claude", "messages": messages, "seed": 7 }))
+        .send()
+        .await
+        .expect("send");
+    let (status, code, _, param) = openai_failure(response).await;
+    assert_eq!(
+        (status, code.as_str(), param),
+        (400, "unsupported_parameter", json!("seed"))
+    );
+    server.stop().await;
+}
+
 /// The official `openai` Python SDK, streaming and not, against a running chatgate. Runs when `python3` can
 /// import `openai` (`.ci/run` installs it); says so when skipped.
 #[tokio::test]

@@ -16,7 +16,9 @@ use chatgate::providers::gemini::GeminiProvider;
 use chatgate::providers::http::HttpOptions;
 use chatgate::providers::ollama::OllamaProvider;
 use chatgate::providers::openai::OpenAiProvider;
-use chatgate::providers::{ChatMessage, ChatRequest, Provider, ProviderError, ProviderEvent};
+use chatgate::providers::{
+    ChatMessage, ChatRequest, Provider, ProviderError, ProviderEvent, Sampling,
+};
 use chatgate::usage::Usage;
 use futures::StreamExt;
 
@@ -109,6 +111,22 @@ fn request(model: &str) -> ChatRequest {
         model: model.into(),
         messages: vec![ChatMessage::system("Be brief"), ChatMessage::user("Hi")],
         max_tokens: None,
+        sampling: Sampling::default(),
+    }
+}
+
+/// Every sampling setting set, as a request through `/v1/chat/completions` would carry them.
+fn all_sampling() -> Sampling {
+    Sampling {
+        temperature: Some(0.4),
+        top_p: Some(0.9),
+        stop: vec!["END".into()],
+        seed: Some(7),
+        presence_penalty: Some(0.5),
+        frequency_penalty: Some(-0.5),
+        response_format: Some(
+            serde_json::json!({"type": "json_schema", "json_schema": {"name": "answer", "schema": {"type": "object"}}}),
+        ),
     }
 }
 
@@ -435,6 +453,22 @@ async fn request_shapes_match_each_api() {
             collected.error
         );
     }
+    // The same request with every sampling setting, in each API's own names.
+    for make in [openai as Make, anthropic, gemini, ollama] {
+        let provider = make(&url);
+        let mut sampling = all_sampling();
+        // What a provider has no counterpart for is refused before a request is made (and left out on a
+        // fallback): Anthropic takes temperature, top_p and stop only.
+        while let Some(name) = provider.unsupported(&sampling) {
+            assert_eq!(provider.name(), "anthropic", "{name}");
+            assert!(sampling.clear(name), "{name}");
+        }
+        let request = ChatRequest {
+            sampling,
+            ..request("model-x")
+        };
+        let _ = provider.stream(request).collect::<Vec<_>>().await;
+    }
     let seen = seen.lock().expect("lock");
     let (uri, headers, body) = &seen[0];
     assert_eq!(uri, "/v1/chat/completions");
@@ -462,6 +496,109 @@ async fn request_shapes_match_each_api() {
     assert_eq!(uri, "/api/chat");
     assert_eq!(body["stream"], true);
     assert_eq!(body["messages"][1]["role"], "user");
+
+    use serde_json::json;
+    let sampled = |i: usize, keys: &[&str]| {
+        let body = &seen[i].2;
+        keys.iter()
+            .map(|key| body.pointer(key).cloned().unwrap_or_default())
+            .collect::<Vec<_>>()
+    };
+    let schema = json!({"type": "object"});
+    assert_eq!(
+        sampled(
+            4,
+            &[
+                "/temperature",
+                "/top_p",
+                "/stop",
+                "/seed",
+                "/presence_penalty",
+                "/frequency_penalty",
+                "/response_format/json_schema/schema"
+            ]
+        ),
+        [
+            json!(0.4),
+            json!(0.9),
+            json!(["END"]),
+            json!(7),
+            json!(0.5),
+            json!(-0.5),
+            schema.clone()
+        ],
+        "OpenAI, as is"
+    );
+    assert_eq!(
+        sampled(
+            5,
+            &[
+                "/temperature",
+                "/top_p",
+                "/stop_sequences",
+                "/seed",
+                "/response_format"
+            ]
+        ),
+        [
+            json!(0.4),
+            json!(0.9),
+            json!(["END"]),
+            json!(null),
+            json!(null)
+        ],
+        "Anthropic"
+    );
+    assert_eq!(
+        sampled(
+            6,
+            &[
+                "/generationConfig/temperature",
+                "/generationConfig/topP",
+                "/generationConfig/stopSequences",
+                "/generationConfig/seed",
+                "/generationConfig/presencePenalty",
+                "/generationConfig/frequencyPenalty",
+                "/generationConfig/responseMimeType",
+                "/generationConfig/responseJsonSchema"
+            ]
+        ),
+        [
+            json!(0.4),
+            json!(0.9),
+            json!(["END"]),
+            json!(7),
+            json!(0.5),
+            json!(-0.5),
+            json!("application/json"),
+            schema.clone()
+        ],
+        "Gemini's generationConfig"
+    );
+    assert_eq!(
+        sampled(
+            7,
+            &[
+                "/options/temperature",
+                "/options/top_p",
+                "/options/stop",
+                "/options/seed",
+                "/options/presence_penalty",
+                "/options/frequency_penalty",
+                "/format"
+            ]
+        ),
+        [
+            json!(0.4),
+            json!(0.9),
+            json!(["END"]),
+            json!(7),
+            json!(0.5),
+            json!(-0.5),
+            schema
+        ],
+        "Ollama's options and format"
+    );
 }
 
 /// The benchmark mock speaks every format the adapters read, and its injected failures are recognised.

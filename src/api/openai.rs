@@ -25,7 +25,7 @@ use crate::auth::AuthUser;
 use crate::chat::Completion;
 use crate::error::Error;
 use crate::event::GenerationEvent;
-use crate::providers::{ChatMessage, MediaData, Role};
+use crate::providers::{ChatMessage, MediaData, Role, Sampling};
 use crate::wire::{openai, sse};
 
 pub fn router() -> Router<AppState> {
@@ -70,9 +70,142 @@ struct CompletionRequest {
     max_tokens: Option<u32>,
     #[serde(default)]
     max_completion_tokens: Option<u32>,
+    #[serde(default)]
+    temperature: Option<f64>,
+    #[serde(default)]
+    top_p: Option<f64>,
+    /// A string or up to 4 strings.
+    #[serde(default)]
+    stop: Option<Stop>,
+    #[serde(default)]
+    seed: Option<i64>,
+    #[serde(default)]
+    presence_penalty: Option<f64>,
+    #[serde(default)]
+    frequency_penalty: Option<f64>,
+    #[serde(default)]
+    response_format: Option<Value>,
+    /// Only 1: one reply per request.
+    #[serde(default)]
+    n: Option<u32>,
+    /// The end user, for the caller's own tracking upstream; chatgate keys usage by the token's user and
+    /// ignores it.
+    #[serde(default)]
+    #[expect(dead_code, reason = "accepted as OpenAI's API does, and not used")]
+    user: Option<String>,
     /// chatgate extension: a persona's id or slug.
     #[serde(default)]
     persona: Option<String>,
+    /// Whatever else the request holds: refused, naming it ([`sampling_of`]).
+    #[serde(flatten)]
+    other: serde_json::Map<String, Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// OpenAI parameters chatgate knows and does not offer yet: refused saying so, rather than dropped.
+const NOT_YET: &[&str] = &[
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "functions",
+    "function_call",
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+    "modalities",
+    "audio",
+    "prediction",
+    "web_search_options",
+    "reasoning_effort",
+];
+
+/// The request's sampling settings, checked: ranges as OpenAI's API reference gives them; `n` other than 1, a
+/// parameter chatgate does not offer yet, or one it does not know are 400 naming the parameter (OpenAI answers
+/// "Unrecognized request argument supplied" to what it does not know). A parameter given as `null` is absent.
+fn sampling_of(request: &CompletionRequest) -> Result<Sampling, Error> {
+    let invalid = |param: &str, message: String| {
+        Error::new(
+            crate::error::ErrorKind::Invalid,
+            "invalid_parameter",
+            message,
+        )
+        .with_details(json!({ "field": param }))
+    };
+    if let Some((name, _)) = request.other.iter().find(|(_, v)| !v.is_null()) {
+        if NOT_YET.contains(&name.as_str()) {
+            return Err(Error::new(
+                crate::error::ErrorKind::Invalid,
+                "unsupported_parameter",
+                format!("`{name}` is not supported by chatgate yet"),
+            )
+            .with_details(json!({ "field": name })));
+        }
+        return Err(Error::new(
+            crate::error::ErrorKind::Invalid,
+            "unknown_parameter",
+            format!("Unrecognized request argument supplied: {name}"),
+        )
+        .with_details(json!({ "field": name })));
+    }
+    if request.n.is_some_and(|n| n != 1) {
+        return Err(invalid(
+            "n",
+            "only n = 1 is supported: one reply per request".into(),
+        ));
+    }
+    let ranges = [
+        ("temperature", request.temperature, 0.0, 2.0),
+        ("top_p", request.top_p, 0.0, 1.0),
+        ("presence_penalty", request.presence_penalty, -2.0, 2.0),
+        ("frequency_penalty", request.frequency_penalty, -2.0, 2.0),
+    ];
+    for (param, value, low, high) in ranges {
+        if value.is_some_and(|v| !(low..=high).contains(&v)) {
+            return Err(invalid(
+                param,
+                format!("`{param}` must be between {low} and {high}"),
+            ));
+        }
+    }
+    let stop = match &request.stop {
+        None => Vec::new(),
+        Some(Stop::One(one)) => vec![one.clone()],
+        Some(Stop::Many(many)) => many.clone(),
+    };
+    if stop.len() > 4 || stop.iter().any(String::is_empty) {
+        return Err(invalid(
+            "stop",
+            "`stop` takes up to 4 non-empty sequences".into(),
+        ));
+    }
+    if let Some(format) = &request.response_format {
+        let ok = match format["type"].as_str() {
+            Some("text" | "json_object") => true,
+            Some("json_schema") => format["json_schema"]["schema"].is_object(),
+            _ => false,
+        };
+        if !ok {
+            return Err(invalid(
+                "response_format",
+                "`response_format` is {\"type\": \"text\"}, {\"type\": \"json_object\"} or {\"type\": \"json_schema\", \"json_schema\": {\"name\", \"schema\": {...}}}".into(),
+            ));
+        }
+    }
+    Ok(Sampling {
+        temperature: request.temperature,
+        top_p: request.top_p,
+        stop,
+        seed: request.seed,
+        presence_penalty: request.presence_penalty,
+        frequency_penalty: request.frequency_penalty,
+        response_format: request.response_format.clone(),
+    })
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -146,7 +279,7 @@ async fn content_of(
     operation_id = "openai_completions",
     path = "/v1/chat/completions",
     tag = "openai",
-    request_body(content = Object, description = "OpenAI's chat completion request: `model`, `messages`, `stream`, `stream_options.include_usage`, `max_tokens`; plus `persona`"),
+    request_body(content = Object, description = "OpenAI's chat completion request: `model`, `messages`, `stream`, `stream_options.include_usage`, `max_tokens` / `max_completion_tokens`, `temperature`, `top_p`, `stop`, `seed`, `presence_penalty`, `frequency_penalty`, `response_format`, `n` (1), `user`; plus `persona`. Anything else is 400 naming it."),
     responses(
         (status = 200, description = "`chat.completion`, or `chat.completion.chunk` SSE ending `[DONE]`", content((Object = "application/json"), (String = "text/event-stream"))),
         (status = 400, description = "OpenAI error shape `{error: {message, type, param, code}}`", body = Object),
@@ -160,8 +293,9 @@ async fn completions(
     user: AuthUser,
     AppJson(request): AppJson<CompletionRequest>,
 ) -> Result<Response, Error> {
-    // An unknown model is refused before any image is fetched.
+    // An unknown model or parameter is refused before any image is fetched.
     state.chat.completion_route(&request.model)?;
+    let sampling = sampling_of(&request)?;
     let mut messages = Vec::with_capacity(request.messages.len());
     for message in &request.messages {
         let role = match message.role.as_str() {
@@ -191,6 +325,7 @@ async fn completions(
                 model: request.model.clone(),
                 messages,
                 max_tokens: request.max_completion_tokens.or(request.max_tokens),
+                sampling,
                 persona: request.persona,
             },
         )

@@ -14,7 +14,7 @@ use crate::domain::{CancelReason, FinishReason, MessageStatus, MessageType, Role
 use crate::error::{Error, ErrorKind};
 use crate::event::{Done, Failed, Failure, GenerationEvent, Start, UsageReport};
 use crate::id::Id;
-use crate::providers::{ChatMessage, ChatRequest, ProviderError, ProviderEvent};
+use crate::providers::{ChatMessage, ChatRequest, ProviderError, ProviderEvent, Sampling};
 use crate::store::{self, Message, NewMessage, StoreError, UsageRecord};
 use crate::stream::Generation;
 use crate::usage::budget::Reservation;
@@ -263,12 +263,19 @@ async fn relay(generation: &Generation, job: &Job, reply: &RunningReply) -> Stre
             // Each attempt's own usage: a failed one reported nothing that was relayed.
             out.usage = Usage::default();
             out.finish_reason = None;
+            let primary = std::ptr::eq(route, &job.route);
             let request = ChatRequest {
                 model: route.upstream_model.clone(),
-                max_tokens: if std::ptr::eq(route, &job.route) {
+                max_tokens: if primary {
                     job.request.max_tokens
                 } else {
                     route.max_output_tokens
+                },
+                // A fallback takes what its provider can: settings it has no counterpart for are left out.
+                sampling: if primary {
+                    job.request.sampling.clone()
+                } else {
+                    supported(&*route.provider, job.request.sampling.clone())
                 },
                 ..job.request.clone()
             };
@@ -480,4 +487,14 @@ async fn persist(
 
 pub(super) fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// `sampling` without the settings `provider` has no counterpart for.
+fn supported(provider: &dyn crate::providers::Provider, mut sampling: Sampling) -> Sampling {
+    while let Some(name) = provider.unsupported(&sampling) {
+        if !sampling.clear(name) {
+            break;
+        }
+    }
+    sampling
 }

@@ -37,7 +37,7 @@ use crate::event::GenerationEvent;
 use crate::id::Id;
 use crate::media::MediaStore;
 use crate::personas::PersonaCache;
-use crate::providers::{ChatMessage, ChatRequest};
+use crate::providers::{ChatMessage, ChatRequest, Sampling};
 use crate::store::{Conversation, HistoryPage, Message, NewMessage, Persona, PersonaFilter, Store};
 use crate::stream::{Generation, GenerationMeta, Hub};
 use crate::tasks::Tasks;
@@ -95,8 +95,17 @@ pub struct Completion {
     pub messages: Vec<ChatMessage>,
     /// Upper bound on the reply, in tokens; the model's `max_output_tokens` when absent.
     pub max_tokens: Option<u32>,
+    /// The request's sampling settings; the model alias's own fill in the rest.
+    pub sampling: Sampling,
     /// A persona's id or slug whose system prompt goes first.
     pub persona: Option<String>,
+}
+
+/// A request's own reply bound and sampling settings; unset ones come from the model alias.
+#[derive(Debug, Clone, Default)]
+struct Settings {
+    max_tokens: Option<u32>,
+    sampling: Sampling,
 }
 
 /// What a generation writes when it ends.
@@ -292,7 +301,7 @@ impl Chat {
             user_id,
             route,
             messages,
-            None,
+            Settings::default(),
             Persist::Conversation {
                 conversation_id: conversation.id,
                 persona_id: persona.id,
@@ -375,7 +384,7 @@ impl Chat {
             user_id,
             route,
             messages,
-            None,
+            Settings::default(),
             Persist::Conversation {
                 conversation_id: conversation.id,
                 persona_id: persona.id,
@@ -402,6 +411,21 @@ impl Chat {
         completion: Completion,
     ) -> Result<Arc<Generation>, Error> {
         let route = self.completion_route(&completion.model)?;
+        if let Some(name) = route
+            .provider
+            .unsupported(&completion.sampling.clone().or(&route.sampling))
+        {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                "unsupported_parameter",
+                format!(
+                    "`{name}` is not supported by model `{}` (provider {})",
+                    route.alias,
+                    route.provider.name()
+                ),
+            )
+            .with_details(serde_json::json!({ "field": name })));
+        }
         let mut messages = Vec::with_capacity(completion.messages.len() + 1);
         if let Some(persona) = completion.persona.as_deref() {
             let persona = self.find_persona(persona).await?;
@@ -420,7 +444,10 @@ impl Chat {
             user_id,
             route,
             messages,
-            completion.max_tokens,
+            Settings {
+                max_tokens: completion.max_tokens,
+                sampling: completion.sampling,
+            },
             Persist::UsageOnly,
             reservation,
         )
@@ -634,7 +661,7 @@ impl Chat {
         user_id: &str,
         route: ModelRoute,
         messages: Vec<ChatMessage>,
-        max_tokens: Option<u32>,
+        settings: Settings,
         persist: Persist,
         reservation: Reservation,
     ) -> Result<Arc<Generation>, Error> {
@@ -648,7 +675,8 @@ impl Chat {
             request: ChatRequest {
                 model: route.upstream_model.clone(),
                 messages,
-                max_tokens: max_tokens.or(route.max_output_tokens),
+                max_tokens: settings.max_tokens.or(route.max_output_tokens),
+                sampling: settings.sampling.or(&route.sampling),
             },
             fallbacks: self.models.fallbacks(&route.alias),
             route,

@@ -160,6 +160,7 @@ async fn write(
         model: route.upstream_model.clone(),
         messages: messages.clone(),
         max_tokens: Some(config.max_tokens),
+        sampling: Default::default(),
     };
     let started = Instant::now();
     let (text, usage) = tokio::time::timeout(

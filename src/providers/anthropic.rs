@@ -106,12 +106,38 @@ pub fn request_body(request: &ChatRequest) -> Value {
     if !system.is_empty() {
         body["system"] = json!(system.join("\n\n"));
     }
+    // The Messages API's sampling settings; seed, penalties and response formats have no counterpart
+    // ([`AnthropicProvider::unsupported`]).
+    let sampling = &request.sampling;
+    if let Some(temperature) = sampling.temperature {
+        body["temperature"] = json!(temperature);
+    }
+    if let Some(top_p) = sampling.top_p {
+        body["top_p"] = json!(top_p);
+    }
+    if !sampling.stop.is_empty() {
+        body["stop_sequences"] = json!(sampling.stop);
+    }
     body
 }
 
 impl Provider for AnthropicProvider {
     fn name(&self) -> &str {
         &self.upstream.name
+    }
+
+    fn unsupported(&self, sampling: &super::Sampling) -> Option<&'static str> {
+        if sampling.seed.is_some() {
+            Some("seed")
+        } else if sampling.presence_penalty.is_some() {
+            Some("presence_penalty")
+        } else if sampling.frequency_penalty.is_some() {
+            Some("frequency_penalty")
+        } else if sampling.wants_json() {
+            Some("response_format")
+        } else {
+            None
+        }
     }
 
     fn stream(&self, request: ChatRequest) -> ProviderStream {
@@ -272,6 +298,7 @@ mod tests {
                 ChatMessage::user("three"),
             ],
             max_tokens: None,
+            sampling: Default::default(),
         };
         let body = request_body(&request);
         assert_eq!(body["system"], "Be brief");

@@ -81,8 +81,37 @@ pub fn request_body(request: &ChatRequest) -> Value {
     if !system.is_empty() {
         body["systemInstruction"] = json!({ "parts": system });
     }
-    if let Some(max_tokens) = request.max_tokens {
-        body["generationConfig"] = json!({ "maxOutputTokens": max_tokens });
+    // generationConfig (ai.google.dev/api/generate-content#generationconfig).
+    let sampling = &request.sampling;
+    let settings = [
+        ("maxOutputTokens", request.max_tokens.map(|v| json!(v))),
+        ("temperature", sampling.temperature.map(|v| json!(v))),
+        ("topP", sampling.top_p.map(|v| json!(v))),
+        (
+            "stopSequences",
+            (!sampling.stop.is_empty()).then(|| json!(sampling.stop)),
+        ),
+        ("seed", sampling.seed.map(|v| json!(v))),
+        (
+            "presencePenalty",
+            sampling.presence_penalty.map(|v| json!(v)),
+        ),
+        (
+            "frequencyPenalty",
+            sampling.frequency_penalty.map(|v| json!(v)),
+        ),
+        (
+            "responseMimeType",
+            sampling.wants_json().then(|| json!("application/json")),
+        ),
+        ("responseJsonSchema", sampling.json_schema().cloned()),
+    ];
+    let config: serde_json::Map<String, Value> = settings
+        .into_iter()
+        .filter_map(|(key, value)| Some((key.to_string(), value?)))
+        .collect();
+    if !config.is_empty() {
+        body["generationConfig"] = Value::Object(config);
     }
     body
 }
@@ -248,6 +277,7 @@ mod tests {
                 ChatMessage::user("?"),
             ],
             max_tokens: Some(1024),
+            sampling: Default::default(),
         };
         let body = request_body(&request);
         assert_eq!(

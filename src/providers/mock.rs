@@ -88,6 +88,7 @@ mod tests {
                 ChatMessage::user("hi there"),
             ],
             max_tokens: None,
+            sampling: Default::default(),
         };
         let events: Vec<_> = MockProvider::new("mock", Duration::ZERO)
             .stream(request.clone())

@@ -98,6 +98,78 @@ pub struct ChatRequest {
     pub messages: Vec<ChatMessage>,
     /// Upper bound on the reply, in tokens.
     pub max_tokens: Option<u32>,
+    /// Sampling settings, each sent only when set.
+    pub sampling: Sampling,
+}
+
+/// Sampling settings as OpenAI's Chat Completions API names them, each sent upstream only when set and mapped
+/// by each adapter to its API's names (Anthropic `stop_sequences`; Gemini `generationConfig`; Ollama `options`).
+/// A setting a provider has no counterpart for is named by [`Provider::unsupported`]: refused on the model a
+/// request names, left out on a fallback.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sampling {
+    /// 0 to 2 (Anthropic: 0 to 1).
+    pub temperature: Option<f64>,
+    /// Nucleus sampling, 0 to 1.
+    pub top_p: Option<f64>,
+    /// Up to 4 sequences that end the reply.
+    pub stop: Vec<String>,
+    /// Best-effort determinism (OpenAI, Gemini, Ollama).
+    pub seed: Option<i64>,
+    /// -2 to 2 (OpenAI, Gemini, Ollama).
+    pub presence_penalty: Option<f64>,
+    /// -2 to 2 (OpenAI, Gemini, Ollama).
+    pub frequency_penalty: Option<f64>,
+    /// OpenAI's `response_format`: `{"type": "text" | "json_object"}` or `{"type": "json_schema", "json_schema":
+    /// {"name", "schema", "strict"}}` (OpenAI as is; Gemini `responseMimeType` / `responseJsonSchema`; Ollama
+    /// `format`).
+    pub response_format: Option<serde_json::Value>,
+}
+
+impl Sampling {
+    /// These settings, each unset one taken from `defaults` (a model alias's own).
+    pub fn or(mut self, defaults: &Sampling) -> Sampling {
+        self.temperature = self.temperature.or(defaults.temperature);
+        self.top_p = self.top_p.or(defaults.top_p);
+        if self.stop.is_empty() {
+            self.stop.clone_from(&defaults.stop);
+        }
+        self.seed = self.seed.or(defaults.seed);
+        self.presence_penalty = self.presence_penalty.or(defaults.presence_penalty);
+        self.frequency_penalty = self.frequency_penalty.or(defaults.frequency_penalty);
+        if self.response_format.is_none() {
+            self.response_format.clone_from(&defaults.response_format);
+        }
+        self
+    }
+
+    /// Unsets the setting of this OpenAI name; `false` for a name that is none of them.
+    pub fn clear(&mut self, name: &str) -> bool {
+        match name {
+            "temperature" => self.temperature = None,
+            "top_p" => self.top_p = None,
+            "stop" => self.stop.clear(),
+            "seed" => self.seed = None,
+            "presence_penalty" => self.presence_penalty = None,
+            "frequency_penalty" => self.frequency_penalty = None,
+            "response_format" => self.response_format = None,
+            _ => return false,
+        }
+        true
+    }
+
+    /// The JSON schema of a `json_schema` response format, when that is what is asked.
+    pub fn json_schema(&self) -> Option<&serde_json::Value> {
+        let format = self.response_format.as_ref()?;
+        (format["type"] == "json_schema").then(|| &format["json_schema"]["schema"])
+    }
+
+    /// Whether JSON output is asked (`json_object` or `json_schema`).
+    pub fn wants_json(&self) -> bool {
+        self.response_format
+            .as_ref()
+            .is_some_and(|f| f["type"] == "json_object" || f["type"] == "json_schema")
+    }
 }
 
 /// One event of a provider's stream.
@@ -134,6 +206,11 @@ pub trait Provider: Send + Sync + 'static {
     /// other voice notes are sent as their transcript.
     fn native_audio(&self, _content_type: &str) -> bool {
         false
+    }
+    /// The first setting of `sampling` this provider's API has no counterpart for (`seed`, a penalty, a
+    /// response format...), by its OpenAI name; `None` when it takes them all.
+    fn unsupported(&self, _sampling: &Sampling) -> Option<&'static str> {
+        None
     }
 }
 

@@ -88,6 +88,30 @@ impl Provider for OpenAiProvider {
         if let Some(max_tokens) = request.max_tokens {
             body["max_tokens"] = json!(max_tokens);
         }
+        let sampling = &request.sampling;
+        let settings = [
+            ("temperature", sampling.temperature.map(|v| json!(v))),
+            ("top_p", sampling.top_p.map(|v| json!(v))),
+            (
+                "stop",
+                (!sampling.stop.is_empty()).then(|| json!(sampling.stop)),
+            ),
+            ("seed", sampling.seed.map(|v| json!(v))),
+            (
+                "presence_penalty",
+                sampling.presence_penalty.map(|v| json!(v)),
+            ),
+            (
+                "frequency_penalty",
+                sampling.frequency_penalty.map(|v| json!(v)),
+            ),
+            ("response_format", sampling.response_format.clone()),
+        ];
+        for (key, value) in settings {
+            if let Some(value) = value {
+                body[key] = value;
+            }
+        }
         let builder = self.authorized(
             self.upstream
                 .client

@@ -75,6 +75,9 @@ mod tests {
             max_output_tokens: None,
             fallbacks: vec![],
             modalities: None,
+            temperature: None,
+            top_p: None,
+            stop: vec![],
         }
     }
 
