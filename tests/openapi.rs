@@ -171,3 +171,88 @@ async fn the_docs_page_is_served_from_the_binary() {
         .expect("js");
     assert!(init.contains("/openapi.json"), "{init}");
 }
+
+/// A schema's `required` and `properties` keys, following a `$ref` into `components.schemas`.
+fn schema_keys(doc: &Value, name: &str) -> (Vec<String>, Vec<String>) {
+    let schema = &doc["components"]["schemas"][name];
+    assert!(schema.is_object(), "no schema {name}");
+    let keys = |v: &Value| -> Vec<String> {
+        match v {
+            Value::Array(items) => items
+                .iter()
+                .filter_map(|k| k.as_str().map(str::to_string))
+                .collect(),
+            Value::Object(map) => map.keys().cloned().collect(),
+            _ => Vec::new(),
+        }
+    };
+    (keys(&schema["required"]), keys(&schema["properties"]))
+}
+
+/// Real answers have every field their documented schema requires, and no field it does not name (a client
+/// generated from the document reads them without a KeyError).
+#[tokio::test]
+async fn usage_responses_match_their_schemas() {
+    let Some(server) = TestServer::start(Backend::Sqlite, None, "").await else {
+        return;
+    };
+    let conversation = server.conversation("alice").await;
+    server
+        .send_message(
+            &conversation,
+            "alice",
+            serde_json::json!({ "content": "count me" }),
+        )
+        .send()
+        .await
+        .expect("send");
+    server.wait_for_reply("alice", &conversation).await;
+    let doc: Value = server
+        .client
+        .get(format!("{}/openapi.json", server.url))
+        .send()
+        .await
+        .expect("openapi")
+        .json()
+        .await
+        .expect("json");
+    let check = |name: &str, value: &Value| {
+        let (required, properties) = schema_keys(&doc, name);
+        let object = value
+            .as_object()
+            .unwrap_or_else(|| panic!("{name}: {value}"));
+        for key in &required {
+            assert!(object.contains_key(key), "{name} requires {key}: {value}");
+        }
+        for key in object.keys() {
+            assert!(
+                properties.contains(key),
+                "{name} does not name {key}: {value}"
+            );
+        }
+    };
+    let summary = server.get_json("/api/v1/usage/summary", "alice").await;
+    check("UsageSummary", &summary);
+    for group_by in ["day", "model", "persona"] {
+        let report = server
+            .get_json(&format!("/api/v1/usage?group_by={group_by}"), "alice")
+            .await;
+        check("UsageReport", &report);
+        check("UsageTotals", &report["totals"]);
+        let buckets = report["buckets"].as_array().expect("buckets");
+        assert!(!buckets.is_empty(), "{report}");
+        for bucket in buckets {
+            check("UsageTotals", bucket);
+        }
+    }
+    // The operations point at them.
+    let ok = |path: &str| {
+        doc["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].clone()
+    };
+    assert_eq!(ok("/api/v1/usage"), "#/components/schemas/UsageReport");
+    assert_eq!(
+        ok("/api/v1/usage/summary"),
+        "#/components/schemas/UsageSummary"
+    );
+    server.stop().await;
+}

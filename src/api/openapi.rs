@@ -81,7 +81,6 @@ impl Modify for BearerAuth {
         super::error::ErrorBody,
         crate::store::Message,
         crate::store::ConversationSummary,
-        crate::store::UsageBucket,
         crate::store::UsageGroup
     )),
     tags(

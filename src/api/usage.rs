@@ -10,8 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{Days, NaiveDate, Utc};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 use super::AppQuery;
 use super::error::ErrorBody;
@@ -87,18 +86,63 @@ fn query(
     })
 }
 
-fn bucket_json(bucket: &UsageBucket) -> Value {
-    json!({
-        "key": bucket.key,
-        "requests": bucket.requests,
-        "estimated_requests": bucket.estimated_requests,
-        "prompt_tokens": bucket.prompt_tokens,
-        "completion_tokens": bucket.completion_tokens,
-        "cached_tokens": bucket.cached_tokens,
-        "reasoning_tokens": bucket.reasoning_tokens,
-        "total_tokens": bucket.prompt_tokens + bucket.completion_tokens,
-        "cost_usd": nanousd_to_usd(bucket.cost_nanousd),
-    })
+/// One group of usage as the API answers it: tokens, and the cost in USD.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UsageTotals {
+    /// The day (`YYYY-MM-DD`), model alias, persona id (`""` for none) or user id; `total` for the totals.
+    pub key: String,
+    pub requests: i64,
+    /// Requests whose counts were (partly) local estimates.
+    pub estimated_requests: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub cached_tokens: i64,
+    pub reasoning_tokens: i64,
+    /// `prompt_tokens + completion_tokens`.
+    pub total_tokens: i64,
+    /// USD.
+    pub cost_usd: f64,
+}
+
+impl From<&UsageBucket> for UsageTotals {
+    fn from(bucket: &UsageBucket) -> Self {
+        Self {
+            key: bucket.key.clone(),
+            requests: bucket.requests,
+            estimated_requests: bucket.estimated_requests,
+            prompt_tokens: bucket.prompt_tokens,
+            completion_tokens: bucket.completion_tokens,
+            cached_tokens: bucket.cached_tokens,
+            reasoning_tokens: bucket.reasoning_tokens,
+            total_tokens: bucket.prompt_tokens + bucket.completion_tokens,
+            cost_usd: nanousd_to_usd(bucket.cost_nanousd),
+        }
+    }
+}
+
+/// `GET /api/v1/usage` and `/api/v1/admin/usage`: the range, its groups, and their totals.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UsageReport {
+    /// `YYYY-MM-DD`, inclusive.
+    pub from: String,
+    /// `YYYY-MM-DD`, inclusive.
+    pub to: String,
+    pub group_by: UsageGroup,
+    /// The user asked about; `null` for everyone (admin).
+    pub user_id: Option<String>,
+    /// By day (every day of the range, empty ones included), model, persona or user.
+    pub buckets: Vec<UsageTotals>,
+    pub totals: UsageTotals,
+}
+
+/// `GET /api/v1/usage/summary`: the caller's totals for the dashboard.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UsageSummary {
+    pub total_conversations: i64,
+    pub total_messages: i64,
+    pub total_tokens: i64,
+    /// USD.
+    pub estimated_cost_usd: f64,
 }
 
 /// Every day of the range, empty days included, so a chart needs no gap filling.
@@ -189,14 +233,14 @@ async fn answer(
             t.cost_nanousd += b.cost_nanousd;
             t
         });
-    let body = json!({
-        "from": query.from_day,
-        "to": query.to_day,
-        "group_by": query.group_by,
-        "user_id": query.user_id,
-        "buckets": buckets.iter().map(bucket_json).collect::<Vec<_>>(),
-        "totals": bucket_json(&total),
-    });
+    let body = UsageReport {
+        buckets: buckets.iter().map(UsageTotals::from).collect(),
+        totals: UsageTotals::from(&total),
+        from: query.from_day,
+        to: query.to_day,
+        group_by: query.group_by,
+        user_id: query.user_id,
+    };
     Ok(with_etag(etag, Json(body)))
 }
 
@@ -215,7 +259,7 @@ async fn answer(
         ("If-None-Match" = Option<String>, Header),
     ),
     responses(
-        (status = 200, description = "`{from, to, group_by, totals, buckets: [UsageBucket]}`, with an ETag", body = Object),
+        (status = 200, description = "the range's usage, with an ETag", body = UsageReport),
         (status = 304, description = "unchanged since the ETag"),
         (status = 400, description = "invalid input", body = ErrorBody),
         (status = 401, description = "missing or invalid token", body = ErrorBody),
@@ -255,7 +299,7 @@ async fn mine(
         ("user_id" = Option<String>, Query),
     ),
     responses(
-        (status = 200, description = "as /api/v1/usage, for every user or one", body = Object),
+        (status = 200, description = "as /api/v1/usage, for every user or one", body = UsageReport),
         (status = 400, description = "invalid input", body = ErrorBody),
         (status = 401, description = "missing or invalid token", body = ErrorBody),
         (status = 403, description = "not allowed", body = ErrorBody),
@@ -282,7 +326,7 @@ async fn everyone(
     path = "/api/v1/usage/summary",
     tag = "usage",
     responses(
-        (status = 200, description = "OK", body = crate::store::UsageSummary),
+        (status = 200, description = "OK", body = UsageSummary),
         (status = 401, description = "missing or invalid token", body = ErrorBody),
     )
 )]
@@ -303,11 +347,11 @@ async fn summary(
     if not_modified(&headers, &etag) {
         return Ok(with_etag(etag, StatusCode::NOT_MODIFIED));
     }
-    let body = json!({
-        "total_conversations": summary.total_conversations,
-        "total_messages": summary.total_messages,
-        "total_tokens": summary.total_tokens,
-        "estimated_cost_usd": nanousd_to_usd(summary.cost_nanousd),
-    });
+    let body = UsageSummary {
+        total_conversations: summary.total_conversations,
+        total_messages: summary.total_messages,
+        total_tokens: summary.total_tokens,
+        estimated_cost_usd: nanousd_to_usd(summary.cost_nanousd),
+    };
     Ok(with_etag(etag, Json(body)))
 }

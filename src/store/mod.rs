@@ -428,7 +428,7 @@ pub struct UsageQuery {
 }
 
 /// One group of usage.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct UsageBucket {
     /// The day, model alias, persona id (`""` for none) or user id.
     pub key: String,
@@ -459,7 +459,7 @@ impl UsageBucket {
 }
 
 /// The dashboard summary of one user.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UsageSummary {
     pub total_conversations: i64,
     pub total_messages: i64,
