@@ -779,3 +779,42 @@ async fn an_unknown_stream_format_is_refused_before_anything_is_written() {
         .expect("stream");
     assert_eq!(response.status(), 400);
 }
+
+/// useChat's Regenerate button in a conversation with nothing in it yet: 409 saying so, nothing started.
+#[tokio::test]
+async fn regenerating_an_empty_conversation_is_a_conflict() {
+    let Some(server) = TestServer::start(Backend::Sqlite, None, "").await else {
+        return;
+    };
+    let conversation = server.conversation("alice").await;
+    let response = server
+        .post(
+            &format!("/api/v1/conversations/{conversation}/messages?format=ai-sdk"),
+            "alice",
+            json!({ "id": conversation, "trigger": "regenerate-message", "messages": [] }),
+        )
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 409);
+    let body: Value = response.json().await.expect("json");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no message")),
+        "{body}"
+    );
+    // Another user's conversation: 404, as everywhere.
+    let response = server
+        .post(
+            &format!("/api/v1/conversations/{conversation}/messages?format=ai-sdk"),
+            "mallory",
+            json!({ "id": conversation, "trigger": "regenerate-message", "messages": [] }),
+        )
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 404);
+    assert!(server.history("alice", &conversation).await.is_empty());
+    server.stop().await;
+}

@@ -75,6 +75,14 @@ async fn the_vercel_ai_sdk_works_unmodified() {
         Script::stream(full_stream(&["Again", "!"], 11, 2, delay)),
         Script::stream(full_stream(&["Chat", "ting"], 13, 2, delay)),
         Script::stream(full_stream(&["Once ", "more"], 13, 2, delay)),
+        Script::stream(full_stream(&["And ", "again"], 13, 2, delay)),
+        // Cancelled after its first piece.
+        Script::stream(full_stream(
+            &["One ", "two ", "three ", "four ", "five"],
+            13,
+            5,
+            Duration::from_millis(300),
+        )),
     ])
     .await;
     let Some(server) = TestServer::start(Backend::Sqlite, Some(&upstream.url), "").await else {
@@ -82,6 +90,7 @@ async fn the_vercel_ai_sdk_works_unmodified() {
     };
     let conversation = server.conversation("alice").await;
     let with_file = server.conversation("alice").await;
+    let to_cancel = server.conversation("alice").await;
     let seen = run_node(
         "ai_sdk.mjs",
         vec![
@@ -90,6 +99,7 @@ async fn the_vercel_ai_sdk_works_unmodified() {
             ("CHATGATE_MODEL", "gpt".into()),
             ("CHATGATE_CONVERSATION", conversation.clone()),
             ("CHATGATE_CONVERSATION_2", with_file.clone()),
+            ("CHATGATE_CONVERSATION_3", to_cancel.clone()),
         ],
     )
     .await;
@@ -138,11 +148,15 @@ async fn the_vercel_ai_sdk_works_unmodified() {
             .collect()
     };
     assert_eq!(text_of(regenerated), "Once more", "{regenerated}");
+    // And regenerate() without a message id (the plain button): a new reply to the latest question.
+    let plain = &seen["useChat"]["regeneratedPlain"];
+    assert_eq!(text_of(plain), "And again", "{plain}");
+    assert_ne!(plain["id"], regenerated["id"]);
     let history = server.history("alice", &conversation).await;
     assert_eq!(history.len(), 2);
     assert_eq!(history[0]["content"], "Hello from useChat");
-    assert_eq!(history[1]["id"], regenerated["id"]);
-    assert_eq!(history[1]["content"], "Once more");
+    assert_eq!(history[1]["id"], plain["id"]);
+    assert_eq!(history[1]["content"], "And again");
     let all = server
         .get_json(
             &format!("/api/v1/conversations/{conversation}/messages?order=asc&branches=all"),
@@ -155,8 +169,12 @@ async fn the_vercel_ai_sdk_works_unmodified() {
         .iter()
         .filter(|m| m["role"] == "assistant")
         .collect();
-    assert_eq!(replies.len(), 2);
-    assert_eq!(replies[0]["parent_id"], replies[1]["parent_id"]);
+    assert_eq!(replies.len(), 3);
+    assert!(
+        replies
+            .iter()
+            .all(|r| r["parent_id"] == replies[0]["parent_id"])
+    );
     // The message ids the AI SDK saw are the saved replies'.
     assert_eq!(replies[0]["id"], message["id"]);
     assert_eq!(replies[0]["content"], "Chatting");
@@ -173,9 +191,25 @@ async fn the_vercel_ai_sdk_works_unmodified() {
     let media_url = history[0]["media"][0]["url"].as_str().expect("url");
     let served = server.get(media_url, "alice").send().await.expect("get");
     assert_eq!(served.status(), 200);
-    // Usage for all five, per user.
+    // Cancelled while the SDK read it: the stream ended with `abort` (the SDK took it without an error), the
+    // message has what was streamed, and its metadata says what was saved and billed.
+    let cancelled = &seen["useChat"]["cancelled"];
+    let streamed = text_of(cancelled);
+    assert!(
+        streamed.starts_with("One ") && !streamed.contains("five"),
+        "{cancelled}"
+    );
+    assert_eq!(
+        cancelled["metadata"]["finish_reason"], "cancelled",
+        "{cancelled}"
+    );
+    let history = server.history("alice", &to_cancel).await;
+    assert_eq!(history[1]["status"], "cancelled");
+    assert_eq!(history[1]["id"], cancelled["metadata"]["message_id"]);
+    assert_eq!(history[1]["content"].as_str(), Some(streamed.as_str()));
+    // Usage for all seven, per user.
     let usage: Value = server.get_json("/api/v1/usage", "alice").await;
-    assert_eq!(usage["totals"]["requests"], 5, "{usage}");
+    assert_eq!(usage["totals"]["requests"], 7, "{usage}");
 }
 
 /// The browser binary: `$CHROMIUM`, else Debian's.

@@ -123,8 +123,17 @@ async fn send(
         let media = &state.media;
         match ai_sdk::read_use_chat(&body, media.max_per_message(), media.max_bytes())? {
             UseChat::Send(request) => request,
-            // useChat's regenerate button: a new reply to the message it names (a reply's id is ours).
+            // useChat's regenerate button: a new reply to the message it names (a reply's id is ours), or to
+            // the conversation's latest message.
             UseChat::Regenerate { message_id, model } => {
+                let message_id = match message_id {
+                    Some(id) => id,
+                    None => state
+                        .chat
+                        .latest_message(&user.user_id, conversation_id)
+                        .await?
+                        .to_string(),
+                };
                 return regenerate_and_respond(&state, &user, &message_id, model, answer, received)
                     .await;
             }

@@ -325,6 +325,20 @@ impl Chat {
         })
     }
 
+    /// The id of the conversation's latest message (its latest branch), for a regenerate that names none.
+    ///
+    /// # Errors
+    /// `not_found` (not the caller's conversation), `conflict` when it has no message yet.
+    pub async fn latest_message(&self, user_id: &str, conversation_id: Id) -> Result<Id, Error> {
+        let conversation = self.conversation(user_id, conversation_id).await?;
+        self.store
+            .list_messages(conversation.id, HistoryPage::Offset(0), 1, false, false)
+            .await?
+            .first()
+            .map(|m| m.id)
+            .ok_or_else(|| Error::conflict("the conversation has no message to regenerate"))
+    }
+
     /// A new reply to the user message `message_id` names (itself, or the one a reply answers). The previous
     /// reply stays as a sibling; history shows the latest by default. The question's images go again.
     ///

@@ -12,6 +12,7 @@
 //! finish      {finishReason, messageMetadata: {generation_id, message_id, conversation_id, model,
 //!              finish_reason, usage: {prompt_tokens, completion_tokens, cached_tokens, estimated, cost_usd}}}
 //! error       {errorText}          (instead of a clean end; followed by finish with finishReason "error")
+//! message-metadata {messageMetadata} then abort {}   (instead of finish, for a cancelled reply)
 //! [DONE]
 //! ```
 //!
@@ -78,6 +79,13 @@ enum Chunk<'a> {
         #[serde(rename = "errorText")]
         error_text: &'a str,
     },
+    /// The metadata of a message that ends without `finish` (a cancelled one).
+    MessageMetadata {
+        #[serde(rename = "messageMetadata")]
+        metadata: &'a Metadata,
+    },
+    /// The reply was cancelled: the protocol's end for an aborted stream (no `finish`).
+    Abort,
 }
 
 /// Translates one generation's events into UI message stream chunks. Stateful: it opens the text part before the
@@ -137,13 +145,25 @@ impl Encoder {
                     usage: Some(done.usage),
                     ..self.metadata.clone()
                 };
-                push(
-                    &mut out,
-                    &Chunk::Finish {
-                        finish_reason: finish_reason_of(&done.finish_reason),
-                        metadata: &metadata,
-                    },
-                );
+                if matches!(done.finish_reason, FinishReason::Cancelled(_)) {
+                    // As `streamText` ends an aborted stream: `abort`, no `finish`; the saved message's id,
+                    // usage and cost ride on a `message-metadata` chunk before it.
+                    push(
+                        &mut out,
+                        &Chunk::MessageMetadata {
+                            metadata: &metadata,
+                        },
+                    );
+                    push(&mut out, &Chunk::Abort);
+                } else {
+                    push(
+                        &mut out,
+                        &Chunk::Finish {
+                            finish_reason: finish_reason_of(&done.finish_reason),
+                            metadata: &metadata,
+                        },
+                    );
+                }
                 out.push_str("data: [DONE]\n\n");
             }
             GenerationEvent::Error(failed) => {
@@ -224,9 +244,10 @@ where
 pub enum UseChat {
     /// `trigger: "submit-message"`: send the last user message.
     Send(SendRequest),
-    /// `trigger: "regenerate-message"`: a new reply to the message `messageId` names.
+    /// `trigger: "regenerate-message"`: a new reply to the message `messageId` names, or, without one (the
+    /// plain Regenerate button: `regenerate()`), to the conversation's latest message.
     Regenerate {
-        message_id: String,
+        message_id: Option<String>,
         model: Option<String>,
     },
 }
@@ -242,16 +263,12 @@ pub enum UseChat {
 pub fn read_use_chat(body: &Value, max_files: usize, max_bytes: u64) -> Result<UseChat, Error> {
     let model = body["model"].as_str().map(str::to_string);
     if body["trigger"] == "regenerate-message" {
-        let message_id = body["messageId"].as_str().ok_or_else(|| {
-            Error::validation(
-                "messageId",
-                "regenerate-message needs the messageId to regenerate",
-            )
-        })?;
-        return Ok(UseChat::Regenerate {
-            message_id: message_id.to_string(),
-            model,
-        });
+        let message_id = match &body["messageId"] {
+            Value::Null => None,
+            Value::String(id) => Some(id.clone()),
+            _ => return Err(Error::validation("messageId", "must be a message id")),
+        };
+        return Ok(UseChat::Regenerate { message_id, model });
     }
     let messages = body["messages"]
         .as_array()
@@ -429,6 +446,40 @@ mod tests {
     }
 
     #[test]
+    fn a_cancelled_reply_ends_with_abort_and_keeps_its_metadata() {
+        let id = Id::new();
+        let events = [
+            start(id),
+            GenerationEvent::delta("Hal"),
+            GenerationEvent::Done(Box::new(Done {
+                message: message(id),
+                usage: UsageReport {
+                    prompt_tokens: 3,
+                    completion_tokens: 1,
+                    ..UsageReport::default()
+                },
+                finish_reason: FinishReason::Cancelled(crate::domain::CancelReason::User),
+            })),
+        ];
+        let out = encode_all(events);
+        let all = chunks(&out);
+        assert_eq!(
+            types(&all),
+            [
+                "start",
+                "text-start",
+                "text-delta",
+                "text-end",
+                "message-metadata",
+                "abort"
+            ]
+        );
+        assert_eq!(all[4]["messageMetadata"]["usage"]["completion_tokens"], 1);
+        assert_eq!(all[4]["messageMetadata"]["message_id"], all[0]["messageId"]);
+        assert_eq!(all[5], serde_json::json!({ "type": "abort" }));
+    }
+
+    #[test]
     fn deltas_keep_their_escapes() {
         let mut encoder = Encoder::default();
         let text = "line \"one\"\n\ttab \\ é 😀 </script>";
@@ -478,6 +529,31 @@ mod tests {
         );
         assert_eq!(all[4]["errorText"], "the provider hung up");
         assert_eq!(all[5]["finishReason"], "error");
+    }
+
+    #[test]
+    fn regenerate_names_a_message_or_none() {
+        let read = |message_id: Value| {
+            read_use_chat(
+                &json!({ "id": "chat", "trigger": "regenerate-message", "messageId": message_id, "messages": [] }),
+                4,
+                1 << 20,
+            )
+        };
+        assert!(matches!(
+            read(json!("m-1")),
+            Ok(UseChat::Regenerate { message_id: Some(id), .. }) if id == "m-1"
+        ));
+        // `regenerate()` without arguments: `messageId` undefined, so absent from the JSON (or null).
+        assert!(matches!(
+            read(Value::Null),
+            Ok(UseChat::Regenerate {
+                message_id: None,
+                ..
+            })
+        ));
+        let err = read(json!(5)).expect_err("not an id");
+        assert_eq!(err.details["field"], "messageId");
     }
 
     #[test]

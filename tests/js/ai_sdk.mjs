@@ -1,6 +1,7 @@
 // The Vercel AI SDK against a running chatgate, as an app would use it. Driven by tests/js_clients.rs.
 //
-// Env: CHATGATE_URL, CHATGATE_TOKEN, CHATGATE_MODEL, CHATGATE_CONVERSATION (a conversation of the token's user).
+// Env: CHATGATE_URL, CHATGATE_TOKEN, CHATGATE_MODEL, CHATGATE_CONVERSATION, _2 and _3 (conversations of the
+// token's user).
 // Prints one JSON object: what each client saw.
 import { createOpenAI } from '@ai-sdk/openai';
 import { DefaultChatTransport, generateText, readUIMessageStream, streamText } from 'ai';
@@ -49,6 +50,19 @@ let regenerated;
 for await (const message of readUIMessageStream({ stream: again, onError: (e) => { throw e; } })) {
   regenerated = message;
 }
+// The plain Regenerate button: Chat.regenerate() with no message id drops the last reply and sends the rest
+// with messageId undefined.
+const plain = await transport.sendMessages({
+  chatId: conversation,
+  messages: [question],
+  trigger: 'regenerate-message',
+  messageId: undefined,
+  abortSignal: undefined,
+});
+let regeneratedPlain;
+for await (const message of readUIMessageStream({ stream: plain, onError: (e) => { throw e; } })) {
+  regeneratedPlain = message;
+}
 
 // A file part (useChat's attachments are data URLs), in another conversation, on a model that takes images.
 const withFile = new DefaultChatTransport({
@@ -72,8 +86,36 @@ for await (const message of readUIMessageStream({ stream: fileStream, onError: (
   fileReply = message;
 }
 
+// A reply cancelled on the server (the cancel endpoint, as a Stop button calls it) while the SDK reads it: the
+// stream ends with `abort`, the message keeps what was streamed and its metadata.
+const slow = new DefaultChatTransport({
+  api: `${url}/api/v1/conversations/${process.env.CHATGATE_CONVERSATION_3}/messages?format=ai-sdk`,
+  headers: { Authorization: `Bearer ${token}` },
+});
+const slowStream = await slow.sendMessages({
+  chatId: 'c3',
+  messages: [{ id: 'u3', role: 'user', parts: [{ type: 'text', text: 'Take your time' }] }],
+  trigger: 'submit-message',
+  messageId: undefined,
+  abortSignal: undefined,
+});
+let cancelled;
+let cancelSent = false;
+for await (const message of readUIMessageStream({ stream: slowStream, onError: (e) => { throw e; } })) {
+  cancelled = message;
+  const text = message.parts.filter((p) => p.type === 'text').map((p) => p.text).join('');
+  if (!cancelSent && text.length > 0) {
+    cancelSent = true;
+    const response = await fetch(`${url}/api/v1/generations/${message.metadata.generation_id}/cancel`, {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${token}` },
+    });
+    if (!response.ok) throw new Error(`cancel: ${response.status}`);
+  }
+}
+
 console.log(JSON.stringify({
   stream: { chunks, text: chunks.join(''), usage: streamUsage },
   generate: { text: generated.text, usage: generated.usage, finishReason: generated.finishReason },
-  useChat: { message: uiMessage, updates, regenerated, fileReply },
+  useChat: { message: uiMessage, updates, regenerated, regeneratedPlain, fileReply, cancelled },
 }));
