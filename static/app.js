@@ -84,7 +84,14 @@ async function loadConversations() {
   }));
 }
 
+/** Folds the sidebar away (phones) or opens it. */
+function showSidebar(open) {
+  document.body.classList.toggle('sidebar-open', open);
+  $('sidebar-toggle').setAttribute('aria-expanded', String(open));
+}
+
 async function openConversation(id) {
+  showSidebar(false);
   state.conversation = id;
   localStorage.setItem('chatgate.conversation', id);
   document.querySelectorAll('#conversations li').forEach((li) => li.classList.toggle('active', li.dataset.id === id));
@@ -276,6 +283,7 @@ async function main() {
   });
   $('record').addEventListener('click', toggleRecording);
   $('new-chat').addEventListener('click', () => newConversation().catch((e) => status(e.message)));
+  $('sidebar-toggle').addEventListener('click', () => showSidebar(!document.body.classList.contains('sidebar-open')));
   try {
     await loadPersonas();
     await loadConversations();

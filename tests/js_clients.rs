@@ -271,6 +271,29 @@ async fn the_web_ui_streams_survives_a_reload_stops_and_shows_usage() {
     .await;
     assert_eq!(seen["pageErrors"], serde_json::json!([]), "{seen}");
 
+    // On a phone: the input and Send on screen, the sidebar behind its button, a reply streamed in.
+    let phone = &seen["phone"];
+    for key in [
+        "input",
+        "send",
+        "sidebarHidden",
+        "toggle",
+        "sidebarOpens",
+        "sidebarClosesOnOpen",
+    ] {
+        assert_eq!(phone[key], true, "{key}: {phone}");
+    }
+    assert_eq!(
+        phone["reply"],
+        mock_reply("hello from a phone").as_str(),
+        "{phone}"
+    );
+    assert_eq!(
+        (&phone["favicon"]["status"], &phone["favicon"]["type"]),
+        (&serde_json::json!(200), &serde_json::json!("image/svg+xml")),
+        "{phone}"
+    );
+
     // Tokens appeared one after another, and the reply ended whole, with its tokens and cost.
     let lengths = seen["progressive"].as_array().expect("lengths");
     assert!(lengths.len() >= 5, "the reply grew in steps: {lengths:?}");
@@ -404,7 +427,7 @@ async fn the_web_ui_streams_survives_a_reload_stops_and_shows_usage() {
             .as_str()
             .is_some_and(|s| s.contains("answered 304"))
     );
-    for shot in ["chat.png", "dashboard.png"] {
+    for shot in ["chat.png", "dashboard.png", "chat-phone.png"] {
         let bytes = std::fs::read(screenshots.join(shot)).expect("screenshot");
         assert!(bytes.starts_with(b"\x89PNG"), "{shot} is a PNG");
     }

@@ -28,6 +28,7 @@ pub const PUBLIC_ROUTES: &[(Method, &str)] = &[
     // unless `server.dev_tokens`).
     (Method::GET, "/"),
     (Method::GET, "/usage"),
+    (Method::GET, "/favicon.ico"),
     (Method::GET, "/static/{name}"),
     (Method::POST, "/api/v1/dev/token"),
 ];

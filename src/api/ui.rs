@@ -49,12 +49,19 @@ const FILES: &[(&str, &str, &str)] = &[
         "text/css; charset=utf-8",
         include_str!("../../static/style.css"),
     ),
+    (
+        "favicon.svg",
+        "image/svg+xml",
+        include_str!("../../static/favicon.svg"),
+    ),
 ];
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/", get(|| async { file("index.html") }))
         .route("/usage", get(|| async { file("usage.html") }))
+        // Browsers ask for /favicon.ico whatever the page says; an SVG answers there too.
+        .route("/favicon.ico", get(|| async { file("favicon.svg") }))
         .route(
             "/static/{name}",
             get(|Path(name): Path<String>| async move { file(&name) }),

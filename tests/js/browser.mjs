@@ -132,6 +132,42 @@ try {
     status: document.getElementById('poll-status').textContent,
   }));
   await page.screenshot({ path: `${shots}/dashboard.png`, fullPage: true });
+
+  // 7. On a phone (390×844): the sidebar folds away, the input and Send are on screen, a reply streams in.
+  const phone = await browser.newPage({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
+  phone.on('pageerror', (error) => pageErrors.push(String(error)));
+  await phone.goto(`${url}/`);
+  await phone.fill('#dev-user', 'phone-user');
+  await phone.click('#dev-token');
+  await phone.waitForSelector('body[data-ready="true"]');
+  const onScreen = (selector) => phone.evaluate((selector) => {
+    const r = document.querySelector(selector).getBoundingClientRect();
+    return r.width > 0 && r.height > 0 && r.left >= 0 && r.top >= 0 && r.right <= innerWidth && r.bottom <= innerHeight;
+  }, selector);
+  seen.phone = {
+    input: await onScreen('#input'),
+    send: await onScreen('#send'),
+    sidebarHidden: await phone.evaluate(() => getComputedStyle(document.getElementById('sidebar')).display === 'none'),
+    toggle: await onScreen('#sidebar-toggle'),
+  };
+  await phone.click('#sidebar-toggle');
+  seen.phone.sidebarOpens = await onScreen('#new-chat');
+  await phone.click('#new-chat');
+  seen.phone.sidebarClosesOnOpen = await phone.waitForFunction(
+    () => getComputedStyle(document.getElementById('sidebar')).display === 'none', null, { timeout: 5000 },
+  ).then(() => true, () => false);
+  await phone.fill('#input', 'hello from a phone');
+  await phone.click('#send');
+  await phone.waitForFunction(() => {
+    const node = [...document.querySelectorAll('.msg.assistant')].pop();
+    return node && node.dataset.status === 'complete';
+  }, null, { timeout: 15000 });
+  seen.phone.reply = await phone.evaluate(() => [...document.querySelectorAll('.msg.assistant .text')].pop().textContent);
+  seen.phone.favicon = await phone.evaluate(async () => {
+    const response = await fetch('/favicon.ico');
+    return { status: response.status, type: response.headers.get('content-type') };
+  });
+  await phone.screenshot({ path: `${shots}/chat-phone.png` });
   seen.pageErrors = pageErrors;
 } finally {
   await browser.close();
