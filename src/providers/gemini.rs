@@ -83,33 +83,23 @@ pub fn request_body(request: &ChatRequest) -> Value {
     }
     // generationConfig (ai.google.dev/api/generate-content#generationconfig).
     let sampling = &request.sampling;
-    let settings = [
-        ("maxOutputTokens", request.max_tokens.map(|v| json!(v))),
-        ("temperature", sampling.temperature.map(|v| json!(v))),
-        ("topP", sampling.top_p.map(|v| json!(v))),
-        (
-            "stopSequences",
-            (!sampling.stop.is_empty()).then(|| json!(sampling.stop)),
-        ),
-        ("seed", sampling.seed.map(|v| json!(v))),
-        (
-            "presencePenalty",
-            sampling.presence_penalty.map(|v| json!(v)),
-        ),
-        (
-            "frequencyPenalty",
-            sampling.frequency_penalty.map(|v| json!(v)),
-        ),
-        (
-            "responseMimeType",
-            sampling.wants_json().then(|| json!("application/json")),
-        ),
-        ("responseJsonSchema", sampling.json_schema().cloned()),
-    ];
-    let config: serde_json::Map<String, Value> = settings
-        .into_iter()
-        .filter_map(|(key, value)| Some((key.to_string(), value?)))
-        .collect();
+    let mut config = sampling.named([
+        "temperature",
+        "topP",
+        "stopSequences",
+        "seed",
+        "presencePenalty",
+        "frequencyPenalty",
+    ]);
+    if let Some(max_tokens) = request.max_tokens {
+        config.insert("maxOutputTokens".into(), json!(max_tokens));
+    }
+    if sampling.wants_json() {
+        config.insert("responseMimeType".into(), json!("application/json"));
+    }
+    if let Some(schema) = sampling.json_schema() {
+        config.insert("responseJsonSchema".into(), schema.clone());
+    }
     if !config.is_empty() {
         body["generationConfig"] = Value::Object(config);
     }

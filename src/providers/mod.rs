@@ -102,6 +102,16 @@ pub struct ChatRequest {
     pub sampling: Sampling,
 }
 
+/// OpenAI's names of the settings [`Sampling::named`] gives (Ollama's `options` use the same).
+pub const OPENAI_NAMES: [&str; 6] = [
+    "temperature",
+    "top_p",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+];
+
 /// Sampling settings as OpenAI's Chat Completions API names them, each sent upstream only when set and mapped
 /// by each adapter to its API's names (Anthropic `stop_sequences`; Gemini `generationConfig`; Ollama `options`).
 /// A setting a provider has no counterpart for is named by [`Provider::unsupported`]: refused on the model a
@@ -141,6 +151,25 @@ impl Sampling {
             self.response_format.clone_from(&defaults.response_format);
         }
         self
+    }
+
+    /// The settings that are set, by the API's own names for `[temperature, top_p, stop, seed,
+    /// presence_penalty, frequency_penalty]` (in that order; [`OPENAI_NAMES`] for OpenAI's).
+    pub fn named(&self, names: [&str; 6]) -> serde_json::Map<String, serde_json::Value> {
+        use serde_json::json;
+        let values = [
+            self.temperature.map(|v| json!(v)),
+            self.top_p.map(|v| json!(v)),
+            (!self.stop.is_empty()).then(|| json!(self.stop)),
+            self.seed.map(|v| json!(v)),
+            self.presence_penalty.map(|v| json!(v)),
+            self.frequency_penalty.map(|v| json!(v)),
+        ];
+        names
+            .into_iter()
+            .zip(values)
+            .filter_map(|(name, value)| Some((name.to_string(), value?)))
+            .collect()
     }
 
     /// Unsets the setting of this OpenAI name; `false` for a name that is none of them.

@@ -58,28 +58,10 @@ pub fn request_body(request: &ChatRequest) -> Value {
     let mut body = json!({ "model": request.model, "messages": messages, "stream": true });
     // `options` (docs/modelfile.md, "Valid Parameters and Values") and `format` (docs/api.md).
     let sampling = &request.sampling;
-    let settings = [
-        ("num_predict", request.max_tokens.map(|v| json!(v))),
-        ("temperature", sampling.temperature.map(|v| json!(v))),
-        ("top_p", sampling.top_p.map(|v| json!(v))),
-        (
-            "stop",
-            (!sampling.stop.is_empty()).then(|| json!(sampling.stop)),
-        ),
-        ("seed", sampling.seed.map(|v| json!(v))),
-        (
-            "presence_penalty",
-            sampling.presence_penalty.map(|v| json!(v)),
-        ),
-        (
-            "frequency_penalty",
-            sampling.frequency_penalty.map(|v| json!(v)),
-        ),
-    ];
-    let options: serde_json::Map<String, Value> = settings
-        .into_iter()
-        .filter_map(|(key, value)| Some((key.to_string(), value?)))
-        .collect();
+    let mut options = sampling.named(super::OPENAI_NAMES);
+    if let Some(max_tokens) = request.max_tokens {
+        options.insert("num_predict".into(), json!(max_tokens));
+    }
     if !options.is_empty() {
         body["options"] = Value::Object(options);
     }

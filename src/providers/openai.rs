@@ -89,27 +89,10 @@ impl Provider for OpenAiProvider {
             body["max_tokens"] = json!(max_tokens);
         }
         let sampling = &request.sampling;
-        let settings = [
-            ("temperature", sampling.temperature.map(|v| json!(v))),
-            ("top_p", sampling.top_p.map(|v| json!(v))),
-            (
-                "stop",
-                (!sampling.stop.is_empty()).then(|| json!(sampling.stop)),
-            ),
-            ("seed", sampling.seed.map(|v| json!(v))),
-            (
-                "presence_penalty",
-                sampling.presence_penalty.map(|v| json!(v)),
-            ),
-            (
-                "frequency_penalty",
-                sampling.frequency_penalty.map(|v| json!(v)),
-            ),
-            ("response_format", sampling.response_format.clone()),
-        ];
-        for (key, value) in settings {
-            if let Some(value) = value {
-                body[key] = value;
+        if let Some(body) = body.as_object_mut() {
+            body.extend(sampling.named(super::OPENAI_NAMES));
+            if let Some(format) = &sampling.response_format {
+                body.insert("response_format".into(), format.clone());
             }
         }
         let builder = self.authorized(
