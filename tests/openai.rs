@@ -406,6 +406,8 @@ async fn sampling_settings_reach_the_upstream_and_unknown_parameters_are_refused
         "model": "gpt", "messages": messages, "temperature": 0.7, "top_p": 0.9, "stop": "STOP", "seed": 7,
         "presence_penalty": 0.1, "frequency_penalty": -0.2, "response_format": {"type": "json_object"},
         "n": 1, "user": "end-user-42", "tools": null,
+        // What clients send as defaults for features chatgate does not offer, asked for off.
+        "logprobs": false, "tool_choice": "none", "parallel_tool_calls": true,
     }))
     .await
     .expect("send");

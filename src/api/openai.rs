@@ -126,8 +126,9 @@ const NOT_YET: &[&str] = &[
 ];
 
 /// The request's sampling settings, checked: ranges as OpenAI's API reference gives them; `n` other than 1, a
-/// parameter chatgate does not offer yet, or one it does not know are 400 naming the parameter (OpenAI answers
-/// "Unrecognized request argument supplied" to what it does not know). A parameter given as `null` is absent.
+/// parameter chatgate does not offer yet (unless asked for off), or one it does not know are 400 naming the
+/// parameter (OpenAI answers "Unrecognized request argument supplied" to what it does not know). A parameter
+/// given as `null` is absent.
 fn sampling_of(request: &CompletionRequest) -> Result<Sampling, Error> {
     let invalid = |param: &str, message: String| {
         Error::new(
@@ -137,7 +138,23 @@ fn sampling_of(request: &CompletionRequest) -> Result<Sampling, Error> {
         )
         .with_details(json!({ "field": param }))
     };
-    if let Some((name, _)) = request.other.iter().find(|(_, v)| !v.is_null()) {
+    // A feature chatgate does not offer, asked for off (`logprobs: false`, `tools: []`, `tool_choice: "none"`,
+    // `parallel_tool_calls` without tools), is no request for it: clients send such defaults.
+    let off = |name: &str, value: &Value| match value {
+        Value::Null => true,
+        Value::Bool(on) => !on || name == "parallel_tool_calls",
+        Value::Array(items) => items.is_empty(),
+        Value::Object(map) => map.is_empty(),
+        Value::String(choice) => {
+            name == "tool_choice" && matches!(choice.as_str(), "none" | "auto")
+        }
+        Value::Number(_) => false,
+    };
+    let asked = request.other.iter().find(|(name, value)| {
+        let absent = value.is_null() || (NOT_YET.contains(&name.as_str()) && off(name, value));
+        !absent
+    });
+    if let Some((name, _)) = asked {
         if NOT_YET.contains(&name.as_str()) {
             return Err(Error::new(
                 crate::error::ErrorKind::Invalid,
