@@ -818,3 +818,18 @@ async fn regenerating_an_empty_conversation_is_a_conflict() {
     assert!(server.history("alice", &conversation).await.is_empty());
     server.stop().await;
 }
+
+/// Reconnecting by conversation (`useChat`'s resume): 204 when nothing runs there, 404 for another user's.
+#[tokio::test]
+async fn a_conversation_with_nothing_running_has_no_stream() {
+    let Some(server) = TestServer::start(Backend::Sqlite, None, "").await else {
+        return;
+    };
+    let conversation = server.conversation("alice").await;
+    let path = format!("/api/v1/conversations/{conversation}/stream?format=ai-sdk");
+    let mine = server.get(&path, "alice").send().await.expect("get");
+    assert_eq!(mine.status(), 204);
+    let theirs = server.get(&path, "mallory").send().await.expect("get");
+    assert_eq!(theirs.status(), 404);
+    server.stop().await;
+}

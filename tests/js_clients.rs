@@ -83,6 +83,13 @@ async fn the_vercel_ai_sdk_works_unmodified() {
             5,
             Duration::from_millis(300),
         )),
+        // Left mid-reply and resumed by conversation.
+        Script::stream(full_stream(
+            &["Slow ", "and ", "steady ", "wins"],
+            13,
+            4,
+            Duration::from_millis(200),
+        )),
     ])
     .await;
     let Some(server) = TestServer::start(Backend::Sqlite, Some(&upstream.url), "").await else {
@@ -91,6 +98,7 @@ async fn the_vercel_ai_sdk_works_unmodified() {
     let conversation = server.conversation("alice").await;
     let with_file = server.conversation("alice").await;
     let to_cancel = server.conversation("alice").await;
+    let to_resume = server.conversation("alice").await;
     let seen = run_node(
         "ai_sdk.mjs",
         vec![
@@ -100,6 +108,7 @@ async fn the_vercel_ai_sdk_works_unmodified() {
             ("CHATGATE_CONVERSATION", conversation.clone()),
             ("CHATGATE_CONVERSATION_2", with_file.clone()),
             ("CHATGATE_CONVERSATION_3", to_cancel.clone()),
+            ("CHATGATE_CONVERSATION_4", to_resume.clone()),
         ],
     )
     .await;
@@ -207,9 +216,16 @@ async fn the_vercel_ai_sdk_works_unmodified() {
     assert_eq!(history[1]["status"], "cancelled");
     assert_eq!(history[1]["id"], cancelled["metadata"]["message_id"]);
     assert_eq!(history[1]["content"].as_str(), Some(streamed.as_str()));
-    // Usage for all seven, per user.
+    // Resumed by conversation after the page left mid-reply: the whole reply, as saved; then nothing to resume.
+    let resumed = &seen["resume"]["resumed"];
+    assert_eq!(text_of(resumed), "Slow and steady wins", "{resumed}");
+    assert_eq!(seen["resume"]["afterEnd"], Value::Null);
+    let history = server.history("alice", &to_resume).await;
+    assert_eq!(history[1]["id"], resumed["id"]);
+    assert_eq!(history[1]["content"], "Slow and steady wins");
+    // Usage for all eight, per user.
     let usage: Value = server.get_json("/api/v1/usage", "alice").await;
-    assert_eq!(usage["totals"]["requests"], 7, "{usage}");
+    assert_eq!(usage["totals"]["requests"], 8, "{usage}");
 }
 
 /// The browser binary: `$CHROMIUM`, else Debian's.

@@ -24,6 +24,52 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/generations/{id}", get(get_one))
         .route("/api/v1/generations/{id}/stream", get(stream))
         .route("/api/v1/generations/{id}/cancel", post(cancel))
+        .route(
+            "/api/v1/conversations/{id}/stream",
+            get(conversation_stream),
+        )
+}
+
+/// `GET /api/v1/conversations/{id}/stream`: the reply running in a conversation, from its start — what
+/// `useChat({resume: true})` reconnects to (point its transport's `prepareReconnectToStreamRequest` here, with
+/// `?format=ai-sdk`). 204 when nothing runs there now; 404 for another user's conversation.
+#[utoipa::path(
+    get,
+    operation_id = "conversations_stream",
+    path = "/api/v1/conversations/{id}/stream",
+    tag = "generations",
+    params(
+        ("id" = String, Path, description = "conversation id (UUID)"),
+        ("format" = Option<String>, Query, description = "native | ai-sdk"),
+    ),
+    responses(
+        (status = 200, description = "SSE: the running reply from its start, then live", content_type = "text/event-stream"),
+        (status = 204, description = "no reply is running in the conversation"),
+        (status = 401, description = "missing or invalid token", body = ErrorBody),
+        (status = 404, description = "not found (or not the caller's)", body = ErrorBody),
+    )
+)]
+async fn conversation_stream(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+    AppQuery(query): AppQuery<StreamQuery>,
+) -> Result<Response, Error> {
+    let ai_sdk = ai_sdk::requested(query.format.as_deref())?;
+    let conversation_id = parse_id(&id, "conversation")?;
+    let Some(generation) = state
+        .chat
+        .running_in(&user.user_id, conversation_id)
+        .await?
+    else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    let keepalive = Duration::from_secs(state.config.server.sse_keepalive_secs);
+    if ai_sdk {
+        return Ok(ai_sdk::response(generation.subscribe(0), keepalive));
+    }
+    let events = generation.subscribe(0).map(|e| sse::frame(&e));
+    Ok(sse::response(events, keepalive))
 }
 
 /// `GET /api/v1/generations/{id}` → `{id, conversation_id, status, text, message?, model}`.

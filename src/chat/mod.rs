@@ -482,6 +482,23 @@ impl Chat {
         })
     }
 
+    /// The reply running now in one of the caller's conversations, if any (for a client reconnecting by
+    /// conversation, as `useChat`'s `resume` does).
+    ///
+    /// # Errors
+    /// `not_found` when the conversation is not the caller's.
+    pub async fn running_in(
+        &self,
+        user_id: &str,
+        conversation_id: Id,
+    ) -> Result<Option<Arc<Generation>>, Error> {
+        let conversation = self.conversation(user_id, conversation_id).await?;
+        Ok(self
+            .hub
+            .running_in(conversation.id)
+            .filter(|g| g.user_id() == user_id))
+    }
+
     /// The caller's live (or recently finished) generation; `None` for an unknown, expired or another user's.
     pub fn generation(&self, user_id: &str, id: Id) -> Option<Arc<Generation>> {
         self.hub.get(id).filter(|g| g.user_id() == user_id)

@@ -381,6 +381,15 @@ impl Hub {
             .count()
     }
 
+    /// The running generation of a conversation (the latest started, when several run), whoever's.
+    pub fn running_in(&self, conversation_id: Id) -> Option<Arc<Generation>> {
+        self.generations()
+            .values()
+            .filter(|g| g.meta.conversation_id == Some(conversation_id) && !g.is_finished())
+            .max_by_key(|g| g.id())
+            .cloned()
+    }
+
     /// Running generations of one user.
     pub fn running_for(&self, user_id: &str) -> usize {
         self.generations()

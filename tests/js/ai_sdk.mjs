@@ -1,6 +1,6 @@
 // The Vercel AI SDK against a running chatgate, as an app would use it. Driven by tests/js_clients.rs.
 //
-// Env: CHATGATE_URL, CHATGATE_TOKEN, CHATGATE_MODEL, CHATGATE_CONVERSATION, _2 and _3 (conversations of the
+// Env: CHATGATE_URL, CHATGATE_TOKEN, CHATGATE_MODEL, CHATGATE_CONVERSATION, _2, _3 and _4 (conversations of the
 // token's user).
 // Prints one JSON object: what each client saw.
 import { createOpenAI } from '@ai-sdk/openai';
@@ -114,8 +114,39 @@ for await (const message of readUIMessageStream({ stream: slowStream, onError: (
   }
 }
 
+// useChat({resume: true}): the page went away mid-reply (the reader cancelled), then reconnects by
+// conversation; the whole reply arrives. Once it is over, the reconnect answers 204 (null: nothing to resume).
+const conversation4 = process.env.CHATGATE_CONVERSATION_4;
+const resumable = new DefaultChatTransport({
+  api: `${url}/api/v1/conversations/${conversation4}/messages?format=ai-sdk`,
+  headers: { Authorization: `Bearer ${token}` },
+  prepareReconnectToStreamRequest: ({ id }) => ({ api: `${url}/api/v1/conversations/${id}/stream?format=ai-sdk` }),
+});
+const interrupted = await resumable.sendMessages({
+  chatId: conversation4,
+  messages: [{ id: 'u4', role: 'user', parts: [{ type: 'text', text: 'Tell me slowly' }] }],
+  trigger: 'submit-message',
+  messageId: undefined,
+  abortSignal: undefined,
+});
+const reader = interrupted.getReader();
+for (;;) {
+  const { value, done } = await reader.read();
+  if (done || value.type === 'text-delta') break;
+}
+await reader.cancel();
+const resumedStream = await resumable.reconnectToStream({ chatId: conversation4 });
+let resumed = null;
+if (resumedStream) {
+  for await (const message of readUIMessageStream({ stream: resumedStream, onError: (e) => { throw e; } })) {
+    resumed = message;
+  }
+}
+const afterEnd = await resumable.reconnectToStream({ chatId: conversation4 });
+
 console.log(JSON.stringify({
   stream: { chunks, text: chunks.join(''), usage: streamUsage },
   generate: { text: generated.text, usage: generated.usage, finishReason: generated.finishReason },
   useChat: { message: uiMessage, updates, regenerated, regeneratedPlain, fileReply, cancelled },
+  resume: { resumed, afterEnd },
 }));
