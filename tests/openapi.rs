@@ -11,7 +11,8 @@ mod common;
 use common::{Backend, TestServer};
 use serde_json::Value;
 
-/// The routes of DESIGN.md's table, with the routes added since (titles, admin usage, media download).
+/// The routes of DESIGN.md's table, with the routes added since (titles, admin usage, media download, the
+/// conversation's running reply, one OpenAI model).
 const ROUTES: &[(&str, &str)] = &[
     ("get", "/health"),
     ("get", "/metrics"),
@@ -33,6 +34,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/generations/{id}"),
     ("get", "/api/v1/generations/{id}/stream"),
     ("post", "/api/v1/generations/{id}/cancel"),
+    ("get", "/api/v1/conversations/{id}/stream"),
     ("get", "/api/v1/ws"),
     ("post", "/api/v1/media"),
     ("get", "/api/v1/media/{id}"),
@@ -42,6 +44,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/admin/usage"),
     ("post", "/v1/chat/completions"),
     ("get", "/v1/models"),
+    ("get", "/v1/models/{id}"),
 ];
 
 #[tokio::test]
