@@ -1,6 +1,7 @@
 //! Generations: status, re-attachable SSE stream, cancel. A generation's id is its assistant message's id.
 //! Each handler parses, calls the chat service, and encodes.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -17,6 +18,7 @@ use crate::AppState;
 use crate::auth::AuthUser;
 use crate::chat::{Cancelled, GenerationStatus};
 use crate::error::Error;
+use crate::stream::Generation;
 use crate::wire::{ai_sdk, sse};
 
 pub fn router() -> Router<AppState> {
@@ -64,12 +66,18 @@ async fn conversation_stream(
     else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
+    Ok(follow(&state, &generation, ai_sdk, 0))
+}
+
+/// The generation's events after `after` then live, as the AI SDK UI message stream (always from the start:
+/// the SDK rebuilds the whole message) or chatgate's SSE.
+fn follow(state: &AppState, generation: &Arc<Generation>, ai_sdk: bool, after: u64) -> Response {
     let keepalive = Duration::from_secs(state.config.server.sse_keepalive_secs);
     if ai_sdk {
-        return Ok(ai_sdk::response(generation.subscribe(0), keepalive));
+        return ai_sdk::response(generation.subscribe(0), keepalive);
     }
-    let events = generation.subscribe(0).map(|e| sse::frame(&e));
-    Ok(sse::response(events, keepalive))
+    let events = generation.subscribe(after).map(|e| sse::frame(&e));
+    sse::response(events, keepalive)
 }
 
 /// `GET /api/v1/generations/{id}` → `{id, conversation_id, status, text, message?, model}`.
@@ -143,17 +151,12 @@ async fn stream(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    let keepalive = Duration::from_secs(state.config.server.sse_keepalive_secs);
-    if ai_sdk {
-        return Ok(ai_sdk::response(generation.subscribe(0), keepalive));
-    }
     let after = last_event_id.or(query.after).unwrap_or(0);
-    if generation.terminal().is_some_and(|t| t.seq <= after) {
+    if !ai_sdk && generation.terminal().is_some_and(|t| t.seq <= after) {
         // The client saw the end already: nothing more will ever come, so no stream (EventSource stops).
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    let events = generation.subscribe(after).map(|e| sse::frame(&e));
-    Ok(sse::response(events, keepalive))
+    Ok(follow(&state, &generation, ai_sdk, after))
 }
 
 /// `POST /api/v1/generations/{id}/cancel`: stops the upstream, saves the partial text as `cancelled`, then
