@@ -133,6 +133,8 @@ text_enum! {
         User = "user",
         Assistant = "assistant",
         System = "system",
+        /// A tool call's result, in an OpenAI-compatible request's history; never stored.
+        Tool = "tool",
     }
 }
 

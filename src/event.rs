@@ -8,8 +8,9 @@
 //! user_message  the saved user message itself    (seq 0, only on the stream of the request that sent it)
 //! start         {generation_id, message_id, conversation_id, model}
 //! delta         {text}
+//! tool_call     {index, id?, name?, arguments}                 a piece of a tool call (OpenAI-compatible requests)
 //! usage         {prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, estimated, cost_usd}
-//! done          {message, usage, finish_reason}            terminal
+//! done          {message, usage, finish_reason, tool_calls?}  terminal
 //! error         {error, message, details}                  terminal
 //! ```
 
@@ -21,6 +22,7 @@ use serde_json::Value;
 use crate::domain::FinishReason;
 use crate::error::{Error, ErrorKind};
 use crate::id::Id;
+use crate::providers::{ToolCall, ToolCallDelta};
 use crate::store::Message;
 
 /// The kind of a generation event; the SSE `event:` name and the WebSocket frame `type`.
@@ -30,6 +32,7 @@ pub enum EventKind {
     UserMessage,
     Start,
     Delta,
+    ToolCall,
     Usage,
     Done,
     Error,
@@ -42,6 +45,7 @@ impl EventKind {
             EventKind::UserMessage => "user_message",
             EventKind::Start => "start",
             EventKind::Delta => "delta",
+            EventKind::ToolCall => "tool_call",
             EventKind::Usage => "usage",
             EventKind::Done => "done",
             EventKind::Error => "error",
@@ -63,6 +67,7 @@ pub enum GenerationEvent {
     UserMessage(Box<Message>),
     Start(Box<Start>),
     Delta(Delta),
+    ToolCall(Box<ToolCallDelta>),
     Usage(Box<UsageReport>),
     Done(Box<Done>),
     Error(Box<Failed>),
@@ -74,6 +79,7 @@ impl GenerationEvent {
             GenerationEvent::UserMessage(_) => EventKind::UserMessage,
             GenerationEvent::Start(_) => EventKind::Start,
             GenerationEvent::Delta(_) => EventKind::Delta,
+            GenerationEvent::ToolCall(_) => EventKind::ToolCall,
             GenerationEvent::Usage(_) => EventKind::Usage,
             GenerationEvent::Done(_) => EventKind::Done,
             GenerationEvent::Error(_) => EventKind::Error,
@@ -91,6 +97,7 @@ impl GenerationEvent {
             GenerationEvent::UserMessage(message) => serde_json::to_string(message),
             GenerationEvent::Start(start) => serde_json::to_string(start),
             GenerationEvent::Delta(delta) => serde_json::to_string(delta),
+            GenerationEvent::ToolCall(call) => serde_json::to_string(call),
             GenerationEvent::Usage(usage) => serde_json::to_string(usage),
             GenerationEvent::Done(done) => serde_json::to_string(done),
             GenerationEvent::Error(failed) => serde_json::to_string(&failed.failure.body()),
@@ -137,6 +144,9 @@ pub struct Done {
     pub message: Message,
     pub usage: UsageReport,
     pub finish_reason: FinishReason,
+    /// The tool calls the reply made, whole (OpenAI-compatible requests with `tools`); absent when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
 }
 
 /// `error`: the generation failed. What was streamed is saved unless the save itself failed.

@@ -484,6 +484,22 @@ async fn a_streamed_completion_that_fails_before_its_first_token_answers_with_th
         text.contains("\"fine\"") && text.ends_with("data: [DONE]\n\n"),
         "{text}"
     );
+    assert!(
+        text.contains("\"model\":\"gpt-4o\""),
+        "the alias's own model answered: {text}"
+    );
+    // The alias's model refused, its fallback answered: the chunks name the fallback's model.
+    let Some(server_fallback) = gateway(&primary.url, &ok.url).await else {
+        return;
+    };
+    let response = streamed_completion(&server_fallback).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-chatgate-model"], "primary");
+    let text = response.text().await.expect("body");
+    assert!(
+        text.contains("\"model\":\"gpt-4o-mini\"") && !text.contains("\"model\":\"gpt-4o\""),
+        "{text}"
+    );
 
     // The native SSE stream has no header to carry the hint: it is in the error event's details.
     let conversation_id = server.conversation("alice").await;

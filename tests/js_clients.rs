@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{Backend, FakeOpenAi, Script, TestServer, full_stream};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 fn js_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js")
@@ -223,9 +223,26 @@ async fn the_vercel_ai_sdk_works_unmodified() {
     let history = server.history("alice", &to_resume).await;
     assert_eq!(history[1]["id"], resumed["id"]);
     assert_eq!(history[1]["content"], "Slow and steady wins");
-    // Usage for all eight, per user.
+    // streamText's tool loop: the mock called the tool with its required argument, the SDK ran it and sent the
+    // result back by the call's id, and the answer quotes it.
+    let steps = seen["tools"]["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 2, "{steps:?}");
+    assert_eq!(steps[0]["finishReason"], "tool-calls");
+    let call = &steps[0]["toolCalls"][0];
+    assert_eq!(
+        (&call["toolName"], &call["input"]),
+        (&json!("get_weather"), &json!({"location": "mock"}))
+    );
+    assert_eq!(steps[0]["toolResults"][0]["toolCallId"], call["toolCallId"]);
+    assert_eq!(steps[1]["finishReason"], "stop");
+    let text = seen["tools"]["text"].as_str().expect("text");
+    assert!(
+        text.contains(r#"Your tools answered: {"location":"mock","celsius":21}"#),
+        "{text}"
+    );
+    // Usage for all ten, per user.
     let usage: Value = server.get_json("/api/v1/usage", "alice").await;
-    assert_eq!(usage["totals"]["requests"], 8, "{usage}");
+    assert_eq!(usage["totals"]["requests"], 10, "{usage}");
 }
 
 /// The browser binary: `$CHROMIUM`, else Debian's.
@@ -243,6 +260,7 @@ fn mock_reply(message: &str) -> String {
         messages: vec![chatgate::providers::ChatMessage::user(message.to_string())],
         max_tokens: None,
         sampling: Default::default(),
+        tools: Default::default(),
     })
 }
 

@@ -39,6 +39,8 @@ async fn completions_without_and_with_streaming() {
         .await
         .expect("send");
     assert_eq!(response.status(), 200);
+    // `model` names the upstream model that answered, as OpenAI's does; the alias asked for is a header.
+    assert_eq!(response.headers()["x-chatgate-model"], "gpt");
     let completion: Value = response.json().await.expect("json");
     assert_eq!(completion["object"], "chat.completion");
     assert!(
@@ -46,7 +48,7 @@ async fn completions_without_and_with_streaming() {
             .as_str()
             .is_some_and(|id| id.starts_with("chatcmpl-"))
     );
-    assert_eq!(completion["model"], "gpt");
+    assert_eq!(completion["model"], "gpt-4o-mini");
     assert_eq!(
         completion["choices"][0]["message"],
         json!({ "role": "assistant", "content": "Hi there", "refusal": null })
@@ -74,6 +76,7 @@ async fn completions_without_and_with_streaming() {
         .await
         .expect("send");
     assert_eq!(response.headers()["content-type"], "text/event-stream");
+    assert_eq!(response.headers()["x-chatgate-model"], "gpt");
     let events: Vec<String> = response
         .bytes_stream()
         .eventsource()
@@ -88,7 +91,7 @@ async fn completions_without_and_with_streaming() {
     assert!(
         chunks
             .iter()
-            .all(|c| c["object"] == "chat.completion.chunk")
+            .all(|c| c["object"] == "chat.completion.chunk" && c["model"] == "gpt-4o-mini")
     );
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     let text: String = chunks
@@ -476,9 +479,54 @@ async fn sampling_settings_reach_the_upstream_and_unknown_parameters_are_refused
     // Refused in OpenAI's shape, naming the parameter, and nothing reaches the upstream.
     let refused = [
         (
-            json!({"tools": [{"type": "function", "function": {"name": "f"}}]}),
+            json!({"functions": [{"name": "f"}]}),
             "unsupported_parameter",
-            "tools",
+            "functions",
+        ),
+        (
+            json!({"tools": [{"type": "custom", "custom": {"name": "f"}}]}),
+            "unsupported_parameter",
+            "tools[0].type",
+        ),
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "no spaces"}}]}),
+            "invalid_parameter",
+            "tools[0].function.name",
+        ),
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": "{}"}}]}),
+            "invalid_parameter",
+            "tools[0].function.parameters",
+        ),
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": {"type": "function", "function": {"name": "g"}}}),
+            "invalid_parameter",
+            "tool_choice",
+        ),
+        (
+            json!({"tool_choice": "required"}),
+            "invalid_parameter",
+            "tool_choice",
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function"}]}]}),
+            "invalid_parameter",
+            "messages[1].tool_calls[0]",
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": "hi", "tool_calls": []}]}),
+            "invalid_parameter",
+            "messages[0].tool_calls",
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": "hi"}, {"role": "tool", "content": "21"}]}),
+            "invalid_parameter",
+            "messages[1].tool_call_id",
+        ),
+        (
+            json!({"messages": [{"role": "function", "name": "f", "content": "21"}]}),
+            "invalid_parameter",
+            "messages[0].role",
         ),
         (
             json!({"frobnicate": true}),

@@ -16,8 +16,10 @@ use chatgate::providers::gemini::GeminiProvider;
 use chatgate::providers::http::HttpOptions;
 use chatgate::providers::ollama::OllamaProvider;
 use chatgate::providers::openai::OpenAiProvider;
+use chatgate::providers::tools::ToolCalls;
 use chatgate::providers::{
-    ChatMessage, ChatRequest, Provider, ProviderError, ProviderEvent, Sampling,
+    ChatMessage, ChatRequest, Provider, ProviderError, ProviderEvent, Sampling, Tool, ToolCall,
+    ToolChoice, Tools,
 };
 use chatgate::usage::Usage;
 use futures::StreamExt;
@@ -112,6 +114,7 @@ fn request(model: &str) -> ChatRequest {
         messages: vec![ChatMessage::system("Be brief"), ChatMessage::user("Hi")],
         max_tokens: None,
         sampling: Sampling::default(),
+        tools: Default::default(),
     }
 }
 
@@ -137,6 +140,7 @@ struct Collected {
     usage: Usage,
     finish: Option<String>,
     error: Option<ProviderError>,
+    calls: ToolCalls,
 }
 
 async fn collect(provider: &dyn Provider, model: &str) -> Collected {
@@ -146,6 +150,7 @@ async fn collect(provider: &dyn Provider, model: &str) -> Collected {
         usage: Usage::default(),
         finish: None,
         error: None,
+        calls: ToolCalls::default(),
     };
     let mut stream = provider.stream(request(model));
     while let Some(event) = stream.next().await {
@@ -158,6 +163,7 @@ async fn collect(provider: &dyn Provider, model: &str) -> Collected {
             Ok(ProviderEvent::Finish(reason)) => {
                 collected.finish = Some(reason.as_str().to_string())
             }
+            Ok(ProviderEvent::ToolCall(call)) => collected.calls.push(&call),
             Err(error) => {
                 collected.error = Some(error);
                 break;
@@ -241,6 +247,7 @@ async fn openai_fixture_at_random_splits() {
         usage,
         finish: Some("length".into()),
         error: None,
+        calls: ToolCalls::default(),
     };
     check_fixture(openai, OPENAI, "text/event-stream", expected).await;
 }
@@ -259,6 +266,7 @@ async fn groq_fixture_reads_x_groq_usage() {
         usage,
         finish: Some("stop".into()),
         error: None,
+        calls: ToolCalls::default(),
     };
     check_fixture(openai, GROQ, "text/event-stream", expected).await;
 }
@@ -278,6 +286,7 @@ async fn anthropic_fixture_at_random_splits() {
         usage,
         finish: Some("stop".into()),
         error: None,
+        calls: ToolCalls::default(),
     };
     check_fixture(anthropic, ANTHROPIC, "text/event-stream", expected).await;
 }
@@ -297,6 +306,7 @@ async fn gemini_crlf_fixture_at_random_splits() {
         usage,
         finish: Some("stop".into()),
         error: None,
+        calls: ToolCalls::default(),
     };
     check_fixture(gemini, GEMINI, "text/event-stream", expected).await;
 }
@@ -315,6 +325,7 @@ async fn ollama_ndjson_fixture_at_random_splits() {
         usage,
         finish: Some("stop".into()),
         error: None,
+        calls: ToolCalls::default(),
     };
     check_fixture(ollama, OLLAMA, "application/x-ndjson", expected).await;
 }
@@ -418,10 +429,13 @@ async fn errors_inside_a_200_stream_are_recognised() {
     }
 }
 
-#[tokio::test]
-async fn request_shapes_match_each_api() {
-    use std::sync::{Arc, Mutex};
-    let seen: Arc<Mutex<Vec<(String, axum::http::HeaderMap, serde_json::Value)>>> = Arc::default();
+type Seen =
+    std::sync::Arc<std::sync::Mutex<Vec<(String, axum::http::HeaderMap, serde_json::Value)>>>;
+
+/// A server that records every request (path, headers, JSON body) and answers 503.
+async fn recorder() -> (String, Seen) {
+    use std::sync::Arc;
+    let seen: Seen = Arc::default();
     let record = Arc::clone(&seen);
     let app = axum::Router::new().fallback(
         move |uri: axum::http::Uri, headers: axum::http::HeaderMap, body: Bytes| {
@@ -441,7 +455,12 @@ async fn request_shapes_match_each_api() {
         .expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, seen)
+}
 
+#[tokio::test]
+async fn request_shapes_match_each_api() {
+    let (url, seen) = recorder().await;
     for make in [openai as Make, anthropic, gemini, ollama] {
         let collected = collect(&*make(&url), "model-x").await;
         assert!(
@@ -685,4 +704,213 @@ async fn an_upstream_can_be_reached_over_h2c() {
     let collected = collect(&provider, "mock-1").await;
     assert_eq!(collected.error, None);
     assert_eq!(collected.deltas, 5);
+}
+
+// Tool calls as each provider streams them (OpenAI API reference, "Streaming" with `tool_calls` deltas;
+// Anthropic "Streaming Messages", tool use example; Gemini "Function calling" with Gemini 3's thought
+// signature on the first call; Ollama "Chat request (with tools)", whole calls in `message.tool_calls`).
+const OPENAI_TOOLS: &str = include_str!("fixtures/streams/openai_tools.sse");
+
+const ANTHROPIC_TOOLS: &str = include_str!("fixtures/streams/anthropic_tools.sse");
+
+const GEMINI_TOOLS: &str = include_str!("fixtures/streams/gemini_tools.sse");
+
+const OLLAMA_TOOLS: &str = include_str!("fixtures/streams/ollama_tools.ndjson");
+
+/// Each provider's streamed tool calls fold into the same two calls, at any split of the body: ids kept where
+/// the provider gives them (made where it does not), arguments JSON that parses to what the model wrote.
+#[tokio::test]
+async fn tool_calls_from_every_provider_at_random_splits() {
+    /// The adapter, its stream and content type, the call ids it must keep, its text and finish reason.
+    type Case = (
+        Make,
+        &'static str,
+        &'static str,
+        [Option<&'static str>; 2],
+        &'static str,
+        &'static str,
+    );
+    let cases: [Case; 4] = [
+        (
+            openai,
+            OPENAI_TOOLS,
+            "text/event-stream",
+            [Some("call_DdmO9pD3xa9XTPNJ32zg2hcA"), Some("call_Xy7")],
+            "",
+            "tool_calls",
+        ),
+        (
+            anthropic,
+            ANTHROPIC_TOOLS,
+            "text/event-stream",
+            [Some("toolu_01T1x1fJ34qAmk2tNTrN7Up6"), Some("toolu_02")],
+            "Okay, let's check.",
+            "tool_calls",
+        ),
+        // Gemini and Ollama say `stop`; the generation reports `tool_calls` (tests/openai.rs).
+        (
+            gemini,
+            GEMINI_TOOLS,
+            "text/event-stream",
+            [None, None],
+            "",
+            "stop",
+        ),
+        (
+            ollama,
+            OLLAMA_TOOLS,
+            "application/x-ndjson",
+            [Some("call_vt1"), None],
+            "",
+            "stop",
+        ),
+    ];
+    for (make, body, content_type, ids, text, finish) in cases {
+        for seed in 0..10 {
+            let url = serve(body, content_type, seed).await;
+            let collected = collect(&*make(&url), "model-x").await;
+            let context = format!("{content_type} {finish} seed {seed}");
+            assert_eq!(collected.error, None, "{context}");
+            assert_eq!(collected.text, text, "{context}");
+            assert_eq!(collected.finish.as_deref(), Some(finish), "{context}");
+            let calls = collected.calls.finish();
+            assert_eq!(calls.len(), 2, "{context}: {calls:?}");
+            let names: Vec<&str> = calls.iter().map(|c| c.name.as_str()).collect();
+            assert_eq!(names, ["get_weather", "get_time"], "{context}");
+            let arguments: Vec<serde_json::Value> = calls
+                .iter()
+                .map(|c| serde_json::from_str(&c.arguments).expect("arguments are JSON"))
+                .collect();
+            assert_eq!(
+                arguments,
+                [
+                    serde_json::json!({"location": "Paris, France"}),
+                    serde_json::json!({})
+                ],
+                "{context}"
+            );
+            if body == GEMINI_TOOLS {
+                assert!(
+                    calls[0]
+                        .id
+                        .ends_with("~ts~CiQB0e2Kb3dRh+BYdbZvmulSN2Pwwc75DfGC6gnPeqAKBpLn"),
+                    "the thought signature rides on the id: {}",
+                    calls[0].id
+                );
+                assert!(!calls[1].id.contains("~ts~"));
+            }
+            for (call, id) in calls.iter().zip(ids) {
+                match id {
+                    Some(id) => assert_eq!(call.id, id, "{context}"),
+                    None => assert!(call.id.starts_with("call_"), "{context}: {}", call.id),
+                }
+            }
+        }
+    }
+}
+
+/// Tools, the tool choice and a history with a call and its result, in each API's own shape.
+#[tokio::test]
+async fn tool_requests_match_each_api() {
+    use serde_json::json;
+    let (url, seen) = recorder().await;
+    let schema = json!({"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]});
+    let call = ToolCall {
+        id: "call_1~ts~c2lnbmF0dXJl".into(),
+        name: "get_weather".into(),
+        arguments: r#"{"location": "Paris"}"#.into(),
+    };
+    let request = ChatRequest {
+        model: "model-x".into(),
+        messages: vec![
+            ChatMessage::system("Be brief"),
+            ChatMessage::user("Weather in Paris?"),
+            ChatMessage::assistant("").with_tool_calls(vec![call.clone()]),
+            ChatMessage::tool(call.id.clone(), r#"{"celsius": 21}"#),
+        ],
+        tools: Tools {
+            definitions: vec![Tool {
+                name: "get_weather".into(),
+                description: Some("Current weather".into()),
+                parameters: schema.clone(),
+                strict: Some(true),
+            }],
+            choice: Some(ToolChoice::Function("get_weather".into())),
+            parallel: Some(false),
+        },
+        ..request("model-x")
+    };
+    for make in [openai as Make, anthropic, gemini, ollama] {
+        let _ = make(&url).stream(request.clone()).collect::<Vec<_>>().await;
+    }
+    let seen = seen.lock().expect("lock");
+    let body = |i: usize| seen[i].2.clone();
+
+    let openai = body(0);
+    assert_eq!(
+        openai["tools"],
+        json!([{"type": "function", "function": {"name": "get_weather", "description": "Current weather", "parameters": schema, "strict": true}}])
+    );
+    assert_eq!(
+        openai["tool_choice"],
+        json!({"type": "function", "function": {"name": "get_weather"}})
+    );
+    assert_eq!(openai["parallel_tool_calls"], false);
+    assert_eq!(
+        openai["messages"][2],
+        json!({"role": "assistant", "content": null, "tool_calls": [{"id": call.id, "type": "function", "function": {"name": "get_weather", "arguments": call.arguments}}]})
+    );
+    assert_eq!(
+        openai["messages"][3],
+        json!({"role": "tool", "tool_call_id": call.id, "content": "{\"celsius\": 21}"})
+    );
+
+    let anthropic = body(1);
+    assert_eq!(
+        anthropic["tools"],
+        json!([{"name": "get_weather", "description": "Current weather", "input_schema": schema}])
+    );
+    assert_eq!(
+        anthropic["tool_choice"],
+        json!({"type": "tool", "name": "get_weather", "disable_parallel_tool_use": true})
+    );
+    assert_eq!(
+        anthropic["messages"],
+        json!([
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": call.id, "name": "get_weather", "input": {"location": "Paris"}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "{\"celsius\": 21}"}]},
+        ])
+    );
+
+    let gemini = body(2);
+    assert_eq!(
+        gemini["tools"],
+        json!([{"functionDeclarations": [{"name": "get_weather", "description": "Current weather", "parametersJsonSchema": schema}]}])
+    );
+    assert_eq!(
+        gemini["toolConfig"],
+        json!({"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": ["get_weather"]}})
+    );
+    assert_eq!(
+        gemini["contents"][1],
+        json!({"role": "model", "parts": [{"functionCall": {"name": "get_weather", "args": {"location": "Paris"}}, "thoughtSignature": "c2lnbmF0dXJl"}]}),
+        "the thought signature goes back with its call"
+    );
+    assert_eq!(
+        gemini["contents"][2],
+        json!({"role": "user", "parts": [{"functionResponse": {"name": "get_weather", "response": {"celsius": 21}}}]})
+    );
+
+    let ollama = body(3);
+    assert_eq!(ollama["tools"][0]["function"]["name"], "get_weather");
+    assert_eq!(ollama.get("tool_choice"), None, "Ollama has no tool_choice");
+    assert_eq!(
+        ollama["messages"][2]["tool_calls"],
+        json!([{"function": {"name": "get_weather", "arguments": {"location": "Paris"}}}])
+    );
+    assert_eq!(
+        ollama["messages"][3],
+        json!({"role": "tool", "content": "{\"celsius\": 21}", "tool_name": "get_weather"})
+    );
 }

@@ -25,7 +25,7 @@ use crate::auth::AuthUser;
 use crate::chat::Completion;
 use crate::error::Error;
 use crate::event::GenerationEvent;
-use crate::providers::{ChatMessage, MediaData, Role, Sampling};
+use crate::providers::{ChatMessage, MediaData, Role, Sampling, Tool, ToolCall, ToolChoice, Tools};
 use crate::wire::{openai, sse};
 
 pub fn router() -> Router<AppState> {
@@ -85,6 +85,14 @@ struct CompletionRequest {
     frequency_penalty: Option<f64>,
     #[serde(default)]
     response_format: Option<Value>,
+    /// Function tools: `[{type: "function", function: {name, description?, parameters?, strict?}}]`.
+    #[serde(default)]
+    tools: Option<Vec<Value>>,
+    /// `"none"`, `"auto"`, `"required"` or `{type: "function", function: {name}}`.
+    #[serde(default)]
+    tool_choice: Option<Value>,
+    #[serde(default)]
+    parallel_tool_calls: Option<bool>,
     /// Only 1: one reply per request.
     #[serde(default)]
     n: Option<u32>,
@@ -110,9 +118,6 @@ enum Stop {
 
 /// OpenAI parameters chatgate knows and does not offer yet: refused saying so, rather than dropped.
 const NOT_YET: &[&str] = &[
-    "tools",
-    "tool_choice",
-    "parallel_tool_calls",
     "functions",
     "function_call",
     "logprobs",
@@ -130,23 +135,15 @@ const NOT_YET: &[&str] = &[
 /// parameter (OpenAI answers "Unrecognized request argument supplied" to what it does not know). A parameter
 /// given as `null` is absent.
 fn sampling_of(request: &CompletionRequest) -> Result<Sampling, Error> {
-    let invalid = |param: &str, message: String| {
-        Error::new(
-            crate::error::ErrorKind::Invalid,
-            "invalid_parameter",
-            message,
-        )
-        .with_details(json!({ "field": param }))
-    };
-    // A feature chatgate does not offer, asked for off (`logprobs: false`, `tools: []`, `tool_choice: "none"`,
-    // `parallel_tool_calls` without tools), is no request for it: clients send such defaults.
+    // A feature chatgate does not offer, asked for off (`logprobs: false`, `functions: []`,
+    // `function_call: "none"`), is no request for it: clients send such defaults.
     let off = |name: &str, value: &Value| match value {
         Value::Null => true,
-        Value::Bool(on) => !on || name == "parallel_tool_calls",
+        Value::Bool(on) => !on,
         Value::Array(items) => items.is_empty(),
         Value::Object(map) => map.is_empty(),
         Value::String(choice) => {
-            name == "tool_choice" && matches!(choice.as_str(), "none" | "auto")
+            name == "function_call" && matches!(choice.as_str(), "none" | "auto")
         }
         Value::Number(_) => false,
     };
@@ -225,6 +222,162 @@ fn sampling_of(request: &CompletionRequest) -> Result<Sampling, Error> {
     })
 }
 
+/// `invalid_request_error` / `invalid_parameter` naming `param`.
+fn invalid(param: &str, message: String) -> Error {
+    Error::new(
+        crate::error::ErrorKind::Invalid,
+        "invalid_parameter",
+        message,
+    )
+    .with_details(json!({ "field": param }))
+}
+
+/// OpenAI's limit on the tools of one request.
+const MAX_TOOLS: usize = 128;
+
+/// The request's tools, checked: function tools only, each named `^[A-Za-z0-9_-]{1,64}$` (the rule OpenAI,
+/// Anthropic and Gemini share) and at most once, parameters an object schema; `tool_choice` naming one of them.
+/// `tool_choice` `"none"` / `"auto"` and `parallel_tool_calls` without tools are the clients' defaults, not a
+/// request: they are ignored.
+fn tools_of(request: &CompletionRequest) -> Result<Tools, Error> {
+    let definitions = request.tools.as_deref().unwrap_or_default();
+    if definitions.len() > MAX_TOOLS {
+        return Err(invalid(
+            "tools",
+            format!("at most {MAX_TOOLS} tools may be given"),
+        ));
+    }
+    let mut tools = Tools::default();
+    for (at, tool) in definitions.iter().enumerate() {
+        let param = format!("tools[{at}]");
+        match tool["type"].as_str() {
+            Some("function") => {}
+            Some(other) => {
+                return Err(Error::new(
+                    crate::error::ErrorKind::Invalid,
+                    "unsupported_parameter",
+                    format!("tools of type '{other}' are not supported: only function tools are"),
+                )
+                .with_details(json!({ "field": format!("{param}.type") })));
+            }
+            None => {
+                return Err(invalid(
+                    &param,
+                    "a tool is {\"type\": \"function\", \"function\": {\"name\", \"parameters\"}}"
+                        .into(),
+                ));
+            }
+        }
+        let function = &tool["function"];
+        let name = function["name"].as_str().unwrap_or("");
+        if !is_tool_name(name) {
+            return Err(invalid(
+                &format!("{param}.function.name"),
+                "a tool's name is 1 to 64 letters, digits, underscores or dashes".into(),
+            ));
+        }
+        if tools.definitions.iter().any(|t| t.name == name) {
+            return Err(invalid(
+                &format!("{param}.function.name"),
+                format!("two tools are named '{name}'"),
+            ));
+        }
+        let parameters = match &function["parameters"] {
+            Value::Null => json!({ "type": "object", "properties": {} }),
+            schema @ Value::Object(_) => schema.clone(),
+            _ => {
+                return Err(invalid(
+                    &format!("{param}.function.parameters"),
+                    "a tool's parameters are a JSON Schema object".into(),
+                ));
+            }
+        };
+        tools.definitions.push(Tool {
+            name: name.to_string(),
+            description: function["description"].as_str().map(str::to_string),
+            parameters,
+            strict: function["strict"].as_bool(),
+        });
+    }
+    let choice = match &request.tool_choice {
+        None | Some(Value::Null) => None,
+        Some(Value::String(choice)) => match choice.as_str() {
+            "auto" => Some(ToolChoice::Auto),
+            "none" => Some(ToolChoice::None),
+            "required" => Some(ToolChoice::Required),
+            _ => None,
+        }
+        .map(Some)
+        .ok_or_else(|| {
+            invalid(
+                "tool_choice",
+                "`tool_choice` is \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": {\"name\"}}".into(),
+            )
+        })?,
+        Some(choice) => match (choice["type"].as_str(), choice["function"]["name"].as_str()) {
+            (Some("function"), Some(name)) => {
+                if !tools.definitions.iter().any(|t| t.name == name) {
+                    return Err(invalid(
+                        "tool_choice",
+                        format!("`tool_choice` names '{name}', which is not among the tools"),
+                    ));
+                }
+                Some(ToolChoice::Function(name.to_string()))
+            }
+            _ => {
+                return Err(invalid(
+                    "tool_choice",
+                    "`tool_choice` is \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": {\"name\"}}".into(),
+                ));
+            }
+        },
+    };
+    if tools.is_empty() {
+        if choice == Some(ToolChoice::Required) {
+            return Err(invalid(
+                "tool_choice",
+                "`tool_choice` \"required\" needs tools".into(),
+            ));
+        }
+        return Ok(tools);
+    }
+    tools.choice = choice;
+    tools.parallel = request.parallel_tool_calls;
+    Ok(tools)
+}
+
+/// `^[A-Za-z0-9_-]{1,64}$`.
+fn is_tool_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// An assistant message's tool call, `{id, type: "function", function: {name, arguments}}`; `param` names it
+/// in errors.
+fn tool_call_of(call: &Value, param: &str) -> Result<ToolCall, Error> {
+    let id = call["id"].as_str().filter(|id| !id.is_empty());
+    let name = call["function"]["name"].as_str().filter(|n| !n.is_empty());
+    let (Some(id), Some(name)) = (id, name) else {
+        return Err(invalid(
+            param,
+            "a tool call is {\"id\", \"type\": \"function\", \"function\": {\"name\", \"arguments\"}}".into(),
+        ));
+    };
+    let arguments = match &call["function"]["arguments"] {
+        Value::String(text) => text.clone(),
+        Value::Null => "{}".into(),
+        // Some clients send the arguments parsed.
+        other => other.to_string(),
+    };
+    Ok(ToolCall {
+        id: id.to_string(),
+        name: name.to_string(),
+        arguments,
+    })
+}
+
 #[derive(Debug, Default, Deserialize)]
 struct StreamOptions {
     #[serde(default)]
@@ -236,6 +389,12 @@ struct InputMessage {
     role: String,
     #[serde(default)]
     content: Value,
+    /// An assistant message's calls: `[{id, type: "function", function: {name, arguments}}]`.
+    #[serde(default)]
+    tool_calls: Option<Vec<Value>>,
+    /// A `tool` message: the call it answers.
+    #[serde(default)]
+    tool_call_id: Option<String>,
 }
 
 /// A message's content: a string, or an array of `text` and `image_url` parts (OpenAI API reference, "Create
@@ -296,9 +455,9 @@ async fn content_of(
     operation_id = "openai_completions",
     path = "/v1/chat/completions",
     tag = "openai",
-    request_body(content = Object, description = "OpenAI's chat completion request: `model`, `messages`, `stream`, `stream_options.include_usage`, `max_tokens` / `max_completion_tokens`, `temperature`, `top_p`, `stop`, `seed`, `presence_penalty`, `frequency_penalty`, `response_format`, `n` (1), `user`; plus `persona`. Anything else is 400 naming it."),
+    request_body(content = Object, description = "OpenAI's chat completion request: `model`, `messages`, `stream`, `stream_options.include_usage`, `max_tokens` / `max_completion_tokens`, `temperature`, `top_p`, `stop`, `seed`, `presence_penalty`, `frequency_penalty`, `response_format`, `tools` (function tools), `tool_choice`, `parallel_tool_calls`, `n` (1), `user`; messages of roles system, developer, user, assistant (with `tool_calls`) and tool (with `tool_call_id`); plus `persona`. Anything else is 400 naming it."),
     responses(
-        (status = 200, description = "`chat.completion`, or `chat.completion.chunk` SSE ending `[DONE]`", content((Object = "application/json"), (String = "text/event-stream"))),
+        (status = 200, description = "`chat.completion`, or `chat.completion.chunk` SSE ending `[DONE]`; `model` is the upstream model that answered, the alias asked for is the `x-chatgate-model` header", content((Object = "application/json"), (String = "text/event-stream"))),
         (status = 400, description = "OpenAI error shape `{error: {message, type, param, code}}`", body = Object),
         (status = 401, description = "missing or invalid token", body = Object),
         (status = 404, description = "not found", body = Object),
@@ -313,25 +472,74 @@ async fn completions(
     // An unknown model or parameter is refused before any image is fetched.
     state.chat.completion_route(&request.model)?;
     let sampling = sampling_of(&request)?;
-    let mut messages = Vec::with_capacity(request.messages.len());
-    for message in &request.messages {
+    let tools = tools_of(&request)?;
+    // Shapes first, then the images (which fetch).
+    let mut calls_so_far: Vec<ToolCall> = Vec::new();
+    let mut shaped = Vec::with_capacity(request.messages.len());
+    for (at, message) in request.messages.iter().enumerate() {
+        let field = |name: &str| format!("messages[{at}].{name}");
         let role = match message.role.as_str() {
             "system" | "developer" => Role::System,
             "user" => Role::User,
             "assistant" => Role::Assistant,
+            "tool" => Role::Tool,
             other => {
-                return Err(Error::validation(
-                    "messages",
-                    format!("role '{other}' is not supported"),
+                return Err(invalid(
+                    &field("role"),
+                    format!(
+                        "role '{other}' is not supported (system, developer, user, assistant, tool)"
+                    ),
                 ));
             }
         };
+        let calls = match (&message.tool_calls, role) {
+            (None, _) => Vec::new(),
+            (Some(calls), Role::Assistant) => calls
+                .iter()
+                .enumerate()
+                .map(|(i, call)| tool_call_of(call, &field(&format!("tool_calls[{i}]"))))
+                .collect::<Result<Vec<_>, _>>()?,
+            (Some(_), _) => {
+                return Err(invalid(
+                    &field("tool_calls"),
+                    "only assistant messages carry tool_calls".into(),
+                ));
+            }
+        };
+        calls_so_far.extend(calls.iter().cloned());
+        if role == Role::Tool {
+            let Some(id) = &message.tool_call_id else {
+                return Err(invalid(
+                    &field("tool_call_id"),
+                    "a tool message needs the tool_call_id it answers".into(),
+                ));
+            };
+            if !calls_so_far.iter().any(|call| &call.id == id) {
+                return Err(invalid(
+                    &field("tool_call_id"),
+                    format!("no assistant message before this one made the tool call '{id}'"),
+                ));
+            }
+            let text_only = match &message.content {
+                Value::Array(parts) => parts.iter().all(|p| p["type"] == "text"),
+                _ => true,
+            };
+            if !text_only {
+                return Err(invalid(
+                    &field("content"),
+                    "a tool message's content is text".into(),
+                ));
+            }
+        }
+        shaped.push((role, calls, message));
+    }
+    let mut messages = Vec::with_capacity(shaped.len());
+    for (role, calls, message) in shaped {
         let (content, images) = content_of(&state, &user, &message.content).await?;
         messages.push(ChatMessage {
-            role,
-            content,
+            tool_call_id: message.tool_call_id.clone().filter(|_| role == Role::Tool),
             images,
-            audio: Vec::new(),
+            ..ChatMessage::new(role, content).with_tool_calls(calls)
         });
     }
     let generation = state
@@ -343,6 +551,7 @@ async fn completions(
                 messages,
                 max_tokens: request.max_completion_tokens.or(request.max_tokens),
                 sampling,
+                tools,
                 persona: request.persona,
             },
         )
@@ -367,18 +576,38 @@ async fn completions(
                 _ => before_first_delta.push(event),
             }
         }
+        // The first delta came: the model that answered is known.
+        let model = answering_model(&generation, &request.model);
         let chunks = openai::chunks(
             futures::stream::iter(before_first_delta).chain(events),
             id,
             created,
-            request.model,
+            model,
             include_usage,
         );
-        return Ok(sse::response(chunks, keepalive));
+        return Ok(with_alias(sse::response(chunks, keepalive), &request.model));
     }
     let _following = generation.attach();
     let terminal = generation.finished().await;
-    Ok(Json(openai::completion(&id, created, &request.model, &terminal)?).into_response())
+    let model = answering_model(&generation, &request.model);
+    let completion = openai::completion(&id, created, &model, &terminal)?;
+    Ok(with_alias(Json(completion).into_response(), &request.model))
+}
+
+/// The response's `model`, as OpenAI's API names the model that answered: the upstream model (a fallback's,
+/// when the alias's own failed before its first token); the alias when none answered.
+fn answering_model(generation: &crate::stream::Generation, alias: &str) -> String {
+    generation.upstream_model().unwrap_or(alias).to_string()
+}
+
+/// The header naming the model alias asked for, beside the upstream model in the body.
+pub const ALIAS_HEADER: &str = "x-chatgate-model";
+
+fn with_alias(mut response: Response, alias: &str) -> Response {
+    if let Ok(value) = HeaderValue::from_str(alias) {
+        response.headers_mut().insert(ALIAS_HEADER, value);
+    }
+    response
 }
 
 /// `GET /v1/models`: the model aliases, as OpenAI's model list.

@@ -14,6 +14,7 @@ use crate::domain::{CancelReason, FinishReason, MessageStatus, MessageType, Role
 use crate::error::{Error, ErrorKind};
 use crate::event::{Done, Failed, Failure, GenerationEvent, Start, UsageReport};
 use crate::id::Id;
+use crate::providers::tools::ToolCalls;
 use crate::providers::{ChatMessage, ChatRequest, ProviderError, ProviderEvent, Sampling};
 use crate::store::{self, Message, NewMessage, StoreError, UsageRecord};
 use crate::stream::Generation;
@@ -40,6 +41,8 @@ struct Streamed {
     route: ModelRoute,
     usage: Usage,
     finish_reason: Option<FinishReason>,
+    /// The tool calls relayed, folded whole.
+    tool_calls: ToolCalls,
     error: Option<Error>,
     cancelled: Option<CancelReason>,
     ttft: Option<Duration>,
@@ -110,9 +113,10 @@ pub async fn run(chat: Chat, generation: Arc<Generation>, mut job: Job) {
         ),
         Persist::UsageOnly => RunningReply::untracked(),
     };
-    let streamed = relay(&generation, &job, &reply).await;
+    let mut streamed = relay(&generation, &job, &reply).await;
     let duration = started.elapsed();
     let text = reply.finish();
+    let tool_calls = std::mem::take(&mut streamed.tool_calls);
 
     // Count, price and record with the route that actually answered. A provider that refused or failed before
     // its first token processed nothing billable unless it said otherwise: its own figures, else zero, never an
@@ -127,15 +131,28 @@ pub async fn run(chat: Chat, generation: Arc<Generation>, mut job: Job) {
             estimated: false,
         }
     } else {
-        count_tokens(&job.request.messages, route, &streamed.usage, &text).await
+        // A tool call's name and arguments are completion tokens too.
+        let completion = if tool_calls.is_empty() {
+            text.clone()
+        } else {
+            format!("{text}{}", tool_calls.text())
+        };
+        count_tokens(&job.request.messages, route, &streamed.usage, &completion).await
     };
     let cost_nanousd = route.prices.cost_nanousd(&counts);
     let (message_status, finish_reason) = match (&streamed.error, streamed.cancelled) {
         (Some(_), _) => (MessageStatus::Failed, FinishReason::Error),
         (None, Some(reason)) => (reason.status(), reason.finish_reason()),
+        // Providers that say `stop` after a tool call (Gemini, Ollama) ended it for the calls, as OpenAI's
+        // `tool_calls` says.
         (None, None) => (
             MessageStatus::Complete,
-            streamed.finish_reason.clone().unwrap_or(FinishReason::Stop),
+            match streamed.finish_reason.clone() {
+                None | Some(FinishReason::Stop) if !tool_calls.is_empty() => {
+                    FinishReason::ToolCalls
+                }
+                reason => reason.unwrap_or(FinishReason::Stop),
+            },
         ),
     };
     let message = NewMessage {
@@ -210,6 +227,7 @@ pub async fn run(chat: Chat, generation: Arc<Generation>, mut job: Job) {
             message: saved,
             usage: usage_report,
             finish_reason,
+            tool_calls: tool_calls.finish(),
         })),
         (Ok(saved), Some(mut error)) => {
             // The failure's own details, and where its partial reply is.
@@ -251,6 +269,7 @@ async fn relay(generation: &Generation, job: &Job, reply: &RunningReply) -> Stre
         route: job.route.clone(),
         usage: Usage::default(),
         finish_reason: None,
+        tool_calls: ToolCalls::default(),
         error: None,
         cancelled: None,
         ttft: None,
@@ -263,6 +282,7 @@ async fn relay(generation: &Generation, job: &Job, reply: &RunningReply) -> Stre
             // Each attempt's own usage: a failed one reported nothing that was relayed.
             out.usage = Usage::default();
             out.finish_reason = None;
+            out.tool_calls = ToolCalls::default();
             let primary = std::ptr::eq(route, &job.route);
             let request = ChatRequest {
                 model: route.upstream_model.clone(),
@@ -341,28 +361,22 @@ async fn relay_once(
         };
         match event {
             Some(Ok(ProviderEvent::TextDelta(text))) => {
-                if out.ttft.is_none() {
-                    let ttft = started.elapsed();
-                    out.ttft = Some(ttft);
-                    generation.set_upstream_ttft(ttft);
-                    metrics::histogram!("chatgate_ttft_seconds", "provider" => provider.clone())
-                        .record(ttft.as_secs_f64());
-                }
+                first_token(generation, started, route, &provider, out);
                 reply.push(&text);
                 let len = text.len();
                 if let Err(full) = generation.emit(GenerationEvent::delta(text)) {
                     // The saved text is exactly what was relayed: a delta the log refused is not kept.
                     reply.unpush(len);
-                    out.error = Some(
-                        Error::new(
-                            ErrorKind::Unprocessable,
-                            "generation_too_long",
-                            format!("the reply outgrew the generation's event log: {full}"),
-                        )
-                        .with_details(serde_json::json!({
-                            "events": full.events, "text_bytes": full.text_bytes,
-                        })),
-                    );
+                    out.error = Some(too_long(&full));
+                    return None;
+                }
+                deltas_relayed.increment(1);
+            }
+            Some(Ok(ProviderEvent::ToolCall(call))) => {
+                first_token(generation, started, route, &provider, out);
+                out.tool_calls.push(&call);
+                if let Err(full) = generation.emit(GenerationEvent::ToolCall(Box::new(call))) {
+                    out.error = Some(too_long(&full));
                     return None;
                 }
                 deltas_relayed.increment(1);
@@ -379,6 +393,36 @@ async fn relay_once(
             }
         }
     }
+}
+
+/// The first text or tool call of the reply: its time to first token is taken, and the model that answered.
+fn first_token(
+    generation: &Generation,
+    started: Instant,
+    route: &ModelRoute,
+    provider: &str,
+    out: &mut Streamed,
+) {
+    if out.ttft.is_none() {
+        let ttft = started.elapsed();
+        out.ttft = Some(ttft);
+        generation.set_upstream_ttft(ttft);
+        generation.set_upstream_model(&route.upstream_model);
+        metrics::histogram!("chatgate_ttft_seconds", "provider" => provider.to_string())
+            .record(ttft.as_secs_f64());
+    }
+}
+
+/// The failure of a reply that outgrew its event log.
+fn too_long(full: &crate::stream::LogFull) -> Error {
+    Error::new(
+        ErrorKind::Unprocessable,
+        "generation_too_long",
+        format!("the reply outgrew the generation's event log: {full}"),
+    )
+    .with_details(serde_json::json!({
+        "events": full.events, "text_bytes": full.text_bytes,
+    }))
 }
 
 /// Retries before the first token.

@@ -37,7 +37,7 @@ use crate::event::GenerationEvent;
 use crate::id::Id;
 use crate::media::MediaStore;
 use crate::personas::PersonaCache;
-use crate::providers::{ChatMessage, ChatRequest, Sampling};
+use crate::providers::{ChatMessage, ChatRequest, Sampling, Tools};
 use crate::store::{Conversation, HistoryPage, Message, NewMessage, Persona, PersonaFilter, Store};
 use crate::stream::{Generation, GenerationMeta, Hub};
 use crate::tasks::Tasks;
@@ -97,6 +97,8 @@ pub struct Completion {
     pub max_tokens: Option<u32>,
     /// The request's sampling settings; the model alias's own fill in the rest.
     pub sampling: Sampling,
+    /// Functions the model may call.
+    pub tools: Tools,
     /// A persona's id or slug whose system prompt goes first.
     pub persona: Option<String>,
 }
@@ -106,6 +108,7 @@ pub struct Completion {
 struct Settings {
     max_tokens: Option<u32>,
     sampling: Sampling,
+    tools: Tools,
 }
 
 /// What a generation writes when it ends.
@@ -449,10 +452,27 @@ impl Chat {
         }
         messages.extend(completion.messages);
         admission::check_completion(&self.config, &route, &messages)?;
-        let prompt_tokens = 3 + messages
+        // A byte a token at most (what the reservation holds until the real count settles it): the text, the
+        // images, the tool calls in the history and the tool definitions.
+        let definitions: u64 = completion
+            .tools
+            .definitions
             .iter()
-            .map(|m| 3 + m.content.len() as u64 + IMAGE_TOKENS * m.images.len() as u64)
-            .sum::<u64>();
+            .map(|t| (t.name.len() + t.parameters.to_string().len()) as u64)
+            .sum();
+        let prompt_tokens = 3
+            + definitions
+            + messages
+                .iter()
+                .map(|m| {
+                    3 + m.content.len() as u64
+                        + IMAGE_TOKENS * m.images.len() as u64
+                        + m.tool_calls
+                            .iter()
+                            .map(|c| (c.name.len() + c.arguments.len()) as u64)
+                            .sum::<u64>()
+                })
+                .sum::<u64>();
         let reservation = admission::admit(self, user_id, &route, prompt_tokens).await?;
         self.start(
             user_id,
@@ -461,6 +481,7 @@ impl Chat {
             Settings {
                 max_tokens: completion.max_tokens,
                 sampling: completion.sampling,
+                tools: completion.tools,
             },
             Persist::UsageOnly,
             reservation,
@@ -708,6 +729,7 @@ impl Chat {
                 messages,
                 max_tokens: settings.max_tokens.or(route.max_output_tokens),
                 sampling: settings.sampling.or(&route.sampling),
+                tools: settings.tools,
             },
             fallbacks: self.models.fallbacks(&route.alias),
             route,

@@ -161,6 +161,7 @@ async fn write(
         messages: messages.clone(),
         max_tokens: Some(config.max_tokens),
         sampling: Default::default(),
+        tools: Default::default(),
     };
     let started = Instant::now();
     let (text, usage) = tokio::time::timeout(
@@ -204,7 +205,7 @@ async fn collect(route: &ModelRoute, request: ChatRequest) -> Result<(String, Us
         match event.map_err(|e| Error::from(&e))? {
             ProviderEvent::TextDelta(delta) => text.push_str(&delta),
             ProviderEvent::Usage(u) => usage.merge(u),
-            ProviderEvent::Finish(_) => {}
+            ProviderEvent::Finish(_) | ProviderEvent::ToolCall(_) => {}
         }
     }
     Ok((text, usage))

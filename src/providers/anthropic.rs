@@ -3,15 +3,17 @@
 //! Wire format (Anthropic API reference, "Streaming Messages"; anthropic-sdk-python's recorded fixtures):
 //! SSE with `event:` types `message_start` (usage: `input_tokens`, `cache_creation_input_tokens`,
 //! `cache_read_input_tokens`, a placeholder `output_tokens`), `content_block_start`, `content_block_delta`
-//! (`text_delta`), `content_block_stop`, `message_delta` (stop reason and *cumulative* usage), `ping`,
+//! (`text_delta`; `input_json_delta` for `tool_use` blocks), `content_block_stop`, `message_delta` (stop reason and *cumulative* usage), `ping`,
 //! `message_stop` (the terminator) and `error` (inside the 200 stream).
 
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::http::{self, DecodeError, Decoder, Flow, Frame, Framing, HttpOptions, Upstream};
+use super::tools::arguments_object;
 use super::{
-    ChatRequest, FinishReason, MediaData, Provider, ProviderEvent, ProviderStream, Role, Usage,
+    ChatMessage, ChatRequest, FinishReason, Provider, ProviderEvent, ProviderStream, Role,
+    ToolCallDelta, ToolChoice, Tools, Usage,
 };
 
 /// `anthropic-version` sent with every request.
@@ -50,7 +52,11 @@ impl AnthropicProvider {
 }
 
 /// The Messages request body: system prompt at the top level; consecutive messages of one role merged, since
-/// the API wants user and assistant turns to alternate, starting with the user.
+/// the API wants user and assistant turns to alternate, starting with the user. Each message is a list of
+/// content blocks: a user message's images first (as Anthropic's vision guide advises), then its text; an
+/// assistant message's text, then its `tool_use` blocks; a tool result is a `tool_result` block of a user turn
+/// ("Tool use with Claude": results first in their user message, which they are, since they follow the call).
+/// A turn of text alone is sent as a plain string.
 pub fn request_body(request: &ChatRequest) -> Value {
     let system: Vec<&str> = request
         .messages
@@ -58,43 +64,46 @@ pub fn request_body(request: &ChatRequest) -> Value {
         .filter(|m| m.role == Role::System)
         .map(|m| m.content.as_str())
         .collect();
-    let mut messages: Vec<(Role, String, Vec<&MediaData>)> = Vec::new();
+    let mut turns: Vec<(Role, Vec<Value>)> = Vec::new();
     for message in request.messages.iter().filter(|m| m.role != Role::System) {
-        match messages.last_mut() {
-            Some((role, content, images)) if *role == message.role => {
-                content.push_str("\n\n");
-                content.push_str(&message.content);
-                images.extend(&message.images);
-            }
-            _ => messages.push((
-                message.role,
-                message.content.clone(),
-                message.images.iter().collect(),
-            )),
+        let role = if message.role == Role::Assistant {
+            Role::Assistant
+        } else {
+            Role::User
+        };
+        let blocks = blocks(message);
+        match turns.last_mut() {
+            Some((last, content)) if *last == role => content.extend(blocks),
+            _ => turns.push((role, blocks)),
         }
     }
-    if messages
+    if turns
         .first()
-        .is_some_and(|(role, _, _)| *role == Role::Assistant)
+        .is_some_and(|(role, _)| *role == Role::Assistant)
     {
-        messages.remove(0);
+        turns.remove(0);
     }
-    // With images, content is a list of blocks: the images first (as Anthropic's vision guide advises), then
-    // the text.
-    let messages: Vec<Value> = messages
+    let messages: Vec<Value> = turns
         .into_iter()
-        .map(|(role, content, images)| {
-            if images.is_empty() {
-                return json!({ "role": role, "content": content });
-            }
-            let mut blocks: Vec<Value> = images
+        .map(|(role, blocks)| {
+            let texts: Option<Vec<&str>> = blocks
                 .iter()
-                .map(|i| json!({ "type": "image", "source": { "type": "base64", "media_type": i.mime_type, "data": &*i.base64 } }))
+                .map(|b| (b["type"] == "text").then(|| b["text"].as_str().unwrap_or("")))
                 .collect();
-            if !content.trim().is_empty() {
-                blocks.push(json!({ "type": "text", "text": content }));
+            match texts {
+                Some(texts) if !texts.is_empty() => {
+                    json!({ "role": role, "content": texts.join("\n\n") })
+                }
+                // An empty turn (an empty message) still holds its place.
+                Some(_) => json!({ "role": role, "content": "" }),
+                None => {
+                    let blocks: Vec<Value> = blocks
+                        .into_iter()
+                        .filter(|b| !(b["type"] == "text" && b["text"] == ""))
+                        .collect();
+                    json!({ "role": role, "content": blocks })
+                }
             }
-            json!({ "role": role, "content": blocks })
         })
         .collect();
     let mut body = json!({
@@ -118,7 +127,65 @@ pub fn request_body(request: &ChatRequest) -> Value {
     if !sampling.stop.is_empty() {
         body["stop_sequences"] = json!(sampling.stop);
     }
+    add_tools(&mut body, &request.tools);
     body
+}
+
+/// One message's content blocks; empty text is left out (the API refuses empty text blocks).
+fn blocks(message: &ChatMessage) -> Vec<Value> {
+    let mut blocks: Vec<Value> = message
+        .images
+        .iter()
+        .map(|i| json!({ "type": "image", "source": { "type": "base64", "media_type": i.mime_type, "data": &*i.base64 } }))
+        .collect();
+    if let Some(call_id) = &message.tool_call_id {
+        blocks.push(
+            json!({ "type": "tool_result", "tool_use_id": call_id, "content": message.content }),
+        );
+        return blocks;
+    }
+    if !message.content.trim().is_empty() {
+        blocks.push(json!({ "type": "text", "text": message.content }));
+    }
+    for call in &message.tool_calls {
+        blocks.push(json!({ "type": "tool_use", "id": call.id, "name": call.name, "input": arguments_object(&call.arguments) }));
+    }
+    if blocks.is_empty() && message.content.is_empty() {
+        // Keeps the turn, as the plain-string form does.
+        blocks.push(json!({ "type": "text", "text": "" }));
+    }
+    blocks
+}
+
+/// `tools` (`{name, description, input_schema}`) and `tool_choice` (`auto`, `any`, `tool` with its name,
+/// `none`; `disable_parallel_tool_use` for `parallel_tool_calls: false`), from the Messages API reference.
+fn add_tools(body: &mut Value, tools: &Tools) {
+    if tools.is_empty() {
+        return;
+    }
+    body["tools"] = tools
+        .definitions
+        .iter()
+        .map(|tool| {
+            let mut definition = json!({ "name": tool.name, "input_schema": tool.parameters });
+            if let Some(description) = &tool.description {
+                definition["description"] = json!(description);
+            }
+            definition
+        })
+        .collect();
+    let mut choice = match &tools.choice {
+        None | Some(ToolChoice::Auto) => json!({ "type": "auto" }),
+        Some(ToolChoice::None) => json!({ "type": "none" }),
+        Some(ToolChoice::Required) => json!({ "type": "any" }),
+        Some(ToolChoice::Function(name)) => json!({ "type": "tool", "name": name }),
+    };
+    if tools.parallel == Some(false) && choice["type"] != "none" {
+        choice["disable_parallel_tool_use"] = json!(true);
+    }
+    if tools.choice.is_some() || tools.parallel == Some(false) {
+        body["tool_choice"] = choice;
+    }
 }
 
 impl Provider for AnthropicProvider {
@@ -173,6 +240,16 @@ pub struct AnthropicDecoder {
     input_tokens: u64,
     cache_creation: u64,
     cache_read: u64,
+    /// The `tool_use` blocks seen: content block index → the call's position among the reply's tool calls,
+    /// and whether any of its input has streamed.
+    tool_blocks: Vec<ToolBlock>,
+}
+
+#[derive(Debug)]
+struct ToolBlock {
+    block: u64,
+    call: u32,
+    has_input: bool,
 }
 
 #[derive(Deserialize)]
@@ -240,6 +317,70 @@ impl Decoder for AnthropicDecoder {
                     out.push(ProviderEvent::Usage(self.usage(None)));
                 }
             }
+            // A tool call starts: its id and name ("Streaming Messages": `tool_use` content blocks, whose
+            // `input` streams as `input_json_delta` pieces of JSON text).
+            "content_block_start"
+                if value.pointer("/content_block/type").and_then(Value::as_str)
+                    == Some("tool_use") =>
+            {
+                let block = value.get("index").and_then(Value::as_u64).unwrap_or(0);
+                let call = self.tool_blocks.len() as u32;
+                self.tool_blocks.push(ToolBlock {
+                    block,
+                    call,
+                    has_input: false,
+                });
+                let text = |key: &str| {
+                    value
+                        .pointer(&format!("/content_block/{key}"))
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                };
+                out.push(ProviderEvent::ToolCall(ToolCallDelta {
+                    index: call,
+                    id: Some(text("id").unwrap_or_else(super::tools::new_call_id)),
+                    name: text("name"),
+                    arguments: String::new(),
+                }));
+            }
+            "content_block_delta"
+                if value.pointer("/delta/type").and_then(Value::as_str)
+                    == Some("input_json_delta") =>
+            {
+                let block = value.get("index").and_then(Value::as_u64).unwrap_or(0);
+                let piece = value
+                    .pointer("/delta/partial_json")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                if let Some(tool) = self.tool_blocks.iter_mut().find(|t| t.block == block)
+                    && !piece.is_empty()
+                {
+                    tool.has_input = true;
+                    out.push(ProviderEvent::ToolCall(ToolCallDelta {
+                        index: tool.call,
+                        id: None,
+                        name: None,
+                        arguments: piece.to_string(),
+                    }));
+                }
+            }
+            // A call without parameters streams no input: its arguments are `{}`, as OpenAI sends them.
+            "content_block_stop" => {
+                let block = value.get("index").and_then(Value::as_u64).unwrap_or(0);
+                if let Some(tool) = self
+                    .tool_blocks
+                    .iter_mut()
+                    .find(|t| t.block == block && !t.has_input)
+                {
+                    tool.has_input = true;
+                    out.push(ProviderEvent::ToolCall(ToolCallDelta {
+                        index: tool.call,
+                        id: None,
+                        name: None,
+                        arguments: "{}".into(),
+                    }));
+                }
+            }
             "content_block_delta" => {
                 let delta = value.get("delta");
                 if delta.and_then(|d| d.get("type")).and_then(Value::as_str) == Some("text_delta")
@@ -273,7 +414,7 @@ impl Decoder for AnthropicDecoder {
                     http::error_message(&error)
                 )));
             }
-            // ping, content_block_start, content_block_stop, and event types added later.
+            // ping, text and thinking block starts, and event types added later.
             _ => {}
         }
         Ok(Flow::Continue)
@@ -299,6 +440,7 @@ mod tests {
             ],
             max_tokens: None,
             sampling: Default::default(),
+            tools: Default::default(),
         };
         let body = request_body(&request);
         assert_eq!(body["system"], "Be brief");

@@ -11,7 +11,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::http::{self, DecodeError, Decoder, Flow, Frame, Framing, HttpOptions, Upstream};
-use super::{ChatRequest, FinishReason, Provider, ProviderEvent, ProviderStream, Role, Usage};
+use super::{
+    ChatRequest, FinishReason, Provider, ProviderEvent, ProviderStream, Role, ToolCallDelta,
+    ToolChoice, Tools, Usage, tools,
+};
 
 /// The Gemini adapter.
 pub struct GeminiProvider {
@@ -42,7 +45,10 @@ impl GeminiProvider {
     }
 }
 
-/// The `generateContent` body: `systemInstruction`, `contents` with roles `user`/`model`.
+/// The `generateContent` body: `systemInstruction`, `contents` with roles `user`/`model`. An assistant
+/// message's tool calls are `functionCall` parts (with the `thoughtSignature` Gemini 3 requires back, carried
+/// in the call's id: [`call_id`]); tool results are `functionResponse` parts of one user turn per run of
+/// results ("Function calling with the Gemini API").
 pub fn request_body(request: &ChatRequest) -> Value {
     let system: Vec<Value> = request
         .messages
@@ -50,33 +56,52 @@ pub fn request_body(request: &ChatRequest) -> Value {
         .filter(|m| m.role == Role::System)
         .map(|m| json!({ "text": m.content }))
         .collect();
-    let contents: Vec<Value> = request
-        .messages
-        .iter()
-        .filter(|m| m.role != Role::System)
-        .map(|m| {
-            let role = if m.role == Role::Assistant {
-                "model"
-            } else {
-                "user"
+    let mut contents: Vec<Value> = Vec::new();
+    let mut previous_was_result = false;
+    for m in request.messages.iter().filter(|m| m.role != Role::System) {
+        if let Some(id) = &m.tool_call_id {
+            let name = tools::call_name(&request.messages, id).unwrap_or("");
+            let part = json!({ "functionResponse": { "name": name, "response": function_response(&m.content) } });
+            match contents.last_mut() {
+                Some(turn) if previous_was_result => {
+                    if let Some(parts) = turn["parts"].as_array_mut() {
+                        parts.push(part);
+                    }
+                }
+                _ => contents.push(json!({ "role": "user", "parts": [part] })),
+            }
+            previous_was_result = true;
+            continue;
+        }
+        previous_was_result = false;
+        let role = if m.role == Role::Assistant {
+            "model"
+        } else {
+            "user"
+        };
+        let mut parts = Vec::with_capacity(m.images.len() + m.audio.len() + m.tool_calls.len() + 1);
+        if !m.content.is_empty()
+            || (m.images.is_empty() && m.audio.is_empty() && m.tool_calls.is_empty())
+        {
+            parts.push(json!({ "text": m.content }));
+        }
+        for file in m.images.iter().chain(&m.audio) {
+            // Gemini names MP3 `audio/mp3` ("Audio understanding": supported formats).
+            let mime_type = match file.mime_type.as_str() {
+                "audio/mpeg" => "audio/mp3",
+                other => other,
             };
-            let mut parts = Vec::with_capacity(m.images.len() + m.audio.len() + 1);
-            if !m.content.is_empty() || (m.images.is_empty() && m.audio.is_empty()) {
-                parts.push(json!({ "text": m.content }));
+            parts.push(json!({ "inlineData": { "mimeType": mime_type, "data": &*file.base64 } }));
+        }
+        for call in &m.tool_calls {
+            let mut part = json!({ "functionCall": { "name": call.name, "args": tools::arguments_object(&call.arguments) } });
+            if let Some((_, signature)) = call.id.split_once(SIGNATURE_SEPARATOR) {
+                part["thoughtSignature"] = json!(signature);
             }
-            for file in m.images.iter().chain(&m.audio) {
-                // Gemini names MP3 `audio/mp3` ("Audio understanding": supported formats).
-                let mime_type = match file.mime_type.as_str() {
-                    "audio/mpeg" => "audio/mp3",
-                    other => other,
-                };
-                parts.push(
-                    json!({ "inlineData": { "mimeType": mime_type, "data": &*file.base64 } }),
-                );
-            }
-            json!({ "role": role, "parts": parts })
-        })
-        .collect();
+            parts.push(part);
+        }
+        contents.push(json!({ "role": role, "parts": parts }));
+    }
     let mut body = json!({ "contents": contents });
     if !system.is_empty() {
         body["systemInstruction"] = json!({ "parts": system });
@@ -103,7 +128,67 @@ pub fn request_body(request: &ChatRequest) -> Value {
     if !config.is_empty() {
         body["generationConfig"] = Value::Object(config);
     }
+    add_tools(&mut body, &request.tools);
     body
+}
+
+/// Between a call id and the `thoughtSignature` it carries back to Gemini.
+const SIGNATURE_SEPARATOR: &str = "~ts~";
+
+/// The id of a streamed `functionCall`: its own `id` when it has one (else a fresh `call_…`), followed by its
+/// `thoughtSignature`, which Gemini 3 wants back on the call in the follow-up (an OpenAI client keeps ids, not
+/// extra fields).
+fn call_id(part: &Value) -> String {
+    let id = part
+        .pointer("/functionCall/id")
+        .and_then(Value::as_str)
+        .filter(|id| !id.is_empty())
+        .map_or_else(tools::new_call_id, str::to_string);
+    match part.get("thoughtSignature").and_then(Value::as_str) {
+        Some(signature) => format!("{id}{SIGNATURE_SEPARATOR}{signature}"),
+        None => id,
+    }
+}
+
+/// A tool result as `functionResponse.response`, which must be an object: a result that is a JSON object as
+/// is, anything else as `{"result": …}` (its JSON value, else its text).
+fn function_response(content: &str) -> Value {
+    match serde_json::from_str::<Value>(content) {
+        Ok(object @ Value::Object(_)) => object,
+        Ok(value) => json!({ "result": value }),
+        Err(_) => json!({ "result": content }),
+    }
+}
+
+/// `tools: [{functionDeclarations: [{name, description, parametersJsonSchema}]}]` and
+/// `toolConfig.functionCallingConfig` (`AUTO`, `NONE`, `ANY`, `ANY` with `allowedFunctionNames`).
+fn add_tools(body: &mut Value, tools: &Tools) {
+    if tools.is_empty() {
+        return;
+    }
+    let declarations: Vec<Value> = tools
+        .definitions
+        .iter()
+        .map(|tool| {
+            let mut declaration =
+                json!({ "name": tool.name, "parametersJsonSchema": tool.parameters });
+            if let Some(description) = &tool.description {
+                declaration["description"] = json!(description);
+            }
+            declaration
+        })
+        .collect();
+    body["tools"] = json!([{ "functionDeclarations": declarations }]);
+    let config = match &tools.choice {
+        None => return,
+        Some(ToolChoice::Auto) => json!({ "mode": "AUTO" }),
+        Some(ToolChoice::None) => json!({ "mode": "NONE" }),
+        Some(ToolChoice::Required) => json!({ "mode": "ANY" }),
+        Some(ToolChoice::Function(name)) => {
+            json!({ "mode": "ANY", "allowedFunctionNames": [name] })
+        }
+    };
+    body["toolConfig"] = json!({ "functionCallingConfig": config });
 }
 
 impl Provider for GeminiProvider {
@@ -145,6 +230,8 @@ impl Provider for GeminiProvider {
 #[derive(Debug, Default)]
 pub struct GeminiDecoder {
     finish_reason: Option<FinishReason>,
+    /// Tool calls so far: the next one's index.
+    tool_calls: u32,
 }
 
 #[derive(Deserialize)]
@@ -225,6 +312,18 @@ impl Decoder for GeminiDecoder {
                 {
                     out.push(ProviderEvent::TextDelta(text.to_string()));
                 }
+                // A call comes whole, in one part.
+                if let Some(call) = part.get("functionCall") {
+                    let name = call.get("name").and_then(Value::as_str).unwrap_or("");
+                    let args = call.get("args").cloned().unwrap_or_else(|| json!({}));
+                    out.push(ProviderEvent::ToolCall(ToolCallDelta::whole(
+                        self.tool_calls,
+                        call_id(part),
+                        name.to_string(),
+                        args.to_string(),
+                    )));
+                    self.tool_calls += 1;
+                }
             }
             if let Some(reason) = candidate.get("finishReason").and_then(Value::as_str) {
                 self.finish_reason = Some(finish_reason(reason));
@@ -268,6 +367,7 @@ mod tests {
             ],
             max_tokens: Some(1024),
             sampling: Default::default(),
+            tools: Default::default(),
         };
         let body = request_body(&request);
         assert_eq!(

@@ -699,7 +699,7 @@ mod fuzz {
 
         #[test]
         fn ollama_never_panics(chunks in body(OLLAMA)) {
-            decode_all(Framing::Ndjson, chunks, OllamaDecoder);
+            decode_all(Framing::Ndjson, chunks, OllamaDecoder::default());
         }
     }
 
@@ -716,6 +716,12 @@ mod fuzz {
             ) >= 3
         );
         assert!(decode_all(Framing::Sse, whole(&GEMINI[..2]), GeminiDecoder::default()) >= 2);
-        assert!(decode_all(Framing::Ndjson, whole(&OLLAMA[..2]), OllamaDecoder) >= 2);
+        assert!(
+            decode_all(
+                Framing::Ndjson,
+                whole(&OLLAMA[..2]),
+                OllamaDecoder::default()
+            ) >= 2
+        );
     }
 }

@@ -11,6 +11,7 @@ pub mod http;
 pub mod mock;
 pub mod ollama;
 pub mod openai;
+pub mod tools;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,12 +21,16 @@ use serde::Serialize;
 
 use crate::error::{Error, ErrorKind};
 
+pub use self::tools::{Tool, ToolCall, ToolCallDelta, ToolChoice, Tools};
 pub use crate::domain::{FinishReason, Role};
 
 /// One message of a prompt. `images` go with a user message, each adapter writing them in its provider's
 /// format (OpenAI `image_url` data URLs, Anthropic `image` blocks, Gemini `inlineData`, Ollama `images`);
 /// `audio` likewise, only to providers that take it natively ([`Provider::native_audio`]: OpenAI
 /// `input_audio` parts, Gemini `inlineData`).
+///
+/// Tool calling (OpenAI-compatible requests only): an assistant message may carry the `tool_calls` it made,
+/// and a [`Role::Tool`] message is a call's result, `content` answering the call `tool_call_id`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ChatMessage {
     pub role: Role,
@@ -34,6 +39,10 @@ pub struct ChatMessage {
     pub images: Vec<MediaData>,
     #[serde(skip)]
     pub audio: Vec<MediaData>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 /// An image or audio file sent upstream: its MIME type and its bytes in standard base64, encoded once and
@@ -53,29 +62,37 @@ impl MediaData {
 }
 
 impl ChatMessage {
-    pub fn system(content: impl Into<String>) -> Self {
+    /// A text message of `role`.
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
         Self {
-            role: Role::System,
+            role,
             content: content.into(),
             images: Vec::new(),
             audio: Vec::new(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
         }
+    }
+    pub fn system(content: impl Into<String>) -> Self {
+        Self::new(Role::System, content)
     }
     pub fn user(content: impl Into<String>) -> Self {
-        Self {
-            role: Role::User,
-            content: content.into(),
-            images: Vec::new(),
-            audio: Vec::new(),
-        }
+        Self::new(Role::User, content)
     }
     pub fn assistant(content: impl Into<String>) -> Self {
+        Self::new(Role::Assistant, content)
+    }
+    /// The result of the tool call `call_id`.
+    pub fn tool(call_id: impl Into<String>, content: impl Into<String>) -> Self {
         Self {
-            role: Role::Assistant,
-            content: content.into(),
-            images: Vec::new(),
-            audio: Vec::new(),
+            tool_call_id: Some(call_id.into()),
+            ..Self::new(Role::Tool, content)
         }
+    }
+    /// The same message with the tool calls it made (an assistant message).
+    pub fn with_tool_calls(mut self, calls: Vec<ToolCall>) -> Self {
+        self.tool_calls = calls;
+        self
     }
     /// The same message with `images`.
     pub fn with_images(mut self, images: Vec<MediaData>) -> Self {
@@ -90,7 +107,7 @@ impl ChatMessage {
 }
 
 /// What is sent upstream.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ChatRequest {
     /// The upstream model name, e.g. `gpt-4o-mini`.
     pub model: String,
@@ -100,6 +117,8 @@ pub struct ChatRequest {
     pub max_tokens: Option<u32>,
     /// Sampling settings, each sent only when set.
     pub sampling: Sampling,
+    /// Functions the model may call (OpenAI-compatible requests only).
+    pub tools: Tools,
 }
 
 /// OpenAI's names of the settings [`Sampling::named`] gives (Ollama's `options` use the same).
@@ -206,6 +225,8 @@ impl Sampling {
 pub enum ProviderEvent {
     /// A piece of the reply's text, relayed as is.
     TextDelta(String),
+    /// A piece of a tool call, relayed as is ([`ToolCallDelta`]).
+    ToolCall(ToolCallDelta),
     /// Usage figures; later ones overlay earlier ones ([`Usage::merge`]).
     Usage(Usage),
     /// The provider's finish reason, in common words where one fits (`stop`, `length`, `content_filter`, ...).

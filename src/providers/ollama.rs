@@ -9,7 +9,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::http::{self, DecodeError, Decoder, Flow, Frame, Framing, HttpOptions, Upstream};
-use super::{ChatRequest, FinishReason, Provider, ProviderEvent, ProviderStream, Usage};
+use super::{
+    ChatRequest, FinishReason, Provider, ProviderEvent, ProviderStream, ToolCallDelta, ToolChoice,
+    Usage, tools,
+};
 
 /// The Ollama adapter.
 pub struct OllamaProvider {
@@ -52,10 +55,31 @@ pub fn request_body(request: &ChatRequest) -> Value {
             if !m.images.is_empty() {
                 message["images"] = m.images.iter().map(|i| json!(&*i.base64)).collect();
             }
+            // Tool calls with their arguments as objects; a result names its tool (docs/api.md, "Chat request
+            // (with tools)").
+            if !m.tool_calls.is_empty() {
+                message["tool_calls"] = m
+                    .tool_calls
+                    .iter()
+                    .map(|c| json!({ "function": { "name": c.name, "arguments": tools::arguments_object(&c.arguments) } }))
+                    .collect();
+            }
+            if let Some(id) = &m.tool_call_id {
+                message["tool_name"] = json!(tools::call_name(&request.messages, id).unwrap_or(""));
+            }
             message
         })
         .collect();
     let mut body = json!({ "model": request.model, "messages": messages, "stream": true });
+    // OpenAI's `tools` shape; Ollama has no `tool_choice`: `none` leaves the tools out, anything else offers
+    // them and the model decides.
+    if request.tools.choice != Some(ToolChoice::None)
+        && let Some(body) = body.as_object_mut()
+    {
+        let mut tools = super::openai::tools_json(&request.tools);
+        tools.retain(|key, _| key == "tools");
+        body.extend(tools);
+    }
     // `options` (docs/modelfile.md, "Valid Parameters and Values") and `format` (docs/api.md).
     let sampling = &request.sampling;
     let mut options = sampling.named(super::OPENAI_NAMES);
@@ -90,7 +114,7 @@ impl Provider for OllamaProvider {
             self.upstream.options,
             builder,
             Framing::Ndjson,
-            OllamaDecoder,
+            OllamaDecoder::default(),
         )
     }
 
@@ -107,7 +131,10 @@ impl Provider for OllamaProvider {
 
 /// Decodes `/api/chat` lines.
 #[derive(Debug, Default)]
-pub struct OllamaDecoder;
+pub struct OllamaDecoder {
+    /// Tool calls so far: the next one's index.
+    tool_calls: u32,
+}
 
 #[derive(Deserialize)]
 struct Line {
@@ -129,6 +156,23 @@ struct Line {
 struct LineMessage {
     #[serde(default)]
     content: String,
+    #[serde(default)]
+    tool_calls: Vec<LineToolCall>,
+}
+
+#[derive(Deserialize)]
+struct LineToolCall {
+    #[serde(default)]
+    id: Option<String>,
+    function: LineFunction,
+}
+
+#[derive(Deserialize)]
+struct LineFunction {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    arguments: Option<Value>,
 }
 
 impl Decoder for OllamaDecoder {
@@ -146,8 +190,21 @@ impl Decoder for OllamaDecoder {
         if let Some(error) = line.error {
             return Err(DecodeError::Upstream(http::error_message(&error)));
         }
-        if let Some(message) = line.message.filter(|m| !m.content.is_empty()) {
-            out.push(ProviderEvent::TextDelta(message.content));
+        if let Some(message) = line.message {
+            if !message.content.is_empty() {
+                out.push(ProviderEvent::TextDelta(message.content));
+            }
+            // Whole calls, arguments as an object.
+            for call in message.tool_calls {
+                let arguments = call.function.arguments.unwrap_or_else(|| json!({}));
+                out.push(ProviderEvent::ToolCall(ToolCallDelta::whole(
+                    self.tool_calls,
+                    call.id.unwrap_or_else(tools::new_call_id),
+                    call.function.name,
+                    arguments.to_string(),
+                )));
+                self.tool_calls += 1;
+            }
         }
         if !line.done {
             return Ok(Flow::Continue);
@@ -174,7 +231,7 @@ mod tests {
     #[test]
     fn missing_counts_are_unknown_not_zero() {
         let mut out = Vec::new();
-        let flow = OllamaDecoder
+        let flow = OllamaDecoder::default()
             .decode(Frame::Line(r#"{"model":"phi4","message":{"role":"assistant","content":""},"done_reason":"stop","done":true,"eval_count":73}"#), &mut out)
             .expect("line");
         assert_eq!(flow, Flow::Done);
@@ -191,7 +248,7 @@ mod tests {
             ]
         );
         assert!(matches!(
-            OllamaDecoder.decode(Frame::Line(r#"{"error":"an error was encountered while running the model"}"#), &mut out),
+            OllamaDecoder::default().decode(Frame::Line(r#"{"error":"an error was encountered while running the model"}"#), &mut out),
             Err(DecodeError::Upstream(m)) if m.contains("running the model")
         ));
     }

@@ -11,7 +11,8 @@ use serde_json::{Value, json};
 
 use super::http::{self, DecodeError, Decoder, Flow, Frame, Framing, HttpOptions, Upstream};
 use super::{
-    ChatMessage, ChatRequest, FinishReason, Provider, ProviderEvent, ProviderStream, Usage,
+    ChatMessage, ChatRequest, FinishReason, Provider, ProviderEvent, ProviderStream, ToolCallDelta,
+    ToolChoice, Tools, Usage,
 };
 
 /// The OpenAI-compatible adapter.
@@ -47,7 +48,22 @@ impl OpenAiProvider {
 /// whose URLs are `data:` URLs (OpenAI API reference, "Create chat completion", user message content parts).
 ///
 /// Audio goes as `input_audio` parts, `{data, format}` with format `wav` or `mp3` (the two the API takes).
+///
+/// An assistant message's tool calls go as `tool_calls` (its `content` null when it has no text), a tool
+/// result as `{"role": "tool", "tool_call_id", "content"}`.
 pub fn message_json(message: &ChatMessage) -> Value {
+    if !message.tool_calls.is_empty() {
+        let calls: Vec<Value> = message
+            .tool_calls
+            .iter()
+            .map(|c| json!({ "id": c.id, "type": "function", "function": { "name": c.name, "arguments": c.arguments } }))
+            .collect();
+        let content = (!message.content.is_empty()).then_some(&message.content);
+        return json!({ "role": message.role, "content": content, "tool_calls": calls });
+    }
+    if let Some(call_id) = &message.tool_call_id {
+        return json!({ "role": "tool", "tool_call_id": call_id, "content": message.content });
+    }
     if message.images.is_empty() && message.audio.is_empty() {
         return json!({ "role": message.role, "content": message.content });
     }
@@ -67,6 +83,45 @@ pub fn message_json(message: &ChatMessage) -> Value {
         parts.push(json!({ "type": "input_audio", "input_audio": { "data": &*audio.base64, "format": format } }));
     }
     json!({ "role": message.role, "content": parts })
+}
+
+/// `tools`, `tool_choice` and `parallel_tool_calls` as Chat Completions takes them (also Ollama's `tools`);
+/// nothing when no tool is offered.
+pub fn tools_json(tools: &Tools) -> serde_json::Map<String, Value> {
+    let mut out = serde_json::Map::new();
+    if tools.is_empty() {
+        return out;
+    }
+    let definitions: Vec<Value> = tools
+        .definitions
+        .iter()
+        .map(|tool| {
+            let mut function = json!({ "name": tool.name, "parameters": tool.parameters });
+            if let Some(description) = &tool.description {
+                function["description"] = json!(description);
+            }
+            if let Some(strict) = tool.strict {
+                function["strict"] = json!(strict);
+            }
+            json!({ "type": "function", "function": function })
+        })
+        .collect();
+    out.insert("tools".into(), Value::Array(definitions));
+    if let Some(choice) = &tools.choice {
+        let choice = match choice {
+            ToolChoice::Auto => json!("auto"),
+            ToolChoice::None => json!("none"),
+            ToolChoice::Required => json!("required"),
+            ToolChoice::Function(name) => {
+                json!({ "type": "function", "function": { "name": name } })
+            }
+        };
+        out.insert("tool_choice".into(), choice);
+    }
+    if let Some(parallel) = tools.parallel {
+        out.insert("parallel_tool_calls".into(), json!(parallel));
+    }
+    out
 }
 
 impl Provider for OpenAiProvider {
@@ -94,6 +149,7 @@ impl Provider for OpenAiProvider {
             if let Some(format) = &sampling.response_format {
                 body.insert("response_format".into(), format.clone());
             }
+            body.extend(tools_json(&request.tools));
         }
         let builder = self.authorized(
             self.upstream
@@ -149,12 +205,24 @@ impl Decoder for OpenAiDecoder {
         }
         let mut finish = None;
         for choice in chunk.choices.unwrap_or_default() {
-            if let Some(text) = choice
-                .delta
-                .and_then(|d| d.content)
-                .filter(|t| !t.is_empty())
-            {
+            let Delta {
+                content,
+                tool_calls,
+            } = choice.delta.unwrap_or_default();
+            if let Some(text) = content.filter(|t| !t.is_empty()) {
                 out.push(ProviderEvent::TextDelta(text));
+            }
+            for call in tool_calls.into_iter().flatten() {
+                let function = call.function.unwrap_or_default();
+                if call.id.is_none() && function.name.is_none() && function.arguments.is_empty() {
+                    continue;
+                }
+                out.push(ProviderEvent::ToolCall(ToolCallDelta {
+                    index: call.index,
+                    id: call.id,
+                    name: function.name,
+                    arguments: function.arguments,
+                }));
             }
             finish = choice.finish_reason.or(finish);
         }
@@ -188,10 +256,37 @@ struct Choice {
     finish_reason: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 struct Delta {
     #[serde(default)]
     content: Option<String>,
+    /// Pieces of tool calls: the first of each `index` with `id`, `type` and `function.name`, then more
+    /// `function.arguments`.
+    #[serde(default)]
+    tool_calls: Option<Vec<ToolCallPiece>>,
+}
+
+#[derive(Deserialize)]
+struct ToolCallPiece {
+    #[serde(default)]
+    index: u32,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    function: Option<FunctionPiece>,
+}
+
+#[derive(Default, Deserialize)]
+struct FunctionPiece {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    arguments: String,
+}
+
+/// `null` read as an empty string (some compatible servers send `"arguments": null` with the name).
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 #[derive(Deserialize)]

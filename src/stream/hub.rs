@@ -51,6 +51,7 @@ pub struct Generation {
     subscribers: AtomicUsize,
     finished_at: Mutex<Option<Instant>>,
     upstream_ttft: OnceLock<Duration>,
+    upstream_model: OnceLock<String>,
     hub: Weak<HubInner>,
 }
 
@@ -206,6 +207,17 @@ impl Generation {
         self.upstream_ttft.get().copied()
     }
 
+    /// Records the upstream model that answered (once, at its first token): a fallback's, when the alias's own
+    /// model failed before it.
+    pub fn set_upstream_model(&self, model: &str) {
+        let _ = self.upstream_model.set(model.to_string());
+    }
+
+    /// The upstream model that answered, once a delta came (generations of this process only).
+    pub fn upstream_model(&self) -> Option<&str> {
+        self.upstream_model.get().map(String::as_str)
+    }
+
     /// Finished more than `retention` ago.
     fn expired(&self, retention: Duration) -> bool {
         self.finished_at
@@ -330,6 +342,7 @@ impl Hub {
             subscribers: AtomicUsize::new(0),
             finished_at: Mutex::new(None),
             upstream_ttft: OnceLock::new(),
+            upstream_model: OnceLock::new(),
             hub: Arc::downgrade(&self.inner),
         });
         self.generations()
@@ -363,6 +376,7 @@ impl Hub {
             subscribers: AtomicUsize::new(0),
             finished_at: Mutex::new(None),
             upstream_ttft: OnceLock::new(),
+            upstream_model: OnceLock::new(),
             hub: Weak::new(),
         }))
     }

@@ -155,13 +155,20 @@ impl EventLog for MemoryLog {
             if state.ended {
                 return Err(full);
             }
-            if let GenerationEvent::Delta(delta) = &event {
+            let bytes = match &event {
+                GenerationEvent::Delta(delta) => Some(delta.text.len()),
+                GenerationEvent::ToolCall(call) => {
+                    Some(call.arguments.len() + call.name.as_ref().map_or(0, String::len))
+                }
+                _ => None,
+            };
+            if let Some(bytes) = bytes {
                 if state.events.len() >= self.bounds.max_events
-                    || state.text_bytes + delta.text.len() > self.bounds.max_text_bytes
+                    || state.text_bytes + bytes > self.bounds.max_text_bytes
                 {
                     return Err(full);
                 }
-                state.text_bytes += delta.text.len();
+                state.text_bytes += bytes;
             }
             state.ended = terminal;
             let seq = state.events.len() as u64 + 1;

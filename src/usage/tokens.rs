@@ -77,9 +77,15 @@ impl Tokenizer {
     }
 
     /// Tokens of one chat message as the Chat Completions API bills it: its content plus 3 tokens of framing
-    /// (OpenAI cookbook, "How to count tokens with tiktoken").
+    /// (OpenAI cookbook, "How to count tokens with tiktoken"); each tool call it made, its name and arguments
+    /// plus 3 (an estimate: OpenAI does not publish the framing of tool calls).
     pub fn count_message(&self, message: &ChatMessage) -> u64 {
         3 + self.count(&message.content)
+            + message
+                .tool_calls
+                .iter()
+                .map(|call| 3 + self.count(&call.name) + self.count(&call.arguments))
+                .sum::<u64>()
     }
 
     /// Prompt tokens of a whole request: every message plus 3 tokens priming the reply.

@@ -11,6 +11,8 @@
 //! text-end    {id}
 //! finish      {finishReason, messageMetadata: {generation_id, message_id, conversation_id, model,
 //!              finish_reason, usage: {prompt_tokens, completion_tokens, cached_tokens, estimated, cost_usd}}}
+//! tool-input-start {toolCallId, toolName}, tool-input-delta {toolCallId, inputTextDelta}, and before the end
+//!             tool-input-available {toolCallId, toolName, input}   (a stateless generation's tool calls)
 //! error       {errorText}          (instead of a clean end; followed by finish with finishReason "error")
 //! message-metadata {messageMetadata} then abort {}   (instead of finish, for a cancelled reply)
 //! [DONE]
@@ -86,6 +88,27 @@ enum Chunk<'a> {
     },
     /// The reply was cancelled: the protocol's end for an aborted stream (no `finish`).
     Abort,
+    /// A tool call begins (stateless generations with tools only).
+    ToolInputStart {
+        #[serde(rename = "toolCallId")]
+        tool_call_id: &'a str,
+        #[serde(rename = "toolName")]
+        tool_name: &'a str,
+    },
+    ToolInputDelta {
+        #[serde(rename = "toolCallId")]
+        tool_call_id: &'a str,
+        #[serde(rename = "inputTextDelta")]
+        input_text_delta: &'a str,
+    },
+    /// The call's whole input, parsed, once the reply ended.
+    ToolInputAvailable {
+        #[serde(rename = "toolCallId")]
+        tool_call_id: &'a str,
+        #[serde(rename = "toolName")]
+        tool_name: &'a str,
+        input: Value,
+    },
 }
 
 /// Translates one generation's events into UI message stream chunks. Stateful: it opens the text part before the
@@ -94,6 +117,8 @@ enum Chunk<'a> {
 pub struct Encoder {
     text_id: Option<String>,
     metadata: Metadata,
+    /// The ids of the tool calls begun, by index.
+    tool_call_ids: Vec<String>,
 }
 
 impl Encoder {
@@ -133,8 +158,50 @@ impl Encoder {
                 out.push_str(&serde_json::to_string(&delta.text).unwrap_or_default());
                 out.push_str("}\n\n");
             }
+            GenerationEvent::ToolCall(call) => {
+                self.close_text(&mut out);
+                let index = call.index as usize;
+                if index >= self.tool_call_ids.len() {
+                    let id = call
+                        .id
+                        .clone()
+                        .unwrap_or_else(crate::providers::tools::new_call_id);
+                    push(
+                        &mut out,
+                        &Chunk::ToolInputStart {
+                            tool_call_id: &id,
+                            tool_name: call.name.as_deref().unwrap_or(""),
+                        },
+                    );
+                    self.tool_call_ids.push(id);
+                }
+                if !call.arguments.is_empty()
+                    && let Some(id) = self.tool_call_ids.get(index)
+                {
+                    push(
+                        &mut out,
+                        &Chunk::ToolInputDelta {
+                            tool_call_id: id,
+                            input_text_delta: &call.arguments,
+                        },
+                    );
+                }
+                if out.is_empty() {
+                    return None;
+                }
+            }
             GenerationEvent::Done(done) => {
                 self.close_text(&mut out);
+                for call in &done.tool_calls {
+                    push(
+                        &mut out,
+                        &Chunk::ToolInputAvailable {
+                            tool_call_id: &call.id,
+                            tool_name: &call.name,
+                            input: crate::providers::tools::arguments_object(&call.arguments),
+                        },
+                    );
+                }
                 let message = &done.message;
                 let metadata = Metadata {
                     message_id: Some(message.id),
@@ -417,6 +484,7 @@ mod tests {
                     ..UsageReport::default()
                 },
                 finish_reason: FinishReason::Length,
+                tool_calls: Vec::new(),
             })),
         ];
         let out = encode_all(events);
@@ -459,6 +527,7 @@ mod tests {
                     ..UsageReport::default()
                 },
                 finish_reason: FinishReason::Cancelled(crate::domain::CancelReason::User),
+                tool_calls: Vec::new(),
             })),
         ];
         let out = encode_all(events);
@@ -477,6 +546,57 @@ mod tests {
         assert_eq!(all[4]["messageMetadata"]["usage"]["completion_tokens"], 1);
         assert_eq!(all[4]["messageMetadata"]["message_id"], all[0]["messageId"]);
         assert_eq!(all[5], serde_json::json!({ "type": "abort" }));
+    }
+
+    #[test]
+    fn tool_calls_stream_as_tool_input_chunks() {
+        use crate::providers::{ToolCall, ToolCallDelta};
+        let id = Id::new();
+        let piece = |id: Option<&str>, name: Option<&str>, arguments: &str| {
+            GenerationEvent::ToolCall(Box::new(ToolCallDelta {
+                index: 0,
+                id: id.map(str::to_string),
+                name: name.map(str::to_string),
+                arguments: arguments.into(),
+            }))
+        };
+        let events = [
+            start(id),
+            GenerationEvent::delta("Let me look."),
+            piece(Some("call_1"), Some("weather"), ""),
+            piece(None, None, "{\"city\":"),
+            piece(None, None, "\"Paris\"}"),
+            GenerationEvent::Done(Box::new(Done {
+                message: message(id),
+                usage: UsageReport::default(),
+                finish_reason: FinishReason::ToolCalls,
+                tool_calls: vec![ToolCall {
+                    id: "call_1".into(),
+                    name: "weather".into(),
+                    arguments: "{\"city\":\"Paris\"}".into(),
+                }],
+            })),
+        ];
+        let all = chunks(&encode_all(events));
+        assert_eq!(
+            types(&all),
+            [
+                "start",
+                "text-start",
+                "text-delta",
+                "text-end",
+                "tool-input-start",
+                "tool-input-delta",
+                "tool-input-delta",
+                "tool-input-available",
+                "finish"
+            ]
+        );
+        assert_eq!(all[4]["toolCallId"], "call_1");
+        assert_eq!(all[4]["toolName"], "weather");
+        assert_eq!(all[6]["inputTextDelta"], "\"Paris\"}");
+        assert_eq!(all[7]["input"], serde_json::json!({"city": "Paris"}));
+        assert_eq!(all[8]["finishReason"], "tool-calls");
     }
 
     #[test]

@@ -72,8 +72,27 @@ pub struct CompletionChoice {
 #[derive(Debug, Serialize)]
 pub struct AssistantMessage {
     pub role: &'static str,
-    pub content: String,
+    /// `null` when the reply is tool calls alone, as OpenAI sends it.
+    pub content: Option<String>,
     pub refusal: Option<()>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<MessageToolCall>,
+}
+
+/// A tool call of a reply: `{id, type: "function", function: {name, arguments}}`.
+#[derive(Debug, Serialize)]
+pub struct MessageToolCall {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCall,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FunctionCall {
+    pub name: String,
+    /// JSON text.
+    pub arguments: String,
 }
 
 /// The `chat.completion.chunk` object.
@@ -102,6 +121,27 @@ pub struct ChunkDelta<'a> {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<[ChunkToolCall<'a>; 1]>,
+}
+
+/// A piece of a tool call in a chunk: `index` always; `id`, `type` and `function.name` on the call's first
+/// piece; more `function.arguments` text on each.
+#[derive(Debug, Serialize)]
+pub struct ChunkToolCall<'a> {
+    pub index: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<&'a str>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    pub function: ChunkFunction<'a>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChunkFunction<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<&'a str>,
+    pub arguments: &'a str,
 }
 
 /// OpenAI's finish reasons are `stop`, `length`, `content_filter` and `tool_calls`; a stopped reply is a stop.
@@ -168,8 +208,21 @@ pub fn completion(
             index: 0,
             message: AssistantMessage {
                 role: "assistant",
-                content: done.message.content.clone(),
+                content: (!done.message.content.is_empty() || done.tool_calls.is_empty())
+                    .then(|| done.message.content.clone()),
                 refusal: None,
+                tool_calls: done
+                    .tool_calls
+                    .iter()
+                    .map(|call| MessageToolCall {
+                        id: call.id.clone(),
+                        kind: "function",
+                        function: FunctionCall {
+                            name: call.name.clone(),
+                            arguments: call.arguments.clone(),
+                        },
+                    })
+                    .collect(),
             },
             logprobs: None,
             finish_reason: finish_reason(&done.finish_reason),
@@ -205,12 +258,21 @@ where
     };
     async_stream::stream! {
         let mut events = std::pin::pin!(events);
-        yield frame(vec![choice(ChunkDelta { role: Some("assistant"), content: Some("") }, None)], None);
+        yield frame(vec![choice(ChunkDelta { role: Some("assistant"), content: Some(""), tool_calls: None }, None)], None);
         let mut usage = None;
         while let Some(event) = events.next().await {
             match &event.event {
                 GenerationEvent::Delta(delta) => {
-                    yield frame(vec![choice(ChunkDelta { role: None, content: Some(&delta.text) }, None)], None);
+                    yield frame(vec![choice(ChunkDelta { role: None, content: Some(&delta.text), tool_calls: None }, None)], None);
+                }
+                GenerationEvent::ToolCall(call) => {
+                    let piece = ChunkToolCall {
+                        index: call.index,
+                        id: call.id.as_deref(),
+                        kind: call.id.as_ref().map(|_| "function"),
+                        function: ChunkFunction { name: call.name.as_deref(), arguments: &call.arguments },
+                    };
+                    yield frame(vec![choice(ChunkDelta { role: None, content: None, tool_calls: Some([piece]) }, None)], None);
                 }
                 GenerationEvent::Usage(report) => usage = Some(CompletionUsage::from(&**report)),
                 GenerationEvent::Done(done) => {

@@ -4,7 +4,8 @@
 // token's user).
 // Prints one JSON object: what each client saw.
 import { createOpenAI } from '@ai-sdk/openai';
-import { DefaultChatTransport, generateText, readUIMessageStream, streamText } from 'ai';
+import { DefaultChatTransport, generateText, readUIMessageStream, stepCountIs, streamText, tool } from 'ai';
+import { z } from 'zod';
 
 const url = process.env.CHATGATE_URL;
 const token = process.env.CHATGATE_TOKEN;
@@ -144,7 +145,29 @@ if (resumedStream) {
 }
 const afterEnd = await resumable.reconnectToStream({ chatId: conversation4 });
 
+// 5. A tool loop: streamText with a tool over /v1/chat/completions, on the built-in mock model (which calls the
+// tool it is offered, then quotes the tool's result).
+const toolRun = streamText({
+  model: openai.chat('mock'),
+  prompt: 'Weather in Paris?',
+  tools: {
+    get_weather: tool({
+      description: 'Current weather at a place',
+      inputSchema: z.object({ location: z.string() }),
+      execute: async ({ location }) => ({ location, celsius: 21 }),
+    }),
+  },
+  stopWhen: stepCountIs(3),
+});
+const toolText = await toolRun.text;
+const toolSteps = (await toolRun.steps).map((step) => ({
+  finishReason: step.finishReason,
+  toolCalls: step.toolCalls.map((c) => ({ toolCallId: c.toolCallId, toolName: c.toolName, input: c.input })),
+  toolResults: step.toolResults.map((r) => ({ toolCallId: r.toolCallId, output: r.output })),
+}));
+
 console.log(JSON.stringify({
+  tools: { text: toolText, steps: toolSteps },
   stream: { chunks, text: chunks.join(''), usage: streamUsage },
   generate: { text: generated.text, usage: generated.usage, finishReason: generated.finishReason },
   useChat: { message: uiMessage, updates, regenerated, regeneratedPlain, fileReply, cancelled },
