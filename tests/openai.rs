@@ -602,12 +602,7 @@ async fn sampling_settings_reach_the_upstream_and_unknown_parameters_are_refused
 /// import `openai` (`.ci/run` installs it); says so when skipped.
 #[tokio::test]
 async fn the_official_python_sdk_works_unmodified() {
-    let available = std::process::Command::new("python3")
-        .args(["-c", "import openai"])
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !available {
+    if !common::python_has("openai") {
         common::skipped(
             "the OpenAI SDK test: python3 with the openai package is not installed (pip install openai)",
         );
@@ -652,23 +647,13 @@ except openai.NotFoundError as e:
     assert e.code == "model_not_found", e
 print("ok")
 "#;
-    let url = server.url.clone();
-    let token = server.token("alice");
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3")
-            .args(["-c", script])
-            .env("BASE_URL", format!("{url}/v1"))
-            .env("TOKEN", token)
-            .output()
-    })
-    .await
-    .expect("join")
-    .expect("run python3");
-    assert!(
-        output.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "ok");
+    let said = common::run_python(
+        script,
+        vec![
+            ("BASE_URL", format!("{}/v1", server.url)),
+            ("TOKEN", server.token("alice")),
+        ],
+    )
+    .await;
+    assert_eq!(said, "ok");
 }

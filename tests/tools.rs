@@ -37,12 +37,7 @@ async fn fixture_upstream(
                 .expect("response")
         }
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, seen)
+    (common::serve_app(app).await, seen)
 }
 
 fn tools() -> Value {
@@ -249,12 +244,7 @@ async fn tool_calls_from_every_provider_come_out_in_openai_shape() {
 /// the SDK's own message object and the tool results go back, and the model answers in text.
 #[tokio::test]
 async fn the_python_sdk_runs_a_tool_loop() {
-    let available = std::process::Command::new("python3")
-        .args(["-c", "import openai"])
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !available {
+    if !common::python_has("openai") {
         common::skipped(
             "the OpenAI SDK tool test: python3 with the openai package is not installed (pip install openai)",
         );
@@ -308,27 +298,16 @@ except openai.BadRequestError as e:
     assert (e.code, e.param) == ("invalid_parameter", "messages[0].tool_call_id"), e.body
 print("ok")
 "#;
-    let url = server.url.clone();
-    let token = server.token("alice");
-    let tools = tools().to_string();
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3")
-            .args(["-c", script])
-            .env("BASE_URL", format!("{url}/v1"))
-            .env("TOKEN", token)
-            .env("TOOLS", tools)
-            .output()
-    })
-    .await
-    .expect("join")
-    .expect("run python3");
-    assert!(
-        output.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "ok");
+    let said = common::run_python(
+        script,
+        vec![
+            ("BASE_URL", format!("{}/v1", server.url)),
+            ("TOKEN", server.token("alice")),
+            ("TOOLS", tools().to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(said, "ok");
     // The follow-up reached the upstream as OpenAI's API takes it: the call, then each result by its id.
     let requests = upstream.requests();
     assert_eq!(requests.len(), 3, "the refused request never went upstream");

@@ -32,6 +32,46 @@ pub fn skipped(what: &str) {
     });
 }
 
+/// Serves `app` on a free loopback port; its `http://127.0.0.1:PORT` URL.
+pub async fn serve_app(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+/// Whether `python3` can import `module` (`.ci/run` installs the Python clients the tests drive).
+pub fn python_has(module: &str) -> bool {
+    std::process::Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Runs a Python `script` with `env` on a blocking thread; fails the test, showing its output, unless it exits
+/// 0; its stdout, trimmed.
+pub async fn run_python(script: &'static str, env: Vec<(&'static str, String)>) -> String {
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .args(["-c", script])
+            .envs(env)
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("run python3");
+    let stdout = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 /// A helper server run as a child process on a free loopback port (moto's S3, LLMock), killed on drop.
 pub struct ChildServer {
     /// `http://127.0.0.1:{port}`.
@@ -595,11 +635,7 @@ impl FakeOpenAi {
                 }),
             )
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let url = serve_app(app).await;
         Self { url, state }
     }
 
