@@ -240,9 +240,30 @@ async fn the_vercel_ai_sdk_works_unmodified() {
         text.contains(r#"Your tools answered: {"location":"mock","celsius":21}"#),
         "{text}"
     );
-    // Usage for all ten, per user.
+    // The default `openai(model)` provider, on /v1/responses: whole, streamed, and a tool loop.
+    let responses = &seen["responses"];
+    let generated = responses["generated"]["text"].as_str().expect("text");
+    assert!(generated.contains("Responses hello"), "{responses}");
+    assert_eq!(responses["generated"]["finishReason"], "stop");
+    assert!(responses["generated"]["usage"]["outputTokens"].as_u64() > Some(0));
+    let streamed = responses["streamed"]["text"].as_str().expect("text");
+    assert!(streamed.contains("Responses stream"), "{responses}");
+    assert!(responses["streamed"]["usage"]["inputTokens"].as_u64() > Some(0));
+    let steps = responses["tools"]["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 2, "{responses}");
+    assert_eq!(steps[0]["finishReason"], "tool-calls");
+    assert_eq!(
+        steps[0]["toolCalls"][0]["input"],
+        json!({"location": "mock"})
+    );
+    let text = responses["tools"]["text"].as_str().expect("text");
+    assert!(
+        text.contains(r#"{"location":"mock","celsius":21}"#),
+        "{text}"
+    );
+    // Usage for all fourteen, per user.
     let usage: Value = server.get_json("/api/v1/usage", "alice").await;
-    assert_eq!(usage["totals"]["requests"], 10, "{usage}");
+    assert_eq!(usage["totals"]["requests"], 14, "{usage}");
 }
 
 /// The browser binary: `$CHROMIUM`, else Debian's.

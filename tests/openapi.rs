@@ -45,6 +45,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/chat/completions"),
     ("get", "/v1/models"),
     ("get", "/v1/models/{id}"),
+    ("post", "/v1/responses"),
 ];
 
 #[tokio::test]

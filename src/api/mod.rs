@@ -14,6 +14,7 @@ mod openai;
 mod openapi;
 mod personas;
 mod ratelimit;
+mod responses;
 mod ui;
 mod usage;
 pub mod ws;
@@ -53,6 +54,7 @@ pub fn app(state: AppState) -> Router {
         .merge(usage::router())
         .merge(ws::router())
         .merge(openai::router())
+        .merge(responses::router())
         .merge(openapi::router())
         .merge(ui::router())
         .merge(media::router(state.media.max_bytes()));

@@ -59,7 +59,7 @@ pub async fn error_shape(request: Request, next: Next) -> Response {
 }
 
 #[derive(Debug, Deserialize)]
-struct CompletionRequest {
+pub(super) struct CompletionRequest {
     model: String,
     messages: Vec<InputMessage>,
     #[serde(default)]
@@ -469,11 +469,44 @@ async fn completions(
     user: AuthUser,
     AppJson(request): AppJson<CompletionRequest>,
 ) -> Result<Response, Error> {
+    let alias = request.model.clone();
+    let stream = request.stream;
+    let include_usage = request
+        .stream_options
+        .as_ref()
+        .is_some_and(|o| o.include_usage);
+    let generation = start(&state, &user, request).await?;
+    let id = format!("chatcmpl-{}", generation.id().0.simple());
+    let created = chrono::Utc::now().timestamp();
+    if stream {
+        let keepalive = std::time::Duration::from_secs(state.config.server.sse_keepalive_secs);
+        let events = first_delta(&generation).await?;
+        // The first delta came: the model that answered is known.
+        let model = answering_model(&generation, &alias);
+        let chunks = openai::chunks(events, id, created, model, include_usage);
+        return Ok(with_alias(sse::response(chunks, keepalive), &alias));
+    }
+    let _following = generation.attach();
+    let terminal = generation.finished().await;
+    let model = answering_model(&generation, &alias);
+    let completion = openai::completion(&id, created, &model, &terminal)?;
+    Ok(with_alias(Json(completion).into_response(), &alias))
+}
+
+/// Checks a Chat Completions request (`/v1/chat/completions`, or `/v1/responses` translated to one) and starts
+/// its generation: the model, the parameters, the messages' shapes, then their images (which fetch).
+///
+/// # Errors
+/// 404 `model_not_found`; 400 naming the parameter or the message field at fault; the limits' 429 / 402.
+pub(super) async fn start(
+    state: &AppState,
+    user: &AuthUser,
+    request: CompletionRequest,
+) -> Result<std::sync::Arc<crate::stream::Generation>, Error> {
     // An unknown model or parameter is refused before any image is fetched.
     state.chat.completion_route(&request.model)?;
     let sampling = sampling_of(&request)?;
     let tools = tools_of(&request)?;
-    // Shapes first, then the images (which fetch).
     let mut calls_so_far: Vec<ToolCall> = Vec::new();
     let mut shaped = Vec::with_capacity(request.messages.len());
     for (at, message) in request.messages.iter().enumerate() {
@@ -535,19 +568,19 @@ async fn completions(
     }
     let mut messages = Vec::with_capacity(shaped.len());
     for (role, calls, message) in shaped {
-        let (content, images) = content_of(&state, &user, &message.content).await?;
+        let (content, images) = content_of(state, user, &message.content).await?;
         messages.push(ChatMessage {
             tool_call_id: message.tool_call_id.clone().filter(|_| role == Role::Tool),
             images,
             ..ChatMessage::new(role, content).with_tool_calls(calls)
         });
     }
-    let generation = state
+    state
         .chat
         .complete(
             &user.user_id,
             Completion {
-                model: request.model.clone(),
+                model: request.model,
                 messages,
                 max_tokens: request.max_completion_tokens.or(request.max_tokens),
                 sampling,
@@ -555,55 +588,47 @@ async fn completions(
                 persona: request.persona,
             },
         )
-        .await?;
-    let id = format!("chatcmpl-{}", generation.id().0.simple());
-    let created = chrono::Utc::now().timestamp();
-    if request.stream {
-        let include_usage = request.stream_options.unwrap_or_default().include_usage;
-        let keepalive = std::time::Duration::from_secs(state.config.server.sse_keepalive_secs);
-        // As OpenAI does, the response head waits for the first delta (costing no time to the first token): a
-        // failure before it is the HTTP answer itself — 429 with Retry-After, or the 5xx — so the SDK's own
-        // retry runs, instead of a 200 whose stream holds an error chunk.
-        let mut events = Box::pin(generation.subscribe(0));
-        let mut before_first_delta = Vec::new();
-        while let Some(event) = events.next().await {
-            match &event.event {
-                GenerationEvent::Error(failed) => return Err(failed.failure.to_error()),
-                GenerationEvent::Delta(_) | GenerationEvent::Done(_) => {
-                    before_first_delta.push(event);
-                    break;
-                }
-                _ => before_first_delta.push(event),
+        .await
+}
+
+/// The generation's events from its start, once its first delta (or its end) came. As OpenAI does, a
+/// streamed answer's head waits for it (costing no time to the first token): a failure before it is the HTTP
+/// answer itself — 429 with Retry-After, or the 5xx — so the SDK's own retry runs, instead of a 200 whose
+/// stream holds an error.
+///
+/// # Errors
+/// The generation's failure, when it failed before its first delta.
+pub(super) async fn first_delta(
+    generation: &std::sync::Arc<crate::stream::Generation>,
+) -> Result<
+    impl futures::Stream<Item = std::sync::Arc<crate::event::LoggedEvent>> + Send + 'static,
+    Error,
+> {
+    let mut events = Box::pin(generation.subscribe(0));
+    let mut before_first_delta = Vec::new();
+    while let Some(event) = events.next().await {
+        match &event.event {
+            GenerationEvent::Error(failed) => return Err(failed.failure.to_error()),
+            GenerationEvent::Delta(_) | GenerationEvent::ToolCall(_) | GenerationEvent::Done(_) => {
+                before_first_delta.push(event);
+                break;
             }
+            _ => before_first_delta.push(event),
         }
-        // The first delta came: the model that answered is known.
-        let model = answering_model(&generation, &request.model);
-        let chunks = openai::chunks(
-            futures::stream::iter(before_first_delta).chain(events),
-            id,
-            created,
-            model,
-            include_usage,
-        );
-        return Ok(with_alias(sse::response(chunks, keepalive), &request.model));
     }
-    let _following = generation.attach();
-    let terminal = generation.finished().await;
-    let model = answering_model(&generation, &request.model);
-    let completion = openai::completion(&id, created, &model, &terminal)?;
-    Ok(with_alias(Json(completion).into_response(), &request.model))
+    Ok(futures::stream::iter(before_first_delta).chain(events))
 }
 
 /// The response's `model`, as OpenAI's API names the model that answered: the upstream model (a fallback's,
 /// when the alias's own failed before its first token); the alias when none answered.
-fn answering_model(generation: &crate::stream::Generation, alias: &str) -> String {
+pub(super) fn answering_model(generation: &crate::stream::Generation, alias: &str) -> String {
     generation.upstream_model().unwrap_or(alias).to_string()
 }
 
 /// The header naming the model alias asked for, beside the upstream model in the body.
 pub const ALIAS_HEADER: &str = "x-chatgate-model";
 
-fn with_alias(mut response: Response, alias: &str) -> Response {
+pub(super) fn with_alias(mut response: Response, alias: &str) -> Response {
     if let Ok(value) = HeaderValue::from_str(alias) {
         response.headers_mut().insert(ALIAS_HEADER, value);
     }

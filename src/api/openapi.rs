@@ -71,6 +71,7 @@ impl Modify for BearerAuth {
         super::usage::everyone,
         super::ws::upgrade,
         super::openai::completions,
+        super::responses::create,
         super::generations::conversation_stream,
         super::openai::models,
         super::openai::model,

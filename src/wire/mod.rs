@@ -7,8 +7,10 @@
 //! | WebSocket frames (`{type, id, seq, ...}`) | [`ws`] | `docs/websocket.md` |
 //! | AI SDK UI message stream (`text-delta`, ...) | [`ai_sdk`] | <https://ai-sdk.dev/docs/ai-sdk-ui/stream-protocol> |
 //! | OpenAI `chat.completion(.chunk)` | [`openai`] | OpenAI API reference, "Chat Completions" |
+//! | OpenAI `response` and its streaming events | [`responses`] | OpenAI API reference, "Responses" |
 
 pub mod ai_sdk;
 pub mod openai;
+pub mod responses;
 pub mod sse;
 pub mod ws;

@@ -166,7 +166,36 @@ const toolSteps = (await toolRun.steps).map((step) => ({
   toolResults: step.toolResults.map((r) => ({ toolCallId: r.toolCallId, output: r.output })),
 }));
 
+// 6. The AI SDK's default provider, `openai(model)`: the Responses API (/v1/responses), whole, streamed, and a
+// tool loop (`store: false`: chatgate keeps no items to reference).
+const weather = tool({
+  description: 'Current weather at a place',
+  inputSchema: z.object({ location: z.string() }),
+  execute: async ({ location }) => ({ location, celsius: 21 }),
+});
+const viaResponses = await generateText({ model: openai('mock'), prompt: 'Responses hello' });
+const responsesStream = streamText({ model: openai('mock'), prompt: 'Responses stream' });
+let responsesText = '';
+for await (const piece of responsesStream.textStream) responsesText += piece;
+const responsesTools = streamText({
+  model: openai('mock'),
+  prompt: 'Weather in Paris?',
+  tools: { get_weather: weather },
+  stopWhen: stepCountIs(3),
+  providerOptions: { openai: { store: false } },
+});
+const responsesToolText = await responsesTools.text;
+const responsesToolSteps = (await responsesTools.steps).map((step) => ({
+  finishReason: step.finishReason,
+  toolCalls: step.toolCalls.map((c) => ({ toolName: c.toolName, input: c.input })),
+}));
+
 console.log(JSON.stringify({
+  responses: {
+    generated: { text: viaResponses.text, finishReason: viaResponses.finishReason, usage: viaResponses.usage },
+    streamed: { text: responsesText, usage: await responsesStream.usage },
+    tools: { text: responsesToolText, steps: responsesToolSteps },
+  },
   tools: { text: toolText, steps: toolSteps },
   stream: { chunks, text: chunks.join(''), usage: streamUsage },
   generate: { text: generated.text, usage: generated.usage, finishReason: generated.finishReason },
