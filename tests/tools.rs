@@ -326,3 +326,56 @@ print("ok")
     assert_eq!(sent["messages"][3]["tool_call_id"], "call_Xy7");
     server.stop().await;
 }
+
+/// With no key, the mock model calls an offered tool and then quotes its result, so a tool loop runs end to
+/// end; its usage (a local estimate, since the mock reports none) counts the tool definitions as prompt and
+/// the call as completion.
+#[tokio::test]
+async fn the_mock_runs_a_tool_loop_and_its_estimate_counts_the_tools() {
+    let Some(server) = TestServer::start(Backend::Sqlite, None, "").await else {
+        return;
+    };
+    let complete = |body: Value| async {
+        let response = server
+            .post("/v1/chat/completions", "alice", body)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 200);
+        response.json::<Value>().await.expect("json")
+    };
+    let question = json!([{"role": "user", "content": "Weather in Paris?"}]);
+    let plain = complete(json!({"model": "mock", "messages": question})).await;
+    let called = complete(json!({"model": "mock", "messages": question, "tools": tools()})).await;
+    let choice = &called["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{called}");
+    let call = &choice["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "get_weather");
+    assert_eq!(call["function"]["arguments"], r#"{"location":"mock"}"#);
+    let prompt = |c: &Value| c["usage"]["prompt_tokens"].as_u64().expect("prompt tokens");
+    assert!(
+        prompt(&called) > prompt(&plain) + 20,
+        "the definitions are prompt tokens: {} vs {}",
+        prompt(&called),
+        prompt(&plain)
+    );
+    assert!(
+        called["usage"]["completion_tokens"].as_u64() > Some(3),
+        "{called}"
+    );
+
+    let mut history = question.as_array().expect("array").clone();
+    history.push(choice["message"].clone());
+    history
+        .push(json!({"role": "tool", "tool_call_id": call["id"], "content": "{\"celsius\": 21}"}));
+    let answer = complete(json!({"model": "mock", "messages": history, "tools": tools()})).await;
+    let text = answer["choices"][0]["message"]["content"]
+        .as_str()
+        .expect("text");
+    assert!(
+        text.contains(r#"Your tools answered: {"celsius": 21}."#),
+        "{text}"
+    );
+    assert_eq!(answer["choices"][0]["finish_reason"], "stop");
+    server.stop().await;
+}

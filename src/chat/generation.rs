@@ -137,7 +137,27 @@ pub async fn run(chat: Chat, generation: Arc<Generation>, mut job: Job) {
         } else {
             format!("{text}{}", tool_calls.text())
         };
-        count_tokens(&job.request.messages, route, &streamed.usage, &completion).await
+        // The tool definitions are prompt tokens too: counted as one more message of their names,
+        // descriptions and schemas (an estimate; providers that take tools report their own counts).
+        let mut prompt = std::borrow::Cow::Borrowed(job.request.messages.as_slice());
+        if !job.request.tools.is_empty() {
+            let definitions: String = job
+                .request
+                .tools
+                .definitions
+                .iter()
+                .map(|t| {
+                    format!(
+                        "{} {} {}\n",
+                        t.name,
+                        t.description.as_deref().unwrap_or(""),
+                        t.parameters
+                    )
+                })
+                .collect();
+            prompt.to_mut().push(ChatMessage::system(definitions));
+        }
+        count_tokens(&prompt, route, &streamed.usage, &completion).await
     };
     let cost_nanousd = route.prices.cost_nanousd(&counts);
     let (message_status, finish_reason) = match (&streamed.error, streamed.cancelled) {
