@@ -170,7 +170,7 @@ fn sampling_of(request: &CompletionRequest) -> Result<Sampling, Error> {
     if request.n.is_some_and(|n| n != 1) {
         return Err(invalid(
             "n",
-            "only n = 1 is supported: one reply per request".into(),
+            "only n = 1 is supported: one reply per request",
         ));
     }
     let ranges = [
@@ -193,10 +193,7 @@ fn sampling_of(request: &CompletionRequest) -> Result<Sampling, Error> {
         Some(Stop::Many(many)) => many.clone(),
     };
     if stop.len() > 4 || stop.iter().any(String::is_empty) {
-        return Err(invalid(
-            "stop",
-            "`stop` takes up to 4 non-empty sequences".into(),
-        ));
+        return Err(invalid("stop", "`stop` takes up to 4 non-empty sequences"));
     }
     if let Some(format) = &request.response_format {
         let ok = match format["type"].as_str() {
@@ -207,7 +204,7 @@ fn sampling_of(request: &CompletionRequest) -> Result<Sampling, Error> {
         if !ok {
             return Err(invalid(
                 "response_format",
-                "`response_format` is {\"type\": \"text\"}, {\"type\": \"json_object\"} or {\"type\": \"json_schema\", \"json_schema\": {\"name\", \"schema\": {...}}}".into(),
+                "`response_format` is {\"type\": \"text\"}, {\"type\": \"json_object\"} or {\"type\": \"json_schema\", \"json_schema\": {\"name\", \"schema\": {...}}}",
             ));
         }
     }
@@ -223,11 +220,11 @@ fn sampling_of(request: &CompletionRequest) -> Result<Sampling, Error> {
 }
 
 /// `invalid_request_error` / `invalid_parameter` naming `param`.
-fn invalid(param: &str, message: String) -> Error {
+pub(super) fn invalid(param: &str, message: impl Into<String>) -> Error {
     Error::new(
         crate::error::ErrorKind::Invalid,
         "invalid_parameter",
-        message,
+        message.into(),
     )
     .with_details(json!({ "field": param }))
 }
@@ -263,8 +260,7 @@ fn tools_of(request: &CompletionRequest) -> Result<Tools, Error> {
             None => {
                 return Err(invalid(
                     &param,
-                    "a tool is {\"type\": \"function\", \"function\": {\"name\", \"parameters\"}}"
-                        .into(),
+                    "a tool is {\"type\": \"function\", \"function\": {\"name\", \"parameters\"}}",
                 ));
             }
         }
@@ -273,7 +269,7 @@ fn tools_of(request: &CompletionRequest) -> Result<Tools, Error> {
         if !is_tool_name(name) {
             return Err(invalid(
                 &format!("{param}.function.name"),
-                "a tool's name is 1 to 64 letters, digits, underscores or dashes".into(),
+                "a tool's name is 1 to 64 letters, digits, underscores or dashes",
             ));
         }
         if tools.definitions.iter().any(|t| t.name == name) {
@@ -288,7 +284,7 @@ fn tools_of(request: &CompletionRequest) -> Result<Tools, Error> {
             _ => {
                 return Err(invalid(
                     &format!("{param}.function.parameters"),
-                    "a tool's parameters are a JSON Schema object".into(),
+                    "a tool's parameters are a JSON Schema object",
                 ));
             }
         };
@@ -311,7 +307,7 @@ fn tools_of(request: &CompletionRequest) -> Result<Tools, Error> {
         .ok_or_else(|| {
             invalid(
                 "tool_choice",
-                "`tool_choice` is \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": {\"name\"}}".into(),
+                "`tool_choice` is \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": {\"name\"}}",
             )
         })?,
         Some(choice) => match (choice["type"].as_str(), choice["function"]["name"].as_str()) {
@@ -327,7 +323,7 @@ fn tools_of(request: &CompletionRequest) -> Result<Tools, Error> {
             _ => {
                 return Err(invalid(
                     "tool_choice",
-                    "`tool_choice` is \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": {\"name\"}}".into(),
+                    "`tool_choice` is \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": {\"name\"}}",
                 ));
             }
         },
@@ -336,7 +332,7 @@ fn tools_of(request: &CompletionRequest) -> Result<Tools, Error> {
         if choice == Some(ToolChoice::Required) {
             return Err(invalid(
                 "tool_choice",
-                "`tool_choice` \"required\" needs tools".into(),
+                "`tool_choice` \"required\" needs tools",
             ));
         }
         return Ok(tools);
@@ -362,7 +358,7 @@ fn tool_call_of(call: &Value, param: &str) -> Result<ToolCall, Error> {
     let (Some(id), Some(name)) = (id, name) else {
         return Err(invalid(
             param,
-            "a tool call is {\"id\", \"type\": \"function\", \"function\": {\"name\", \"arguments\"}}".into(),
+            "a tool call is {\"id\", \"type\": \"function\", \"function\": {\"name\", \"arguments\"}}",
         ));
     };
     let arguments = match &call["function"]["arguments"] {
@@ -535,7 +531,7 @@ pub(super) async fn start(
             (Some(_), _) => {
                 return Err(invalid(
                     &field("tool_calls"),
-                    "only assistant messages carry tool_calls".into(),
+                    "only assistant messages carry tool_calls",
                 ));
             }
         };
@@ -544,7 +540,7 @@ pub(super) async fn start(
             let Some(id) = &message.tool_call_id else {
                 return Err(invalid(
                     &field("tool_call_id"),
-                    "a tool message needs the tool_call_id it answers".into(),
+                    "a tool message needs the tool_call_id it answers",
                 ));
             };
             if !calls_so_far.iter().any(|call| &call.id == id) {
@@ -560,7 +556,7 @@ pub(super) async fn start(
             if !text_only {
                 return Err(invalid(
                     &field("content"),
-                    "a tool message's content is text".into(),
+                    "a tool message's content is text",
                 ));
             }
         }

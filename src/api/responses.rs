@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use serde_json::{Map, Value, json};
 
 use super::error::AppJson;
-use super::openai::{CompletionRequest, answering_model, first_delta, start, with_alias};
+use super::openai::{CompletionRequest, answering_model, first_delta, invalid, start, with_alias};
 use crate::AppState;
 use crate::auth::AuthUser;
 use crate::error::{Error, ErrorKind};
@@ -93,12 +93,6 @@ async fn create(
     meta.model = answering_model(&generation, &alias);
     let response = responses::response(&meta, &terminal)?;
     Ok(with_alias(Json(response).into_response(), &alias))
-}
-
-/// 400 naming `param`.
-fn invalid(param: &str, message: impl Into<String>) -> Error {
-    Error::new(ErrorKind::Invalid, "invalid_parameter", message.into())
-        .with_details(json!({ "field": param }))
 }
 
 /// A Chat Completions field named in an error, by its Responses name: `messages[3]` is the input item (or
