@@ -21,6 +21,7 @@ backend_tests!(
     deltas_arrive_one_by_one_before_the_upstream_finishes,
     json_answer_saves_reply_usage_and_exact_cost,
     client_disconnect_after_first_delta_still_saves_the_whole_reply,
+    a_client_asking_on_disconnect_cancel_stops_the_reply_by_leaving,
     upstream_dying_mid_stream_yields_error_event_and_failed_partial,
     upstream_error_inside_200_stream_is_an_error,
     upstream_status_errors_map_to_gateway_errors,
@@ -241,6 +242,68 @@ async fn client_disconnect_after_first_delta_still_saves_the_whole_reply(backend
     assert_eq!(saved["status"], "complete");
     assert_eq!(saved["tokens_used"], 23);
     assert!(upstream.finished());
+}
+
+/// `?on_disconnect=cancel`: the client's leaving is its Stop button — the reply stops at once (whatever the
+/// server's disconnect policy), saved `cancelled` with what was streamed; the upstream request is dropped. The
+/// parameter is refused where nothing follows the reply, and for other values.
+async fn a_client_asking_on_disconnect_cancel_stops_the_reply_by_leaving(backend: Backend) {
+    let steps = vec![
+        Step::Chunk(role_chunk()),
+        Step::Chunk(content_chunk("First")),
+        Step::Gate,
+        Step::Chunk(content_chunk(" never")),
+        Step::Done,
+    ];
+    let upstream = FakeOpenAi::start(vec![Script::stream(steps)]).await;
+    let Some(server) = TestServer::start(backend, Some(&upstream.url), "").await else {
+        return;
+    };
+    let conversation_id = server.conversation("alice").await;
+    let path = format!("/api/v1/conversations/{conversation_id}/messages");
+    let response = server
+        .post(
+            &format!("{path}?stream=true&on_disconnect=cancel"),
+            "alice",
+            json!({ "content": "Count" }),
+        )
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    let mut events = sse_events(response);
+    loop {
+        let event = events.next().await.expect("event");
+        if event.event == "delta" {
+            break;
+        }
+    }
+    drop(events);
+    let saved = server.wait_for_reply("alice", &conversation_id).await;
+    assert_eq!(saved["status"], "cancelled", "{saved}");
+    assert_eq!(saved["content"], "First");
+    assert_eq!(saved["finish_reason"], "client_disconnected", "{saved}");
+    upstream.release();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!upstream.finished(), "the upstream request was dropped");
+
+    for (query, headers) in [
+        ("on_disconnect=cancel", Some(("prefer", "respond-async"))),
+        ("on_disconnect=later", None),
+    ] {
+        let mut request = server.post(
+            &format!("{path}?{query}"),
+            "alice",
+            json!({ "content": "x" }),
+        );
+        if let Some((name, value)) = headers {
+            request = request.header(name, value);
+        }
+        let response = request.send().await.expect("send");
+        assert_eq!(response.status(), 400, "{query}");
+        let body: Value = response.json().await.expect("json");
+        assert_eq!(body["details"]["field"], "on_disconnect", "{body}");
+    }
 }
 
 async fn upstream_dying_mid_stream_yields_error_event_and_failed_partial(backend: Backend) {

@@ -90,6 +90,13 @@ async fn the_vercel_ai_sdk_works_unmodified() {
             4,
             Duration::from_millis(200),
         )),
+        // Stopped by the SDK's Chat.stop() after its first piece.
+        Script::stream(full_stream(
+            &["Eins ", "zwei ", "drei ", "vier ", "fünf"],
+            13,
+            5,
+            Duration::from_millis(300),
+        )),
     ])
     .await;
     let Some(server) = TestServer::start(Backend::Sqlite, Some(&upstream.url), "").await else {
@@ -99,6 +106,7 @@ async fn the_vercel_ai_sdk_works_unmodified() {
     let with_file = server.conversation("alice").await;
     let to_cancel = server.conversation("alice").await;
     let to_resume = server.conversation("alice").await;
+    let to_stop = server.conversation("alice").await;
     let seen = run_node(
         "ai_sdk.mjs",
         vec![
@@ -109,6 +117,7 @@ async fn the_vercel_ai_sdk_works_unmodified() {
             ("CHATGATE_CONVERSATION_2", with_file.clone()),
             ("CHATGATE_CONVERSATION_3", to_cancel.clone()),
             ("CHATGATE_CONVERSATION_4", to_resume.clone()),
+            ("CHATGATE_CONVERSATION_5", to_stop.clone()),
         ],
     )
     .await;
@@ -261,9 +270,34 @@ async fn the_vercel_ai_sdk_works_unmodified() {
         text.contains(r#"{"location":"mock","celsius":21}"#),
         "{text}"
     );
-    // Usage for all fourteen, per user.
+    // Chat.stop() with `on_disconnect=cancel`: the reply stopped on the server, saved `cancelled` with what was
+    // streamed (the SDK shows a prefix of it), and billed for that alone.
+    let stopped = seen["stopped"]["text"].as_str().expect("text");
+    assert!(stopped.starts_with("Eins"), "{}", seen["stopped"]);
+    assert_eq!(seen["stopped"]["status"], "ready");
+    let reply = server.wait_for_reply("alice", &to_stop).await;
+    assert_eq!(reply["status"], "cancelled", "{reply}");
+    let saved = reply["content"].as_str().expect("content");
+    assert!(
+        saved.starts_with(stopped) && saved.len() < "Eins zwei drei vier fünf".len(),
+        "saved {saved:?}, shown {stopped:?}"
+    );
+    let records = server
+        .get_json(
+            &format!("/api/v1/conversations/{to_stop}/messages"),
+            "alice",
+        )
+        .await;
+    let billed = records["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .find(|m| m["role"] == "assistant")
+        .map(|m| m["tokens_used"].as_u64().unwrap_or(0));
+    assert!(billed.is_some_and(|t| t > 0), "{records}");
+    // Usage for all fifteen, per user.
     let usage: Value = server.get_json("/api/v1/usage", "alice").await;
-    assert_eq!(usage["totals"]["requests"], 14, "{usage}");
+    assert_eq!(usage["totals"]["requests"], 15, "{usage}");
 }
 
 /// The browser binary: `$CHROMIUM`, else Debian's.

@@ -34,6 +34,25 @@ struct SendQuery {
     stream: Option<bool>,
     /// `native` (default) or `ai-sdk`: the Vercel AI SDK UI message stream.
     format: Option<String>,
+    /// `cancel`: the reply stops when this request's stream (or wait) ends before it — what a Stop button that
+    /// only closes the connection (the AI SDK's `stop()`) means. Not with `Prefer: respond-async`.
+    on_disconnect: Option<String>,
+}
+
+/// Whether the reply stops when the request that started it goes away (`?on_disconnect=cancel`).
+///
+/// # Errors
+/// `validation_error` for another value, or for a 202 answer, which nobody follows.
+fn stop_when_left(query: &SendQuery, answer: Answer) -> Result<bool, Error> {
+    match query.on_disconnect.as_deref() {
+        None => Ok(false),
+        Some("cancel") if answer == Answer::Async => Err(Error::validation(
+            "on_disconnect",
+            "a reply answered with 202 has no connection to follow; cancel it with POST /api/v1/generations/{id}/cancel",
+        )),
+        Some("cancel") => Ok(true),
+        Some(_) => Err(Error::validation("on_disconnect", "must be cancel")),
+    }
 }
 
 /// How the caller wants the answer.
@@ -92,6 +111,7 @@ fn negotiate(headers: &HeaderMap, query: &SendQuery) -> Result<Answer, Error> {
         ("id" = String, Path, description = "conversation id (UUID)"),
         ("stream" = Option<bool>, Query, description = "true: SSE, like `Accept: text/event-stream`"),
         ("format" = Option<String>, Query, description = "`native` (default) or `ai-sdk`: the Vercel AI SDK UI message stream (accepts `useChat` bodies)"),
+        ("on_disconnect" = Option<String>, Query, description = "`cancel`: the reply stops (saved `cancelled`, billed for what was streamed) when this request goes away before it ends — the AI SDK's `stop()`; not with `Prefer: respond-async`"),
         ("Prefer" = Option<String>, Header, description = "`respond-async`: 202 at once"),
     ),
     request_body = SendRequest,
@@ -118,6 +138,7 @@ async fn send(
 ) -> Result<Response, Error> {
     let received = Instant::now();
     let answer = negotiate(&headers, &query)?;
+    let stop = stop_when_left(&query, answer)?;
     let conversation_id = parse_id(&conversation_id, "conversation")?;
     let request = if answer == Answer::AiSdk && ai_sdk::is_use_chat(&body) {
         let media = &state.media;
@@ -134,8 +155,15 @@ async fn send(
                         .await?
                         .to_string(),
                 };
-                return regenerate_and_respond(&state, &user, &message_id, model, answer, received)
-                    .await;
+                return regenerate_and_respond(
+                    &state,
+                    &user,
+                    &message_id,
+                    model,
+                    (answer, stop),
+                    received,
+                )
+                .await;
             }
         }
     } else {
@@ -145,6 +173,9 @@ async fn send(
         .chat
         .send(&user.user_id, conversation_id, request, answer.attendance())
         .await?;
+    if stop {
+        started.generation.cancel_when_left();
+    }
     respond(&state, answer, &user, started, true, received).await
 }
 
@@ -181,8 +212,9 @@ async fn regenerate(
 ) -> Result<Response, Error> {
     let received = Instant::now();
     let answer = negotiate(&headers, &query)?;
+    let stop = stop_when_left(&query, answer)?;
     let model = body.and_then(|b| b.0.model);
-    regenerate_and_respond(&state, &user, &message_id, model, answer, received).await
+    regenerate_and_respond(&state, &user, &message_id, model, (answer, stop), received).await
 }
 
 /// A new reply to the message `message_id` names, answered as `answer` (the question is not announced again).
@@ -191,7 +223,7 @@ async fn regenerate_and_respond(
     user: &AuthUser,
     message_id: &str,
     model: Option<String>,
-    answer: Answer,
+    (answer, stop): (Answer, bool),
     received: Instant,
 ) -> Result<Response, Error> {
     let message_id = parse_id(message_id, "message")?;
@@ -204,6 +236,9 @@ async fn regenerate_and_respond(
             answer.attendance(),
         )
         .await?;
+    if stop {
+        started.generation.cancel_when_left();
+    }
     respond(state, answer, user, started, false, received).await
 }
 

@@ -52,6 +52,8 @@ pub struct Generation {
     finished_at: Mutex<Option<Instant>>,
     upstream_ttft: OnceLock<Duration>,
     upstream_model: OnceLock<String>,
+    /// Stop when the last follower leaves, whatever the policy ([`Generation::cancel_when_left`]).
+    cancel_when_left: AtomicBool,
     hub: Weak<HubInner>,
 }
 
@@ -218,6 +220,12 @@ impl Generation {
         self.upstream_model.get().map(String::as_str)
     }
 
+    /// Cancels the generation (`CancelReason::Disconnected`) as soon as its last follower leaves, instead of
+    /// applying the disconnect policy: for a request whose closing connection means "stop".
+    pub fn cancel_when_left(&self) {
+        self.cancel_when_left.store(true, Ordering::Release);
+    }
+
     /// Finished more than `retention` ago.
     fn expired(&self, retention: Duration) -> bool {
         self.finished_at
@@ -232,6 +240,11 @@ impl Generation {
             return;
         };
         if self.is_finished() {
+            return;
+        }
+        if self.cancel_when_left.load(Ordering::Acquire) {
+            tracing::info!(generation_id = %self.id(), "its request went away: cancelling");
+            self.cancel(CancelReason::Disconnected);
             return;
         }
         match hub.policy.on_disconnect {
@@ -343,6 +356,7 @@ impl Hub {
             finished_at: Mutex::new(None),
             upstream_ttft: OnceLock::new(),
             upstream_model: OnceLock::new(),
+            cancel_when_left: AtomicBool::new(false),
             hub: Arc::downgrade(&self.inner),
         });
         self.generations()
@@ -377,6 +391,7 @@ impl Hub {
             finished_at: Mutex::new(None),
             upstream_ttft: OnceLock::new(),
             upstream_model: OnceLock::new(),
+            cancel_when_left: AtomicBool::new(false),
             hub: Weak::new(),
         }))
     }

@@ -1,10 +1,12 @@
 // The Vercel AI SDK against a running chatgate, as an app would use it. Driven by tests/js_clients.rs.
 //
-// Env: CHATGATE_URL, CHATGATE_TOKEN, CHATGATE_MODEL, CHATGATE_CONVERSATION, _2, _3 and _4 (conversations of the
-// token's user).
+// Env: CHATGATE_URL, CHATGATE_TOKEN, CHATGATE_MODEL, CHATGATE_CONVERSATION, _2, _3, _4 and _5 (conversations of
+// the token's user).
 // Prints one JSON object: what each client saw.
 import { createOpenAI } from '@ai-sdk/openai';
-import { DefaultChatTransport, generateText, readUIMessageStream, stepCountIs, streamText, tool } from 'ai';
+import {
+  AbstractChat, DefaultChatTransport, generateText, readUIMessageStream, stepCountIs, streamText, tool,
+} from 'ai';
 import { z } from 'zod';
 
 const url = process.env.CHATGATE_URL;
@@ -190,7 +192,41 @@ const responsesToolSteps = (await responsesTools.steps).map((step) => ({
   toolCalls: step.toolCalls.map((c) => ({ toolName: c.toolName, input: c.input })),
 }));
 
+// 7. The Stop button: the SDK's own Chat (AbstractChat, which @ai-sdk/react's useChat wraps) and its stop(),
+// which only aborts the request. With `on_disconnect=cancel` on the transport's URL, that stops the reply on the
+// server too.
+class PlainState {
+  constructor() { this.status = 'ready'; this.error = undefined; this.messages = []; }
+  pushMessage(message) { this.messages = this.messages.concat(message); }
+  popMessage() { this.messages = this.messages.slice(0, -1); }
+  replaceMessage(index, message) {
+    this.messages = [...this.messages.slice(0, index), message, ...this.messages.slice(index + 1)];
+  }
+  snapshot(thing) { return structuredClone(thing); }
+}
+class Chat extends AbstractChat {
+  constructor(init) { super({ ...init, state: new PlainState() }); }
+}
+const conversation5 = process.env.CHATGATE_CONVERSATION_5;
+const stoppable = new Chat({
+  id: conversation5,
+  transport: new DefaultChatTransport({
+    api: `${url}/api/v1/conversations/${conversation5}/messages?format=ai-sdk&on_disconnect=cancel`,
+    headers: { Authorization: `Bearer ${token}` },
+  }),
+});
+const replyText = () => stoppable.messages
+  .filter((m) => m.role === 'assistant')
+  .flatMap((m) => m.parts.filter((p) => p.type === 'text').map((p) => p.text))
+  .join('');
+const sending = stoppable.sendMessage({ text: 'Count for me, slowly' });
+while (replyText().length === 0) await new Promise((resolve) => setTimeout(resolve, 5));
+await stoppable.stop();
+await sending;
+const stopped = { text: replyText(), status: stoppable.status };
+
 console.log(JSON.stringify({
+  stopped,
   responses: {
     generated: { text: viaResponses.text, finishReason: viaResponses.finishReason, usage: viaResponses.usage },
     streamed: { text: responsesText, usage: await responsesStream.usage },
