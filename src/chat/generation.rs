@@ -131,32 +131,7 @@ pub async fn run(chat: Chat, generation: Arc<Generation>, mut job: Job) {
             estimated: false,
         }
     } else {
-        // A tool call's name and arguments are completion tokens too.
-        let completion = if tool_calls.is_empty() {
-            text.clone()
-        } else {
-            format!("{text}{}", tool_calls.text())
-        };
-        // The tool definitions are prompt tokens too: counted as one more message of their names,
-        // descriptions and schemas (an estimate; providers that take tools report their own counts).
-        let mut prompt = std::borrow::Cow::Borrowed(job.request.messages.as_slice());
-        if !job.request.tools.is_empty() {
-            let definitions: String = job
-                .request
-                .tools
-                .definitions
-                .iter()
-                .map(|t| {
-                    format!(
-                        "{} {} {}\n",
-                        t.name,
-                        t.description.as_deref().unwrap_or(""),
-                        t.parameters
-                    )
-                })
-                .collect();
-            prompt.to_mut().push(ChatMessage::system(definitions));
-        }
+        let (prompt, completion) = counted_texts(&job.request, &text, &tool_calls);
         count_tokens(&prompt, route, &streamed.usage, &completion).await
     };
     let cost_nanousd = route.prices.cost_nanousd(&counts);
@@ -443,6 +418,34 @@ fn too_long(full: &crate::stream::LogFull) -> Error {
     .with_details(serde_json::json!({
         "events": full.events, "text_bytes": full.text_bytes,
     }))
+}
+
+/// What a local estimate counts: the prompt's messages and, when tools were offered, their definitions (names,
+/// descriptions and schemas, as one more message); the reply's text and its tool calls' names and arguments.
+fn counted_texts<'a>(
+    request: &'a ChatRequest,
+    text: &str,
+    tool_calls: &ToolCalls,
+) -> (std::borrow::Cow<'a, [ChatMessage]>, String) {
+    let mut prompt = std::borrow::Cow::Borrowed(request.messages.as_slice());
+    if !request.tools.is_empty() {
+        let definitions: String = request
+            .tools
+            .definitions
+            .iter()
+            .map(|t| {
+                let description = t.description.as_deref().unwrap_or("");
+                format!("{} {description} {}\n", t.name, t.parameters)
+            })
+            .collect();
+        prompt.to_mut().push(ChatMessage::system(definitions));
+    }
+    let completion = if tool_calls.is_empty() {
+        text.to_string()
+    } else {
+        format!("{text}{}", tool_calls.text())
+    };
+    (prompt, completion)
 }
 
 /// Retries before the first token.

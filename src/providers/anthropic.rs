@@ -2,9 +2,10 @@
 //!
 //! Wire format (Anthropic API reference, "Streaming Messages"; anthropic-sdk-python's recorded fixtures):
 //! SSE with `event:` types `message_start` (usage: `input_tokens`, `cache_creation_input_tokens`,
-//! `cache_read_input_tokens`, a placeholder `output_tokens`), `content_block_start`, `content_block_delta`
-//! (`text_delta`; `input_json_delta` for `tool_use` blocks), `content_block_stop`, `message_delta` (stop reason and *cumulative* usage), `ping`,
-//! `message_stop` (the terminator) and `error` (inside the 200 stream).
+//! `cache_read_input_tokens`, a placeholder `output_tokens`), `content_block_start` (`tool_use` blocks carry a
+//! call's id and name), `content_block_delta` (`text_delta`; `input_json_delta` for `tool_use` blocks),
+//! `content_block_stop`, `message_delta` (stop reason and *cumulative* usage), `ping`, `message_stop` (the
+//! terminator) and `error` (inside the 200 stream).
 
 use serde::Deserialize;
 use serde_json::{Value, json};

@@ -140,7 +140,7 @@ pub fn response(meta: &ResponseMeta, terminal: &LoggedEvent) -> Result<Value, Er
 
 /// An output item being streamed.
 enum Open {
-    Text { text: String },
+    Text { id: String, text: String },
     Call { index: usize, call: ToolCall },
 }
 
@@ -179,8 +179,7 @@ impl Encoder {
         let output_index = self.output.len();
         match self.open.take() {
             None => {}
-            Some(Open::Text { text }) => {
-                let item_id = self.meta.message_id();
+            Some(Open::Text { id: item_id, text }) => {
                 let part = json!({ "type": "output_text", "text": text, "annotations": [], "logprobs": [] });
                 self.event(
                     out,
@@ -219,10 +218,15 @@ impl Encoder {
     }
 
     fn text(&mut self, out: &mut String, delta: &str) {
-        let item_id = self.meta.message_id();
         if !matches!(self.open, Some(Open::Text { .. })) {
             self.close(out);
             let output_index = self.output.len();
+            // Text again after a tool call is a second message item, with an id of its own.
+            let item_id = if self.output.iter().any(|item| item["type"] == "message") {
+                format!("{}_{output_index}", self.meta.message_id())
+            } else {
+                self.meta.message_id()
+            };
             let mut item = message_item(&item_id, "", "in_progress");
             item["content"] = json!([]);
             self.event(
@@ -237,12 +241,15 @@ impl Encoder {
                         "part": { "type": "output_text", "text": "", "annotations": [], "logprobs": [] } }),
             );
             self.open = Some(Open::Text {
+                id: item_id,
                 text: String::new(),
             });
         }
-        if let Some(Open::Text { text }) = &mut self.open {
-            text.push_str(delta);
-        }
+        let Some(Open::Text { id, text }) = &mut self.open else {
+            return;
+        };
+        text.push_str(delta);
+        let item_id = id.clone();
         // The open item is the next one of the output.
         let output_index = self.output.len();
         self.event(
@@ -369,5 +376,82 @@ where
                 yield Bytes::from(std::mem::take(&mut out));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::ToolCallDelta;
+
+    /// Text, a call, then text again: three output items with distinct ids and their output indexes, events
+    /// numbered without a gap.
+    #[tokio::test]
+    async fn items_after_a_call_get_their_own_ids_and_indexes() {
+        let meta = ResponseMeta {
+            id: "resp_1".into(),
+            created_at: 0,
+            model: "m".into(),
+            echo: serde_json::Map::new(),
+        };
+        let call = |arguments: &str, first: bool| {
+            GenerationEvent::ToolCall(Box::new(ToolCallDelta {
+                index: 0,
+                id: first.then(|| "call_1".to_string()),
+                name: first.then(|| "f".to_string()),
+                arguments: arguments.into(),
+            }))
+        };
+        let events = [
+            GenerationEvent::delta("Let me check."),
+            call("", true),
+            call("{}", false),
+            GenerationEvent::delta("Done."),
+        ];
+        let logged: Vec<_> = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| LoggedEvent::new(i as u64 + 1, e))
+            .collect();
+        let bytes: Vec<Bytes> = super::events(futures::stream::iter(logged), meta)
+            .collect()
+            .await;
+        let text = String::from_utf8(bytes.concat()).expect("utf-8");
+        let data: Vec<Value> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(|d| serde_json::from_str(d).expect("json"))
+            .collect();
+        let added: Vec<(u64, String)> = data
+            .iter()
+            .filter(|d| d["type"] == "response.output_item.added")
+            .map(|d| {
+                (
+                    d["output_index"].as_u64().expect("index"),
+                    d["item"]["id"].as_str().expect("id").to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            added,
+            [
+                (0, "msg_1".to_string()),
+                (1, "fc_1_0".to_string()),
+                (2, "msg_1_2".to_string())
+            ]
+        );
+        let second_text = data
+            .iter()
+            .find(|d| d["type"] == "response.output_text.delta" && d["delta"] == "Done.")
+            .expect("delta");
+        assert_eq!(
+            (&second_text["item_id"], &second_text["output_index"]),
+            (&json!("msg_1_2"), &json!(2))
+        );
+        let numbers: Vec<u64> = data
+            .iter()
+            .map(|d| d["sequence_number"].as_u64().expect("number"))
+            .collect();
+        assert_eq!(numbers, (0..numbers.len() as u64).collect::<Vec<_>>());
     }
 }
