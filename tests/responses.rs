@@ -328,3 +328,62 @@ print("ok")
     assert_eq!(sent["messages"][3]["content"], "14:05");
     server.stop().await;
 }
+
+/// An upstream that dies mid-stream ends a streamed response with `error` then `response.failed` (what was
+/// streamed kept in its output, the error's code and message on it); one that fails before its first token is
+/// the HTTP status itself, in OpenAI's error shape.
+#[tokio::test]
+async fn upstream_failures_end_a_response_as_the_protocol_says() {
+    let upstream = FakeOpenAi::start(vec![
+        Script::stream(vec![
+            Step::Chunk(common::role_chunk()),
+            Step::Chunk(common::content_chunk("Half")),
+            // Let the bytes reach the wire before the connection is torn down.
+            Step::Delay(Duration::from_millis(50)),
+            Step::Die,
+        ]),
+        Script::error(401, vec![], json!({"error": {"message": "bad key"}})),
+    ])
+    .await;
+    let Some(server) = TestServer::start(Backend::Sqlite, Some(&upstream.url), "").await else {
+        return;
+    };
+    let response = server
+        .post(
+            "/v1/responses",
+            "alice",
+            json!({"model": "gpt", "input": "Hello", "stream": true}),
+        )
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    let streamed = events(response).await;
+    let names: Vec<&str> = streamed.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(
+        &names[names.len() - 3..],
+        ["response.output_item.done", "error", "response.failed"],
+        "{names:?}"
+    );
+    let error = &streamed[streamed.len() - 2].1;
+    assert_eq!(error["code"], "upstream_interrupted", "{error}");
+    assert_eq!(error["error"]["code"], "upstream_interrupted", "{error}");
+    let failed = &streamed.last().expect("events").1["response"];
+    assert_eq!(failed["status"], "failed");
+    assert_eq!(failed["error"]["code"], "upstream_interrupted");
+    assert_eq!(failed["output"][0]["content"][0]["text"], "Half");
+
+    let response = server
+        .post(
+            "/v1/responses",
+            "alice",
+            json!({"model": "gpt", "input": "Hello", "stream": true}),
+        )
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 502);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "upstream_auth", "{body}");
+    server.stop().await;
+}
