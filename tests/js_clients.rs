@@ -360,6 +360,11 @@ async fn the_web_ui_streams_survives_a_reload_stops_and_shows_usage() {
     .await;
     assert_eq!(seen["pageErrors"], serde_json::json!([]), "{seen}");
 
+    // On a laptop (1280×800, where the replies below stream in): the input, Send and the sidebar on screen.
+    let desktop = &seen["desktop"];
+    for key in ["input", "send", "sidebar"] {
+        assert_eq!(desktop[key], true, "{key}: {desktop}");
+    }
     // On a phone: the input and Send on screen, the sidebar behind its button, a reply streamed in.
     let phone = &seen["phone"];
     for key in [

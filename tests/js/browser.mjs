@@ -14,7 +14,7 @@ const browser = await chromium.launch({
 });
 const seen = {};
 try {
-  const page = await browser.newPage({ viewport: { width: 1200, height: 760 } });
+  const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
   const pageErrors = [];
   page.on('pageerror', (error) => pageErrors.push(String(error)));
 
@@ -58,6 +58,17 @@ try {
     }
     throw new Error(`reply ${id} never settled`);
   }
+
+  // On a laptop (1280×800): the input and Send on screen, the sidebar shown.
+  const onScreenIn = (target, selector) => target.evaluate((selector) => {
+    const r = document.querySelector(selector).getBoundingClientRect();
+    return r.width > 0 && r.height > 0 && r.left >= 0 && r.top >= 0 && r.right <= innerWidth && r.bottom <= innerHeight;
+  }, selector);
+  seen.desktop = {
+    input: await onScreenIn(page, '#input'),
+    send: await onScreenIn(page, '#send'),
+    sidebar: await onScreenIn(page, '#new-chat'),
+  };
 
   // 1. Tokens appear progressively.
   const first = await sendAndWait('first message', 1);
@@ -140,10 +151,7 @@ try {
   await phone.fill('#dev-user', 'phone-user');
   await phone.click('#dev-token');
   await phone.waitForSelector('body[data-ready="true"]');
-  const onScreen = (selector) => phone.evaluate((selector) => {
-    const r = document.querySelector(selector).getBoundingClientRect();
-    return r.width > 0 && r.height > 0 && r.left >= 0 && r.top >= 0 && r.right <= innerWidth && r.bottom <= innerHeight;
-  }, selector);
+  const onScreen = (selector) => onScreenIn(phone, selector);
   seen.phone = {
     input: await onScreen('#input'),
     send: await onScreen('#send'),
