@@ -30,6 +30,8 @@ backend_tests!(
     async_answer_then_resume_with_last_event_id,
     prompt_carries_persona_and_history,
     a_reply_past_the_log_bound_ends_with_a_clear_error_and_is_saved,
+    history_fills_max_history_tokens_by_stored_counts,
+    messages_stored_without_a_count_are_counted_once,
 );
 
 async fn send_sse(
@@ -805,4 +807,147 @@ async fn a_reply_past_the_log_bound_ends_with_a_clear_error_and_is_saved(backend
     assert_eq!(reply["status"], "failed");
     assert_eq!(reply["content"], streamed, "what was streamed is saved");
     assert_eq!(reply["id"], error["details"]["message_id"]);
+}
+
+/// Tokens of `text` as the fake upstream's model (`gpt-4o-mini`, o200k) counts them.
+fn tokens(text: &str) -> u64 {
+    chatgate::usage::tokens::Tokenizer::for_model("gpt-4o-mini").count(text)
+}
+
+/// Polls history until every message has its `content_tokens` (user messages are counted just after they are
+/// saved, in the background).
+async fn counted_history(server: &TestServer, conversation_id: &str) -> Vec<Value> {
+    for _ in 0..100 {
+        let history = server.history("alice", conversation_id).await;
+        if history.iter().all(|m| m["content_tokens"].is_u64()) {
+            return history;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("messages left without a token count")
+}
+
+/// A long conversation of ordinary English turns sends history up to `max_history_tokens` — within one
+/// message of it, never over — because fitting sums each message's stored, exact token count (it used to
+/// spend a byte bound and send a fifth of what was configured).
+async fn history_fills_max_history_tokens_by_stored_counts(backend: Backend) {
+    let reply = "Noted, thank you.";
+    let upstream = FakeOpenAi::start(vec![Script::stream(full_stream(
+        &[reply],
+        5,
+        tokens(reply),
+        Duration::ZERO,
+    ))])
+    .await;
+    let budget = 1200;
+    let Some(server) = TestServer::start(
+        backend,
+        Some(&upstream.url),
+        &format!("[generation]\nmax_history_tokens = {budget}\n"),
+    )
+    .await
+    else {
+        return;
+    };
+    let conversation_id = server.conversation("alice").await;
+    let sentence = "The patient farmer walked along the river at dawn, counting the herons that waited in the reeds \
+                    and wondering whether the autumn rain would come before the harvest was safely in the barn.";
+    for i in 0..40 {
+        let response = server
+            .send_message(
+                &conversation_id,
+                "alice",
+                json!({ "content": format!("Note {i}: {sentence}") }),
+            )
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 200);
+    }
+    let (_, request) = upstream.requests().pop().expect("request");
+    let messages = request["messages"].as_array().expect("messages");
+    let history = &messages[1..messages.len() - 1];
+    let cost = |m: &Value| 3 + tokens(m["content"].as_str().expect("content"));
+    let spent: u64 = history.iter().map(cost).sum();
+    let largest = history.iter().map(cost).max().expect("history");
+    let new_message = messages.last().expect("new message")["content"]
+        .as_str()
+        .expect("content");
+    // The new message costs its byte bound; the history fills the rest up to less than one more message.
+    let room = budget - (3 + new_message.len() as u64);
+    assert!(spent <= room, "over the budget: {spent} > {room}");
+    assert!(
+        spent + largest > room,
+        "history stopped short: {spent} of {room} with {} messages",
+        history.len()
+    );
+    assert!(history.len() > 30, "{} messages", history.len());
+
+    // Every message carries its count: the user's from tiktoken, the replies' from the provider's usage.
+    for message in counted_history(&server, &conversation_id).await {
+        let content = message["content"].as_str().expect("content");
+        assert_eq!(message["content_tokens"], tokens(content), "{message}");
+    }
+}
+
+/// Messages stored without a count (before counts were stored) are counted the first time history is fitted,
+/// and the counts recorded, so it happens once.
+async fn messages_stored_without_a_count_are_counted_once(backend: Backend) {
+    let upstream = FakeOpenAi::start(vec![Script::stream(full_stream(
+        &["ok"],
+        5,
+        1,
+        Duration::ZERO,
+    ))])
+    .await;
+    let Some(server) = TestServer::start(backend, Some(&upstream.url), "").await else {
+        return;
+    };
+    let conversation_id = server.conversation("alice").await;
+    let id: chatgate::id::Id = conversation_id.parse().expect("id");
+    let store = &server.state.store;
+    let legacy = [
+        "An old question about the weather.",
+        "An old answer: it rained all week.",
+    ];
+    for (i, content) in legacy.iter().enumerate() {
+        store
+            .insert_message(&chatgate::store::NewMessage {
+                id: chatgate::id::Id::new(),
+                conversation_id: id,
+                parent_id: None,
+                role: if i == 0 {
+                    chatgate::domain::Role::User
+                } else {
+                    chatgate::domain::Role::Assistant
+                },
+                content: (*content).to_string(),
+                message_type: Default::default(),
+                media: json!([]),
+                status: chatgate::domain::MessageStatus::Complete,
+                model: None,
+                provider: None,
+                finish_reason: None,
+                error: None,
+                created_at: chatgate::store::now(),
+                content_tokens: None,
+            })
+            .await
+            .expect("insert");
+    }
+    let before = server.history("alice", &conversation_id).await;
+    assert!(before.iter().all(|m| m["content_tokens"].is_null()));
+    let response = server
+        .send_message(&conversation_id, "alice", json!({ "content": "And now?" }))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), 200);
+    let (_, request) = upstream.requests().pop().expect("request");
+    assert_eq!(request["messages"][1]["content"], legacy[0]);
+    assert_eq!(request["messages"][2]["content"], legacy[1]);
+    let history = counted_history(&server, &conversation_id).await;
+    for (message, content) in history.iter().zip(legacy) {
+        assert_eq!(message["content_tokens"], tokens(content), "{message}");
+    }
 }

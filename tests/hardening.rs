@@ -264,6 +264,7 @@ fn streaming_row(conversation_id: chatgate::id::Id, content: &str) -> Checkpoint
             finish_reason: None,
             error: None,
             created_at: chatgate::store::now(),
+            content_tokens: None,
         },
         prompt_tokens_estimate: 10,
     }

@@ -21,6 +21,7 @@ backend_tests!(
     history_pages_by_offset_and_cursor_in_both_orders,
     generation_saves_message_and_usage_together,
     deleting_a_conversation_takes_its_messages,
+    token_counts_are_recorded_once,
 );
 
 async fn open(backend: Backend) -> Option<(TestDb, std::sync::Arc<dyn Store>)> {
@@ -52,6 +53,7 @@ fn user_message(conversation_id: Id, content: &str) -> NewMessage {
         finish_reason: None,
         error: None,
         created_at: now(),
+        content_tokens: None,
     }
 }
 
@@ -488,4 +490,54 @@ async fn deleting_a_conversation_takes_its_messages(backend: Backend) {
             .await
             .is_err()
     );
+}
+
+/// `content_tokens` is written with a message when known, recorded later where it is not, and never
+/// overwritten; a message deleted meanwhile is skipped without failing the others.
+async fn token_counts_are_recorded_once(backend: Backend) {
+    let Some((_db, store)) = open(backend).await else {
+        return;
+    };
+    let p = store.create_persona(&persona("p")).await.expect("persona");
+    let c = store
+        .create_conversation("alice", p.id, None)
+        .await
+        .expect("create");
+    let known = store
+        .insert_message(&NewMessage {
+            content_tokens: Some(7),
+            ..user_message(c.id, "counted at write")
+        })
+        .await
+        .expect("insert");
+    let unknown = store
+        .insert_message(&user_message(c.id, "counted later"))
+        .await
+        .expect("insert");
+    assert_eq!(
+        (known.content_tokens, unknown.content_tokens),
+        (Some(7), None)
+    );
+    let gone = store
+        .insert_message(&user_message(c.id, "deleted"))
+        .await
+        .expect("insert");
+    assert!(
+        store
+            .delete_message("alice", gone.id)
+            .await
+            .expect("delete")
+    );
+    store
+        .set_content_tokens(&[(known.id, 99), (unknown.id, 3), (gone.id, 5)])
+        .await
+        .expect("record");
+    let counts: Vec<Option<i64>> = store
+        .list_messages(c.id, HistoryPage::Offset(0), 10, true, false)
+        .await
+        .expect("list")
+        .iter()
+        .map(|m| m.content_tokens)
+        .collect();
+    assert_eq!(counts, [Some(7), Some(3)]);
 }

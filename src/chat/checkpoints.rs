@@ -216,6 +216,8 @@ pub async fn recover_interrupted(
             finish_reason: Some(FinishReason::Interrupted),
             error: Some("the server stopped before the reply was finished".into()),
             created_at: message.created_at,
+            // Counted when history is next fitted.
+            content_tokens: None,
         };
         let usage = UsageRecord {
             id: Id::new(),

@@ -96,6 +96,7 @@ pub async fn run(chat: Chat, generation: Arc<Generation>, mut job: Job) {
         finish_reason: None,
         error: None,
         created_at,
+        content_tokens: None,
     };
     // A rough prompt size (4 bytes a token), for billing the reply if this process dies mid-stream; an exact
     // count would load the tokenizer for every generation.
@@ -150,7 +151,17 @@ pub async fn run(chat: Chat, generation: Arc<Generation>, mut job: Job) {
             },
         ),
     };
+    // The reply's own tokens, for fitting it into later prompts: its completion less the reasoning the
+    // provider does not return (tool calls are not part of a stored reply).
+    let content_tokens = if text.is_empty() {
+        0
+    } else {
+        counts
+            .completion_tokens
+            .saturating_sub(counts.reasoning_tokens)
+    };
     let message = NewMessage {
+        content_tokens: Some(to_i64(content_tokens)),
         content: text,
         status: message_status,
         finish_reason: Some(finish_reason.clone()),

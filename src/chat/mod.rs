@@ -233,7 +233,7 @@ impl Chat {
             0
         };
         let new_message = ChatMessage::user(content.clone());
-        let (text_prompt, text_tokens) = prompt::build(
+        let mut text_prompt = prompt::build(
             &self.config.generation,
             &persona,
             &route,
@@ -241,11 +241,12 @@ impl Chat {
             &earlier_images,
             new_message,
         )?;
+        self.record_content_tokens(std::mem::take(&mut text_prompt.counted));
         let reservation = admission::admit(
             self,
             user_id,
             &route,
-            text_tokens + IMAGE_TOKENS * images_to_come,
+            text_prompt.tokens + IMAGE_TOKENS * images_to_come,
         )
         .await?;
         // Media are stored from here on: whatever fails next removes them again.
@@ -255,7 +256,7 @@ impl Chat {
                 attachments::attach(self, user_id, &route, &request, content, &mut stored).await?;
             // A text message's prompt is the one just built; media change the last turn, so fit it again.
             let messages = if request.message_type == MessageType::Text {
-                text_prompt
+                text_prompt.messages
             } else {
                 let config = &self.config.generation;
                 prompt::build(
@@ -266,7 +267,7 @@ impl Chat {
                     &earlier_images,
                     attached.prompt,
                 )?
-                .0
+                .messages
             };
             let user_message = self
                 .store
@@ -284,6 +285,7 @@ impl Chat {
                     finish_reason: None,
                     error: None,
                     created_at: crate::store::now(),
+                    content_tokens: None,
                 })
                 .await?;
             Ok::<_, Error>((messages, user_message))
@@ -299,6 +301,7 @@ impl Chat {
                 return Err(err);
             }
         };
+        self.count_in_background(route.tokenizer, &user_message);
         let first_exchange = conversation.title.is_none() && history.is_empty();
         let generation = self.start(
             user_id,
@@ -388,7 +391,11 @@ impl Chat {
         } else {
             Vec::new()
         };
-        let (messages, prompt_tokens) = prompt::build(
+        let prompt::Prompt {
+            messages,
+            tokens: prompt_tokens,
+            counted,
+        } = prompt::build(
             &self.config.generation,
             &persona,
             &route,
@@ -396,6 +403,7 @@ impl Chat {
             &earlier_images,
             ChatMessage::user(question.content.clone()).with_images(question_images),
         )?;
+        self.record_content_tokens(counted);
         let reservation = admission::admit(self, user_id, &route, prompt_tokens).await?;
         let generation = self.start(
             user_id,
@@ -486,6 +494,38 @@ impl Chat {
             Persist::UsageOnly,
             reservation,
         )
+    }
+
+    /// Counts a just-saved user message's tokens off the request path and records them, so history fitting
+    /// never runs the tokenizer for it ([`crate::store::Message::content_tokens`]).
+    fn count_in_background(&self, tokenizer: crate::usage::tokens::Tokenizer, message: &Message) {
+        let (id, text) = (message.id, message.content.clone());
+        let chat = self.clone();
+        self.tasks.spawn(async move {
+            let counted = tokio::task::spawn_blocking(move || tokenizer.count(&text)).await;
+            if let Ok(tokens) = counted {
+                chat.write_content_tokens(vec![(id, i64::try_from(tokens).unwrap_or(i64::MAX))])
+                    .await;
+            }
+        });
+    }
+
+    /// Records the token counts history fitting had to take itself (messages stored without one), in the
+    /// background, so that each message is counted once.
+    fn record_content_tokens(&self, counted: Vec<(Id, i64)>) {
+        if counted.is_empty() {
+            return;
+        }
+        let chat = self.clone();
+        self.tasks
+            .spawn(async move { chat.write_content_tokens(counted).await });
+    }
+
+    async fn write_content_tokens(&self, counts: Vec<(Id, i64)>) {
+        if let Err(err) = self.store.set_content_tokens(&counts).await {
+            // Harmless: the next fitting counts them again.
+            tracing::debug!(error = %err, messages = counts.len(), "could not record token counts");
+        }
     }
 
     /// The route of a model alias named by a stateless completion.

@@ -19,12 +19,27 @@ use crate::store::{Message, Persona};
 /// bills about 1,600 tokens for a 1092×1092 image; OpenAI at most 1,105 for a high-detail 1024×1024 one).
 pub const IMAGE_TOKENS: u64 = 1600;
 
-/// The persona's system prompt, then as much recent history as fits, then the new message; with the prompt's
-/// estimated tokens.
+/// The persona's system prompt, then as much recent history as fits, then the new message.
+#[derive(Debug)]
+pub struct Prompt {
+    pub messages: Vec<ChatMessage>,
+    /// The prompt's tokens: the history's stored counts, bounds for the rest (an upper estimate).
+    pub tokens: u64,
+    /// History messages that had no stored count and were counted here: `(id, tokens)`, to record
+    /// ([`Chat::record_content_tokens`]) so that it happens once.
+    pub counted: Vec<(Id, i64)>,
+}
+
+/// The persona's system prompt, then as much recent history as fits, then the new message.
 ///
 /// The budget is the smaller of `generation.max_history_tokens` and the model's context window less the system
-/// prompt and `generation.reserve_output_tokens`. A message never has more tokens than bytes (byte-level BPE),
-/// so messages are counted with tiktoken only when their byte length alone could overflow the budget.
+/// prompt and `generation.reserve_output_tokens`. History messages cost their stored token count
+/// ([`Message::content_tokens`]: exact, no tokenizer on the request path) plus 3 of framing and
+/// [`IMAGE_TOKENS`] an image; a message without one (written before counts were stored, or counted a moment
+/// ago in the background) is counted with tiktoken once and returned in [`Prompt::counted`]. The new message
+/// and the system prompt cost their byte length, which bounds their tokens (byte-level BPE), and are counted
+/// only when that bound alone would overflow the budget. The history stops at the first message that does not
+/// fit: never over the budget, and short of it by less than that message.
 ///
 /// # Errors
 /// `invalid` / `context_length_exceeded` when the new message alone does not fit.
@@ -35,7 +50,7 @@ pub fn build(
     history_newest_first: &[Message],
     history_images: &HashMap<Id, Vec<MediaData>>,
     new_message: ChatMessage,
-) -> Result<(Vec<ChatMessage>, u64), Error> {
+) -> Result<Prompt, Error> {
     let system = ChatMessage::system(crate::personas::system_prompt(persona));
     let tokenizer = route.tokenizer;
     let reserved = u64::from(config.reserve_output_tokens);
@@ -76,6 +91,7 @@ pub fn build(
         .with_details(json!({ "tokens": spent, "budget": budget })));
     }
     let mut included = Vec::new();
+    let mut counted_now = Vec::new();
     for message in history_newest_first {
         let chat = match message.role {
             Role::User => match history_images.get(&message.id) {
@@ -99,7 +115,17 @@ pub fn build(
             }
             _ => continue,
         };
-        let tokens = cost(&chat, spent);
+        let content_tokens = match message.content_tokens.and_then(|t| u64::try_from(t).ok()) {
+            Some(stored) => stored,
+            None => {
+                let counted = tokenizer.count(&message.content);
+                counted_now.push((message.id, i64::try_from(counted).unwrap_or(i64::MAX)));
+                counted
+            }
+        };
+        // A trace added to the stored text (" [image]") costs at most its bytes.
+        let trace = chat.content.len().saturating_sub(message.content.len()) as u64;
+        let tokens = 3 + content_tokens + trace + IMAGE_TOKENS * chat.images.len() as u64;
         if spent + tokens > budget {
             break;
         }
@@ -110,7 +136,11 @@ pub fn build(
     messages.push(system);
     messages.extend(included.into_iter().rev());
     messages.push(new_message);
-    Ok((messages, system_tokens + spent))
+    Ok(Prompt {
+        messages,
+        tokens: system_tokens + spent,
+        counted: counted_now,
+    })
 }
 
 /// Images of earlier messages sent again with the history (a question about "the photo" needs the photo):

@@ -211,6 +211,10 @@ pub struct Message {
     pub ttft_ms: Option<i64>,
     /// Cost of the generation, in USD.
     pub cost_usd: Option<f64>,
+    /// Tokens of `content` alone, as history fitting spends them: a reply's completion tokens less its
+    /// reasoning tokens (the provider's count, else the local estimate), a user message's tiktoken count (taken
+    /// just after it is saved); `null` until counted.
+    pub content_tokens: Option<i64>,
 }
 
 /// A message row joined with its usage record.
@@ -230,6 +234,7 @@ struct MessageRow {
     error: Option<String>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    content_tokens: Option<i64>,
     u_prompt_tokens: Option<i64>,
     u_completion_tokens: Option<i64>,
     u_upstream_model: Option<String>,
@@ -263,6 +268,7 @@ impl From<MessageRow> for Message {
             response_time_ms: r.u_duration_ms,
             ttft_ms: r.u_ttft_ms,
             cost_usd: r.u_cost_nanousd.map(crate::domain::nanousd_to_usd),
+            content_tokens: r.content_tokens,
         }
     }
 }
@@ -290,6 +296,7 @@ impl Message {
             response_time_ms: usage.map(|u| u.duration_ms),
             ttft_ms: usage.and_then(|u| u.ttft_ms),
             cost_usd: usage.map(|u| crate::domain::nanousd_to_usd(u.cost_nanousd)),
+            content_tokens: m.content_tokens,
         }
     }
 }
@@ -337,6 +344,8 @@ pub struct NewMessage {
     pub finish_reason: Option<FinishReason>,
     pub error: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// Tokens of `content` ([`Message::content_tokens`]), when known at write time.
+    pub content_tokens: Option<i64>,
 }
 
 /// Page of a conversation's history.
@@ -545,6 +554,9 @@ pub trait Store: Send + Sync + 'static {
     /// Inserts a message and bumps its conversation's `last_message_at`, in one transaction.
     async fn insert_message(&self, message: &NewMessage) -> StoreResult<Message>;
     async fn get_message(&self, user_id: &str, id: Id) -> StoreResult<Option<Message>>;
+    /// Records messages' [`Message::content_tokens`] (id, tokens), each only where none is recorded yet, in
+    /// one transaction; a message deleted meanwhile is skipped.
+    async fn set_content_tokens(&self, counts: &[(Id, i64)]) -> StoreResult<()>;
     /// A page of history, `limit` messages, in `ascending` or descending `(created_at, id)` order. Unless
     /// `all_branches`, an assistant reply that was regenerated is left out: only the latest reply to each
     /// message is shown.

@@ -43,7 +43,7 @@ macro_rules! conversation_returning {
 macro_rules! message_columns {
     () => {
         "m.id, m.conversation_id, m.parent_id, m.role, m.content, m.message_type, m.media, m.status, \
-         m.model, m.provider, m.finish_reason, m.error, m.created_at, m.updated_at, \
+         m.model, m.provider, m.finish_reason, m.error, m.created_at, m.updated_at, m.content_tokens, \
          u.prompt_tokens AS u_prompt_tokens, u.completion_tokens AS u_completion_tokens, \
          u.upstream_model AS u_upstream_model, u.duration_ms AS u_duration_ms, u.ttft_ms AS u_ttft_ms, \
          u.cost_nanousd AS u_cost_nanousd"
@@ -53,8 +53,9 @@ macro_rules! message_columns {
 macro_rules! message_insert {
     () => {
         "INSERT INTO messages (id, conversation_id, parent_id, role, content, message_type, media, status, \
-         model, provider, finish_reason, error, created_at, updated_at, instance_id, prompt_tokens_estimate) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+         model, provider, finish_reason, error, created_at, updated_at, instance_id, prompt_tokens_estimate, \
+         content_tokens) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
     };
 }
 
@@ -396,6 +397,24 @@ impl Store for Backend {
             tx.commit().await?;
         }
         Ok(Message::from_new(m, None))
+    }
+
+    async fn set_content_tokens(&self, counts: &[(Id, i64)]) -> StoreResult<()> {
+        if counts.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.background.begin().await?;
+        for (id, tokens) in counts {
+            sqlx::query(
+                "UPDATE messages SET content_tokens = $2 WHERE id = $1 AND content_tokens IS NULL",
+            )
+            .bind(id)
+            .bind(tokens)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn insert_media(&self, media: &Media) -> StoreResult<()> {
@@ -835,7 +854,7 @@ async fn write_message(
             message_insert!(),
             " ON CONFLICT (id) DO UPDATE SET content = excluded.content, status = excluded.status, \
              model = excluded.model, provider = excluded.provider, finish_reason = excluded.finish_reason, \
-             error = excluded.error, updated_at = excluded.updated_at"
+             error = excluded.error, updated_at = excluded.updated_at, content_tokens = excluded.content_tokens"
         ),
     };
     let (instance_id, prompt_tokens_estimate) = checkpoint.unzip();
@@ -856,6 +875,7 @@ async fn write_message(
         .bind(updated_at)
         .bind(instance_id)
         .bind(prompt_tokens_estimate)
+        .bind(m.content_tokens)
         .execute(conn)
         .await
         .map_err(|e| map_write_error(e, "the message"))?;

@@ -465,6 +465,7 @@ mod tests {
             response_time_ms: None,
             ttft_ms: None,
             cost_usd: None,
+            content_tokens: None,
         }
     }
 
