@@ -814,12 +814,12 @@ fn tokens(text: &str) -> u64 {
     chatgate::usage::tokens::Tokenizer::for_model("gpt-4o-mini").count(text)
 }
 
-/// Polls history until every message has its `content_tokens` (user messages are counted just after they are
-/// saved, in the background).
-async fn counted_history(server: &TestServer, conversation_id: &str) -> Vec<Value> {
+/// Polls history until the first `n` messages have their `content_tokens` (recorded in the background after
+/// the fitting that counted them).
+async fn counted_history(server: &TestServer, conversation_id: &str, n: usize) -> Vec<Value> {
     for _ in 0..100 {
         let history = server.history("alice", conversation_id).await;
-        if history.iter().all(|m| m["content_tokens"].is_u64()) {
+        if history.iter().take(n).all(|m| m["content_tokens"].is_u64()) {
             return history;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -883,15 +883,54 @@ async fn history_fills_max_history_tokens_by_stored_counts(backend: Backend) {
     );
     assert!(history.len() > 30, "{} messages", history.len());
 
-    // Every message carries its count: the user's from tiktoken, the replies' from the provider's usage.
-    for message in counted_history(&server, &conversation_id).await {
-        let content = message["content"].as_str().expect("content");
-        assert_eq!(message["content_tokens"], tokens(content), "{message}");
+    // The counts are stored, exact: every reply's from the provider's usage, written with it; a user message's
+    // from tiktoken once a fitting needed it (recorded in the background), so every message of that last
+    // prompt has one, and the message no prompt has fitted yet has none.
+    let fitted: Vec<&str> = history
+        .iter()
+        .map(|m| m["content"].as_str().expect("content"))
+        .collect();
+    let mut stored = Vec::new();
+    for _ in 0..100 {
+        let page = server
+            .get_json(
+                &format!("/api/v1/conversations/{conversation_id}/messages?order=asc&limit=200"),
+                "alice",
+            )
+            .await;
+        stored = page["messages"].as_array().expect("messages").clone();
+        let counted = |content: &str| {
+            stored
+                .iter()
+                .filter(|m| m["content"] == content)
+                .all(|m| m["content_tokens"].is_u64())
+        };
+        if fitted.iter().all(|content| counted(content)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    for message in &stored {
+        let content = message["content"].as_str().expect("content");
+        match message["content_tokens"].as_u64() {
+            Some(counted) => assert_eq!(counted, tokens(content), "{message}"),
+            None => assert!(
+                !fitted.contains(&content) && message["role"] == "user",
+                "fitted without a stored count: {message}"
+            ),
+        }
+    }
+    let newest_question = stored.iter().rev().find(|m| m["role"] == "user");
+    assert_eq!(
+        newest_question.map(|m| &m["content"]),
+        Some(&json!(new_message))
+    );
+    assert!(newest_question.is_some_and(|m| m["content_tokens"].is_null()));
 }
 
-/// Messages stored without a count (before counts were stored) are counted the first time history is fitted,
-/// and the counts recorded, so it happens once.
+/// Messages stored without a count (before counts were stored) are counted the first time a history too long
+/// for its byte bounds is fitted, and the counts recorded, so it happens once; a history that fits by bytes
+/// needs no count.
 async fn messages_stored_without_a_count_are_counted_once(backend: Backend) {
     let upstream = FakeOpenAi::start(vec![Script::stream(full_stream(
         &["ok"],
@@ -900,7 +939,14 @@ async fn messages_stored_without_a_count_are_counted_once(backend: Backend) {
         Duration::ZERO,
     ))])
     .await;
-    let Some(server) = TestServer::start(backend, Some(&upstream.url), "").await else {
+    // Room for the two old messages by their tokens (about 8 each, plus 3), not by their bytes (about 35).
+    let Some(server) = TestServer::start(
+        backend,
+        Some(&upstream.url),
+        "[generation]\nmax_history_tokens = 45\n",
+    )
+    .await
+    else {
         return;
     };
     let conversation_id = server.conversation("alice").await;
@@ -946,7 +992,7 @@ async fn messages_stored_without_a_count_are_counted_once(backend: Backend) {
     let (_, request) = upstream.requests().pop().expect("request");
     assert_eq!(request["messages"][1]["content"], legacy[0]);
     assert_eq!(request["messages"][2]["content"], legacy[1]);
-    let history = counted_history(&server, &conversation_id).await;
+    let history = counted_history(&server, &conversation_id, 2).await;
     for (message, content) in history.iter().zip(legacy) {
         assert_eq!(message["content_tokens"], tokens(content), "{message}");
     }

@@ -1,4 +1,4 @@
--- Each message's own token count (its text as the tokenizer or the provider counted it), written with the
--- message (replies, from their usage) or just after it (user messages); NULL until counted, then counted once
--- when history is next fitted. History fitting sums these instead of counting text on every request.
+-- Each message's own token count: a reply's from its usage, written with it; a user message's (and older rows')
+-- counted with tiktoken the first time fitting a long history needs it. NULL until then. History fitting sums
+-- these instead of counting text on every request.
 ALTER TABLE messages ADD COLUMN content_tokens INTEGER;

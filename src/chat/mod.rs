@@ -301,7 +301,6 @@ impl Chat {
                 return Err(err);
             }
         };
-        self.count_in_background(route.tokenizer, &user_message);
         let first_exchange = conversation.title.is_none() && history.is_empty();
         let generation = self.start(
             user_id,
@@ -496,22 +495,8 @@ impl Chat {
         )
     }
 
-    /// Counts a just-saved user message's tokens off the request path and records them, so history fitting
-    /// never runs the tokenizer for it ([`crate::store::Message::content_tokens`]).
-    fn count_in_background(&self, tokenizer: crate::usage::tokens::Tokenizer, message: &Message) {
-        let (id, text) = (message.id, message.content.clone());
-        let chat = self.clone();
-        self.tasks.spawn(async move {
-            let counted = tokio::task::spawn_blocking(move || tokenizer.count(&text)).await;
-            if let Ok(tokens) = counted {
-                chat.write_content_tokens(vec![(id, i64::try_from(tokens).unwrap_or(i64::MAX))])
-                    .await;
-            }
-        });
-    }
-
-    /// Records the token counts history fitting had to take itself (messages stored without one), in the
-    /// background, so that each message is counted once.
+    /// Records the token counts history fitting had to take itself (user messages, and rows from before counts
+    /// were stored), in the background, so that each message is counted once.
     fn record_content_tokens(&self, counted: Vec<(Id, i64)>) {
         if counted.is_empty() {
             return;

@@ -33,13 +33,14 @@ pub struct Prompt {
 /// The persona's system prompt, then as much recent history as fits, then the new message.
 ///
 /// The budget is the smaller of `generation.max_history_tokens` and the model's context window less the system
-/// prompt and `generation.reserve_output_tokens`. History messages cost their stored token count
-/// ([`Message::content_tokens`]: exact, no tokenizer on the request path) plus 3 of framing and
-/// [`IMAGE_TOKENS`] an image; a message without one (written before counts were stored, or counted a moment
-/// ago in the background) is counted with tiktoken once and returned in [`Prompt::counted`]. The new message
-/// and the system prompt cost their byte length, which bounds their tokens (byte-level BPE), and are counted
-/// only when that bound alone would overflow the budget. The history stops at the first message that does not
-/// fit: never over the budget, and short of it by less than that message.
+/// prompt and `generation.reserve_output_tokens`. History turns cost their stored token count
+/// ([`Message::content_tokens`]: a reply's, from its usage) plus 3 of framing and [`IMAGE_TOKENS`] an image.
+/// A turn without one (a user message, or a row from before counts were stored) costs its byte length, which
+/// bounds its tokens (byte-level BPE), as long as the whole history fits by those bounds: then no tokenizer runs.
+/// When it does not, such turns are counted with tiktoken (once: they are returned in [`Prompt::counted`] for
+/// the caller to record), so that the history fills the budget exactly: never over, and short of it by less
+/// than the next message. The new message and the system prompt cost their byte bound, counted only when that
+/// bound alone would overflow the budget.
 ///
 /// # Errors
 /// `invalid` / `context_length_exceeded` when the new message alone does not fit.
@@ -90,42 +91,41 @@ pub fn build(
         )
         .with_details(json!({ "tokens": spent, "budget": budget })));
     }
+    // The turns the history can offer, newest first, each with its stored count when it has one and an upper
+    // bound (its bytes) otherwise.
+    let turns: Vec<(&Message, ChatMessage)> = history_newest_first
+        .iter()
+        .filter_map(|message| Some((message, turn(message, history_images)?)))
+        .collect();
+    let extra = |message: &Message, chat: &ChatMessage| {
+        // A trace added to the stored text (" [image]") costs at most its bytes.
+        let trace = chat.content.len().saturating_sub(message.content.len()) as u64;
+        3 + trace + IMAGE_TOKENS * chat.images.len() as u64
+    };
+    let stored = |message: &Message| message.content_tokens.and_then(|t| u64::try_from(t).ok());
+    let bound: u64 = turns
+        .iter()
+        .map(|(message, chat)| {
+            extra(message, chat) + stored(message).unwrap_or(message.content.len() as u64)
+        })
+        .sum();
+    // When even the bounds fit, the whole history goes and nothing needs counting (most conversations: the
+    // tokenizer is never loaded for them). Otherwise each turn costs its exact count: the stored one, else
+    // counted now (once: the caller records it).
+    let exact = spent + bound > budget;
     let mut included = Vec::new();
     let mut counted_now = Vec::new();
-    for message in history_newest_first {
-        let chat = match message.role {
-            Role::User => match history_images.get(&message.id) {
-                Some(images) => {
-                    ChatMessage::user(message.content.clone()).with_images(images.clone())
-                }
-                // An image the model will not see still leaves a trace, so the turn is never empty.
-                None if !crate::store::media_ids_of(&message.media).is_empty()
-                    && message.message_type != MessageType::Audio =>
-                {
-                    ChatMessage::user(
-                        format!("{} [image]", message.content)
-                            .trim_start()
-                            .to_string(),
-                    )
-                }
-                None => ChatMessage::user(message.content.clone()),
-            },
-            Role::Assistant if !message.content.is_empty() => {
-                ChatMessage::assistant(message.content.clone())
-            }
-            _ => continue,
-        };
-        let content_tokens = match message.content_tokens.and_then(|t| u64::try_from(t).ok()) {
+    for (message, chat) in turns {
+        let content_tokens = match stored(message) {
             Some(stored) => stored,
+            None if !exact => message.content.len() as u64,
             None => {
                 let counted = tokenizer.count(&message.content);
                 counted_now.push((message.id, i64::try_from(counted).unwrap_or(i64::MAX)));
                 counted
             }
         };
-        // A trace added to the stored text (" [image]") costs at most its bytes.
-        let trace = chat.content.len().saturating_sub(message.content.len()) as u64;
-        let tokens = 3 + content_tokens + trace + IMAGE_TOKENS * chat.images.len() as u64;
+        let tokens = extra(message, &chat) + content_tokens;
         if spent + tokens > budget {
             break;
         }
@@ -140,6 +140,30 @@ pub fn build(
         messages,
         tokens: system_tokens + spent,
         counted: counted_now,
+    })
+}
+
+/// A stored message as a turn of the prompt; `None` for what is not sent (empty replies, system rows).
+fn turn(message: &Message, history_images: &HashMap<Id, Vec<MediaData>>) -> Option<ChatMessage> {
+    Some(match message.role {
+        Role::User => match history_images.get(&message.id) {
+            Some(images) => ChatMessage::user(message.content.clone()).with_images(images.clone()),
+            // An image the model will not see still leaves a trace, so the turn is never empty.
+            None if !crate::store::media_ids_of(&message.media).is_empty()
+                && message.message_type != MessageType::Audio =>
+            {
+                ChatMessage::user(
+                    format!("{} [image]", message.content)
+                        .trim_start()
+                        .to_string(),
+                )
+            }
+            None => ChatMessage::user(message.content.clone()),
+        },
+        Role::Assistant if !message.content.is_empty() => {
+            ChatMessage::assistant(message.content.clone())
+        }
+        _ => return None,
     })
 }
 

@@ -212,8 +212,8 @@ pub struct Message {
     /// Cost of the generation, in USD.
     pub cost_usd: Option<f64>,
     /// Tokens of `content` alone, as history fitting spends them: a reply's completion tokens less its
-    /// reasoning tokens (the provider's count, else the local estimate), a user message's tiktoken count (taken
-    /// just after it is saved); `null` until counted.
+    /// reasoning tokens (the provider's count, else the local estimate), written with it; a user message's
+    /// tiktoken count, taken the first time fitting a long history needs it; `null` until then.
     pub content_tokens: Option<i64>,
 }
 
