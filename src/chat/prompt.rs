@@ -91,22 +91,17 @@ pub fn build(
         )
         .with_details(json!({ "tokens": spent, "budget": budget })));
     }
-    // The turns the history can offer, newest first, each with its stored count when it has one and an upper
-    // bound (its bytes) otherwise.
-    let turns: Vec<(&Message, ChatMessage)> = history_newest_first
+    // What each turn costs beyond its text: framing, its images, and a trace added to its text (" [image]",
+    // at most its bytes). Turns are shaped first and built (their text copied) only once included.
+    let shaped: Vec<(&Message, Shape<'_>)> = history_newest_first
         .iter()
-        .filter_map(|message| Some((message, turn(message, history_images)?)))
+        .filter_map(|message| Some((message, shape(message, history_images)?)))
         .collect();
-    let extra = |message: &Message, chat: &ChatMessage| {
-        // A trace added to the stored text (" [image]") costs at most its bytes.
-        let trace = chat.content.len().saturating_sub(message.content.len()) as u64;
-        3 + trace + IMAGE_TOKENS * chat.images.len() as u64
-    };
     let stored = |message: &Message| message.content_tokens.and_then(|t| u64::try_from(t).ok());
-    let bound: u64 = turns
+    let bound: u64 = shaped
         .iter()
-        .map(|(message, chat)| {
-            extra(message, chat) + stored(message).unwrap_or(message.content.len() as u64)
+        .map(|(message, shape)| {
+            shape.extra() + stored(message).unwrap_or(message.content.len() as u64)
         })
         .sum();
     // When even the bounds fit, the whole history goes and nothing needs counting (most conversations: the
@@ -115,7 +110,7 @@ pub fn build(
     let exact = spent + bound > budget;
     let mut included = Vec::new();
     let mut counted_now = Vec::new();
-    for (message, chat) in turns {
+    for (message, shape) in shaped {
         let content_tokens = match stored(message) {
             Some(stored) => stored,
             None if !exact => message.content.len() as u64,
@@ -125,12 +120,12 @@ pub fn build(
                 counted
             }
         };
-        let tokens = extra(message, &chat) + content_tokens;
+        let tokens = shape.extra() + content_tokens;
         if spent + tokens > budget {
             break;
         }
         spent += tokens;
-        included.push(chat);
+        included.push(shape.turn(message));
     }
     let mut messages = Vec::with_capacity(included.len() + 2);
     messages.push(system);
@@ -143,28 +138,60 @@ pub fn build(
     })
 }
 
-/// A stored message as a turn of the prompt; `None` for what is not sent (empty replies, system rows).
-fn turn(message: &Message, history_images: &HashMap<Id, Vec<MediaData>>) -> Option<ChatMessage> {
-    Some(match message.role {
-        Role::User => match history_images.get(&message.id) {
-            Some(images) => ChatMessage::user(message.content.clone()).with_images(images.clone()),
-            // An image the model will not see still leaves a trace, so the turn is never empty.
+/// How a stored message goes into the prompt.
+enum Shape<'a> {
+    /// As its text (a reply, or a user message without images).
+    Text,
+    /// A user message with the images sent again.
+    WithImages(&'a [MediaData]),
+    /// A user message whose image the model will not see: its text and a trace, so the turn is never empty.
+    ImageTrace,
+}
+
+const IMAGE_TRACE: &str = " [image]";
+
+/// How `message` goes into the prompt; `None` for what is not sent (empty replies, system rows).
+fn shape<'a>(
+    message: &Message,
+    history_images: &'a HashMap<Id, Vec<MediaData>>,
+) -> Option<Shape<'a>> {
+    match message.role {
+        Role::User => Some(match history_images.get(&message.id) {
+            Some(images) => Shape::WithImages(images),
             None if !crate::store::media_ids_of(&message.media).is_empty()
                 && message.message_type != MessageType::Audio =>
             {
-                ChatMessage::user(
-                    format!("{} [image]", message.content)
-                        .trim_start()
-                        .to_string(),
-                )
+                Shape::ImageTrace
             }
-            None => ChatMessage::user(message.content.clone()),
-        },
-        Role::Assistant if !message.content.is_empty() => {
-            ChatMessage::assistant(message.content.clone())
+            None => Shape::Text,
+        }),
+        Role::Assistant if !message.content.is_empty() => Some(Shape::Text),
+        _ => None,
+    }
+}
+
+impl Shape<'_> {
+    /// Tokens beyond the text's own: 3 of framing, [`IMAGE_TOKENS`] an image, the trace's bytes.
+    fn extra(&self) -> u64 {
+        3 + match self {
+            Shape::Text => 0,
+            Shape::WithImages(images) => IMAGE_TOKENS * images.len() as u64,
+            Shape::ImageTrace => IMAGE_TRACE.len() as u64,
         }
-        _ => return None,
-    })
+    }
+
+    /// The turn itself.
+    fn turn(&self, message: &Message) -> ChatMessage {
+        let text = message.content.clone();
+        match (self, message.role) {
+            (Shape::WithImages(images), _) => ChatMessage::user(text).with_images(images.to_vec()),
+            (Shape::ImageTrace, _) => {
+                ChatMessage::user(format!("{text}{IMAGE_TRACE}").trim_start().to_string())
+            }
+            (Shape::Text, Role::Assistant) => ChatMessage::assistant(text),
+            (Shape::Text, _) => ChatMessage::user(text),
+        }
+    }
 }
 
 /// Images of earlier messages sent again with the history (a question about "the photo" needs the photo):
