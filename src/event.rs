@@ -222,4 +222,18 @@ impl LoggedEvent {
     pub fn kind(&self) -> EventKind {
         self.event.kind()
     }
+
+    /// The `done` of a generation's terminal event.
+    ///
+    /// # Errors
+    /// The generation's failure, for its `error` event; an internal error for an event that is not terminal.
+    pub fn done(&self) -> Result<&Done, Error> {
+        match &self.event {
+            GenerationEvent::Done(done) => Ok(done),
+            GenerationEvent::Error(failed) => Err(failed.failure.to_error()),
+            _ => Err(Error::internal(
+                "a generation ended without a terminal event",
+            )),
+        }
+    }
 }

@@ -628,13 +628,7 @@ impl Chat {
     /// The generation's failure: the upstream's error (the partial reply is saved), or the save's.
     pub async fn reply(&self, generation: &Arc<Generation>) -> Result<Message, Error> {
         let _following = generation.attach();
-        match &generation.finished().await.event {
-            GenerationEvent::Done(done) => Ok(done.message.clone()),
-            GenerationEvent::Error(failed) => Err(failed.failure.to_error()),
-            _ => Err(Error::internal(
-                "a generation ended without a terminal event",
-            )),
-        }
+        Ok(generation.finished().await.done()?.message.clone())
     }
 
     /// The caller's conversation.

@@ -190,15 +190,7 @@ pub fn completion(
     model: &str,
     terminal: &LoggedEvent,
 ) -> Result<Value, Error> {
-    let done = match &terminal.event {
-        GenerationEvent::Done(done) => done,
-        GenerationEvent::Error(failed) => return Err(failed.failure.to_error()),
-        _ => {
-            return Err(Error::internal(
-                "a generation ended without a terminal event",
-            ));
-        }
-    };
+    let done = terminal.done()?;
     let completion = ChatCompletion {
         id,
         object: "chat.completion",

@@ -123,15 +123,7 @@ fn output(meta: &ResponseMeta, done: &Done) -> Vec<Value> {
 /// # Errors
 /// The generation's failure.
 pub fn response(meta: &ResponseMeta, terminal: &LoggedEvent) -> Result<Value, Error> {
-    let done = match &terminal.event {
-        GenerationEvent::Done(done) => done,
-        GenerationEvent::Error(failed) => return Err(failed.failure.to_error()),
-        _ => {
-            return Err(Error::internal(
-                "a generation ended without a terminal event",
-            ));
-        }
-    };
+    let done = terminal.done()?;
     let (status, details) = ending(&done.finish_reason);
     let mut object = meta.object(status, output(meta, done), Some(&done.usage));
     object["incomplete_details"] = details;
