@@ -25,6 +25,20 @@ use crate::store::{self, Id, Media, Store};
 /// Bytes read before the type is decided: enough for every signature `infer` checks for our types.
 const SNIFF_BYTES: usize = 512;
 
+/// A media file as messages and uploads show it: `{id, url, content_type, kind, size_bytes}`.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct MediaRef {
+    pub id: Id,
+    /// Where its uploader downloads it: `/api/v1/media/{id}`.
+    pub url: String,
+    /// Sniffed from the bytes, e.g. `image/png`, `audio/mpeg`.
+    pub content_type: String,
+    /// `image` or `audio`.
+    pub kind: Option<&'static str>,
+    /// Bytes.
+    pub size_bytes: i64,
+}
+
 /// What a media file is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -568,15 +582,20 @@ impl MediaStore {
         Ok(deleted)
     }
 
-    /// How a message shows one of its media: `{id, url, content_type, kind, size_bytes}`.
+    /// How a message shows one of its media.
+    pub fn reference(media: &Media) -> MediaRef {
+        MediaRef {
+            id: media.id,
+            url: format!("/api/v1/media/{}", media.id),
+            content_type: media.content_type.clone(),
+            kind: Kind::of(&media.content_type).map(Kind::as_str),
+            size_bytes: media.size_bytes,
+        }
+    }
+
+    /// [`MediaStore::reference`] as JSON, for a message's `media` column.
     pub fn describe(media: &Media) -> Value {
-        json!({
-            "id": media.id,
-            "url": format!("/api/v1/media/{}", media.id),
-            "content_type": media.content_type,
-            "kind": Kind::of(&media.content_type).map(Kind::as_str),
-            "size_bytes": media.size_bytes,
-        })
+        serde_json::to_value(Self::reference(media)).unwrap_or_default()
     }
 }
 

@@ -7,8 +7,7 @@ use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 use super::error::AppJson;
 use super::error::ErrorBody;
@@ -16,7 +15,7 @@ use super::{AppQuery, double_option, page_limit, parse_id};
 use crate::AppState;
 use crate::auth::AuthUser;
 use crate::error::Error;
-use crate::store::{Conversation, ConversationFilter, Id};
+use crate::store::{Conversation, ConversationFilter, ConversationSummary, Id};
 
 /// Longest title, in characters.
 const MAX_TITLE_CHARS: usize = 200;
@@ -160,13 +159,13 @@ fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, Id), Error> {
     path = "/api/v1/conversations",
     tag = "conversations",
     params(
-        ("limit" = Option<i64>, Query),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "default 20"),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
         ("persona_id" = Option<String>, Query),
         ("archived" = Option<bool>, Query),
     ),
     responses(
-        (status = 200, description = "`{conversations: [ConversationSummary], next_cursor}`", body = Object),
+        (status = 200, description = "a page of conversations, most recent first", body = ConversationPage),
         (status = 400, description = "invalid input", body = ErrorBody),
         (status = 401, description = "missing or invalid token", body = ErrorBody),
     )
@@ -175,7 +174,7 @@ async fn list(
     State(state): State<AppState>,
     user: AuthUser,
     AppQuery(q): AppQuery<ListQuery>,
-) -> Result<Json<Value>, Error> {
+) -> Result<Json<ConversationPage>, Error> {
     let limit = page_limit(q.limit, 20, 100)?;
     let filter = ConversationFilter {
         persona_id: q.persona_id,
@@ -201,9 +200,18 @@ async fn list(
     } else {
         None
     };
-    Ok(Json(
-        json!({ "conversations": conversations, "next_cursor": next_cursor }),
-    ))
+    Ok(Json(ConversationPage {
+        conversations,
+        next_cursor,
+    }))
+}
+
+/// A page of `GET /api/v1/conversations`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ConversationPage {
+    pub conversations: Vec<ConversationSummary>,
+    /// Pass as `cursor` for the next page; `null` on the last one.
+    pub next_cursor: Option<String>,
 }
 
 /// Loads one of the caller's conversations; 404 otherwise.

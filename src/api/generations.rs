@@ -13,6 +13,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 
 use super::error::ErrorBody;
+use super::params::StreamFormat;
 use super::{AppQuery, parse_id};
 use crate::AppState;
 use crate::auth::AuthUser;
@@ -42,11 +43,12 @@ pub fn router() -> Router<AppState> {
     tag = "generations",
     params(
         ("id" = String, Path, description = "conversation id (UUID)"),
-        ("format" = Option<String>, Query, description = "native | ai-sdk"),
+        ("format" = Option<StreamFormat>, Query, description = "default native"),
     ),
     responses(
-        (status = 200, description = "SSE: the running reply from its start, then live", content_type = "text/event-stream"),
+        (status = 200, description = "SSE: the running reply from its start, then live", body = serde_json::Value, content_type = "text/event-stream"),
         (status = 204, description = "no reply is running in the conversation"),
+        (status = 400, description = "an unknown `format`", body = ErrorBody),
         (status = 401, description = "missing or invalid token", body = ErrorBody),
         (status = 404, description = "not found (or not the caller's)", body = ErrorBody),
     )
@@ -106,7 +108,8 @@ async fn get_one(
 
 #[derive(Debug, Default, Deserialize)]
 struct StreamQuery {
-    after: Option<u64>,
+    /// A seq (seqs fit in an `i64`, as stored).
+    after: Option<i64>,
     /// `native` (default) or `ai-sdk`: the AI SDK UI message stream, always replayed from the start (the AI
     /// SDK rebuilds the whole message when it resumes).
     format: Option<String>,
@@ -123,13 +126,14 @@ struct StreamQuery {
     tag = "generations",
     params(
         ("id" = String, Path, description = "generation id (UUID)"),
-        ("after" = Option<u64>, Query, description = "replay events after this seq"),
-        ("Last-Event-ID" = Option<u64>, Header),
-        ("format" = Option<String>, Query, description = "native | ai-sdk"),
+        ("after" = Option<i64>, Query, minimum = 0, description = "replay events after this seq"),
+        ("Last-Event-ID" = Option<String>, Header, description = "the last seq seen (what `EventSource` sends); ignored when not a number; wins over `after`"),
+        ("format" = Option<StreamFormat>, Query, description = "default native"),
     ),
     responses(
-        (status = 200, description = "SSE: replay, then live", content_type = "text/event-stream"),
+        (status = 200, description = "SSE: replay, then live", body = serde_json::Value, content_type = "text/event-stream"),
         (status = 204, description = "unknown, expired, or finished with nothing after the given seq"),
+        (status = 400, description = "an unknown `format`", body = ErrorBody),
         (status = 401, description = "missing or invalid token", body = ErrorBody),
     )
 )]
@@ -141,6 +145,10 @@ async fn stream(
     AppQuery(query): AppQuery<StreamQuery>,
 ) -> Result<Response, Error> {
     let ai_sdk = ai_sdk::requested(query.format.as_deref())?;
+    let after = query
+        .after
+        .map(|seq| u64::try_from(seq).map_err(|_| Error::validation("after", "must be 0 or more")))
+        .transpose()?;
     let Some(generation) = parse_id(&id, "generation")
         .ok()
         .and_then(|id| state.chat.generation(&user.user_id, id))
@@ -151,7 +159,7 @@ async fn stream(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    let after = last_event_id.or(query.after).unwrap_or(0);
+    let after = last_event_id.or(after).unwrap_or(0);
     if !ai_sdk && generation.terminal().is_some_and(|t| t.seq <= after) {
         // The client saw the end already: nothing more will ever come, so no stream (EventSource stops).
         return Ok(StatusCode::NO_CONTENT.into_response());

@@ -4,15 +4,15 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use super::error::ErrorBody;
+use super::params::{Branches, SortOrder};
 use super::{AppQuery, page_limit, parse_id};
 use crate::AppState;
 use crate::auth::AuthUser;
 use crate::error::Error;
-use crate::store::{HistoryPage, Id};
+use crate::store::{HistoryPage, Id, Message};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -40,15 +40,15 @@ struct HistoryQuery {
     tag = "messages",
     params(
         ("id" = String, Path, description = "conversation id (UUID)"),
-        ("limit" = Option<i64>, Query),
-        ("before" = Option<String>, Query),
-        ("after" = Option<String>, Query),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "default 50"),
+        ("before" = Option<Id>, Query, description = "messages before this message id (one of before, after, offset)"),
+        ("after" = Option<Id>, Query, description = "messages after this message id"),
         ("offset" = Option<i64>, Query),
-        ("order" = Option<String>, Query, description = "asc | desc"),
-        ("branches" = Option<String>, Query, description = "latest | all"),
+        ("order" = Option<SortOrder>, Query, description = "default desc"),
+        ("branches" = Option<Branches>, Query, description = "default latest"),
     ),
     responses(
-        (status = 200, description = "`{messages: [Message], has_more}`", body = Object),
+        (status = 200, description = "a page of messages", body = MessagePage),
         (status = 400, description = "invalid input", body = ErrorBody),
         (status = 401, description = "missing or invalid token", body = ErrorBody),
         (status = 404, description = "not found (or not the caller's)", body = ErrorBody),
@@ -59,7 +59,7 @@ async fn history(
     user: AuthUser,
     Path(conversation_id): Path<String>,
     AppQuery(q): AppQuery<HistoryQuery>,
-) -> Result<Json<serde_json::Value>, Error> {
+) -> Result<Json<MessagePage>, Error> {
     let conversation_id = parse_id(&conversation_id, "conversation")?;
     let conversation = state
         .chat
@@ -105,7 +105,16 @@ async fn history(
             messages.remove(0);
         }
     }
-    Ok(Json(json!({ "messages": messages, "has_more": has_more })))
+    Ok(Json(MessagePage { messages, has_more }))
+}
+
+/// A page of a conversation's history.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MessagePage {
+    /// In the order asked (`order`, newest first by default).
+    pub messages: Vec<Message>,
+    /// More messages lie beyond this page in the direction read.
+    pub has_more: bool,
 }
 
 /// `DELETE /api/v1/messages/{id}` → 204; 404 for anyone else's message.

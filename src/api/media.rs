@@ -7,15 +7,17 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::json;
 
 use super::error::ErrorBody;
 use super::parse_id;
 use crate::AppState;
 use crate::auth::AuthUser;
 use crate::error::{Error, ErrorKind};
-use crate::media::MediaStore;
+use crate::media::{MediaRef, MediaStore};
 
 /// Room for the multipart framing around the file, in bytes.
 const FRAMING_BYTES: u64 = 64 * 1024;
@@ -39,7 +41,7 @@ pub fn router(max_media_bytes: u64) -> Router<AppState> {
 #[utoipa::path(post, operation_id = "media_upload", path = "/api/v1/media", tag = "media",
     request_body(content_type = "multipart/form-data", content = Object, description = "the file in the part `file`"),
     responses(
-        (status = 201, description = "`{id, url, content_type, kind, size_bytes, sha256, created_at}`", body = Object),
+        (status = 201, description = "stored", body = UploadedMedia),
         (status = 400, description = "no `file` part, or an empty file", body = ErrorBody),
         (status = 401, description = "missing or invalid token", body = ErrorBody),
         (status = 413, description = "over the type's size limit", body = ErrorBody),
@@ -49,7 +51,7 @@ async fn upload(
     user: AuthUser,
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
-) -> Result<(StatusCode, Json<Value>), Error> {
+) -> Result<(StatusCode, Json<UploadedMedia>), Error> {
     let max = state.media.max_bytes();
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -98,11 +100,23 @@ async fn upload(
                 field.map_err(|e| e.body_text()),
             )
             .await?;
-        let mut body = MediaStore::describe(&media);
-        body["sha256"] = json!(media.sha256);
-        body["created_at"] = json!(media.created_at);
+        let body = UploadedMedia {
+            media: MediaStore::reference(&media),
+            sha256: media.sha256,
+            created_at: media.created_at,
+        };
         return Ok((StatusCode::CREATED, Json(body)));
     }
+}
+
+/// 201 of an upload: the file's reference (its `id` goes in a message's `media_ids`), its hash and time.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UploadedMedia {
+    #[serde(flatten)]
+    pub media: MediaRef,
+    /// Hex SHA-256 of the bytes (also the download's `ETag`).
+    pub sha256: String,
+    pub created_at: DateTime<Utc>,
 }
 
 /// `GET /api/v1/media/{id}`: the file, to its uploader only (anyone else gets 404), with its sniffed type,

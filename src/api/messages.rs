@@ -10,16 +10,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use futures::StreamExt;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use super::error::{AppJson, ErrorBody};
+use super::params::{OnDisconnect, StreamFormat};
 use super::{AppQuery, parse_id};
 use crate::AppState;
 use crate::auth::AuthUser;
 use crate::chat::{Attendance, SendRequest, Started};
 use crate::error::Error;
 use crate::event::EventKind;
+use crate::store::{Conversation, Id, Message};
 use crate::wire::ai_sdk::{self, UseChat};
 use crate::wire::sse;
 
@@ -110,14 +111,14 @@ fn negotiate(headers: &HeaderMap, query: &SendQuery) -> Result<Answer, Error> {
     params(
         ("id" = String, Path, description = "conversation id (UUID)"),
         ("stream" = Option<bool>, Query, description = "true: SSE, like `Accept: text/event-stream`"),
-        ("format" = Option<String>, Query, description = "`native` (default) or `ai-sdk`: the Vercel AI SDK UI message stream (accepts `useChat` bodies)"),
-        ("on_disconnect" = Option<String>, Query, description = "`cancel`: the reply stops (saved `cancelled`, billed for what was streamed) when this request goes away before it ends — the AI SDK's `stop()`; not with `Prefer: respond-async`"),
+        ("format" = Option<StreamFormat>, Query, description = "`native` (default) or `ai-sdk`: the Vercel AI SDK UI message stream (accepts `useChat` bodies)"),
+        ("on_disconnect" = Option<OnDisconnect>, Query, description = "`cancel`: the reply stops (saved `cancelled`, billed for what was streamed) when this request goes away before it ends — the AI SDK's `stop()`; not with `Prefer: respond-async`"),
         ("Prefer" = Option<String>, Header, description = "`respond-async`: 202 at once"),
     ),
     request_body = SendRequest,
     responses(
-        (status = 200, description = "`{conversation, user_message, assistant_message}`; or, streamed, SSE events `user_message`, `start`, `delta`, `usage`, `done` | `error`", content((Object = "application/json"), (String = "text/event-stream"))),
-        (status = 202, description = "`{generation_id, user_message, stream_url}`", body = Object),
+        (status = 200, description = "the saved exchange; or, streamed, SSE events `user_message`, `start`, `delta`, `usage`, `done` | `error`", content((Exchange = "application/json"), (serde_json::Value = "text/event-stream"))),
+        (status = 202, description = "accepted: the reply runs on; follow `stream_url`", body = Accepted),
         (status = 400, description = "invalid input", body = ErrorBody),
         (status = 401, description = "missing or invalid token", body = ErrorBody),
         (status = 404, description = "not found (or not the caller's)", body = ErrorBody),
@@ -190,12 +191,13 @@ async fn send(
     params(
         ("id" = String, Path, description = "message id (UUID)"),
         ("stream" = Option<bool>, Query),
-        ("format" = Option<String>, Query),
+        ("format" = Option<StreamFormat>, Query),
     ),
     request_body(content = Option<RegenerateBody>),
     responses(
-        (status = 200, description = "as sending a message", content((Object = "application/json"), (String = "text/event-stream"))),
-        (status = 202, description = "accepted: the reply runs on", body = Object),
+        (status = 200, description = "as sending a message", content((Exchange = "application/json"), (serde_json::Value = "text/event-stream"))),
+        (status = 202, description = "accepted: the reply runs on; follow `stream_url`", body = Accepted),
+        (status = 400, description = "invalid input", body = ErrorBody),
         (status = 401, description = "missing or invalid token", body = ErrorBody),
         (status = 404, description = "not found (or not the caller's)", body = ErrorBody),
         (status = 409, description = "conflict", body = ErrorBody),
@@ -249,6 +251,26 @@ struct RegenerateBody {
     model: Option<String>,
 }
 
+/// A message sent (or a reply regenerated) and answered in JSON: 200 once the reply is saved.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Exchange {
+    /// The conversation after the exchange (its `last_message_at`, its title once made).
+    pub conversation: Conversation,
+    /// The question (for a regenerated reply, the one it answers).
+    pub user_message: Message,
+    /// The saved reply, `status` `complete`, or `failed`/`cancelled`/`interrupted` with what was streamed.
+    pub assistant_message: Message,
+}
+
+/// 202 for `Prefer: respond-async`: the generation runs on, to be followed at `stream_url`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Accepted {
+    pub generation_id: Id,
+    pub user_message: Message,
+    /// `/api/v1/generations/{generation_id}/stream`.
+    pub stream_url: String,
+}
+
 /// Answers with the generation's SSE stream (opened by the `user_message` frame when `announce_user_message`),
 /// its AI SDK stream, its final JSON, or 202.
 async fn respond(
@@ -268,11 +290,11 @@ async fn respond(
     match answer {
         Answer::Async => Ok((
             StatusCode::ACCEPTED,
-            Json(json!({
-                "generation_id": generation.id(),
-                "user_message": user_message,
-                "stream_url": format!("/api/v1/generations/{}/stream", generation.id()),
-            })),
+            Json(Accepted {
+                generation_id: generation.id(),
+                stream_url: format!("/api/v1/generations/{}/stream", generation.id()),
+                user_message,
+            }),
         )
             .into_response()),
         Answer::AiSdk => Ok(ai_sdk::response(generation.subscribe(0), keepalive)),
@@ -302,11 +324,11 @@ async fn respond(
                 .get_conversation(&user.user_id, conversation.id)
                 .await?
                 .unwrap_or(conversation);
-            Ok(Json(json!({
-                "conversation": conversation,
-                "user_message": user_message,
-                "assistant_message": assistant_message,
-            }))
+            Ok(Json(Exchange {
+                conversation,
+                user_message,
+                assistant_message,
+            })
             .into_response())
         }
     }

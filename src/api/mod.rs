@@ -12,6 +12,7 @@ mod messages;
 mod models;
 mod openai;
 mod openapi;
+mod params;
 mod personas;
 mod ratelimit;
 mod responses;

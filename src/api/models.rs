@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use super::error::ErrorBody;
 use crate::AppState;
@@ -27,31 +27,73 @@ fn per_mtok(picousd_per_token: u64) -> f64 {
     path = "/api/v1/models",
     tag = "models",
     responses(
-        (status = 200, description = "`{models: [{id, provider, model, context_window, prices, ...}], default}`", body = Object),
+        (status = 200, description = "the configured model aliases", body = ModelList),
         (status = 401, description = "missing or invalid token", body = ErrorBody),
     )
 )]
-async fn list(State(state): State<AppState>, _: AuthUser) -> Json<Value> {
+async fn list(State(state): State<AppState>, _: AuthUser) -> Json<ModelList> {
     let default = state.models.default_alias();
-    let models: Vec<Value> = state
+    let models = state
         .models
         .routes()
-        .map(|route| {
-            json!({
-                "id": route.alias,
-                "provider": route.provider.name(),
-                "upstream_model": route.upstream_model,
-                "context_window": route.context_window,
-                "max_output_tokens": route.max_output_tokens,
-                "input_per_mtok": per_mtok(route.prices.input_picousd_per_token),
-                "output_per_mtok": per_mtok(route.prices.output_picousd_per_token),
-                "cached_input_per_mtok": per_mtok(route.prices.cached_input_picousd_per_token),
-                "modalities": if route.accepts_images { json!(["text", "image"]) } else { json!(["text"]) },
-                "fallbacks": route.fallbacks,
-                "token_counts_exact": route.tokenizer.exact,
-                "default": route.alias == default,
-            })
+        .map(|route| ModelInfo {
+            id: route.alias.clone(),
+            provider: route.provider.name().to_string(),
+            upstream_model: route.upstream_model.clone(),
+            context_window: route.context_window,
+            max_output_tokens: route.max_output_tokens,
+            input_per_mtok: per_mtok(route.prices.input_picousd_per_token),
+            output_per_mtok: per_mtok(route.prices.output_picousd_per_token),
+            cached_input_per_mtok: per_mtok(route.prices.cached_input_picousd_per_token),
+            modalities: if route.accepts_images {
+                vec!["text", "image"]
+            } else {
+                vec!["text"]
+            },
+            fallbacks: route.fallbacks.clone(),
+            token_counts_exact: route.tokenizer.exact,
+            default: route.alias == default,
         })
         .collect();
-    Json(json!({ "models": models, "default": default }))
+    Json(ModelList {
+        models,
+        default: default.to_string(),
+    })
+}
+
+/// `GET /api/v1/models`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ModelList {
+    pub models: Vec<ModelInfo>,
+    /// The alias used when a conversation names none.
+    pub default: String,
+}
+
+/// One model alias of `[models]`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ModelInfo {
+    /// The alias clients name.
+    pub id: String,
+    /// The `[[providers]]` entry's name.
+    pub provider: String,
+    /// The model the provider is asked for.
+    pub upstream_model: String,
+    /// Tokens.
+    pub context_window: u32,
+    /// Tokens; `null`: the provider's default.
+    pub max_output_tokens: Option<u32>,
+    /// USD per million prompt tokens.
+    pub input_per_mtok: f64,
+    /// USD per million completion tokens.
+    pub output_per_mtok: f64,
+    /// USD per million cached prompt tokens.
+    pub cached_input_per_mtok: f64,
+    /// `text`, and `image` when it accepts images.
+    pub modalities: Vec<&'static str>,
+    /// Aliases tried in order when this one fails before its first token.
+    pub fallbacks: Vec<String>,
+    /// Token counts come from the provider's own tokenizer when estimated locally.
+    pub token_counts_exact: bool,
+    /// This is the default alias.
+    pub default: bool,
 }

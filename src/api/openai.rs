@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::StreamExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::error::AppJson;
@@ -26,6 +26,7 @@ use crate::chat::Completion;
 use crate::error::Error;
 use crate::event::GenerationEvent;
 use crate::providers::{ChatMessage, MediaData, Role, Sampling, Tool, ToolCall, ToolChoice, Tools};
+use crate::wire::openai::{ChatCompletion, ErrorResponse};
 use crate::wire::{openai, sse};
 
 pub fn router() -> Router<AppState> {
@@ -48,7 +49,7 @@ pub async fn error_shape(request: Request, next: Next) -> Response {
     let Some(err) = response.extensions().get::<Error>() else {
         return response;
     };
-    let body = openai::error_body(err).to_string();
+    let body = openai::error_body(err).to_json();
     let (mut parts, _) = response.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.insert(
@@ -453,11 +454,14 @@ async fn content_of(
     tag = "openai",
     request_body(content = Object, description = "OpenAI's chat completion request: `model`, `messages`, `stream`, `stream_options.include_usage`, `max_tokens` / `max_completion_tokens`, `temperature`, `top_p`, `stop`, `seed`, `presence_penalty`, `frequency_penalty`, `response_format`, `tools` (function tools), `tool_choice`, `parallel_tool_calls`, `n` (1), `user`; messages of roles system, developer, user, assistant (with `tool_calls`) and tool (with `tool_call_id`); plus `persona`. Anything else is 400 naming it."),
     responses(
-        (status = 200, description = "`chat.completion`, or `chat.completion.chunk` SSE ending `[DONE]`; `model` is the upstream model that answered, the alias asked for is the `x-chatgate-model` header", content((Object = "application/json"), (String = "text/event-stream"))),
-        (status = 400, description = "OpenAI error shape `{error: {message, type, param, code}}`", body = Object),
-        (status = 401, description = "missing or invalid token", body = Object),
-        (status = 404, description = "not found", body = Object),
-        (status = 429, description = "rate limited", body = Object),
+        (status = 200, description = "`chat.completion`, or `chat.completion.chunk` SSE ending `[DONE]`; `model` is the upstream model that answered, the alias asked for is the `x-chatgate-model` header", content((ChatCompletion = "application/json"), (serde_json::Value = "text/event-stream"))),
+        (status = 400, description = "invalid request, naming the parameter in `param`", body = ErrorResponse),
+        (status = 401, description = "missing or invalid token", body = ErrorResponse),
+        (status = 404, description = "unknown model", body = ErrorResponse),
+        (status = 413, description = "body too large", body = ErrorResponse),
+        (status = 415, description = "not JSON", body = ErrorResponse),
+        (status = 429, description = "rate limited (`Retry-After`)", body = ErrorResponse),
+        (status = 502, description = "upstream error", body = ErrorResponse),
     )
 )]
 async fn completions(
@@ -638,18 +642,47 @@ pub(super) fn with_alias(mut response: Response, alias: &str) -> Response {
     path = "/v1/models",
     tag = "openai",
     responses(
-        (status = 200, description = "`{object: \"list\", data: [{id, object, created, owned_by}]}`", body = Object),
-        (status = 401, description = "missing or invalid token", body = Object),
+        (status = 200, description = "the model aliases", body = OpenAiModelList),
+        (status = 401, description = "missing or invalid token", body = ErrorResponse),
     )
 )]
-async fn models(State(state): State<AppState>, _: AuthUser) -> Json<Value> {
-    let data: Vec<Value> = state.models.routes().map(model_object).collect();
-    Json(json!({ "object": "list", "data": data }))
+async fn models(State(state): State<AppState>, _: AuthUser) -> Json<OpenAiModelList> {
+    Json(OpenAiModelList {
+        object: "list",
+        data: state.models.routes().map(OpenAiModel::of).collect(),
+    })
 }
 
-/// OpenAI's model object for an alias: `{id, object: "model", created, owned_by}` (`owned_by`: its provider).
-fn model_object(route: &crate::catalog::ModelRoute) -> Value {
-    json!({ "id": route.alias, "object": "model", "created": 0, "owned_by": route.provider.name() })
+/// OpenAI's model list: `{object: "list", data: [OpenAiModel]}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OpenAiModelList {
+    /// `list`.
+    pub object: &'static str,
+    pub data: Vec<OpenAiModel>,
+}
+
+/// OpenAI's model object for an alias.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OpenAiModel {
+    /// The alias.
+    pub id: String,
+    /// `model`.
+    pub object: &'static str,
+    /// Unix seconds; 0 (aliases have no creation date).
+    pub created: i64,
+    /// The alias's provider.
+    pub owned_by: String,
+}
+
+impl OpenAiModel {
+    fn of(route: &crate::catalog::ModelRoute) -> Self {
+        Self {
+            id: route.alias.clone(),
+            object: "model",
+            created: 0,
+            owned_by: route.provider.name().to_string(),
+        }
+    }
 }
 
 /// `GET /v1/models/{id}`: one model alias as OpenAI's model object (what `client.models.retrieve(id)` reads).
@@ -660,16 +693,16 @@ fn model_object(route: &crate::catalog::ModelRoute) -> Value {
     tag = "openai",
     params(("id" = String, Path, description = "a model alias")),
     responses(
-        (status = 200, description = "`{id, object: \"model\", created, owned_by}`", body = Object),
-        (status = 401, description = "missing or invalid token", body = Object),
-        (status = 404, description = "`model_not_found`, in OpenAI's error shape", body = Object),
+        (status = 200, description = "the alias", body = OpenAiModel),
+        (status = 401, description = "missing or invalid token", body = ErrorResponse),
+        (status = 404, description = "`model_not_found`", body = ErrorResponse),
     )
 )]
 async fn model(
     State(state): State<AppState>,
     _: AuthUser,
     Path(id): Path<String>,
-) -> Result<Json<Value>, Error> {
+) -> Result<Json<OpenAiModel>, Error> {
     let route = state.chat.completion_route(&id)?;
-    Ok(Json(model_object(&route)))
+    Ok(Json(OpenAiModel::of(&route)))
 }

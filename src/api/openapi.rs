@@ -83,7 +83,11 @@ impl Modify for BearerAuth {
         super::error::ErrorBody,
         crate::store::Message,
         crate::store::ConversationSummary,
-        crate::store::UsageGroup
+        crate::store::UsageGroup,
+        super::params::StreamFormat,
+        super::params::OnDisconnect,
+        super::params::SortOrder,
+        super::params::Branches,
     )),
     tags(
         (name = "conversations", description = "The caller's conversations with a persona"),

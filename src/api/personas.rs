@@ -4,8 +4,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::error::AppJson;
 use super::error::ErrorBody;
@@ -40,19 +40,19 @@ struct ListQuery {
     tag = "personas",
     security(()),
     params(
-        ("limit" = Option<i64>, Query),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "default 50"),
         ("offset" = Option<i64>, Query),
         ("category" = Option<String>, Query),
     ),
     responses(
-        (status = 200, description = "`{personas: [Persona]}`", body = Object),
+        (status = 200, description = "a page of active personas", body = PersonaPage),
         (status = 400, description = "invalid input", body = ErrorBody),
     )
 )]
 async fn list(
     State(state): State<AppState>,
     AppQuery(q): AppQuery<ListQuery>,
-) -> Result<Json<Value>, Error> {
+) -> Result<Json<PersonaPage>, Error> {
     let filter = PersonaFilter {
         category: q.category.filter(|c| !c.is_empty()),
         include_inactive: false,
@@ -60,9 +60,19 @@ async fn list(
         offset: q.offset.unwrap_or(0).max(0),
     };
     let personas = state.store.list_personas(&filter).await?;
-    Ok(Json(
-        json!({ "personas": personas, "limit": filter.limit, "offset": filter.offset }),
-    ))
+    Ok(Json(PersonaPage {
+        personas,
+        limit: filter.limit,
+        offset: filter.offset,
+    }))
+}
+
+/// A page of `GET /api/v1/personas`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PersonaPage {
+    pub personas: Vec<Persona>,
+    pub limit: i64,
+    pub offset: i64,
 }
 
 /// `GET /api/v1/personas/{id}`; an inactive persona is visible to admins only.

@@ -19,7 +19,8 @@ use super::openai::{CompletionRequest, answering_model, first_delta, invalid, st
 use crate::AppState;
 use crate::auth::AuthUser;
 use crate::error::{Error, ErrorKind};
-use crate::wire::responses::{self, ResponseMeta};
+use crate::wire::openai::ErrorResponse;
+use crate::wire::responses::{self, ResponseMeta, ResponseObject};
 use crate::wire::sse;
 
 pub fn router() -> Router<AppState> {
@@ -52,11 +53,14 @@ const STATEFUL: &[&str] = &["previous_response_id", "conversation", "background"
     tag = "openai",
     request_body(content = Object, description = "OpenAI's Responses request, stateless: `model`, `input` (a string or items: messages, `function_call`, `function_call_output`), `instructions`, `stream`, `max_output_tokens`, `temperature`, `top_p`, `text.format`, function `tools`, `tool_choice`, `parallel_tool_calls`; `store`, `metadata`, `user`, `include` accepted and ignored; plus `persona`. `previous_response_id`, `conversation`, `background`, `item_reference` items and anything unknown are 400 naming them."),
     responses(
-        (status = 200, description = "the `response` object (`status` `completed` or `incomplete`), or its streaming events (`response.created` … `response.completed`) as SSE; `model` is the upstream model that answered, the alias asked for is the `x-chatgate-model` header", content((Object = "application/json"), (String = "text/event-stream"))),
-        (status = 400, description = "OpenAI error shape `{error: {message, type, param, code}}`", body = Object),
-        (status = 401, description = "missing or invalid token", body = Object),
-        (status = 404, description = "not found", body = Object),
-        (status = 429, description = "rate limited", body = Object),
+        (status = 200, description = "the `response` object (`status` `completed` or `incomplete`), or its streaming events (`response.created` … `response.completed`) as SSE; `model` is the upstream model that answered, the alias asked for is the `x-chatgate-model` header", content((ResponseObject = "application/json"), (serde_json::Value = "text/event-stream"))),
+        (status = 400, description = "invalid request, naming the parameter in `param`", body = ErrorResponse),
+        (status = 401, description = "missing or invalid token", body = ErrorResponse),
+        (status = 404, description = "unknown model", body = ErrorResponse),
+        (status = 413, description = "body too large", body = ErrorResponse),
+        (status = 415, description = "not JSON", body = ErrorResponse),
+        (status = 429, description = "rate limited (`Retry-After`)", body = ErrorResponse),
+        (status = 502, description = "upstream error", body = ErrorResponse),
     )
 )]
 async fn create(

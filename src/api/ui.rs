@@ -9,8 +9,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 use super::error::AppJson;
 use super::error::ErrorBody;
@@ -94,13 +93,13 @@ struct DevTokenRequest {
 #[utoipa::path(post, operation_id = "dev_token", path = "/api/v1/dev/token", tag = "development", security(()),
     request_body = DevTokenRequest,
     responses(
-        (status = 200, description = "`{token, user_id, expires_in}` (seconds)", body = Object),
+        (status = 200, description = "a token for `user_id`", body = DevToken),
         (status = 400, description = "invalid user id", body = ErrorBody),
         (status = 404, description = "dev tokens are off (the default)", body = ErrorBody)))]
 async fn dev_token(
     State(state): State<AppState>,
     AppJson(body): AppJson<DevTokenRequest>,
-) -> Result<Json<Value>, Error> {
+) -> Result<Json<DevToken>, Error> {
     if !state.config.server.dev_tokens {
         return Err(Error::not_found("route"));
     }
@@ -123,7 +122,19 @@ async fn dev_token(
         user_id,
         "dev token issued (server.dev_tokens is on: never in production)"
     );
-    Ok(Json(
-        json!({ "token": token, "user_id": user_id, "expires_in": ttl.as_secs() }),
-    ))
+    Ok(Json(DevToken {
+        token,
+        user_id: user_id.to_string(),
+        expires_in: ttl.as_secs(),
+    }))
+}
+
+/// A development token.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DevToken {
+    /// An HS256 JWT (`Authorization: Bearer …`).
+    pub token: String,
+    pub user_id: String,
+    /// Seconds until `exp`.
+    pub expires_in: u64,
 }

@@ -253,8 +253,8 @@ async fn answer(
     path = "/api/v1/usage",
     tag = "usage",
     params(
-        ("from" = Option<String>, Query, description = "YYYY-MM-DD"),
-        ("to" = Option<String>, Query, description = "YYYY-MM-DD, inclusive"),
+        ("from" = Option<NaiveDate>, Query, description = "YYYY-MM-DD (UTC)"),
+        ("to" = Option<NaiveDate>, Query, description = "YYYY-MM-DD (UTC), inclusive"),
         ("group_by" = Option<UsageGroup>, Query),
         ("If-None-Match" = Option<String>, Header),
     ),
@@ -293,8 +293,8 @@ async fn mine(
     path = "/api/v1/admin/usage",
     tag = "usage",
     params(
-        ("from" = Option<String>, Query),
-        ("to" = Option<String>, Query),
+        ("from" = Option<NaiveDate>, Query),
+        ("to" = Option<NaiveDate>, Query),
         ("group_by" = Option<UsageGroup>, Query),
         ("user_id" = Option<String>, Query),
     ),

@@ -78,7 +78,7 @@ pub enum Lookup {
 }
 
 /// `/health`'s view of the key set: `{ok, stale, keys, age_secs, fetched_at, max_age_secs, error}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct JwksStatus {
     /// A key set is loaded.
     pub ok: bool,

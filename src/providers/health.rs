@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::Provider;
 
 /// The last check of one provider.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct ProviderHealth {
     /// `None` until the first check has run.
     pub ok: Option<bool>,

@@ -15,7 +15,7 @@ use crate::error::{Error, ErrorKind};
 use crate::event::{GenerationEvent, LoggedEvent, UsageReport};
 
 /// `usage` of a completion or of the last chunk.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct CompletionUsage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
@@ -24,12 +24,12 @@ pub struct CompletionUsage {
     pub completion_tokens_details: CompletionTokensDetails,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct PromptTokensDetails {
     pub cached_tokens: u64,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct CompletionTokensDetails {
     pub reasoning_tokens: u64,
 }
@@ -51,36 +51,48 @@ impl From<&UsageReport> for CompletionUsage {
 }
 
 /// The `chat.completion` object.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ChatCompletion<'a> {
+    /// `chatcmpl-<generation id>`.
     pub id: &'a str,
+    /// `chat.completion`.
     pub object: &'static str,
+    /// Unix seconds.
     pub created: i64,
+    /// The upstream model that answered (the alias asked for is in the `x-chatgate-model` header).
     pub model: &'a str,
+    #[schema(value_type = Vec<CompletionChoice>)]
     pub choices: [CompletionChoice; 1],
     pub usage: Option<CompletionUsage>,
 }
 
-#[derive(Debug, Serialize)]
+/// The one choice of a completion (`n` is 1).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CompletionChoice {
     pub index: u32,
     pub message: AssistantMessage,
+    /// Always `null`: log probabilities are not relayed.
+    #[schema(value_type = Option<Object>)]
     pub logprobs: Option<()>,
+    /// `stop`, `length`, `tool_calls` or `content_filter`.
     pub finish_reason: &'static str,
 }
 
-#[derive(Debug, Serialize)]
+/// The reply: `{role: "assistant", content, refusal: null, tool_calls?}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AssistantMessage {
     pub role: &'static str,
     /// `null` when the reply is tool calls alone, as OpenAI sends it.
     pub content: Option<String>,
+    /// Always `null`.
+    #[schema(value_type = Option<String>)]
     pub refusal: Option<()>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<MessageToolCall>,
 }
 
 /// A tool call of a reply: `{id, type: "function", function: {name, arguments}}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MessageToolCall {
     pub id: String,
     #[serde(rename = "type")]
@@ -88,7 +100,8 @@ pub struct MessageToolCall {
     pub function: FunctionCall,
 }
 
-#[derive(Debug, Serialize)]
+/// The function a tool call names, with its arguments as JSON text.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FunctionCall {
     pub name: String,
     /// JSON text.
@@ -169,15 +182,50 @@ pub fn error_type(kind: ErrorKind) -> &'static str {
     }
 }
 
+/// OpenAI's error body: `{"error": {"message", "type", "param", "code"}}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorResponse<'a> {
+    pub error: ErrorObject<'a>,
+}
+
+/// The error inside [`ErrorResponse`].
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorObject<'a> {
+    /// For people.
+    pub message: &'a str,
+    /// `invalid_request_error`, `authentication_error`, `permission_error`, `not_found_error`,
+    /// `rate_limit_error` or `api_error` (see [`error_type`]).
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The offending request field (`messages[1].content`, `tools[0].function.name`), when known.
+    pub param: Option<&'a str>,
+    /// The machine-readable code: `invalid_parameter`, `unsupported_parameter`, `model_not_found`,
+    /// `rate_limited`, `invalid_token`, ...
+    pub code: &'a str,
+}
+
 /// `{"error": {"message", "type", "param", "code"}}`; `param` is the offending field when known.
-pub fn error_body(err: &Error) -> Value {
+pub fn error_body(err: &Error) -> ErrorResponse<'_> {
     let param = err
         .details
         .get("field")
         .or_else(|| err.details.get("path"))
-        .cloned()
-        .unwrap_or(Value::Null);
-    serde_json::json!({ "error": { "message": err.message, "type": error_type(err.kind), "param": param, "code": err.error } })
+        .and_then(Value::as_str);
+    ErrorResponse {
+        error: ErrorObject {
+            message: &err.message,
+            kind: error_type(err.kind),
+            param,
+            code: &err.error,
+        },
+    }
+}
+
+impl ErrorResponse<'_> {
+    /// The body as JSON text.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
 }
 
 /// The whole answer of a finished generation: its `done` event's reply, or its failure.
@@ -279,7 +327,7 @@ where
                     let mut error = failed.failure.to_error();
                     // Mid-stream, the status is already sent: the SDKs read this as an API error.
                     error.kind = ErrorKind::Internal;
-                    yield sse_data(&error_body(&error).to_string());
+                    yield sse_data(&error_body(&error).to_json());
                     break;
                 }
                 GenerationEvent::Start(_) | GenerationEvent::UserMessage(_) => {}

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::domain::FinishReason;
@@ -34,19 +35,20 @@ pub struct ResponseMeta {
 impl ResponseMeta {
     /// The `response` object with `status`, `output`, `usage` and the ending's details.
     fn object(&self, status: &str, output: Vec<Value>, usage: Option<&UsageReport>) -> Value {
-        let mut object = json!({
-            "id": self.id,
-            "object": "response",
-            "created_at": self.created_at,
-            "status": status,
-            "model": self.model,
-            "output": output,
-            "usage": usage.map(usage_json),
-            "error": null,
-            "incomplete_details": null,
-            "previous_response_id": null,
-            "store": false,
-        });
+        let object = ResponseObject {
+            id: &self.id,
+            object: "response",
+            created_at: self.created_at,
+            status,
+            model: &self.model,
+            output,
+            usage: usage.map(ResponseUsage::from),
+            error: Value::Null,
+            incomplete_details: Value::Null,
+            previous_response_id: None,
+            store: false,
+        };
+        let mut object = serde_json::to_value(object).unwrap_or_default();
         if let Some(fields) = object.as_object_mut() {
             for (key, value) in &self.echo {
                 fields.insert(key.clone(), value.clone());
@@ -64,16 +66,76 @@ impl ResponseMeta {
     }
 }
 
-/// `usage`: `{input_tokens, input_tokens_details: {cached_tokens}, output_tokens, output_tokens_details:
-/// {reasoning_tokens}, total_tokens}`.
-fn usage_json(usage: &UsageReport) -> Value {
-    json!({
-        "input_tokens": usage.prompt_tokens,
-        "input_tokens_details": { "cached_tokens": usage.cached_tokens },
-        "output_tokens": usage.completion_tokens,
-        "output_tokens_details": { "reasoning_tokens": usage.reasoning_tokens },
-        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-    })
+/// The `response` object (OpenAI API reference, "Responses": the response object), with the request's echoed
+/// settings (`instructions`, `max_output_tokens`, `temperature`, `top_p`, `tools`, `tool_choice`,
+/// `parallel_tool_calls`, `text`, `metadata`, `user`) added beside these fields.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ResponseObject<'a> {
+    /// `resp_…`.
+    pub id: &'a str,
+    /// `response`.
+    pub object: &'static str,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// `in_progress`, `completed`, `incomplete` or `failed`.
+    pub status: &'a str,
+    /// The upstream model that answered.
+    pub model: &'a str,
+    /// `message` items (`{id, type: "message", status, role: "assistant", content: [{type: "output_text",
+    /// text, annotations, logprobs}]}`) and `function_call` items (`{id, type: "function_call", status,
+    /// call_id, name, arguments}`).
+    #[schema(value_type = Vec<Object>)]
+    pub output: Vec<Value>,
+    /// Present once the reply has ended.
+    pub usage: Option<ResponseUsage>,
+    /// `{code, message}` when `status` is `failed`.
+    #[schema(value_type = Option<Object>)]
+    pub error: Value,
+    /// `{reason}` (`max_output_tokens`, `content_filter`, `cancelled`) when `status` is `incomplete`.
+    #[schema(value_type = Option<Object>)]
+    pub incomplete_details: Value,
+    /// Always `null`: chatgate keeps no responses.
+    pub previous_response_id: Option<String>,
+    /// Always `false`.
+    pub store: bool,
+}
+
+/// A response's `usage`, in tokens.
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
+pub struct ResponseUsage {
+    pub input_tokens: u64,
+    pub input_tokens_details: InputTokensDetails,
+    pub output_tokens: u64,
+    pub output_tokens_details: OutputTokensDetails,
+    pub total_tokens: u64,
+}
+
+/// Prompt tokens read from the provider's cache.
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
+pub struct InputTokensDetails {
+    pub cached_tokens: u64,
+}
+
+/// Completion tokens spent reasoning.
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
+pub struct OutputTokensDetails {
+    pub reasoning_tokens: u64,
+}
+
+impl From<&UsageReport> for ResponseUsage {
+    fn from(usage: &UsageReport) -> Self {
+        Self {
+            input_tokens: usage.prompt_tokens,
+            input_tokens_details: InputTokensDetails {
+                cached_tokens: usage.cached_tokens,
+            },
+            output_tokens: usage.completion_tokens,
+            output_tokens_details: OutputTokensDetails {
+                reasoning_tokens: usage.reasoning_tokens,
+            },
+            total_tokens: usage.prompt_tokens + usage.completion_tokens,
+        }
+    }
 }
 
 /// How a finished reply ends its response: `completed`, or `incomplete` with its reason (the output-token cap,

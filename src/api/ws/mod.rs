@@ -58,7 +58,7 @@ fn token_given(headers: &HeaderMap, uri: &Uri) -> bool {
     ),
     responses(
         (status = 101, description = "WebSocket; protocol in docs/websocket.md"),
-        (status = 400, description = "invalid input", body = ErrorBody),
+        (status = 400, description = "not a WebSocket upgrade request (plain text, from axum), or an invalid `access_token` parameter", content((String = "text/plain"), (ErrorBody = "application/json"))),
         (status = 401, description = "missing or invalid token", body = ErrorBody),
     )
 )]
