@@ -596,7 +596,9 @@ async fn metrics_move_and_are_for_admins() {
             ) + 3.0
     );
     assert!(
-        after.contains("chatgate_gateway_overhead_seconds_bucket{le=\"0.005\"}"),
+        after.lines().any(|l| l
+            .starts_with("chatgate_gateway_overhead_seconds_bucket{transport=\"sse\"")
+            && l.contains("le=\"0.005\"")),
         "a histogram with buckets"
     );
 
@@ -766,4 +768,114 @@ print("ok")
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// `chatgate_gateway_overhead_seconds` is measured on each of the five transports a reply streams on, labelled
+/// by it: native SSE, the AI SDK stream, a WebSocket `send`, and streamed `/v1/chat/completions` and
+/// `/v1/responses`.
+#[tokio::test]
+async fn gateway_overhead_is_measured_on_every_transport() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+    let Some(server) = TestServer::start(Backend::Sqlite, None, "").await else {
+        return;
+    };
+    let scrape = || async {
+        server
+            .client
+            .get(format!("{}/metrics", server.url))
+            .bearer_auth(server.admin_token("ops"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    };
+    let count = |text: &str, transport: &str| {
+        metric(
+            text,
+            "chatgate_gateway_overhead_seconds_count",
+            &format!("transport=\"{transport}\""),
+        )
+    };
+    let before = scrape().await;
+    let conversation_id = server.conversation("alice").await;
+
+    // Native SSE and the AI SDK stream, read to their end.
+    for (query, transport) in [("", "sse"), ("?format=ai-sdk", "ai_sdk")] {
+        let response = server
+            .post(
+                &format!("/api/v1/conversations/{conversation_id}/messages{query}"),
+                "alice",
+                json!({ "content": "hi" }),
+            )
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 200, "{transport}");
+        let body = response.text().await.expect("stream");
+        assert!(!body.is_empty(), "{transport}");
+    }
+    // OpenAI's two streamed endpoints.
+    for (path, body) in [
+        (
+            "/v1/chat/completions",
+            json!({ "model": "mock", "stream": true, "messages": [{ "role": "user", "content": "hi" }] }),
+        ),
+        (
+            "/v1/responses",
+            json!({ "model": "mock", "stream": true, "input": "hi" }),
+        ),
+    ] {
+        let response = server.post(path, "alice", body).send().await.expect(path);
+        assert_eq!(response.status(), 200, "{path}");
+        let text = response.text().await.expect("stream");
+        assert!(text.contains("data: "), "{path}: {text}");
+    }
+    // A WebSocket `send`, followed to its `done`.
+    let url = format!(
+        "{}/api/v1/ws?access_token={}",
+        server.url.replace("http://", "ws://"),
+        server.token("alice")
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("connect");
+    let frame =
+        json!({ "type": "send", "id": "m1", "conversation_id": conversation_id, "content": "hi" });
+    socket
+        .send(WsMessage::Text(frame.to_string().into()))
+        .await
+        .expect("send frame");
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a frame in time")
+            .expect("open")
+            .expect("frame");
+        if let WsMessage::Text(text) = message {
+            let frame: Value = serde_json::from_str(&text).expect("json");
+            assert_ne!(frame["type"], "error", "{frame}");
+            if frame["type"] == "done" {
+                break;
+            }
+        }
+    }
+
+    let after = scrape().await;
+    for transport in chatgate::telemetry::metrics::Transport::ALL {
+        let label = transport.as_str();
+        assert!(
+            count(&after, label) >= count(&before, label) + 1.0,
+            "{label} measured:\n{}",
+            after
+                .lines()
+                .filter(|l| l.contains("gateway_overhead"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
 }

@@ -19,8 +19,8 @@ use crate::AppState;
 use crate::auth::AuthUser;
 use crate::chat::{Attendance, SendRequest, Started};
 use crate::error::Error;
-use crate::event::EventKind;
 use crate::store::{Conversation, Id, Message};
+use crate::telemetry::metrics::{Overhead, Transport};
 use crate::wire::ai_sdk::{self, UseChat};
 use crate::wire::sse;
 
@@ -297,25 +297,17 @@ async fn respond(
             }),
         )
             .into_response()),
-        Answer::AiSdk => Ok(ai_sdk::response(generation.subscribe(0), keepalive)),
+        Answer::AiSdk => {
+            let events = Overhead::new(received, Transport::AiSdk)
+                .measure(Arc::clone(&generation), generation.subscribe(0));
+            Ok(ai_sdk::response(events, keepalive))
+        }
         Answer::Sse => {
             let first = announce_user_message.then(|| sse::user_message(&user_message));
-            let mut first_delta = true;
-            let followed = Arc::clone(&generation);
-            let events =
-                futures::stream::iter(first).chain(generation.subscribe(0).map(move |e| {
-                    if first_delta && e.kind() == EventKind::Delta {
-                        first_delta = false;
-                        // What the gateway adds: the client's wait for its first delta beyond the upstream's TTFT.
-                        if let Some(ttft) = followed.upstream_ttft() {
-                            let overhead = received.elapsed().saturating_sub(ttft);
-                            metrics::histogram!("chatgate_gateway_overhead_seconds")
-                                .record(overhead.as_secs_f64());
-                        }
-                    }
-                    sse::frame(&e)
-                }));
-            Ok(sse::response(events, keepalive))
+            let events = Overhead::new(received, Transport::Sse)
+                .measure(Arc::clone(&generation), generation.subscribe(0));
+            let frames = futures::stream::iter(first).chain(events.map(|e| sse::frame(&e)));
+            Ok(sse::response(frames, keepalive))
         }
         Answer::Json => {
             let assistant_message = state.chat.reply(&generation).await?;

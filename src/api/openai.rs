@@ -8,6 +8,9 @@
 //! `persona` (a persona's id or slug) puts that persona's system prompt first. The shapes are in
 //! `wire::openai`.
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderValue, header};
@@ -26,6 +29,7 @@ use crate::chat::Completion;
 use crate::error::Error;
 use crate::event::GenerationEvent;
 use crate::providers::{ChatMessage, MediaData, Role, Sampling, Tool, ToolCall, ToolChoice, Tools};
+use crate::telemetry::metrics::{Overhead, Transport};
 use crate::wire::openai::{ChatCompletion, ErrorResponse};
 use crate::wire::{openai, sse};
 
@@ -469,6 +473,7 @@ async fn completions(
     user: AuthUser,
     AppJson(request): AppJson<CompletionRequest>,
 ) -> Result<Response, Error> {
+    let received = Instant::now();
     let alias = request.model.clone();
     let stream = request.stream;
     let include_usage = request
@@ -480,7 +485,8 @@ async fn completions(
     let created = chrono::Utc::now().timestamp();
     if stream {
         let keepalive = std::time::Duration::from_secs(state.config.server.sse_keepalive_secs);
-        let events = first_delta(&generation).await?;
+        let events = Overhead::new(received, Transport::OpenAiChat)
+            .measure(Arc::clone(&generation), first_delta(&generation).await?);
         // The first delta came: the model that answered is known.
         let model = answering_model(&generation, &alias);
         let chunks = openai::chunks(events, id, created, model, include_usage);

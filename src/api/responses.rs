@@ -8,6 +8,9 @@
 //! stored: `store` is accepted and answered `false`; `previous_response_id`, `conversation`, `item_reference`
 //! items and `background` are 400 naming them (send the whole input, as with `store: false`).
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -19,6 +22,7 @@ use super::openai::{CompletionRequest, answering_model, first_delta, invalid, st
 use crate::AppState;
 use crate::auth::AuthUser;
 use crate::error::{Error, ErrorKind};
+use crate::telemetry::metrics::{Overhead, Transport};
 use crate::wire::openai::ErrorResponse;
 use crate::wire::responses::{self, ResponseMeta, ResponseObject};
 use crate::wire::sse;
@@ -68,6 +72,7 @@ async fn create(
     user: AuthUser,
     AppJson(body): AppJson<Map<String, Value>>,
 ) -> Result<Response, Error> {
+    let received = Instant::now();
     let Translated {
         chat,
         echo,
@@ -87,7 +92,8 @@ async fn create(
     };
     if stream {
         let keepalive = std::time::Duration::from_secs(state.config.server.sse_keepalive_secs);
-        let events = first_delta(&generation).await?;
+        let events = Overhead::new(received, Transport::OpenAiResponses)
+            .measure(Arc::clone(&generation), first_delta(&generation).await?);
         meta.model = answering_model(&generation, &alias);
         let frames = responses::events(events, meta);
         return Ok(with_alias(sse::response(frames, keepalive), &alias));

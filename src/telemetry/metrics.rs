@@ -9,7 +9,7 @@
 //! | `chatgate_active_generations` | gauge | |
 //! | `chatgate_active_subscribers` | gauge | |
 //! | `chatgate_ttft_seconds` | histogram | `provider`: request sent upstream → first delta received |
-//! | `chatgate_gateway_overhead_seconds` | histogram | client's time to first delta minus the upstream's TTFT |
+//! | `chatgate_gateway_overhead_seconds` | histogram | `transport` (`sse`, `ai_sdk`, `websocket`, `openai_chat`, `openai_responses`): client's time to first token minus the upstream's TTFT |
 //! | `chatgate_deltas_relayed_total` | counter | `provider` |
 //! | `chatgate_tokens_total` | counter | `model`, `provider`, `kind` (`prompt`, `completion`) |
 //! | `chatgate_cost_nanousd_total` | counter | `model`: what replies cost, in nano-USD (1e-9 USD) |
@@ -20,10 +20,16 @@
 //! | `chatgate_transcription_seconds` | histogram | |
 //! | `chatgate_jwks_fetches_total` | counter | `outcome` (`ok`, `error`): fetches of `auth.jwks_url` |
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use futures::{Stream, StreamExt};
 
 use metrics::Unit;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::event::{EventKind, LoggedEvent};
+use crate::stream::Generation;
 
 /// A metric family's kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,7 +75,7 @@ pub const FAMILIES: &[(&str, Kind, Unit, &str)] = &[
         "chatgate_gateway_overhead_seconds",
         Kind::Histogram,
         Unit::Seconds,
-        "The client's time to its first delta minus the upstream's time to first token.",
+        "What the gateway adds to the first token: from the request to its first token handed to the transport, minus the upstream's time to first token, by transport (sse, ai_sdk, websocket, openai_chat, openai_responses).",
     ),
     (
         "chatgate_deltas_relayed_total",
@@ -194,4 +200,134 @@ pub fn render() -> String {
             h.render()
         })
         .unwrap_or_default()
+}
+
+/// The transports a client follows a reply on, as the `transport` label of `chatgate_gateway_overhead_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// chatgate's native SSE (`POST /api/v1/conversations/{id}/messages`, streamed).
+    Sse,
+    /// The Vercel AI SDK UI message stream (`?format=ai-sdk`).
+    AiSdk,
+    /// A WebSocket `send`.
+    WebSocket,
+    /// `POST /v1/chat/completions`, streamed.
+    OpenAiChat,
+    /// `POST /v1/responses`, streamed.
+    OpenAiResponses,
+}
+
+impl Transport {
+    /// Every transport, in the order dashboards list them.
+    pub const ALL: [Transport; 5] = [
+        Transport::Sse,
+        Transport::AiSdk,
+        Transport::WebSocket,
+        Transport::OpenAiChat,
+        Transport::OpenAiResponses,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Sse => "sse",
+            Transport::AiSdk => "ai_sdk",
+            Transport::WebSocket => "websocket",
+            Transport::OpenAiChat => "openai_chat",
+            Transport::OpenAiResponses => "openai_responses",
+        }
+    }
+}
+
+/// Records what the gateway added to a client's wait for its first token: the time from `received` (the
+/// request, or WebSocket frame, that started the generation) until its first delta or tool call is handed to
+/// the transport's encoder, minus the upstream's own time to first token, in seconds. Once per reply; nothing
+/// when the reply has no upstream TTFT (it failed before its first token).
+#[derive(Debug)]
+pub struct Overhead {
+    received: Instant,
+    transport: Transport,
+    pending: bool,
+}
+
+impl Overhead {
+    pub fn new(received: Instant, transport: Transport) -> Self {
+        Self {
+            received,
+            transport,
+            pending: true,
+        }
+    }
+
+    /// Looks at the next event relayed; records on the first token.
+    pub fn observe(&mut self, generation: &Generation, event: &LoggedEvent) {
+        if !self.pending || !matches!(event.kind(), EventKind::Delta | EventKind::ToolCall) {
+            return;
+        }
+        self.pending = false;
+        if let Some(ttft) = generation.upstream_ttft() {
+            let overhead = self.received.elapsed().saturating_sub(ttft);
+            metrics::histogram!("chatgate_gateway_overhead_seconds", "transport" => self.transport.as_str())
+                .record(overhead.as_secs_f64());
+        }
+    }
+
+    /// `events` (a generation's, from its start) with their first token measured on the way through.
+    pub fn measure<S>(
+        mut self,
+        generation: Arc<Generation>,
+        events: S,
+    ) -> impl Stream<Item = Arc<LoggedEvent>> + Send + 'static
+    where
+        S: Stream<Item = Arc<LoggedEvent>> + Send + 'static,
+    {
+        events.map(move |event| {
+            self.observe(&generation, &event);
+            event
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Grafana dashboard in `docs/grafana/chatgate.json` queries only families that exist, and shows each.
+    #[test]
+    fn the_dashboard_queries_every_family_and_nothing_else() {
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../docs/grafana/chatgate.json")).expect("JSON");
+        let mut queried = std::collections::BTreeSet::new();
+        for panel in dashboard["panels"].as_array().expect("panels") {
+            for target in panel["targets"].as_array().expect("targets") {
+                let expr = target["expr"].as_str().expect("expr");
+                for (at, _) in expr.match_indices("chatgate_") {
+                    let name: String = expr[at..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    let family = ["_bucket", "_count", "_sum"]
+                        .iter()
+                        .find_map(|suffix| name.strip_suffix(suffix))
+                        .unwrap_or(&name)
+                        .to_string();
+                    queried.insert(family);
+                }
+            }
+        }
+        let families: std::collections::BTreeSet<String> = FAMILIES
+            .iter()
+            .map(|(name, ..)| (*name).to_string())
+            .collect();
+        let unknown: Vec<_> = queried.difference(&families).collect();
+        assert!(
+            unknown.is_empty(),
+            "the dashboard queries unknown metrics: {unknown:?}"
+        );
+        let unshown: Vec<_> = families.difference(&queried).collect();
+        assert!(
+            unshown.is_empty(),
+            "the dashboard does not show: {unshown:?}"
+        );
+    }
 }

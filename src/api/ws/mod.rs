@@ -184,7 +184,7 @@ pub async fn serve_socket<S, R, E>(
                             send_error(&out, &slow, Some(&id), &Error::new(ErrorKind::NotFound, "not_found", "generation not found or expired"));
                             continue;
                         };
-                        let task = state.tasks.spawn(follow(Arc::clone(&generation), id.clone(), after.unwrap_or(0), out.clone(), slow.clone(), notes_tx.clone()));
+                        let task = state.tasks.spawn(follow(Arc::clone(&generation), id.clone(), (after.unwrap_or(0), None), out.clone(), slow.clone(), notes_tx.clone()));
                         active.insert(id, Active { generation: Some(generation), cancel_requested: false, task: task.abort_handle() });
                     }
                     ClientFrame::Cancel { id } => match active.get_mut(&id) {

@@ -3,6 +3,7 @@
 //! the socket's sending half.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::extract::ws::{CloseFrame, Message};
 use futures::{Sink, SinkExt, StreamExt};
@@ -15,6 +16,7 @@ use crate::auth::AuthUser;
 use crate::chat::{Attendance, SendRequest};
 use crate::error::Error;
 use crate::stream::Generation;
+use crate::telemetry::metrics::{Overhead, Transport};
 use crate::wire::ws as frames;
 
 /// What the writer task sends.
@@ -84,6 +86,7 @@ pub async fn run_send(
     slow: CancellationToken,
     notes: mpsc::UnboundedSender<Note>,
 ) {
+    let received = Instant::now();
     let started = match conversation_id.parse() {
         Ok(conversation_id) => {
             state
@@ -101,7 +104,16 @@ pub async fn run_send(
                 frames::user_message_frame(&id, &started.user_message),
             );
             let _ = notes.send(Note::Started(id.clone(), Arc::clone(&started.generation)));
-            follow(started.generation, id, 0, out, slow, notes).await;
+            let overhead = Overhead::new(received, Transport::WebSocket);
+            follow(
+                started.generation,
+                id,
+                (0, Some(overhead)),
+                out,
+                slow,
+                notes,
+            )
+            .await;
         }
         Err(err) => {
             push(&out, &slow, frames::error_frame(Some(&id), &err));
@@ -110,11 +122,12 @@ pub async fn run_send(
     }
 }
 
-/// Relays a generation's events after `after` as frames tagged with the request id.
+/// Relays a generation's events after `after` as frames tagged with the request id, measuring the first
+/// token's overhead for the `send` that started it.
 pub async fn follow(
     generation: Arc<Generation>,
     id: String,
-    after: u64,
+    (after, mut overhead): (u64, Option<Overhead>),
     out: mpsc::Sender<Outbound>,
     slow: CancellationToken,
     notes: mpsc::UnboundedSender<Note>,
@@ -122,6 +135,9 @@ pub async fn follow(
     let id_json = Value::String(id.clone()).to_string();
     let mut events = std::pin::pin!(generation.subscribe(after));
     while let Some(event) = events.next().await {
+        if let Some(overhead) = &mut overhead {
+            overhead.observe(&generation, &event);
+        }
         push(&out, &slow, frames::event_frame(&id_json, &event));
         if slow.is_cancelled() {
             break;
