@@ -1,17 +1,21 @@
-// The chat page: personas, conversations, streaming replies over SSE, stop, and re-attaching to a reply that
-// was streaming when the page was reloaded (the generation runs on the server; its id is kept in localStorage).
+// The chat page: personas, conversations (rename, archive, delete), streaming replies over SSE, stop,
+// regenerate and copy, and re-attaching to a reply that was streaming when the page was reloaded (the generation
+// runs on the server; its id is kept in localStorage).
 import { api, el, readSse, setToken, signIn, token, usd } from './common.js';
 
 const PENDING_KEY = 'chatgate.pending';
 const $ = (id) => document.getElementById(id);
-const state = { conversation: null, generation: null, personas: [], attachments: [], recorder: null };
+const state = {
+  conversation: null, conversations: new Map(), generation: null, personas: [], attachments: [], recorder: null,
+};
 const mediaUrls = new Map();
 
 function status(text) { $('status').textContent = text || ''; }
 
+/** A reply's line: its size is its completion tokens (the prompt's are in the tooltip), then cost, model, TTFT. */
 function meta(message) {
   const parts = [];
-  if (message.tokens_used !== null && message.tokens_used !== undefined) parts.push(`${message.tokens_used} tokens`);
+  if (message.completion_tokens !== null && message.completion_tokens !== undefined) parts.push(`${message.completion_tokens} tokens`);
   if (message.cost_usd !== null && message.cost_usd !== undefined) parts.push(usd(message.cost_usd));
   if (message.model) parts.push(message.model);
   if (message.ttft_ms !== null && message.ttft_ms !== undefined) parts.push(`TTFT ${message.ttft_ms} ms`);
@@ -38,12 +42,41 @@ function renderMedia(container, media) {
   }));
 }
 
+/** Copies a reply's text (the Clipboard API, else a selected textarea for pages without it). */
+async function copyText(text) {
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch (_) {
+    const area = el('textarea', {}, text);
+    document.body.append(area);
+    area.select();
+    document.execCommand('copy');
+    area.remove();
+  }
+  status('Copied');
+}
+
+/** Shows Regenerate on the last reply only, and only while nothing streams. */
+function refreshActions() {
+  const replies = [...document.querySelectorAll('.msg.assistant')];
+  replies.forEach((node, i) => {
+    const regenerate = node.querySelector('.regenerate');
+    if (regenerate) regenerate.hidden = i !== replies.length - 1 || Boolean(state.generation) || node.dataset.status === 'streaming';
+  });
+}
+
 /** The bubble of a message, created at the end of the list when new. */
 function bubble(message) {
+  $('welcome')?.remove();
   let node = document.querySelector(`.msg[data-id="${message.id}"]`);
   if (!node) {
     node = el('div', { class: `msg ${message.role}`, 'data-id': message.id },
       el('div', { class: 'media' }), el('span', { class: 'text' }), el('span', { class: 'meta' }));
+    if (message.role === 'assistant') {
+      node.append(el('span', { class: 'actions' },
+        el('button', { class: 'link copy', type: 'button', onclick: () => copyText(node.querySelector('.text').textContent) }, 'Copy'),
+        el('button', { class: 'link regenerate', type: 'button', onclick: () => regenerate(node.dataset.id) }, 'Regenerate')));
+    }
     $('messages').append(node);
   }
   if (message.media && message.media.length && !node.dataset.media) {
@@ -51,12 +84,63 @@ function bubble(message) {
     renderMedia(node.querySelector('.media'), message.media);
   }
   node.querySelector('.text').textContent = message.content ?? '';
-  node.querySelector('.meta').textContent = message.role === 'assistant' ? meta(message) : '';
+  if (message.role === 'assistant') {
+    node.querySelector('.meta').textContent = meta(message);
+    if (message.prompt_tokens !== null && message.prompt_tokens !== undefined) {
+      node.querySelector('.meta').title = `prompt ${message.prompt_tokens} + completion ${message.completion_tokens} tokens`;
+    }
+  }
   node.classList.toggle('streaming', message.status === 'streaming');
   node.classList.toggle('failed', message.status === 'failed');
   node.dataset.status = message.status || '';
+  node.querySelector('.actions')?.toggleAttribute('hidden', message.status === 'streaming');
+  refreshActions();
   $('messages').scrollTop = $('messages').scrollHeight;
   return node;
+}
+
+/** The persona a new chat is with (the select's), or the open conversation's. */
+function personaOf(id) {
+  return state.personas.find((p) => p.id === id);
+}
+
+/** The head of the open conversation: who it is with, and its actions. */
+function showHead() {
+  const conversation = state.conversations.get(state.conversation);
+  $('chat-head').hidden = !conversation;
+  if (!conversation) return;
+  const persona = personaOf(conversation.persona_id);
+  $('persona-name').textContent = persona?.display_name ?? 'Persona';
+  $('persona-relationship').textContent = persona ? `· ${persona.relationship}` : '';
+  $('persona-about').textContent = persona?.description ? `— ${persona.description}` : '';
+  $('archive').textContent = conversation.archived ? 'Unarchive' : 'Archive';
+}
+
+/** The first screen: a welcome, and the personas to start a chat with. */
+function welcome() {
+  const chosen = personaOf($('persona').value) ?? state.personas[0];
+  const choices = state.personas.slice(0, 6).map((p) => el('button', {
+    type: 'button',
+    class: `secondary persona-choice${p.id === chosen?.id ? ' chosen' : ''}`,
+    'data-persona': p.id,
+    title: p.description,
+    onclick: () => { $('persona').value = p.id; welcome(); $('input').focus(); },
+  }, `${p.display_name} · ${p.relationship}`));
+  $('messages').replaceChildren(el('div', { id: 'welcome', class: 'welcome' },
+    el('h2', {}, chosen ? `Say hello to ${chosen.display_name}` : 'Welcome to chatgate'),
+    el('p', { class: 'hint' }, chosen?.description ?? ''),
+    el('p', {}, 'Pick who to talk to, then write below. Replies stream in as they are written; reload or lose the '
+      + 'network and the reply carries on, ready when you are back.'),
+    el('div', { class: 'persona-choices' }, ...choices)));
+}
+
+/** Back to the first screen, for a new chat with the chosen persona. */
+function closeConversation() {
+  state.conversation = null;
+  localStorage.removeItem('chatgate.conversation');
+  document.querySelectorAll('#conversations li').forEach((li) => li.classList.remove('active'));
+  showHead();
+  welcome();
 }
 
 async function loadPersonas() {
@@ -71,7 +155,9 @@ async function loadPersonas() {
 }
 
 async function loadConversations() {
-  const { conversations } = await (await api('/api/v1/conversations?limit=50')).json();
+  const archived = $('show-archived').checked;
+  const { conversations } = await (await api(`/api/v1/conversations?limit=50&archived=${archived}`)).json();
+  conversations.forEach((c) => state.conversations.set(c.id, c));
   $('conversations').replaceChildren(...conversations.map((c) => {
     const persona = state.personas.find((p) => p.id === c.persona_id);
     const label = c.title || c.last_message?.content || `New chat with ${persona?.display_name ?? 'persona'}`;
@@ -92,12 +178,47 @@ function showSidebar(open) {
 
 async function openConversation(id) {
   showSidebar(false);
+  if (!state.conversations.has(id)) {
+    state.conversations.set(id, await (await api(`/api/v1/conversations/${id}`)).json());
+  }
   state.conversation = id;
   localStorage.setItem('chatgate.conversation', id);
   document.querySelectorAll('#conversations li').forEach((li) => li.classList.toggle('active', li.dataset.id === id));
+  // The persona box follows the open conversation.
+  $('persona').value = state.conversations.get(id).persona_id;
+  showHead();
   $('messages').replaceChildren();
   const { messages } = await (await api(`/api/v1/conversations/${id}/messages?order=asc&limit=200`)).json();
   messages.forEach(bubble);
+  if (!messages.length) welcome();
+}
+
+async function renameConversation() {
+  const conversation = state.conversations.get(state.conversation);
+  const title = prompt('Rename this chat', conversation?.title ?? '');
+  if (title === null || !title.trim()) return;
+  const updated = await (await api(`/api/v1/conversations/${state.conversation}`, { method: 'PATCH', json: { title: title.trim() } })).json();
+  state.conversations.set(updated.id, { ...conversation, ...updated });
+  await loadConversations();
+}
+
+async function archiveConversation() {
+  const conversation = state.conversations.get(state.conversation);
+  const archived = !conversation.archived;
+  await api(`/api/v1/conversations/${state.conversation}`, { method: 'PATCH', json: { archived } });
+  state.conversations.set(conversation.id, { ...conversation, archived });
+  status(archived ? 'Archived: find it under “Show archived chats”' : 'Back among your chats');
+  closeConversation();
+  await loadConversations();
+}
+
+async function deleteConversation() {
+  if (!confirm('Delete this chat and its messages? This cannot be undone.')) return;
+  await api(`/api/v1/conversations/${state.conversation}`, { method: 'DELETE' });
+  state.conversations.delete(state.conversation);
+  closeConversation();
+  await loadConversations();
+  status('Chat deleted');
 }
 
 async function newConversation() {
@@ -112,6 +233,7 @@ function busy(generation) {
   state.generation = generation;
   $('send').disabled = Boolean(generation);
   $('stop').hidden = !generation;
+  refreshActions();
 }
 
 /** Applies a generation's events to its bubble; `text` accumulates its deltas. */
@@ -235,6 +357,24 @@ async function send(event) {
   loadConversations();
 }
 
+/** A new reply in place of the last one, streamed like a sent message's. */
+async function regenerate(messageId) {
+  if (state.generation) return;
+  status('');
+  busy('starting');
+  try {
+    const response = await api(`/api/v1/messages/${messageId}/regenerate?stream=true`, {
+      method: 'POST', json: {}, headers: { Accept: 'text/event-stream' },
+    });
+    document.querySelector(`.msg[data-id="${messageId}"]`)?.remove();
+    await readSse(response, follow({}));
+  } catch (error) {
+    status(error.message);
+  } finally {
+    if (state.generation === 'starting') busy(null);
+  }
+}
+
 async function stop() {
   if (!state.generation || state.generation === 'starting') return;
   try {
@@ -282,7 +422,13 @@ async function main() {
     renderAttachments();
   });
   $('record').addEventListener('click', toggleRecording);
-  $('new-chat').addEventListener('click', () => newConversation().catch((e) => status(e.message)));
+  $('new-chat').addEventListener('click', () => { showSidebar(false); closeConversation(); $('input').focus(); });
+  $('persona').addEventListener('change', () => closeConversation());
+  $('show-archived').addEventListener('change', () => loadConversations().catch((e) => status(e.message)));
+  const acting = (action) => () => action().catch((e) => status(e.message));
+  $('rename').addEventListener('click', acting(renameConversation));
+  $('archive').addEventListener('click', acting(archiveConversation));
+  $('delete').addEventListener('click', acting(deleteConversation));
   $('sidebar-toggle').addEventListener('click', () => showSidebar(!document.body.classList.contains('sidebar-open')));
   try {
     await loadPersonas();
@@ -290,11 +436,13 @@ async function main() {
     if (localStorage.getItem(PENDING_KEY)) {
       await resume();
     } else if (localStorage.getItem('chatgate.conversation')) {
-      await openConversation(localStorage.getItem('chatgate.conversation')).catch(() => localStorage.removeItem('chatgate.conversation'));
+      await openConversation(localStorage.getItem('chatgate.conversation')).catch(() => closeConversation());
+    } else {
+      welcome();
     }
   } catch (error) {
-    if (error.status === 401) { setToken(null); location.reload(); return; }
-    status(error.message);
+    // An invalid or expired token has already sent the page back to sign-in, saying why.
+    if (error.status !== 401) status(error.message);
   }
   document.body.dataset.ready = token() ? 'true' : 'false';
 }

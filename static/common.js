@@ -3,6 +3,7 @@
 'use strict';
 
 const TOKEN_KEY = 'chatgate.token';
+const REASON_KEY = 'chatgate.signin-reason';
 
 export function token() {
   return localStorage.getItem(TOKEN_KEY);
@@ -13,7 +14,25 @@ export function setToken(value) {
   else localStorage.removeItem(TOKEN_KEY);
 }
 
-/** fetch() with the bearer token; throws an Error carrying the API's {error, message} on a non-2xx answer. */
+/** Forgets the token and goes back to sign-in, which says `reason`. */
+export function signOut(reason) {
+  setToken(null);
+  if (reason) sessionStorage.setItem(REASON_KEY, reason);
+  location.reload();
+}
+
+/** What a refused token's 401 says to the person signed in. */
+function refusal(body) {
+  const why = body.error === 'token_expired' || /expired/i.test(body.message || '')
+    ? 'Your token has expired' : 'Your token was refused';
+  return `${why}${body.message ? ` (${body.message})` : ''}. Sign in again.`;
+}
+
+/**
+ * fetch() with the bearer token; throws an Error carrying the API's {error, message} on a non-2xx answer. A 401
+ * to a signed-in page means the token is invalid or expired: the page goes back to sign-in, saying so (unless
+ * `options.checking`, when the caller is trying a token out).
+ */
 export async function api(path, options = {}) {
   const headers = new Headers(options.headers || {});
   if (token()) headers.set('Authorization', `Bearer ${token()}`);
@@ -28,6 +47,7 @@ export async function api(path, options = {}) {
     const error = new Error(body.message || `${response.status} ${response.statusText}`);
     error.status = response.status;
     error.code = body.error;
+    if (response.status === 401 && token() && !options.checking) signOut(refusal(body));
     throw error;
   }
   return response;
@@ -85,12 +105,18 @@ export function signIn(app) {
   return new Promise((resolve) => {
     if (token()) return resolve();
     const status = el('p', { class: 'hint', id: 'signin-status' });
+    const reason = sessionStorage.getItem(REASON_KEY);
+    if (reason) {
+      sessionStorage.removeItem(REASON_KEY);
+      status.textContent = reason;
+      status.className = 'error';
+    }
     const tokenInput = el('input', { id: 'token-input', placeholder: 'paste a JWT (chatgate token --sub alice)', autocomplete: 'off' });
     const userInput = el('input', { id: 'dev-user', placeholder: 'user id', value: 'demo' });
     const form = el('div', { class: 'signin', id: 'signin' },
       el('h2', {}, 'Sign in'),
       el('div', { class: 'row' }, tokenInput,
-        el('button', { id: 'use-token', onclick: () => { setToken(tokenInput.value.trim()); done(); } }, 'Use token')),
+        el('button', { id: 'use-token', onclick: useToken }, 'Use token')),
       el('div', { class: 'row' }, userInput,
         el('button', { id: 'dev-token', onclick: devToken }, 'Get a dev token')),
       status);
@@ -101,6 +127,22 @@ export function signIn(app) {
       form.remove();
       app.hidden = false;
       resolve();
+    }
+    /** Tries the pasted token before keeping it: a bad one is refused here, with the server's reason. */
+    async function useToken() {
+      const value = tokenInput.value.trim();
+      if (!value) return;
+      status.className = 'hint';
+      status.textContent = 'Checking the token…';
+      setToken(value);
+      try {
+        await api('/api/v1/models', { checking: true });
+        done();
+      } catch (error) {
+        setToken(null);
+        status.className = 'error';
+        status.textContent = error.status === 401 ? refusal({ error: error.code, message: error.message }) : error.message;
+      }
     }
     async function devToken() {
       try {

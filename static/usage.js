@@ -43,8 +43,21 @@ function svg(tag, attrs) {
   return node;
 }
 
-/** A bar chart of `series` (each `{key, class, value(bucket)}`) stacked per bucket. */
-function barChart(container, buckets, series, format, label = (key) => key.slice(5)) {
+/** The chart's key: a swatch and a name per series. */
+function legend(series) {
+  return el('div', { class: 'legend' }, ...series.map((s) => el('span', { 'data-series': s.key }, el('i', { class: s.class }), s.label ?? s.key)));
+}
+
+/**
+ * A bar chart of `series` (each `{key, label, class, value(bucket)}`) stacked per bucket, with its legend; when
+ * every value is 0, says `empty` instead of drawing flat bars.
+ */
+function barChart(container, buckets, series, format, label = (key) => key.slice(5), empty = 'Nothing yet.') {
+  const total = buckets.reduce((sum, b) => sum + series.reduce((s, x) => s + x.value(b), 0), 0);
+  if (!total) {
+    container.replaceChildren(el('p', { class: 'hint empty' }, empty), legend(series));
+    return;
+  }
   const width = 900;
   const height = 180;
   const pad = 24;
@@ -72,7 +85,7 @@ function barChart(container, buckets, series, format, label = (key) => key.slice
   const top = svg('text', { x: 2, y: 12 });
   top.textContent = format(max);
   chart.append(top);
-  container.replaceChildren(chart);
+  container.replaceChildren(chart, legend(series));
 }
 
 function byModel(buckets) {
@@ -91,19 +104,19 @@ async function refresh() {
     if (summary.changed || days.changed) totals(summary.body, days.body);
     if (days.changed) {
       barChart($('tokens-chart'), days.body.buckets, [
-        { key: 'prompt', class: 'prompt', value: (b) => b.prompt_tokens },
-        { key: 'completion', class: 'completion', value: (b) => b.completion_tokens },
-      ], (v) => `${Math.round(v)} tokens`);
+        { key: 'prompt', label: 'prompt tokens', class: 'prompt', value: (b) => b.prompt_tokens },
+        { key: 'completion', label: 'completion tokens', class: 'completion', value: (b) => b.completion_tokens },
+      ], (v) => `${Math.round(v)} tokens`, undefined, 'No tokens yet: send a message.');
       barChart($('cost-chart'), days.body.buckets, [
-        { key: 'cost', class: 'cost', value: (b) => b.cost_usd },
-      ], usd);
+        { key: 'cost', label: 'cost (USD)', class: 'cost', value: (b) => b.cost_usd ?? 0 },
+      ], usd, undefined, 'No cost yet: the models used so far have no prices (the built-in mock is free).');
     }
     if (models.changed) {
       byModel(models.body.buckets);
       barChart($('model-chart'), models.body.buckets, [
-        { key: 'prompt', class: 'prompt', value: (b) => b.prompt_tokens },
-        { key: 'completion', class: 'completion', value: (b) => b.completion_tokens },
-      ], (v) => `${Math.round(v)} tokens`, (key) => key);
+        { key: 'prompt', label: 'prompt tokens', class: 'prompt', value: (b) => b.prompt_tokens },
+        { key: 'completion', label: 'completion tokens', class: 'completion', value: (b) => b.completion_tokens },
+      ], (v) => `${Math.round(v)} tokens`, (key) => key, 'No tokens yet: send a message.');
     }
     const changed = summary.changed || days.changed || models.changed;
     $('poll-status').textContent = `${changed ? 'updated' : 'unchanged (304)'} at ${new Date().toLocaleTimeString()}`

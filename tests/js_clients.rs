@@ -365,6 +365,39 @@ async fn the_web_ui_streams_survives_a_reload_stops_and_shows_usage() {
     for key in ["input", "send", "sidebar"] {
         assert_eq!(desktop[key], true, "{key}: {desktop}");
     }
+    // The first screen welcomes, offering the personas; the open conversation then shows its persona, and the
+    // persona box follows it.
+    let welcome = &seen["welcome"];
+    assert_eq!(welcome["shown"], true, "{welcome}");
+    assert_eq!(welcome["head"], false, "{welcome}");
+    assert!(welcome["choices"].as_u64().unwrap_or(0) >= 1, "{welcome}");
+    assert!(
+        welcome["heading"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("Say hello to ")),
+        "{welcome}"
+    );
+    let head = &seen["head"];
+    assert_eq!(
+        (&head["shown"], &head["welcome"]),
+        (&serde_json::json!(true), &serde_json::json!(false)),
+        "{head}"
+    );
+    let persona = head["name"].as_str().expect("persona name");
+    assert!(
+        !persona.is_empty()
+            && welcome["heading"]
+                .as_str()
+                .is_some_and(|h| h.ends_with(persona)),
+        "{head}"
+    );
+    assert!(
+        head["selected"]
+            .as_str()
+            .is_some_and(|s| s.starts_with(persona)),
+        "{head}"
+    );
+
     // On a phone: the input and Send on screen, the sidebar behind its button, a reply streamed in.
     let phone = &seen["phone"];
     for key in [
@@ -493,14 +526,68 @@ async fn the_web_ui_streams_survives_a_reload_stops_and_shows_usage() {
             )
         })
         .collect();
+    // The stopped reply was copied, then regenerated: Regenerate is offered on the last reply only, and the new
+    // reply replaced the stopped one on the page and in the history (which keeps it as a branch).
+    assert_eq!(seen["copy"]["status"], "Copied", "{seen}");
+    assert_eq!(seen["copy"]["clipboard"], stopped, "{seen}");
+    assert_eq!(
+        seen["regenerateShown"],
+        serde_json::json!([false, false, true]),
+        "{seen}"
+    );
+    let regenerated = &seen["regenerated"];
+    assert_eq!(regenerated["oldShown"], 0, "{regenerated}");
+    assert_eq!(regenerated["reply"]["status"], "complete", "{regenerated}");
+    assert_eq!(
+        regenerated["reply"]["text"],
+        mock_reply("third message").as_str(),
+        "{regenerated}"
+    );
+    let third = mock_reply("third message");
     assert_eq!(
         saved[..3],
         [
             ("complete", mock_reply("first message").as_str()),
             ("complete", full.as_str()),
-            ("cancelled", stopped),
+            ("complete", third.as_str()),
         ]
     );
+    let all: Value = server
+        .client
+        .get(format!(
+            "{}/api/v1/conversations/{conversation}/messages?order=asc&branches=all",
+            server.url
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("history")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        all["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .any(|m| m["status"] == "cancelled" && m["content"] == stopped),
+        "the stopped reply is kept as a branch: {all}"
+    );
+    // A reply's line gives its size as its completion tokens; the prompt's are only in its tooltip.
+    let first_saved = history["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .find(|m| m["role"] == "assistant")
+        .expect("first reply");
+    let completion = first_saved["completion_tokens"]
+        .as_i64()
+        .expect("completion tokens");
+    assert!(
+        meta.starts_with(&format!("{completion} tokens")),
+        "{meta} vs {first_saved}"
+    );
+    assert_ne!(first_saved["tokens_used"].as_i64(), Some(completion));
     assert_eq!(
         saved.len(),
         5,
@@ -516,12 +603,68 @@ async fn the_web_ui_streams_survives_a_reload_stops_and_shows_usage() {
     assert!(tokens > 0, "{dashboard}");
     assert!(dashboard["bars"].as_u64().unwrap_or(0) >= 2, "{dashboard}");
     assert_eq!(dashboard["models"], serde_json::json!(["mock"]));
+    // Every chart has its legend, and the cost chart draws its bars.
+    for label in ["prompt tokens", "completion tokens", "cost (USD)"] {
+        assert!(
+            dashboard["legends"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|s| s == label)),
+            "{label}: {dashboard}"
+        );
+    }
+    assert!(
+        dashboard["costBars"].as_u64().unwrap_or(0) >= 1,
+        "{dashboard}"
+    );
+
+    // Rename, archive (then found among the archived), delete: each as the API has it.
+    let manage = &seen["manage"];
+    assert_eq!(
+        manage["renamed"],
+        serde_json::json!(["Phone chat"]),
+        "{manage}"
+    );
+    assert_eq!(manage["afterArchive"]["welcome"], true, "{manage}");
+    assert_eq!(
+        manage["archived"],
+        serde_json::json!(["Phone chat"]),
+        "{manage}"
+    );
+    assert_eq!(manage["archiveLabel"], "Unarchive", "{manage}");
+    assert_eq!(manage["deleted"], "Chat deleted", "{manage}");
+    for archived in ["true", "false"] {
+        let left: Value = server
+            .client
+            .get(format!(
+                "{}/api/v1/conversations?archived={archived}",
+                server.url
+            ))
+            .bearer_auth(server.token("phone-user"))
+            .send()
+            .await
+            .expect("list")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(left["conversations"], serde_json::json!([]), "{left}");
+    }
+    // A token the server refuses: back to sign-in with the reason, and a bad pasted token is not kept.
+    let expired = &seen["expired"];
+    for key in ["signIn", "pasted"] {
+        assert!(
+            expired[key]
+                .as_str()
+                .is_some_and(|t| t.contains("refused") && t.contains("Sign in again")),
+            "{key}: {expired}"
+        );
+    }
+    assert_eq!(expired["stored"], Value::Null, "{expired}");
     assert!(
         dashboard["status"]
             .as_str()
             .is_some_and(|s| s.contains("answered 304"))
     );
-    for shot in ["chat.png", "dashboard.png", "chat-phone.png"] {
+    for shot in ["welcome.png", "chat.png", "dashboard.png", "chat-phone.png"] {
         let bytes = std::fs::read(screenshots.join(shot)).expect("screenshot");
         assert!(bytes.starts_with(b"\x89PNG"), "{shot} is a PNG");
     }

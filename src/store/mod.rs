@@ -203,6 +203,10 @@ pub struct Message {
     pub updated_at: DateTime<Utc>,
     /// Prompt + completion tokens, as chat UIs expect (`null` for user messages).
     pub tokens_used: Option<i64>,
+    /// Tokens the generation was sent (system prompt, history, this question): `null` for user messages.
+    pub prompt_tokens: Option<i64>,
+    /// Tokens of the reply (with any reasoning tokens): what a chat UI shows as the reply's size.
+    pub completion_tokens: Option<i64>,
     /// The upstream model name that answered.
     pub model_used: Option<String>,
     /// Time from request to the last token, in ms.
@@ -264,6 +268,8 @@ impl From<MessageRow> for Message {
                 .u_prompt_tokens
                 .zip(r.u_completion_tokens)
                 .map(|(p, c)| p + c),
+            prompt_tokens: r.u_prompt_tokens,
+            completion_tokens: r.u_completion_tokens,
             model_used: r.u_upstream_model,
             response_time_ms: r.u_duration_ms,
             ttft_ms: r.u_ttft_ms,
@@ -292,6 +298,8 @@ impl Message {
             created_at: m.created_at,
             updated_at: m.created_at,
             tokens_used: usage.map(|u| u.prompt_tokens + u.completion_tokens),
+            prompt_tokens: usage.map(|u| u.prompt_tokens),
+            completion_tokens: usage.map(|u| u.completion_tokens),
             model_used: usage.map(|u| u.upstream_model.clone()),
             response_time_ms: usage.map(|u| u.duration_ms),
             ttft_ms: usage.and_then(|u| u.ttft_ms),

@@ -461,6 +461,8 @@ mod tests {
             created_at: crate::store::now(),
             updated_at: crate::store::now(),
             tokens_used: None,
+            prompt_tokens: None,
+            completion_tokens: None,
             model_used: None,
             response_time_ms: None,
             ttft_ms: None,

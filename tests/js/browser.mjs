@@ -70,6 +70,15 @@ try {
     sidebar: await onScreenIn(page, '#new-chat'),
   };
 
+  // The first screen: a welcome and the personas to pick from; no conversation head yet.
+  seen.welcome = await page.evaluate(() => ({
+    shown: Boolean(document.getElementById('welcome')),
+    heading: document.querySelector('#welcome h2')?.textContent,
+    choices: document.querySelectorAll('#welcome .persona-choice').length,
+    head: !document.getElementById('chat-head').hidden,
+  }));
+  await page.screenshot({ path: `${shots}/welcome.png` });
+
   // 1. Tokens appear progressively.
   const first = await sendAndWait('first message', 1);
   const lengths = [first.text.length];
@@ -81,6 +90,13 @@ try {
   }
   seen.progressive = lengths;
   seen.first = await lastReply();
+  // The open conversation's persona is shown, and the persona box follows it.
+  seen.head = await page.evaluate(() => ({
+    shown: !document.getElementById('chat-head').hidden,
+    name: document.getElementById('persona-name').textContent,
+    selected: document.getElementById('persona').selectedOptions[0].textContent,
+    welcome: Boolean(document.getElementById('welcome')),
+  }));
 
   // 2. A reload mid-reply re-attaches and still ends with the full reply.
   const partial = await sendAndWait('second message', 12);
@@ -92,6 +108,28 @@ try {
   const stopping = await sendAndWait('third message', 8);
   await page.click('#stop');
   seen.stop = { partial: stopping, final: await untilSettled(stopping.id) };
+
+  // Copy, then Regenerate the stopped reply: a whole new reply takes its place.
+  await page.context().grantPermissions(['clipboard-read', 'clipboard-write'], { origin: url });
+  await page.click(`.msg[data-id="${stopping.id}"] .copy`);
+  await page.waitForFunction(() => document.getElementById('status').textContent === 'Copied', null, { timeout: 5000 }).catch(() => {});
+  seen.copy = {
+    status: await page.textContent('#status'),
+    clipboard: await page.evaluate(() => navigator.clipboard.readText().catch((e) => `unreadable: ${e}`)),
+  };
+  seen.regenerateShown = await page.$$eval('.msg.assistant .regenerate', (buttons) =>
+    buttons.map((b) => !b.hidden));
+  await page.click(`.msg[data-id="${stopping.id}"] .regenerate`);
+  let regenerated;
+  for (let i = 0; i < 1500 && !regenerated; i++) {
+    const reply = await lastReply();
+    if (reply && reply.id !== stopping.id && reply.text.length > 0) regenerated = reply;
+    else await sleep(10);
+  }
+  seen.regenerated = {
+    reply: await untilSettled(regenerated.id),
+    oldShown: await page.$$eval(`.msg[data-id="${stopping.id}"]`, (nodes) => nodes.length),
+  };
 
   // 4. A photo: uploaded, shown in the user's bubble, seen by the model.
   const png = Buffer.from('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==', 'base64');
@@ -141,6 +179,8 @@ try {
     bars: document.querySelectorAll('#tokens-chart rect').length,
     models: [...document.querySelectorAll('#by-model tbody tr')].map((tr) => tr.dataset.model),
     status: document.getElementById('poll-status').textContent,
+    legends: [...document.querySelectorAll('.legend span')].map((span) => span.textContent),
+    costBars: [...document.querySelectorAll('#cost-chart rect')].filter((r) => Number(r.getAttribute('height')) > 0).length,
   }));
   await page.screenshot({ path: `${shots}/dashboard.png`, fullPage: true });
 
@@ -176,6 +216,38 @@ try {
     return { status: response.status, type: response.headers.get('content-type') };
   });
   await phone.screenshot({ path: `${shots}/chat-phone.png` });
+
+  // 8. Rename, archive (and find it again), delete.
+  phone.once('dialog', (dialog) => dialog.accept('Phone chat'));
+  await phone.click('#rename');
+  await phone.waitForFunction(() => [...document.querySelectorAll('#conversations li')].some((li) => li.textContent === 'Phone chat'));
+  seen.manage = { renamed: await phone.$$eval('#conversations li', (items) => items.map((li) => li.textContent)) };
+  await phone.click('#archive');
+  await phone.waitForFunction(() => document.querySelectorAll('#conversations li').length === 0);
+  seen.manage.afterArchive = { welcome: await phone.evaluate(() => Boolean(document.getElementById('welcome'))) };
+  await phone.click('#sidebar-toggle');
+  await phone.check('#show-archived');
+  await phone.waitForSelector('#conversations li');
+  seen.manage.archived = await phone.$$eval('#conversations li', (items) => items.map((li) => li.textContent));
+  await phone.click('#conversations li');
+  await phone.waitForSelector('.msg.assistant');
+  seen.manage.archiveLabel = await phone.textContent('#archive');
+  phone.once('dialog', (dialog) => dialog.accept());
+  await phone.click('#delete');
+  await phone.waitForFunction(() => document.querySelectorAll('#conversations li').length === 0 && document.getElementById('welcome'));
+  seen.manage.deleted = await phone.textContent('#status');
+
+  // 9. A token that stops working (here: a broken one) sends the page back to sign-in, saying why; a bad token
+  // pasted in is refused there and then.
+  await phone.evaluate(() => localStorage.setItem('chatgate.token', 'not-a-jwt'));
+  await phone.reload();
+  await phone.waitForSelector('#signin-status.error');
+  seen.expired = { signIn: await phone.textContent('#signin-status') };
+  await phone.fill('#token-input', 'still-not-a-jwt');
+  await phone.click('#use-token');
+  await phone.waitForFunction(() => document.getElementById('signin-status').textContent.includes('refused'));
+  seen.expired.pasted = await phone.textContent('#signin-status');
+  seen.expired.stored = await phone.evaluate(() => localStorage.getItem('chatgate.token'));
   seen.pageErrors = pageErrors;
 } finally {
   await browser.close();
