@@ -1,7 +1,9 @@
-//! JavaScript clients against a running chatgate: the Vercel AI SDK (`streamText`/`generateText` through
-//! `createOpenAI({baseURL}).chat(model)`, and `useChat`'s transport on `?format=ai-sdk`), and a headless browser
-//! driving the web chat UI and the usage dashboard. The Node packages live in `tests/js` (`npm ci` there, as
-//! `.ci/run` does); the browser is Debian's chromium. Each test says SKIPPED when what it needs is missing.
+//! JavaScript clients against a running chatgate: the Vercel AI SDK 7 (`streamText`/`generateText` through
+//! `createOpenAI({baseURL}).chat(model)`, `openai(model)` (the Responses API) and `@ai-sdk/openai-compatible`;
+//! `useChat`'s `Chat`/`DefaultChatTransport` on `?format=ai-sdk`), and a headless browser driving the web chat UI
+//! and the usage dashboard. The Node packages live in `tests/js` (`npm ci` there, as `.ci/run` does, which also
+//! brings the Node 22 the AI SDK 7 needs); the browser is Debian's chromium. Each test says SKIPPED when what it
+//! needs is missing.
 
 #![allow(
     clippy::disallowed_methods,
@@ -97,6 +99,8 @@ async fn the_vercel_ai_sdk_works_unmodified() {
             5,
             Duration::from_millis(300),
         )),
+        // Through @ai-sdk/openai-compatible.
+        Script::stream(full_stream(&["Compatible ", "reply"], 11, 2, delay)),
     ])
     .await;
     let Some(server) = TestServer::start(Backend::Sqlite, Some(&upstream.url), "").await else {
@@ -121,6 +125,23 @@ async fn the_vercel_ai_sdk_works_unmodified() {
         ],
     )
     .await;
+
+    // The newest majors, on the Node they need.
+    let versions = &seen["versions"];
+    for (package, major) in [("ai", "7."), ("openai", "4."), ("compatible", "3.")] {
+        assert!(
+            versions[package]
+                .as_str()
+                .is_some_and(|v| v.starts_with(major)),
+            "{package}: {versions}"
+        );
+    }
+    // @ai-sdk/openai-compatible: the reply and the upstream's usage.
+    let compatible = &seen["compatible"];
+    assert_eq!(compatible["text"], "Compatible reply", "{compatible}");
+    assert_eq!(compatible["finishReason"], "stop", "{compatible}");
+    assert_eq!(compatible["usage"]["inputTokens"], 11, "{compatible}");
+    assert_eq!(compatible["usage"]["outputTokens"], 2, "{compatible}");
 
     // streamText: the deltas as the upstream sent them, and the upstream's usage.
     assert_eq!(seen["stream"]["text"], "Hello AI SDK");
@@ -295,9 +316,9 @@ async fn the_vercel_ai_sdk_works_unmodified() {
         .find(|m| m["role"] == "assistant")
         .map(|m| m["tokens_used"].as_u64().unwrap_or(0));
     assert!(billed.is_some_and(|t| t > 0), "{records}");
-    // Usage for all fifteen, per user.
+    // Usage for all sixteen, per user.
     let usage: Value = server.get_json("/api/v1/usage", "alice").await;
-    assert_eq!(usage["totals"]["requests"], 15, "{usage}");
+    assert_eq!(usage["totals"]["requests"], 16, "{usage}");
 }
 
 /// The browser binary: `$CHROMIUM`, else Debian's.

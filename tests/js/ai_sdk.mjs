@@ -3,7 +3,9 @@
 // Env: CHATGATE_URL, CHATGATE_TOKEN, CHATGATE_MODEL, CHATGATE_CONVERSATION, _2, _3, _4 and _5 (conversations of
 // the token's user).
 // Prints one JSON object: what each client saw.
+import { readFileSync } from 'node:fs';
 import { createOpenAI } from '@ai-sdk/openai';
+import { createOpenAICompatible } from '@ai-sdk/openai-compatible';
 import {
   AbstractChat, DefaultChatTransport, generateText, readUIMessageStream, stepCountIs, streamText, tool,
 } from 'ai';
@@ -225,7 +227,17 @@ await stoppable.stop();
 await sending;
 const stopped = { text: replyText(), status: stoppable.status };
 
+// 8. The generic OpenAI-compatible provider (what apps use for any OpenAI-shaped server), with usage on.
+const compatible = createOpenAICompatible({ name: 'chatgate', baseURL: `${url}/v1`, apiKey: token, includeUsage: true });
+const compatibleStream = streamText({ model: compatible(model), prompt: 'Compatible hello' });
+let compatibleText = '';
+for await (const chunk of compatibleStream.textStream) compatibleText += chunk;
+
+const version = (name) => JSON.parse(readFileSync(new URL(`./node_modules/${name}/package.json`, import.meta.url))).version;
+
 console.log(JSON.stringify({
+  versions: { node: process.version, ai: version('ai'), openai: version('@ai-sdk/openai'), compatible: version('@ai-sdk/openai-compatible') },
+  compatible: { text: compatibleText, usage: await compatibleStream.usage, finishReason: await compatibleStream.finishReason },
   stopped,
   responses: {
     generated: { text: viaResponses.text, finishReason: viaResponses.finishReason, usage: viaResponses.usage },
