@@ -326,7 +326,7 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_document() {
                 "--seed",
                 "20261130",
                 "--workers",
-                "2",
+                "1",
             ])
             .env("NO_COLOR", "1")
             .output()

@@ -200,8 +200,11 @@ async fn send(
         (status = 400, description = "invalid input", body = ErrorBody),
         (status = 401, description = "missing or invalid token", body = ErrorBody),
         (status = 404, description = "not found (or not the caller's)", body = ErrorBody),
-        (status = 409, description = "conflict", body = ErrorBody),
+        (status = 409, description = "a message that answers none", body = ErrorBody),
+        (status = 422, description = "an unknown `model`, or one that cannot take the question's media", body = ErrorBody),
         (status = 429, description = "rate limit or budget exceeded", body = ErrorBody),
+        (status = 502, description = "upstream error", body = ErrorBody),
+        (status = 504, description = "upstream timeout", body = ErrorBody),
     )
 )]
 async fn regenerate(

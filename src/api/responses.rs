@@ -63,8 +63,10 @@ const STATEFUL: &[&str] = &["previous_response_id", "conversation", "background"
         (status = 404, description = "unknown model", body = ErrorResponse),
         (status = 413, description = "body too large", body = ErrorResponse),
         (status = 415, description = "not JSON", body = ErrorResponse),
+        (status = 422, description = "content the model cannot take (e.g. an image for a text-only model)", body = ErrorResponse),
         (status = 429, description = "rate limited (`Retry-After`)", body = ErrorResponse),
         (status = 502, description = "upstream error", body = ErrorResponse),
+        (status = 504, description = "upstream timeout", body = ErrorResponse),
     )
 )]
 async fn create(
