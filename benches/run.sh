@@ -90,6 +90,33 @@ if [ -n "${CHATGATE_BENCH_POSTGRES_URL:-}" ]; then
   databases+=("postgres|$pg_url")
 fi
 
+# 0. What one message costs. Cold: the first message to a fresh gateway (its TTFT overhead, and the RSS after it).
+#    Per request: 1-token replies, 20 streams × 50 messages (the request path and persistence, per message).
+#    Per delta: 1,000-token replies to one subscriber, 10 messages (the relay, per delta).
+cost_databases=("sqlite|sqlite://$WORK/cost.db")
+if [ -n "${CHATGATE_BENCH_POSTGRES_URL:-}" ]; then
+  psql "$CHATGATE_BENCH_POSTGRES_URL" -qc "CREATE DATABASE ${db}_cost"
+  cost_databases+=("postgres|${CHATGATE_BENCH_POSTGRES_URL%/*}/${db}_cost")
+fi
+for entry in "${cost_databases[@]}"; do
+  db_name=${entry%%|*}; db_url=${entry#*|}
+  start_mock 40 20
+  start_gateway "$db_url"
+  load "cold-first-message-$db_name" native 1 1 0 --compare-direct "http://127.0.0.1:$MOCK_PORT/v1"
+  stop_gateway
+  stop_mock
+  start_mock 1 0
+  start_gateway "$db_url"
+  load "cpu-per-request-$db_name" native 20 50 0
+  stop_gateway
+  stop_mock
+done
+start_mock 1000 0
+start_gateway "sqlite://$WORK/long.db"
+load "cpu-per-delta-1000-tokens" native 1 10 0
+stop_gateway
+stop_mock
+
 # 1. TTFT overhead and inter-token gaps: 100 tokens, 20 ms apart; starts spread over 2 s; 3 messages a stream.
 start_mock 100 20
 for entry in "${databases[@]}"; do
@@ -139,7 +166,9 @@ SQL
     | tee "$OUT/notes-slowdb.txt"
 fi
 
-if [ -n "${CHATGATE_BENCH_POSTGRES_URL:-}" ]; then psql "$CHATGATE_BENCH_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true; fi
+if [ -n "${CHATGATE_BENCH_POSTGRES_URL:-}" ]; then
+  for name in "$db" "${db}_cost"; do psql "$CHATGATE_BENCH_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS $name WITH (FORCE)" || true; done
+fi
 
 # The report.
 row() { # file
@@ -151,7 +180,10 @@ row() { # file
           (.target.deltas_per_sec|round|tostring), (.target.errors|tostring),
           ((.target.rss_peak_mb // 0)*10|round/10|tostring),
           ((.target.rss_growth_kb_per_stream // 0)*10|round/10|tostring),
-          ((.target.cpu_secs // 0)*100|round/100|tostring)] | "| " + join(" | ") + " |"' "$1"
+          ((.target.rss_end_mb // 0)*10|round/10|tostring),
+          ((.target.cpu_secs // 0)*100|round/100|tostring),
+          ((.target.cpu_us_per_delta // 0)*10|round/10|tostring),
+          ((.target.cpu_us_per_request // 0)|round|tostring)] | "| " + join(" | ") + " |"' "$1"
 }
 {
   echo "# chatgate benchmarks"
@@ -165,8 +197,12 @@ row() { # file
   echo "chatgate the request also authenticates, loads the conversation and history, commits the user message,"
   echo "and starts the generation before the upstream is called."
   echo
-  echo "| run | streams | TTFT p50 ms | TTFT p99 ms | overhead p50 ms | overhead p99 ms | gap p50 ms | gap p99 ms | deltas/s | errors | RSS peak MB | RSS growth KB/stream | CPU s |"
-  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+  echo "CPU columns are chatgate's CPU time over the run (from \`/proc/<pid>/stat\`), divided by the deltas it"
+  echo "relayed and by the messages it answered: all-in, so a row of short replies is mostly request cost and a row"
+  echo "of long replies mostly relay cost. RSS end is chatgate's resident set when the load ended."
+  echo
+  echo "| run | streams | TTFT p50 ms | TTFT p99 ms | overhead p50 ms | overhead p99 ms | gap p50 ms | gap p99 ms | deltas/s | errors | RSS peak MB | RSS growth KB/stream | RSS end MB | CPU s | CPU µs/delta | CPU µs/request |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
   for f in "$OUT"/*.json; do row "$f"; done
   echo
   echo "Startup (time until \`/health\` answers, on an existing database) and idle RSS:"

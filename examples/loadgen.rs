@@ -77,6 +77,8 @@ struct Args {
 struct Report {
     mode: Mode,
     streams: usize,
+    /// Messages sent: streams × rounds.
+    requests: u64,
     ttft: Histogram<u64>,
     gaps: Histogram<u64>,
     deltas: u64,
@@ -84,6 +86,8 @@ struct Report {
     wall: Duration,
     rss_start_kb: Option<u64>,
     rss_peak_kb: Option<u64>,
+    /// RSS when the load ended.
+    rss_end_kb: Option<u64>,
     cpu_secs: Option<f64>,
 }
 
@@ -105,7 +109,12 @@ impl Report {
             "rss_start_mb": self.rss_start_kb.map(|k| k as f64 / 1024.0),
             "rss_peak_mb": self.rss_peak_kb.map(|k| k as f64 / 1024.0),
             "rss_growth_kb_per_stream": self.rss_peak_kb.zip(self.rss_start_kb).map(|(p, s)| (p.saturating_sub(s)) as f64 / self.streams as f64),
+            "rss_end_mb": self.rss_end_kb.map(|k| k as f64 / 1024.0),
             "cpu_secs": self.cpu_secs,
+            // The target's CPU over the run, per delta relayed and per message: far steadier than latencies on
+            // a shared machine.
+            "cpu_us_per_delta": self.cpu_secs.filter(|_| self.deltas > 0).map(|c| c * 1e6 / self.deltas as f64),
+            "cpu_us_per_request": self.cpu_secs.filter(|_| self.requests > 0).map(|c| c * 1e6 / self.requests as f64),
         })
     }
 
@@ -437,6 +446,8 @@ async fn run(
     Ok(Report {
         mode,
         streams: args.streams,
+        requests: (args.streams * args.rounds) as u64,
+        rss_end_kb: pid.and_then(rss_kb),
         ttft,
         gaps,
         deltas,
