@@ -538,6 +538,19 @@ fn metric(text: &str, name: &str, labels: &str) -> f64 {
         .sum()
 }
 
+/// `/metrics` as an admin sees it.
+async fn scrape(server: &TestServer) -> String {
+    let response = server
+        .client
+        .get(format!("{}/metrics", server.url))
+        .bearer_auth(server.admin_token("ops"))
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(response.status(), 200);
+    response.text().await.expect("text")
+}
+
 #[tokio::test]
 async fn metrics_move_and_are_for_admins() {
     let upstream = FakeOpenAi::start(vec![Script::stream(full_stream(
@@ -550,18 +563,7 @@ async fn metrics_move_and_are_for_admins() {
     let Some(server) = TestServer::start(Backend::Sqlite, Some(&upstream.url), "").await else {
         return;
     };
-    let scrape = || async {
-        let response = server
-            .client
-            .get(format!("{}/metrics", server.url))
-            .bearer_auth(server.admin_token("ops"))
-            .send()
-            .await
-            .expect("metrics");
-        assert_eq!(response.status(), 200);
-        response.text().await.expect("text")
-    };
-    let before = scrape().await;
+    let before = scrape(&server).await;
     let conversation_id = server.conversation("alice").await;
     let response = server
         .send_message(&conversation_id, "alice", json!({ "content": "hi" }))
@@ -571,7 +573,7 @@ async fn metrics_move_and_are_for_admins() {
         .expect("send");
     let events: Vec<_> = sse_events(response).collect().await;
     assert_eq!(events.last().map(|e| e.event.as_str()), Some("done"));
-    let after = scrape().await;
+    let after = scrape(&server).await;
     for (name, labels) in [
         ("chatgate_generations_started_total", "model=\"gpt\""),
         (
@@ -645,19 +647,7 @@ async fn metrics_are_described_and_there_from_the_start() {
     let Some(server) = TestServer::start(Backend::Sqlite, None, "").await else {
         return;
     };
-    let scrape = || async {
-        server
-            .client
-            .get(format!("{}/metrics", server.url))
-            .bearer_auth(server.admin_token("ops"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text")
-    };
-    let before = scrape().await;
+    let before = scrape(&server).await;
     for &(name, kind, _, help) in chatgate::telemetry::metrics::FAMILIES {
         use chatgate::telemetry::metrics::Kind;
         // Histograms appear with their first observation, and counters labelled by what happens (an error's
@@ -705,7 +695,7 @@ async fn metrics_are_described_and_there_from_the_start() {
         .await
         .expect("send");
     server.wait_for_reply("alice", &conversation_id).await;
-    let mut after = scrape().await;
+    let mut after = scrape(&server).await;
     for _ in 0..50 {
         if metric(&after, "chatgate_cost_nanousd_total", "model=\"mock\"")
             > metric(&before, "chatgate_cost_nanousd_total", "model=\"mock\"")
@@ -713,7 +703,7 @@ async fn metrics_are_described_and_there_from_the_start() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-        after = scrape().await;
+        after = scrape(&server).await;
     }
     // The mock is priced at 1 and 2 USD per million tokens here: any reply costs something.
     for (name, labels) in [
@@ -781,18 +771,6 @@ async fn gateway_overhead_is_measured_on_every_transport() {
     let Some(server) = TestServer::start(Backend::Sqlite, None, "").await else {
         return;
     };
-    let scrape = || async {
-        server
-            .client
-            .get(format!("{}/metrics", server.url))
-            .bearer_auth(server.admin_token("ops"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text")
-    };
     let count = |text: &str, transport: &str| {
         metric(
             text,
@@ -800,7 +778,7 @@ async fn gateway_overhead_is_measured_on_every_transport() {
             &format!("transport=\"{transport}\""),
         )
     };
-    let before = scrape().await;
+    let before = scrape(&server).await;
     let conversation_id = server.conversation("alice").await;
 
     // Native SSE and the AI SDK stream, read to their end.
@@ -865,7 +843,7 @@ async fn gateway_overhead_is_measured_on_every_transport() {
         }
     }
 
-    let after = scrape().await;
+    let after = scrape(&server).await;
     for transport in chatgate::telemetry::metrics::Transport::ALL {
         let label = transport.as_str();
         assert!(
