@@ -450,6 +450,43 @@ async fn content_of(
     }
 }
 
+/// The errors of the `/v1` routes that start a generation, as OpenAI shapes them (the bodies are built by
+/// [`error_shape`] from the [`Error`] a response carries; this only documents them).
+#[derive(utoipa::IntoResponses)]
+#[expect(
+    dead_code,
+    reason = "documents the errors; error_shape writes their bodies"
+)]
+pub(super) enum GenerationErrors {
+    /// Invalid request, naming the parameter in `param`.
+    #[response(status = 400)]
+    Invalid(ErrorResponse<'static>),
+    /// Missing or invalid token.
+    #[response(status = 401)]
+    Unauthenticated(ErrorResponse<'static>),
+    /// Unknown model (`model_not_found`).
+    #[response(status = 404)]
+    NotFound(ErrorResponse<'static>),
+    /// Body too large.
+    #[response(status = 413)]
+    TooLarge(ErrorResponse<'static>),
+    /// Not JSON.
+    #[response(status = 415)]
+    NotJson(ErrorResponse<'static>),
+    /// Content the model cannot take (e.g. an image for a text-only model).
+    #[response(status = 422)]
+    Unprocessable(ErrorResponse<'static>),
+    /// Rate limited (`Retry-After`).
+    #[response(status = 429)]
+    RateLimited(ErrorResponse<'static>),
+    /// Upstream error.
+    #[response(status = 502)]
+    Upstream(ErrorResponse<'static>),
+    /// Upstream timeout.
+    #[response(status = 504)]
+    Timeout(ErrorResponse<'static>),
+}
+
 /// `POST /v1/chat/completions`.
 #[utoipa::path(
     post,
@@ -459,15 +496,7 @@ async fn content_of(
     request_body(content = Object, description = "OpenAI's chat completion request: `model`, `messages`, `stream`, `stream_options.include_usage`, `max_tokens` / `max_completion_tokens`, `temperature`, `top_p`, `stop`, `seed`, `presence_penalty`, `frequency_penalty`, `response_format`, `tools` (function tools), `tool_choice`, `parallel_tool_calls`, `n` (1), `user`; messages of roles system, developer, user, assistant (with `tool_calls`) and tool (with `tool_call_id`); plus `persona`. Anything else is 400 naming it."),
     responses(
         (status = 200, description = "`chat.completion`, or `chat.completion.chunk` SSE ending `[DONE]`; `model` is the upstream model that answered, the alias asked for is the `x-chatgate-model` header", content((ChatCompletion = "application/json"), (serde_json::Value = "text/event-stream"))),
-        (status = 400, description = "invalid request, naming the parameter in `param`", body = ErrorResponse),
-        (status = 401, description = "missing or invalid token", body = ErrorResponse),
-        (status = 404, description = "unknown model", body = ErrorResponse),
-        (status = 413, description = "body too large", body = ErrorResponse),
-        (status = 415, description = "not JSON", body = ErrorResponse),
-        (status = 422, description = "content the model cannot take (e.g. an image for a text-only model)", body = ErrorResponse),
-        (status = 429, description = "rate limited (`Retry-After`)", body = ErrorResponse),
-        (status = 502, description = "upstream error", body = ErrorResponse),
-        (status = 504, description = "upstream timeout", body = ErrorResponse),
+        GenerationErrors,
     )
 )]
 async fn completions(

@@ -18,12 +18,13 @@ use axum::{Json, Router};
 use serde_json::{Map, Value, json};
 
 use super::error::AppJson;
-use super::openai::{CompletionRequest, answering_model, first_delta, invalid, start, with_alias};
+use super::openai::{
+    CompletionRequest, GenerationErrors, answering_model, first_delta, invalid, start, with_alias,
+};
 use crate::AppState;
 use crate::auth::AuthUser;
 use crate::error::{Error, ErrorKind};
 use crate::telemetry::metrics::{Overhead, Transport};
-use crate::wire::openai::ErrorResponse;
 use crate::wire::responses::{self, ResponseMeta, ResponseObject};
 use crate::wire::sse;
 
@@ -58,15 +59,7 @@ const STATEFUL: &[&str] = &["previous_response_id", "conversation", "background"
     request_body(content = Object, description = "OpenAI's Responses request, stateless: `model`, `input` (a string or items: messages, `function_call`, `function_call_output`), `instructions`, `stream`, `max_output_tokens`, `temperature`, `top_p`, `text.format`, function `tools`, `tool_choice`, `parallel_tool_calls`; `store`, `metadata`, `user`, `include` accepted and ignored; plus `persona`. `previous_response_id`, `conversation`, `background`, `item_reference` items and anything unknown are 400 naming them."),
     responses(
         (status = 200, description = "the `response` object (`status` `completed` or `incomplete`), or its streaming events (`response.created` … `response.completed`) as SSE; `model` is the upstream model that answered, the alias asked for is the `x-chatgate-model` header", content((ResponseObject = "application/json"), (serde_json::Value = "text/event-stream"))),
-        (status = 400, description = "invalid request, naming the parameter in `param`", body = ErrorResponse),
-        (status = 401, description = "missing or invalid token", body = ErrorResponse),
-        (status = 404, description = "unknown model", body = ErrorResponse),
-        (status = 413, description = "body too large", body = ErrorResponse),
-        (status = 415, description = "not JSON", body = ErrorResponse),
-        (status = 422, description = "content the model cannot take (e.g. an image for a text-only model)", body = ErrorResponse),
-        (status = 429, description = "rate limited (`Retry-After`)", body = ErrorResponse),
-        (status = 502, description = "upstream error", body = ErrorResponse),
-        (status = 504, description = "upstream timeout", body = ErrorResponse),
+        GenerationErrors,
     )
 )]
 async fn create(
