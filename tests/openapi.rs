@@ -242,15 +242,7 @@ async fn usage_responses_match_their_schemas() {
         .await
         .expect("send");
     server.wait_for_reply("alice", &conversation).await;
-    let doc: Value = server
-        .client
-        .get(format!("{}/openapi.json", server.url))
-        .send()
-        .await
-        .expect("openapi")
-        .json()
-        .await
-        .expect("json");
+    let doc = server.get_json("/openapi.json", "reader").await;
     let check = |name: &str, value: &Value| {
         let (required, properties) = schema_keys(&doc, name);
         let object = value
@@ -346,15 +338,7 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_document() {
         String::from_utf8_lossy(&output.stderr)
     );
     // Every operation of the document was exercised.
-    let doc: Value = server
-        .client
-        .get(format!("{}/openapi.json", server.url))
-        .send()
-        .await
-        .expect("openapi")
-        .json()
-        .await
-        .expect("json");
+    let doc = server.get_json("/openapi.json", "reader").await;
     let operations: usize = doc["paths"]
         .as_object()
         .expect("paths")
