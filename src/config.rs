@@ -1,7 +1,7 @@
 //! Typed configuration, read once at startup.
 //!
 //! Sources, later ones winning: built-in defaults, the TOML file (`config.toml`, or `--config PATH` /
-//! `CHATGATE_CONFIG`), the usual environment names (`DATABASE_URL`, `JWT_SECRET`, `OPENAI_API_KEY`,
+//! `CHATGATE_CONFIG`), the usual environment names (`DATABASE_URL`, `REDIS_URL`, `JWT_SECRET`, `OPENAI_API_KEY`,
 //! `ANTHROPIC_API_KEY`, `GEMINI_API_KEY`, `GROQ_API_KEY`), then `CHATGATE_SECTION__KEY` overrides
 //! (for example `CHATGATE_SERVER__BIND=0.0.0.0:8000`). Every error names the key at fault.
 
@@ -69,6 +69,8 @@ pub struct Config {
     pub titles: TitlesConfig,
     #[serde(default)]
     pub media: MediaConfig,
+    #[serde(default)]
+    pub redis: RedisConfig,
 }
 
 /// `[server]`: the listener and HTTP behaviour.
@@ -181,6 +183,41 @@ impl Default for DatabaseConfig {
             url: SecretString::from("sqlite://data/chatgate.db"),
             max_connections: 10,
             migrate_on_start: true,
+        }
+    }
+}
+
+/// `[redis]`: what several instances share. With no `url`, everything is in-process, as on one machine.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://host:6379/0`, `rediss://` for TLS (`REDIS_URL` sets it); empty: no Redis.
+    pub url: SecretString,
+    /// Prefix of every key and channel, so that several deployments can share one Redis.
+    pub key_prefix: String,
+    /// How long an instance's hold on its running generations (and concurrency slots) lasts without renewal,
+    /// in ms; it is renewed every third of that. A dead instance's generations are closed by another within
+    /// about this long.
+    pub lease_ms: u64,
+    /// Time allowed for one Redis command, in ms; past it the command fails and what it served degrades (see
+    /// `docs/deploy.md`).
+    pub command_timeout_ms: u64,
+}
+
+impl RedisConfig {
+    /// Whether Redis is configured.
+    pub fn enabled(&self) -> bool {
+        !self.url.expose_secret().trim().is_empty()
+    }
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: SecretString::from(""),
+            key_prefix: "chatgate".into(),
+            lease_ms: 5000,
+            command_timeout_ms: 1000,
         }
     }
 }
@@ -682,11 +719,13 @@ const SECTIONS: &[&str] = &[
     "defaults",
     "titles",
     "media",
+    "redis",
 ];
 
 /// Well-known environment names and the keys they set.
 const ENV_ALIASES: &[(&str, &str)] = &[
     ("DATABASE_URL", "database.url"),
+    ("REDIS_URL", "redis.url"),
     ("JWT_SECRET", "auth.jwt_secret"),
     ("SUPABASE_URL", "auth.supabase_url"),
     ("OPENAI_API_KEY", "providers.openai.api_key"),
@@ -807,6 +846,34 @@ impl Config {
         }
         if self.limits.max_message_bytes == 0 {
             return Err(invalid("limits.max_message_bytes", "must be at least 1"));
+        }
+        if self.redis.enabled() {
+            let url = self.redis.url.expose_secret();
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(invalid(
+                    "redis.url",
+                    "must start with redis:// or rediss:// (TLS)",
+                ));
+            }
+            if self.redis.lease_ms < 300 {
+                return Err(invalid("redis.lease_ms", "must be at least 300"));
+            }
+            if self.redis.command_timeout_ms == 0
+                || self.redis.command_timeout_ms >= self.redis.lease_ms
+            {
+                return Err(invalid(
+                    "redis.command_timeout_ms",
+                    "must be at least 1 and shorter than redis.lease_ms",
+                ));
+            }
+            if self.redis.key_prefix.is_empty()
+                || self.redis.key_prefix.contains(char::is_whitespace)
+            {
+                return Err(invalid(
+                    "redis.key_prefix",
+                    "must be a non-empty word without spaces",
+                ));
+            }
         }
         for (name, provider) in &self.providers {
             if provider.kind_for(name).is_none() {

@@ -11,6 +11,7 @@ pub mod api;
 pub mod auth;
 pub mod catalog;
 pub mod chat;
+pub mod cluster;
 pub mod config;
 pub mod domain;
 pub mod error;

@@ -9,6 +9,9 @@ use crate::auth::Authenticator;
 use crate::catalog::Models;
 use crate::chat::Chat;
 use crate::chat::checkpoints::{Checkpointer, recover_interrupted};
+use crate::cluster::Cluster;
+use crate::cluster::log::RedisLogs;
+use crate::cluster::reaper::Reaper;
 use crate::config::{self, Config};
 use crate::media::MediaStore;
 use crate::personas::{self, PersonaCache};
@@ -45,6 +48,8 @@ pub struct AppInner {
     pub personas: Arc<PersonaCache>,
     /// Uploaded images and voice notes: storage, limits, URL fetching, transcription.
     pub media: Arc<MediaStore>,
+    /// What several instances share through Redis; `None` without `redis.url` (everything in-process).
+    pub cluster: Option<Cluster>,
 }
 
 impl std::ops::Deref for AppState {
@@ -61,6 +66,8 @@ pub enum StartupError {
     Config(#[from] config::ConfigError),
     #[error("database: {0}")]
     Store(#[from] store::StoreError),
+    #[error("redis: {0}")]
+    Redis(#[from] crate::cluster::RedisError),
     #[error("{0}")]
     Other(String),
 }
@@ -137,21 +144,38 @@ impl AppState {
         // need them.
         let config = Arc::new(config);
         let tasks = Tasks::new();
-        let hub = Hub::new(
-            MemoryLogs {
-                bounds: LogBounds {
-                    max_events: config.generation.max_events,
-                    max_text_bytes: config.generation.max_text_bytes,
-                },
-            },
-            Duration::from_secs(config.generation.retention_secs),
-            UnattendedPolicy {
-                on_disconnect: config.generation.disconnect_policy,
-                grace: Duration::from_millis(config.generation.disconnect_grace_ms),
-                max_unattended: config.generation.max_unattended,
-            },
-            tasks.clone(),
-        );
+        let bounds = LogBounds {
+            max_events: config.generation.max_events,
+            max_text_bytes: config.generation.max_text_bytes,
+        };
+        let retention = Duration::from_secs(config.generation.retention_secs);
+        let policy = UnattendedPolicy {
+            on_disconnect: config.generation.disconnect_policy,
+            grace: Duration::from_millis(config.generation.disconnect_grace_ms),
+            max_unattended: config.generation.max_unattended,
+        };
+        let (hub, cluster) = if config.redis.enabled() {
+            let cluster = Cluster::connect(&config.redis, Arc::clone(&instance_id)).await?;
+            tracing::info!(
+                prefix = %config.redis.key_prefix,
+                "sharing generations, cancels and limits with other instances through redis"
+            );
+            let logs = RedisLogs::new(cluster.clone(), bounds, retention, tasks.clone());
+            logs.start(Reaper {
+                store: Arc::clone(&store),
+                models: Arc::clone(&models),
+                stale_after: Duration::from_secs(config.generation.stale_after_secs),
+            });
+            (
+                Hub::new(logs, retention, policy, tasks.clone()),
+                Some(cluster),
+            )
+        } else {
+            (
+                Hub::new(MemoryLogs { bounds }, retention, policy, tasks.clone()),
+                None,
+            )
+        };
         let budgets = Budgets::new(BudgetLimits::from_config(&config.limits));
         let personas = Arc::new(PersonaCache::default());
         let media = Arc::new(MediaStore::from_config(&config).map_err(StartupError::Other)?);
@@ -160,6 +184,7 @@ impl AppState {
             store: Arc::clone(&store),
             models: Arc::clone(&models),
             hub: hub.clone(),
+            cluster: cluster.clone(),
             budgets: Arc::clone(&budgets),
             personas: Arc::clone(&personas),
             media: Arc::clone(&media),
@@ -178,6 +203,7 @@ impl AppState {
             budgets,
             personas,
             media,
+            cluster,
             models,
             store,
             config,

@@ -348,6 +348,7 @@ async fn a_stalled_subscriber_does_not_delay_another(backend: Backend) {
         .state
         .hub
         .get(generation_id.parse().expect("id"))
+        .await
         .expect("still retained");
     assert_eq!(
         generation.subscribers(),

@@ -149,10 +149,11 @@ async fn stream(
         .after
         .map(|seq| u64::try_from(seq).map_err(|_| Error::validation("after", "must be 0 or more")))
         .transpose()?;
-    let Some(generation) = parse_id(&id, "generation")
-        .ok()
-        .and_then(|id| state.chat.generation(&user.user_id, id))
-    else {
+    let generation = match parse_id(&id, "generation") {
+        Ok(id) => state.chat.generation(&user.user_id, id).await,
+        Err(_) => None,
+    };
+    let Some(generation) = generation else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
     let last_event_id = headers

@@ -66,6 +66,10 @@ pub struct Health {
     /// Present with `auth.jwks_url` (or `auth.supabase_url`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthHealth>,
+    /// Present with `redis.url`. A Redis outage does not make the instance unavailable (its own generations
+    /// keep streaming): `status` stays `ok` and this says what is wrong.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<crate::cluster::RedisHealth>,
 }
 
 /// The database check: one round trip, bounded at 2 s.
@@ -117,6 +121,10 @@ async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
         tracing::warn!(%cause, "health: database check failed");
     }
     let providers = state.provider_health.snapshot();
+    let redis = match &state.cluster {
+        Some(cluster) => Some(cluster.health().await),
+        None => None,
+    };
     let status = if db_ok {
         StatusCode::OK
     } else {
@@ -136,6 +144,7 @@ async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
             running: state.hub.running(),
         },
         auth: state.auth.jwks_status().map(|jwks| AuthHealth { jwks }),
+        redis,
     };
     (status, Json(body))
 }

@@ -65,6 +65,15 @@ pub fn app(state: AppState) -> Router {
         Some(governor) => routes.route_layer(governor),
         None => routes,
     };
+    // With Redis, the cluster-wide count comes first (this instance's limiter still holds if Redis is away).
+    let routes = if state.cluster.is_some() && limits.requests_per_minute > 0 {
+        routes.route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            ratelimit::shared,
+        ))
+    } else {
+        routes
+    };
     let api = routes
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -73,6 +73,34 @@ pub fn layer(
     Some(GovernorLayer::new(config).error_handler(move |error| refusal(error, per_minute)))
 }
 
+/// The same limit counted across every instance sharing Redis (GCRA on Redis's clock, see
+/// [`crate::cluster::limits`]), in front of this instance's own limiter. When Redis does not answer in time, the
+/// request is left to this instance's limiter alone (the limit holds per instance until Redis is back).
+pub async fn shared(
+    axum::extract::State(state): axum::extract::State<crate::AppState>,
+    request: Request<Body>,
+    next: axum::middleware::Next,
+) -> Response<Body> {
+    let limits = &state.config.limits;
+    let (Some(cluster), 1..) = (&state.cluster, limits.requests_per_minute) else {
+        return next.run(request).await;
+    };
+    let Ok(key) = UserOrIp.extract(&request) else {
+        return next.run(request).await;
+    };
+    let period_ms = (60_000 / u64::from(limits.requests_per_minute)).max(1);
+    match cluster.rate(&key, period_ms, limits.burst).await {
+        Ok(Some(wait_ms)) => refusal(
+            GovernorError::TooManyRequests {
+                wait_time: wait_ms.div_ceil(1000),
+                headers: None,
+            },
+            limits.requests_per_minute,
+        ),
+        Ok(None) | Err(_) => next.run(request).await,
+    }
+}
+
 fn refusal(error: GovernorError, per_minute: u32) -> Response<Body> {
     match error {
         GovernorError::TooManyRequests { wait_time, .. } => {

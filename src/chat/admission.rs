@@ -6,6 +6,7 @@ use serde_json::json;
 
 use super::{Chat, SendRequest};
 use crate::catalog::ModelRoute;
+use crate::cluster::limits::HoldKind;
 use crate::config::Config;
 use crate::domain::{MessageType, Role};
 use crate::error::{Error, ErrorKind};
@@ -187,14 +188,33 @@ pub async fn admit(
     prompt_tokens: u64,
 ) -> Result<Reservation, Error> {
     let max = chat.config.limits.max_concurrent_generations;
-    if max > 0 && chat.hub.running_for(user_id) >= max {
-        return Err(Error::new(
+    let too_many = || {
+        Error::new(
             ErrorKind::RateLimited,
             "rate_limited",
             format!("at most {max} replies may run at once for one user"),
         )
         .with_details(json!({ "limit": "max_concurrent_generations", "value": max }))
-        .with_retry_after(1));
+        .with_retry_after(1)
+    };
+    // Counted across the instances when they share Redis; by this instance alone when Redis does not answer.
+    let mut hold = None;
+    let shared = match (&chat.cluster, max) {
+        (Some(cluster), 1..) => match cluster.hold(HoldKind::Generation, user_id, max).await {
+            Ok(Some(taken)) => {
+                hold = Some(taken);
+                true
+            }
+            Ok(None) => return Err(too_many()),
+            Err(err) => {
+                tracing::debug!(error = %err, "concurrent generations counted by this instance alone");
+                false
+            }
+        },
+        _ => false,
+    };
+    if max > 0 && !shared && chat.hub.running_for(user_id) >= max {
+        return Err(too_many());
     }
     let reply_allowance = route
         .max_output_tokens
@@ -213,7 +233,7 @@ pub async fn admit(
         .reserve(&*chat.store, user_id, estimate)
         .await?
     {
-        Ok(reservation) => Ok(reservation),
+        Ok(reservation) => Ok(reservation.holding(hold)),
         Err(over) => Err(Error::new(
             ErrorKind::RateLimited,
             "budget_exceeded",

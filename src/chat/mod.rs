@@ -170,6 +170,8 @@ pub struct Inner {
     pub store: Arc<dyn Store>,
     pub models: Arc<Models>,
     pub hub: Hub,
+    /// What the instances share through Redis, when configured.
+    pub cluster: Option<crate::cluster::Cluster>,
     pub budgets: Arc<Budgets>,
     pub personas: Arc<PersonaCache>,
     pub media: Arc<MediaStore>,
@@ -542,12 +544,13 @@ impl Chat {
         Ok(self
             .hub
             .running_in(conversation.id)
+            .await
             .filter(|g| g.user_id() == user_id))
     }
 
     /// The caller's live (or recently finished) generation; `None` for an unknown, expired or another user's.
-    pub fn generation(&self, user_id: &str, id: Id) -> Option<Arc<Generation>> {
-        self.hub.get(id).filter(|g| g.user_id() == user_id)
+    pub async fn generation(&self, user_id: &str, id: Id) -> Option<Arc<Generation>> {
+        self.hub.get(id).await.filter(|g| g.user_id() == user_id)
     }
 
     /// Where the caller's generation stands: live, or read back as its saved reply.
@@ -555,7 +558,7 @@ impl Chat {
     /// # Errors
     /// `not_found` when it is not the caller's.
     pub async fn status(&self, user_id: &str, id: Id) -> Result<GenerationStatus, Error> {
-        if let Some(generation) = self.generation(user_id, id) {
+        if let Some(generation) = self.generation(user_id, id).await {
             let (status, message) = match generation.terminal().map(|t| t.event.clone()) {
                 None => (MessageStatus::Streaming, None),
                 Some(GenerationEvent::Done(done)) => (done.message.status, Some(done.message)),
@@ -592,7 +595,7 @@ impl Chat {
     /// `not_found` when it is not the caller's.
     pub async fn cancel(&self, user_id: &str, id: Id) -> Result<Cancelled, Error> {
         const ENDED: &str = "the generation had already ended";
-        let Some(generation) = self.generation(user_id, id) else {
+        let Some(generation) = self.generation(user_id, id).await else {
             let message = self.saved_reply(user_id, id).await?;
             return Ok(Cancelled {
                 cancelled: false,

@@ -374,7 +374,7 @@ impl Hub {
 
     /// A generation by id, if it is running or finished within the retention time: this process's, or one
     /// whose log another instance shares.
-    pub fn get(&self, id: Id) -> Option<Arc<Generation>> {
+    pub async fn get(&self, id: Id) -> Option<Arc<Generation>> {
         let retention = self.inner.retention;
         if let Some(generation) = self
             .generations()
@@ -383,7 +383,7 @@ impl Hub {
         {
             return Some(Arc::clone(generation));
         }
-        let (meta, log) = self.inner.logs.open(id)?;
+        let (meta, log) = self.inner.logs.open(id).await?;
         Some(Arc::new(Generation {
             meta,
             log,
@@ -410,13 +410,20 @@ impl Hub {
             .count()
     }
 
-    /// The running generation of a conversation (the latest started, when several run), whoever's.
-    pub fn running_in(&self, conversation_id: Id) -> Option<Arc<Generation>> {
-        self.generations()
+    /// The running generation of a conversation (the latest started, when several run), whoever's: this
+    /// process's, else one another instance runs (through [`EventLogs::running_in`]).
+    pub async fn running_in(&self, conversation_id: Id) -> Option<Arc<Generation>> {
+        let local = self
+            .generations()
             .values()
             .filter(|g| g.meta.conversation_id == Some(conversation_id) && !g.is_finished())
             .max_by_key(|g| g.id())
-            .cloned()
+            .cloned();
+        if local.is_some() {
+            return local;
+        }
+        let id = self.inner.logs.running_in(conversation_id).await?;
+        self.get(id).await.filter(|g| !g.is_finished())
     }
 
     /// Running generations of one user.

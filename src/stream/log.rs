@@ -103,7 +103,14 @@ pub trait EventLogs: Send + Sync + 'static {
 
     /// The log of a generation this process does not run (another instance's), with its owner; `None` when
     /// unknown or expired. The in-process implementation knows only its own.
-    fn open(&self, id: Id) -> Option<(GenerationMeta, Arc<dyn EventLog>)>;
+    fn open(&self, id: Id) -> BoxFuture<'_, Option<(GenerationMeta, Arc<dyn EventLog>)>>;
+
+    /// The generation running in a conversation on another instance, if any (the in-process implementation
+    /// knows none).
+    fn running_in(&self, conversation_id: Id) -> BoxFuture<'_, Option<Id>> {
+        let _ = conversation_id;
+        Box::pin(std::future::ready(None))
+    }
 }
 
 /// The in-process log: events in a `Vec` under a mutex, the latest seq in a `watch` channel.
@@ -143,10 +150,14 @@ impl MemoryLog {
     }
 }
 
-impl EventLog for MemoryLog {
-    fn append(&self, event: GenerationEvent) -> Result<u64, LogFull> {
+impl MemoryLog {
+    /// As [`EventLog::append`], returning the logged event itself (for a log that also mirrors it elsewhere).
+    ///
+    /// # Errors
+    /// [`LogFull`], as [`EventLog::append`].
+    pub fn append_logged(&self, event: GenerationEvent) -> Result<Arc<LoggedEvent>, LogFull> {
         let terminal = event.kind().is_terminal();
-        let seq = {
+        let logged = {
             let mut state = self.state();
             let full = LogFull {
                 events: state.events.len(),
@@ -172,11 +183,23 @@ impl EventLog for MemoryLog {
             }
             state.ended = terminal;
             let seq = state.events.len() as u64 + 1;
-            state.events.push(LoggedEvent::new(seq, event));
-            seq
+            let logged = LoggedEvent::new(seq, event);
+            state.events.push(Arc::clone(&logged));
+            logged
         };
-        self.latest.send_replace(seq);
-        Ok(seq)
+        self.latest.send_replace(logged.seq);
+        Ok(logged)
+    }
+
+    /// The seq of the last event logged (0 when none).
+    pub fn last_seq(&self) -> u64 {
+        *self.latest.borrow()
+    }
+}
+
+impl EventLog for MemoryLog {
+    fn append(&self, event: GenerationEvent) -> Result<u64, LogFull> {
+        self.append_logged(event).map(|logged| logged.seq)
     }
 
     fn read_after(&self, after: u64, max: usize, out: &mut Vec<Arc<LoggedEvent>>) {
@@ -237,8 +260,8 @@ impl EventLogs for MemoryLogs {
         Arc::new(MemoryLog::new(self.bounds))
     }
 
-    fn open(&self, _id: Id) -> Option<(GenerationMeta, Arc<dyn EventLog>)> {
-        None
+    fn open(&self, _id: Id) -> BoxFuture<'_, Option<(GenerationMeta, Arc<dyn EventLog>)>> {
+        Box::pin(std::future::ready(None))
     }
 }
 

@@ -94,6 +94,8 @@ pub struct Reservation {
     budgets: Option<Arc<Budgets>>,
     user_id: String,
     estimate: Estimate,
+    /// The cluster-wide concurrency slot the request holds, given back with the reservation.
+    hold: Option<crate::cluster::limits::Hold>,
 }
 
 impl Reservation {
@@ -103,7 +105,14 @@ impl Reservation {
             budgets: None,
             user_id: String::new(),
             estimate: Estimate::default(),
+            hold: None,
         }
+    }
+
+    /// Keeps `hold` (a cluster-wide concurrency slot) until the reservation is settled or dropped.
+    pub fn holding(mut self, hold: Option<crate::cluster::limits::Hold>) -> Self {
+        self.hold = hold;
+        self
     }
 
     /// The usage was saved: count it and release the reservation.
@@ -234,6 +243,7 @@ impl Budgets {
             budgets: Some(Arc::clone(self)),
             user_id: user_id.to_string(),
             estimate,
+            hold: None,
         }))
     }
 

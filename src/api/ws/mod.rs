@@ -175,11 +175,10 @@ pub async fn serve_socket<S, R, E>(
                             send_error(&out, &slow, Some(&id), &too_many_streams(config.max_streams));
                             continue;
                         }
-                        let generation = generation_id
-                            .0
-                            .parse()
-                            .ok()
-                            .and_then(|gid| user.as_ref().and_then(|u| state.chat.generation(&u.user_id, gid)));
+                        let generation = match (generation_id.0.parse().ok(), user.as_ref()) {
+                            (Some(gid), Some(u)) => state.chat.generation(&u.user_id, gid).await,
+                            _ => None,
+                        };
                         let Some(generation) = generation else {
                             send_error(&out, &slow, Some(&id), &Error::new(ErrorKind::NotFound, "not_found", "generation not found or expired"));
                             continue;

@@ -1,0 +1,204 @@
+//! Closing the generations of an instance that died: every instance looks, every third of a lease, for leases
+//! past their deadline; one script takes each at most once across the cluster. The taker checks that the owner
+//! is truly gone (its liveness key lapsed too), closes its replies in the database as `interrupted` from their
+//! last checkpoint (billed once: the row changes only while it is `streaming`), and appends the terminal event,
+//! so that followers on every instance end cleanly within about a lease.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use super::log::{LogsInner, end_commands};
+use super::{Cluster, NOW_MS};
+use crate::catalog::Models;
+use crate::chat::checkpoints::recover_interrupted;
+use crate::domain::{FinishReason, MessageStatus};
+use crate::error::ErrorKind;
+use crate::event::{Done, Failed, Failure, GenerationEvent, UsageReport};
+use crate::id::Id;
+use crate::store::Store;
+use crate::stream::GenerationMeta;
+
+/// Leases taken at once.
+const BATCH: usize = 100;
+
+/// What closing a dead instance's replies needs.
+pub struct Reaper {
+    pub store: Arc<dyn Store>,
+    pub models: Arc<Models>,
+    /// `generation.stale_after_secs`: rows without a heartbeat this long are closed with the dead owner's.
+    pub stale_after: Duration,
+}
+
+fn take_script() -> redis::Script {
+    redis::Script::new(&format!(
+        "{NOW_MS} local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1])) \
+         for _, id in ipairs(ids) do redis.call('ZREM', KEYS[1], id) end return ids"
+    ))
+}
+
+impl Reaper {
+    /// Runs every third of a lease until the logs are gone.
+    pub async fn run(self, logs: Weak<LogsInner>) {
+        let take = take_script();
+        let Some(cluster) = logs.upgrade().map(|l| l.cluster().clone()) else {
+            return;
+        };
+        let mut tick = tokio::time::interval(cluster.lease() / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(inner) = logs.upgrade() else { return };
+            let mut invocation = take.key(cluster.key("leases"));
+            invocation.arg(BATCH);
+            let taken: Vec<String> = match cluster.invoke(invocation).await {
+                Ok(taken) => taken,
+                Err(_) => continue,
+            };
+            for id in taken.iter().filter_map(|id| id.parse::<Id>().ok()) {
+                if let Err(err) = self.close(&inner, id).await {
+                    tracing::warn!(generation_id = %id, error = %err, "closing a dead instance's generation failed; the database sweep closes its reply later");
+                }
+            }
+        }
+    }
+
+    /// Closes one generation whose lease lapsed, unless its owner turns out to be alive.
+    async fn close(&self, logs: &LogsInner, id: Id) -> Result<(), String> {
+        let cluster = logs.cluster();
+        let fields: HashMap<String, String> = cluster
+            .query(redis::cmd("HGETALL").arg(cluster.key(&format!("gen:{id}"))))
+            .await
+            .map_err(|e| e.to_string())?;
+        let (Some(user_id), Some(owner)) = (fields.get("user_id"), fields.get("owner")) else {
+            return Ok(());
+        };
+        let meta = GenerationMeta {
+            id,
+            user_id: user_id.clone(),
+            conversation_id: fields.get("conversation_id").and_then(|c| c.parse().ok()),
+            model: fields.get("model").cloned().unwrap_or_default(),
+        };
+        let alive: bool = cluster
+            .query(redis::cmd("EXISTS").arg(cluster.key(&format!("instance:{owner}"))))
+            .await
+            .map_err(|e| e.to_string())?;
+        if alive || (owner == cluster.instance_id() && logs.owns_running(id)) {
+            // A renewal missed (Redis was slow or away): the owner keeps it.
+            give_back(cluster, id).await;
+            return Ok(());
+        }
+        let events_key = cluster.key(&format!("gen:{id}:events"));
+        let last: redis::streams::StreamRangeReply = cluster
+            .query(
+                redis::cmd("XREVRANGE")
+                    .arg(&events_key)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let last_seq = match last.ids.first() {
+            Some(entry) => {
+                let ended = entry
+                    .get::<String>("e")
+                    .and_then(|json| serde_json::from_str::<GenerationEvent>(&json).ok())
+                    .is_some_and(|event| event.kind().is_terminal());
+                if ended {
+                    return Ok(());
+                }
+                entry
+                    .id
+                    .split_once('-')
+                    .and_then(|(seq, _)| seq.parse::<u64>().ok())
+                    .unwrap_or(0)
+            }
+            None => 0,
+        };
+        tracing::warn!(generation_id = %id, %owner, "the instance running this generation stopped renewing its lease: closing it");
+        let terminal = self.closing_event(&meta, owner).await;
+        let json = serde_json::to_string(&terminal).map_err(|e| e.to_string())?;
+        let mut commands = vec![
+            redis::cmd("XADD")
+                .arg(&events_key)
+                .arg(format!("{}-0", last_seq + 1))
+                .arg("e")
+                .arg(json)
+                .to_owned(),
+            redis::cmd("PUBLISH")
+                .arg(cluster.key(&format!("notify:{id}")))
+                .arg(last_seq + 1)
+                .to_owned(),
+        ];
+        commands.extend(end_commands(cluster, &meta, logs.retention()));
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for cmd in commands {
+            pipe.add_command(cmd).ignore();
+        }
+        cluster
+            .pipeline::<()>(&pipe)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// The terminal event of a dead owner's generation: `done` with the reply as the database now holds it
+    /// (closed `interrupted` here if it was still `streaming`), or an `error` when nothing was saved.
+    async fn closing_event(&self, meta: &GenerationMeta, owner: &str) -> GenerationEvent {
+        if meta.conversation_id.is_some() {
+            let stale_before = crate::store::now()
+                - chrono::Duration::from_std(self.stale_after).unwrap_or(chrono::Duration::MAX);
+            if let Err(err) =
+                recover_interrupted(&*self.store, &self.models, owner, stale_before).await
+            {
+                tracing::warn!(error = %err, %owner, "closing a dead instance's replies failed");
+            }
+            if let Ok(Some(message)) = self.store.get_message(&meta.user_id, meta.id).await
+                && message.status != MessageStatus::Streaming
+            {
+                let prompt = message.prompt_tokens.unwrap_or(0).max(0) as u64;
+                let completion = message.completion_tokens.unwrap_or(0).max(0) as u64;
+                return GenerationEvent::Done(Box::new(Done {
+                    usage: UsageReport {
+                        prompt_tokens: prompt,
+                        completion_tokens: completion,
+                        cached_tokens: 0,
+                        reasoning_tokens: 0,
+                        estimated: message.status == MessageStatus::Interrupted,
+                        cost_usd: message.cost_usd.unwrap_or(0.0),
+                    },
+                    finish_reason: message
+                        .finish_reason
+                        .clone()
+                        .unwrap_or(FinishReason::Interrupted),
+                    message,
+                    tool_calls: Vec::new(),
+                }));
+            }
+        }
+        GenerationEvent::Error(Box::new(Failed {
+            failure: Failure {
+                kind: ErrorKind::Unavailable,
+                error: "interrupted".into(),
+                message: "the instance running this reply stopped before any of it was saved; send the message again".into(),
+                details: serde_json::json!({ "generation_id": meta.id }),
+                retry_after_secs: None,
+            },
+            saved: None,
+        }))
+    }
+}
+
+/// Puts a lease taken by mistake back, one lease from now.
+async fn give_back(cluster: &Cluster, id: Id) {
+    let script = redis::Script::new(&format!(
+        "{NOW_MS} redis.call('ZADD', KEYS[1], 'NX', now + tonumber(ARGV[1]), ARGV[2])"
+    ));
+    let mut invocation = script.key(cluster.key("leases"));
+    invocation
+        .arg(cluster.lease().as_millis() as u64)
+        .arg(id.to_string());
+    let _ = cluster.invoke::<()>(invocation).await;
+}
