@@ -3,6 +3,9 @@
 //! ```sh
 //! cargo run --release --example loadgen -- --mode native --target http://127.0.0.1:8000 --streams 1000 \
 //!     --compare-direct http://127.0.0.1:9100/v1 --pid $(pgrep -f 'target/release/chatgate') --json out.json
+//!
+//! `--follow-on URL` sends each message to `--target` and follows its stream on another instance (Redis);
+//! `--pid` takes several pids, comma-separated, and sums their RSS and CPU.
 //! ```
 //!
 //! Modes: `native` (chatgate's SSE: `POST /api/v1/conversations/{id}/messages`), `ws` (chatgate's WebSocket),
@@ -55,9 +58,13 @@ struct Args {
     /// Model alias (native, ws) or model name (openai).
     #[arg(long)]
     model: Option<String>,
-    /// Process to sample for RSS and CPU time.
+    /// Processes to sample for RSS and CPU time (comma-separated: several instances are summed).
+    #[arg(long, value_delimiter = ',')]
+    pid: Vec<u32>,
+    /// Native mode: send each message with `Prefer: respond-async` to `--target`, then follow its generation's
+    /// stream on this base URL (another instance sharing Redis, or the same one).
     #[arg(long)]
-    pid: Option<u32>,
+    follow_on: Option<String>,
     /// Run the same load in openai mode against this URL first, and report the difference.
     #[arg(long)]
     compare_direct: Option<String>,
@@ -165,22 +172,33 @@ impl Timings {
     }
 }
 
-fn rss_kb(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+/// Resident set of the processes, summed, in KB.
+fn rss_kb(pids: &[u32]) -> Option<u64> {
+    pids.iter()
+        .map(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
 }
 
-fn cpu_secs(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / 100.0)
+/// User plus system CPU time of the processes, summed, in seconds.
+fn cpu_secs(pids: &[u32]) -> Option<f64> {
+    pids.iter()
+        .map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            let ticks: u64 =
+                fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+            Some(ticks as f64 / 100.0)
+        })
+        .sum()
 }
 
 fn token(secret: &str, user: &str) -> String {
@@ -245,16 +263,17 @@ async fn native_stream(
             body["model"] = json!(model);
         }
         let sent = Instant::now();
-        let response = client
+        let post = client
             .post(format!(
                 "{}/api/v1/conversations/{conversation}/messages",
                 args.target
             ))
             .bearer_auth(&token)
-            .header("accept", "text/event-stream")
-            .json(&body)
-            .send()
-            .await;
+            .json(&body);
+        let response = match &args.follow_on {
+            None => post.header("accept", "text/event-stream").send().await,
+            Some(follow_on) => follow_elsewhere(&client, post, follow_on, &token).await,
+        };
         let Ok(response) = response.and_then(|r| r.error_for_status()) else {
             timings.errors += 1;
             continue;
@@ -278,6 +297,28 @@ async fn native_stream(
         }
     }
     timings
+}
+
+/// Sends with `Prefer: respond-async`, then opens the generation's stream on `follow_on`.
+async fn follow_elsewhere(
+    client: &reqwest::Client,
+    post: reqwest::RequestBuilder,
+    follow_on: &str,
+    token: &str,
+) -> reqwest::Result<reqwest::Response> {
+    let accepted: Value = post
+        .header("prefer", "respond-async")
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let id = accepted["generation_id"].as_str().unwrap_or_default();
+    client
+        .get(format!("{follow_on}/api/v1/generations/{id}/stream"))
+        .bearer_auth(token)
+        .send()
+        .await
 }
 
 async fn ws_stream(args: Arc<Args>, token: String, conversation: String) -> Timings {
@@ -385,18 +426,18 @@ async fn run(
         Mode::Openai => vec![(String::new(), String::new()); args.streams],
         _ => setup(&args, &client).await?,
     };
-    let pid = args
-        .pid
+    let pid = Some(args.pid.clone())
+        .filter(|pids| !pids.is_empty())
         .filter(|_| mode != Mode::Openai || args.compare_direct.is_none());
-    let rss_start_kb = pid.and_then(rss_kb);
-    let cpu_start = pid.and_then(cpu_secs);
+    let rss_start_kb = pid.as_deref().and_then(rss_kb);
+    let cpu_start = pid.as_deref().and_then(cpu_secs);
     let peak = Arc::new(AtomicU64::new(rss_start_kb.unwrap_or(0)));
     let running = Arc::new(AtomicBool::new(true));
-    let sampler = pid.map(|pid| {
+    let sampler = pid.clone().map(|pid| {
         let (peak, running) = (Arc::clone(&peak), Arc::clone(&running));
         tokio::spawn(async move {
             while running.load(Ordering::Relaxed) {
-                if let Some(rss) = rss_kb(pid) {
+                if let Some(rss) = rss_kb(&pid) {
                     peak.fetch_max(rss, Ordering::Relaxed);
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -447,15 +488,16 @@ async fn run(
         mode,
         streams: args.streams,
         requests: (args.streams * args.rounds) as u64,
-        rss_end_kb: pid.and_then(rss_kb),
+        rss_end_kb: pid.as_deref().and_then(rss_kb),
         ttft,
         gaps,
         deltas,
         errors,
         wall,
         rss_start_kb,
-        rss_peak_kb: pid.map(|_| peak.load(Ordering::Relaxed)),
+        rss_peak_kb: pid.as_ref().map(|_| peak.load(Ordering::Relaxed)),
         cpu_secs: pid
+            .as_deref()
             .and_then(cpu_secs)
             .zip(cpu_start)
             .map(|(end, start)| end - start),

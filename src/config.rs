@@ -419,6 +419,9 @@ pub struct WsConfig {
     pub max_frame_bytes: usize,
     /// Generations one socket may follow at once; more get an `error` frame.
     pub max_streams: usize,
+    /// Sockets one user may have open at once, across every instance sharing Redis; one more is closed with
+    /// 4429. 0: no limit.
+    pub max_connections_per_user: usize,
     /// Frames per second a client may send on average; past `frame_burst`, the socket closes with 4429.
     pub max_frames_per_second: u32,
     pub frame_burst: u32,
@@ -434,6 +437,7 @@ impl Default for WsConfig {
             idle_timeout_secs: 60,
             max_frame_bytes: 64 * 1024,
             max_streams: 16,
+            max_connections_per_user: 32,
             max_frames_per_second: 20,
             frame_burst: 40,
             send_queue: 4096,
@@ -1078,10 +1082,14 @@ mod tests {
             jail.set_env("OPENAI_API_KEY", "sk-env");
             jail.set_env("CHATGATE_TEST_POSTGRES_URL", "postgres://ignored");
             jail.set_env("CHATGATE_BENCH_POSTGRES_URL", "postgres://ignored");
+            jail.set_env("CHATGATE_TEST_REDIS_URL", "redis://ignored");
+            jail.set_env("REDIS_URL", "redis://cache:6379/2");
             let config =
                 Config::load(Some(Path::new("chatgate.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(config.server.bind, "0.0.0.0:9000");
             assert_eq!(config.database.url.expose_secret(), "postgres://db/chat");
+            assert_eq!(config.redis.url.expose_secret(), "redis://cache:6379/2");
+            assert!(config.redis.enabled());
             let openai = &config.providers["openai"];
             assert_eq!(openai.api_key().map(|k| k.expose_secret()), Some("sk-env"));
             assert_eq!(
@@ -1091,6 +1099,31 @@ mod tests {
             );
             Ok(())
         });
+    }
+
+    #[test]
+    fn redis_is_off_by_default_and_checked_when_set() {
+        let config = Config::from_toml(MINIMAL).expect("valid");
+        assert!(!config.redis.enabled(), "no Redis on a laptop");
+        assert_eq!(config.redis.key_prefix, "chatgate");
+        for (redis, key) in [
+            ("url = \"http://cache:6379\"", "redis.url"),
+            ("url = \"redis://c\"\nlease_ms = 100", "redis.lease_ms"),
+            (
+                "url = \"redis://c\"\nlease_ms = 1000\ncommand_timeout_ms = 1000",
+                "redis.command_timeout_ms",
+            ),
+            (
+                "url = \"redis://c\"\nkey_prefix = \"a b\"",
+                "redis.key_prefix",
+            ),
+        ] {
+            let err = Config::from_toml(&format!("{MINIMAL}\n[redis]\n{redis}")).unwrap_err();
+            assert!(err.to_string().starts_with(key), "{redis}: {err}");
+        }
+        let config = Config::from_toml(&format!("{MINIMAL}\n[redis]\nurl = \"rediss://c:6380/1\""))
+            .expect("TLS is fine");
+        assert!(config.redis.enabled());
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub struct AppInner {
     pub media: Arc<MediaStore>,
     /// What several instances share through Redis; `None` without `redis.url` (everything in-process).
     pub cluster: Option<Cluster>,
+    /// Open WebSockets per user (`ws.max_connections_per_user`).
+    pub ws_sockets: crate::api::ws::UserSockets,
 }
 
 impl std::ops::Deref for AppState {
@@ -176,7 +178,7 @@ impl AppState {
                 None,
             )
         };
-        let budgets = Budgets::new(BudgetLimits::from_config(&config.limits));
+        let budgets = Budgets::shared(BudgetLimits::from_config(&config.limits), cluster.clone());
         let personas = Arc::new(PersonaCache::default());
         let media = Arc::new(MediaStore::from_config(&config).map_err(StartupError::Other)?);
         let chat = Chat::new(crate::chat::Inner {
@@ -204,6 +206,7 @@ impl AppState {
             personas,
             media,
             cluster,
+            ws_sockets: crate::api::ws::UserSockets::default(),
             models,
             store,
             config,

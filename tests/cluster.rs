@@ -40,8 +40,9 @@ fn long_prompt() -> String {
         .join(" ")
 }
 
-/// The mock's full reply to `content` (see `MockProvider::reply_to`).
+/// The mock's full reply to `content` (see `MockProvider::reply_to`: it quotes 200 characters at most).
 fn full_reply(content: &str) -> String {
+    let content: String = content.chars().take(200).collect();
     format!(
         "Hello! I am chatgate's built-in mock model. You said: \"{content}\". Configure a provider API key to talk to a real model."
     )
@@ -139,8 +140,9 @@ struct Pair {
 
 impl Pair {
     /// `None` (SKIPPED said) without PostgreSQL, Redis or nginx. `redis_url` overrides the environment's;
-    /// `extra` is TOML appended to each instance's configuration.
-    async fn start(redis_url: Option<String>, extra: &str) -> Option<Self> {
+    /// `extra` is TOML appended to each instance's configuration, `generation` lines added to its
+    /// `[generation]`.
+    async fn start(redis_url: Option<String>, extra: &str, generation: &str) -> Option<Self> {
         let Some(redis_url) = redis_url.or_else(|| std::env::var("CHATGATE_TEST_REDIS_URL").ok())
         else {
             common::skipped(
@@ -166,7 +168,7 @@ impl Pair {
                  [database]\nurl = \"{}\"\nmax_connections = 4\n\
                  [redis]\nurl = \"{redis_url}\"\nkey_prefix = \"{prefix}\"\nlease_ms = {LEASE_MS}\ncommand_timeout_ms = 500\n\
                  [auth]\njwt_secret = \"{}\"\n\
-                 [generation]\ncheckpoint_interval_ms = 50\n\
+                 [generation]\ncheckpoint_interval_ms = 50\n{generation}\
                  [providers.mock]\ndelay_ms = 40\n[models.default]\nprovider = \"mock\"\nmodel = \"mock-1\"\n{extra}",
                 db.url,
                 common::SECRET
@@ -355,7 +357,7 @@ fn text(events: &[SseEvent]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reattach_on_the_other_instance_is_seq_exact() {
-    let Some(pair) = Pair::start(None, "").await else {
+    let Some(pair) = Pair::start(None, "", "").await else {
         return;
     };
     let (a, b) = (&pair.a.url, &pair.b.url);
@@ -506,7 +508,7 @@ async fn collect_raw(response: reqwest::Response) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_on_the_other_instance_stops_the_owner() {
-    let Some(pair) = Pair::start(None, "").await else {
+    let Some(pair) = Pair::start(None, "", "").await else {
         return;
     };
     let (a, b) = (pair.a.url.clone(), pair.b.url.clone());
@@ -569,7 +571,7 @@ async fn cancel_on_the_other_instance_stops_the_owner() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_subscribe_across_instances() {
-    let Some(pair) = Pair::start(None, "").await else {
+    let Some(pair) = Pair::start(None, "", "").await else {
         return;
     };
     let prompt = long_prompt();
@@ -629,7 +631,7 @@ async fn websocket_subscribe_across_instances() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_the_owner_ends_followers_elsewhere_billed_once() {
-    let Some(mut pair) = Pair::start(None, "").await else {
+    let Some(mut pair) = Pair::start(None, "", "").await else {
         return;
     };
     let b = pair.b.url.clone();
@@ -708,7 +710,9 @@ async fn sigkill_of_the_owner_ends_followers_elsewhere_billed_once() {
 async fn limits_hold_once_across_two_instances() {
     let Some(pair) = Pair::start(
         None,
-        "[limits]\nrequests_per_minute = 6\nburst = 8\nmax_concurrent_generations = 1\n",
+        "[limits]\nrequests_per_minute = 6\nburst = 8\nmax_concurrent_generations = 1\n\
+         [ws]\nmax_connections_per_user = 2\n",
+        "",
     )
     .await
     else {
@@ -772,6 +776,61 @@ async fn limits_hold_once_across_two_instances() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let third = send_async(&pair.b.url, "carol", &conversation_id, "now").await;
     assert!(!third.is_empty());
+
+    // Two sockets per user, wherever they land; the third is closed 4429, and a closed one frees its place.
+    let first_socket = open_socket(&pair.a.url, "frank").await;
+    let mut second_socket = open_socket(&pair.b.url, "frank").await;
+    assert_eq!(first_frame(&mut second_socket).await, Ok("ready".into()));
+    let mut third_socket = open_socket(&pair.a.url, "frank").await;
+    assert_eq!(first_frame(&mut third_socket).await, Err(4429));
+    drop(first_socket);
+    let mut admitted = false;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut socket = open_socket(&pair.b.url, "frank").await;
+        if first_frame(&mut socket).await == Ok("ready".into()) {
+            admitted = true;
+            break;
+        }
+    }
+    assert!(admitted, "a closed socket gives its place back");
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn open_socket(base: &str, user: &str) -> Socket {
+    let mut request = format!("{}/api/v1/ws", base.replace("http://", "ws://"))
+        .into_client_request()
+        .expect("request");
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", token(user)).parse().expect("header"),
+    );
+    tokio_tungstenite::connect_async(request)
+        .await
+        .expect("connect")
+        .0
+}
+
+/// The first frame's `type`, or the close code when the socket is closed first.
+async fn first_frame(socket: &mut Socket) -> Result<String, u16> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), socket.next())
+            .await
+            .expect("a frame in time")
+        {
+            Some(Ok(WsMessage::Text(text))) => {
+                let frame: Value = serde_json::from_str(&text).expect("json");
+                return Ok(frame["type"].as_str().unwrap_or("").to_string());
+            }
+            Some(Ok(WsMessage::Close(frame))) => {
+                return Err(frame.map_or(0, |f| u16::from(f.code)));
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("socket ended: {other:?}"),
+        }
+    }
 }
 
 /// A redis-server of the test's own on a free port, so that it can be killed and started again.
@@ -856,7 +915,9 @@ async fn redis_killed_and_restarted_degrades_then_recovers() {
     let port = free_port();
     let mut redis = OwnRedis::start(port);
     redis.wait().await;
-    let Some(pair) = Pair::start(Some(format!("redis://127.0.0.1:{port}/0")), "").await else {
+    let slow = "[providers.slow]\nkind = \"mock\"\ndelay_ms = 150\n[models.slow]\nprovider = \"slow\"\nmodel = \"mock-1\"\n";
+    let Some(pair) = Pair::start(Some(format!("redis://127.0.0.1:{port}/0")), slow, "").await
+    else {
         return;
     };
     let (a, b) = (pair.a.url.clone(), pair.b.url.clone());
@@ -867,6 +928,25 @@ async fn redis_killed_and_restarted_degrades_then_recovers() {
         let response = follow(&a, "alice", &id, 0).await;
         tokio::spawn(collect(response, None, Duration::from_secs(30)))
     };
+    // A longer reply, still running when Redis comes back empty: its shared log must be written anew.
+    let long_conversation = conversation(&a, "alice").await;
+    let very_long = long_prompt();
+    let before = json_ok(
+        reqwest::Client::new()
+            .post(format!(
+                "{a}/api/v1/conversations/{long_conversation}/messages"
+            ))
+            .bearer_auth(token("alice"))
+            .header("prefer", "respond-async")
+            .json(&json!({ "content": very_long, "model": "slow" }))
+            .send()
+            .await
+            .expect("send"),
+    )
+    .await["generation_id"]
+        .as_str()
+        .expect("generation_id")
+        .to_string();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     redis.kill();
@@ -921,5 +1001,136 @@ async fn redis_killed_and_restarted_degrades_then_recovers() {
     assert_eq!(seqs(&replay), (1..=replay.len() as u64).collect::<Vec<_>>());
     assert_eq!(replay.last().map(|e| e.event.as_str()), Some("done"));
     assert_eq!(text(&replay), full_reply(&prompt));
+
+    // The reply that started before the outage and runs on: whole and in order on the other instance.
+    let response = follow(&b, "alice", &before, 0).await;
+    let replay = collect(response, None, Duration::from_secs(30)).await;
+    assert_eq!(seqs(&replay), (1..=replay.len() as u64).collect::<Vec<_>>());
+    assert_eq!(replay.last().map(|e| e.event.as_str()), Some("done"));
+    assert_eq!(text(&replay), full_reply(&very_long));
     drop(redis);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_are_reserved_once_across_two_instances() {
+    // A reply reserves its prompt plus 1,024 tokens (`reserve_output_tokens`) until its usage is saved: the
+    // budget holds one such reservation, not two, and the actual usage of a finished reply leaves room again.
+    let Some(pair) = Pair::start(None, "[limits]\ndaily_token_budget = 2000\n", "").await else {
+        return;
+    };
+    let conversation_id = conversation(&pair.a.url, "dave").await;
+    // The other instance has read dave's (empty) spending: without Redis it would not see the next
+    // reservation for up to 30 s.
+    let other_conversation = conversation(&pair.b.url, "dave").await;
+    let first = send_async(&pair.a.url, "dave", &conversation_id, &long_prompt()).await;
+    let refused = reqwest::Client::new()
+        .post(format!(
+            "{}/api/v1/conversations/{other_conversation}/messages",
+            pair.b.url
+        ))
+        .bearer_auth(token("dave"))
+        .header("prefer", "respond-async")
+        .json(&json!({ "content": "hello" }))
+        .send()
+        .await
+        .expect("send");
+    let status = refused.status();
+    let body: Value = refused.json().await.expect("json");
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"], "budget_exceeded");
+    assert_eq!(body["details"]["limit"], "daily_token_budget");
+    // Once the first reply is saved, its actual usage replaces its reservation and the next one fits.
+    let done = collect(
+        follow(&pair.a.url, "dave", &first, 0).await,
+        None,
+        Duration::from_secs(20),
+    )
+    .await;
+    let usage = &done.last().expect("done").data["usage"];
+    eprintln!("first reply's usage: {usage}");
+    let spent = usage["prompt_tokens"].as_u64().unwrap_or(0)
+        + usage["completion_tokens"].as_u64().unwrap_or(0);
+    assert!(
+        spent > 0 && spent < 2000 - 1024 - 50,
+        "the test's budget fits one more: {usage}"
+    );
+    let mut accepted = false;
+    for _ in 0..20 {
+        let response = reqwest::Client::new()
+            .post(format!(
+                "{}/api/v1/conversations/{other_conversation}/messages",
+                pair.b.url
+            ))
+            .bearer_auth(token("dave"))
+            .header("prefer", "respond-async")
+            .json(&json!({ "content": "hello" }))
+            .send()
+            .await
+            .expect("send");
+        if response.status() == 202 || response.status() == 200 {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        accepted,
+        "the settled usage leaves room on the other instance"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_on_the_other_instance_keeps_a_reply_under_the_cancel_policy() {
+    // With `disconnect_policy = "cancel"`, a reply nobody follows stops after the grace period; a follower
+    // on the other instance counts as one.
+    let Some(pair) = Pair::start(
+        None,
+        "",
+        "disconnect_policy = \"cancel\"\ndisconnect_grace_ms = 300\n",
+    )
+    .await
+    else {
+        return;
+    };
+    let prompt = long_prompt();
+    let conversation_id = conversation(&pair.a.url, "erin").await;
+    let id = send_async(&pair.a.url, "erin", &conversation_id, &prompt).await;
+    let elsewhere = follow(&pair.b.url, "erin", &id, 0).await;
+    // A follower on the owner reads a little and leaves: the policy's grace period starts.
+    collect(
+        follow(&pair.a.url, "erin", &id, 0).await,
+        Some(2),
+        Duration::from_secs(10),
+    )
+    .await;
+    let events = collect(elsewhere, None, Duration::from_secs(20)).await;
+    let done = events.last().expect("events");
+    assert_eq!(done.event, "done");
+    assert_eq!(
+        done.data["message"]["status"], "complete",
+        "{:?}",
+        done.data
+    );
+    assert_eq!(text(&events), full_reply(&prompt));
+
+    // Nobody anywhere once the owner's follower left: the policy stops it.
+    let id = send_async(&pair.a.url, "erin", &conversation_id, &prompt).await;
+    collect(
+        follow(&pair.a.url, "erin", &id, 0).await,
+        Some(2),
+        Duration::from_secs(10),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let status = json_ok(
+        call(
+            reqwest::Method::GET,
+            &format!("{}/api/v1/generations/{id}", pair.b.url),
+            "erin",
+            None,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status["status"], "cancelled", "{status}");
 }

@@ -292,7 +292,11 @@ async fn respond(
     let keepalive = Duration::from_secs(state.config.server.sse_keepalive_secs);
     match answer {
         Answer::Async => Ok((
-            StatusCode::ACCEPTED,
+            {
+                // The client is about to follow it, maybe on another instance: it must be findable there.
+                generation.published().await;
+                StatusCode::ACCEPTED
+            },
             Json(Accepted {
                 generation_id: generation.id(),
                 stream_url: format!("/api/v1/generations/{}/stream", generation.id()),

@@ -9,7 +9,7 @@
 //! seen: seq-exact, no gap, no duplicate.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -27,6 +27,9 @@ use crate::tasks::Tasks;
 
 /// How long a generation's keys live while it runs (a dead owner's are closed by the reaper long before).
 const RUNNING_TTL_SECS: u64 = 24 * 3600;
+
+/// How long a follower's mark on another instance's generation lasts (it is renewed every [`REREAD`]).
+const WATCHED_TTL: Duration = Duration::from_secs(3);
 
 /// Events read from a stream at once.
 const READ_COUNT: usize = 1000;
@@ -107,6 +110,14 @@ impl LogsInner {
             .collect()
     }
 
+    /// This instance's generations, running or finished and still held.
+    pub(super) fn owned_all(&self) -> Vec<Arc<OwnedLog>> {
+        lock(&self.owned)
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
+
     pub(super) fn owns_running(&self, id: Id) -> bool {
         lock(&self.owned)
             .get(&id)
@@ -160,8 +171,9 @@ impl LogsInner {
     }
 
     /// The commands that publish a whole generation (its meta, lease and every event so far): at its start, and
-    /// again when Redis lost it (a restart).
-    pub(super) fn publish_owned(&self, log: &OwnedLog) {
+    /// again (`again`) when Redis lost it: a restart may have left a stream holding only the events written
+    /// since, so it is written anew, in order, before any later event. Marks the log published once written.
+    pub(super) fn publish_owned(&self, log: &Arc<OwnedLog>, again: bool) {
         let cluster = &self.cluster;
         let meta = &log.meta;
         let id = meta.id;
@@ -206,12 +218,26 @@ impl LogsInner {
                     .to_owned(),
             );
         }
+        if again {
+            commands.push(
+                redis::cmd("DEL")
+                    .arg(cluster.key(&format!("gen:{id}:events")))
+                    .to_owned(),
+            );
+        }
         let mut events = Vec::new();
         log.local.read_after(0, usize::MAX, &mut events);
         for event in &events {
             commands.extend(self.event_commands(meta, event));
         }
         cluster.write(commands);
+        let weak = Arc::downgrade(log);
+        cluster.then(move || {
+            if let Some(log) = weak.upgrade() {
+                log.is_published.store(true, Ordering::Release);
+                log.published.notify_waiters();
+            }
+        });
     }
 
     /// The commands that append one event (and, for the terminal one, let the generation's keys expire and
@@ -291,9 +317,11 @@ impl EventLogs for RedisLogs {
             local: MemoryLog::new(self.0.bounds),
             meta: Arc::new(meta.clone()),
             logs: Arc::downgrade(&self.0),
+            is_published: AtomicBool::new(false),
+            published: Notify::new(),
         });
         lock(&self.0.owned).insert(meta.id, Arc::downgrade(&log));
-        self.0.publish_owned(&log);
+        self.0.publish_owned(&log, false);
         log
     }
 
@@ -362,6 +390,7 @@ impl EventLogs for RedisLogs {
 /// Keeps a followed copy of another instance's generation up to date until it ends or nobody holds it.
 async fn follow(log: Weak<RemoteLog>, notify: Arc<Notify>, logs: Weak<LogsInner>) {
     let mut id = None;
+    let mut marked: Option<std::time::Instant> = None;
     loop {
         let woken = notify.notified();
         tokio::pin!(woken);
@@ -369,6 +398,18 @@ async fn follow(log: Weak<RemoteLog>, notify: Arc<Notify>, logs: Weak<LogsInner>
         {
             let Some(log) = log.upgrade() else { break };
             id = Some(log.meta.id);
+            // Someone here follows it: the owner's unattended policy must not stop it.
+            if marked.is_none_or(|at| at.elapsed() >= REREAD) {
+                marked = Some(std::time::Instant::now());
+                log.cluster.write(vec![
+                    redis::cmd("SET")
+                        .arg(log.cluster.key(&format!("gen:{}:watched", log.meta.id)))
+                        .arg(log.cluster.instance_id())
+                        .arg("PX")
+                        .arg(WATCHED_TTL.as_millis() as u64)
+                        .to_owned(),
+                ]);
+            }
             // An error (Redis away) is retried at the next wake-up or second.
             if log.fill().await.is_ok() && log.cache.terminal().is_some() {
                 break;
@@ -390,6 +431,9 @@ pub struct OwnedLog {
     local: MemoryLog,
     meta: Arc<GenerationMeta>,
     logs: Weak<LogsInner>,
+    /// Its meta reached Redis: another instance can open it.
+    is_published: AtomicBool,
+    published: Notify,
 }
 
 impl OwnedLog {
@@ -440,6 +484,43 @@ impl EventLog for OwnedLog {
 
     fn cancelled(&self) -> BoxFuture<'_, ()> {
         self.local.cancelled()
+    }
+
+    /// Waits for the writer to have written its meta, at most `redis.command_timeout_ms` (Redis away: the
+    /// client is answered anyway, and can follow it here).
+    fn published(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let Some(timeout) = self.logs.upgrade().map(|logs| logs.cluster.0.timeout) else {
+                return;
+            };
+            let wait = async {
+                loop {
+                    let notified = self.published.notified();
+                    tokio::pin!(notified);
+                    notified.as_mut().enable();
+                    if self.is_published.load(Ordering::Acquire) {
+                        return;
+                    }
+                    notified.await;
+                }
+            };
+            let _ = tokio::time::timeout(timeout, wait).await;
+        })
+    }
+
+    /// `P:gen:{id}:watched` exists: a follower on another instance marked it within [`WATCHED_TTL`]. When
+    /// Redis does not answer: false (the policy applies as on one instance).
+    fn followed_elsewhere(&self) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            let Some(logs) = self.logs.upgrade() else {
+                return false;
+            };
+            let key = logs.cluster.key(&format!("gen:{}:watched", self.meta.id));
+            logs.cluster
+                .query::<bool>(redis::cmd("EXISTS").arg(key))
+                .await
+                .unwrap_or(false)
+        })
     }
 }
 

@@ -16,6 +16,8 @@
 //! P:gen:{id}:events        stream  its events, entry id `{seq}-0`, field `e` = the event as JSON
 //!                                  (trimmed to generation.max_events), expiry as its meta
 //! P:gen:{id}:cancel        string  the cancel reason, once someone asked; expiry as its meta
+//! P:gen:{id}:watched      string  a follower on another instance reads it (the owner's unattended policy
+//!                                  counts it); 3 s, renewed every second while it follows
 //! P:conv:{id}:running      string  the id of the generation running in a conversation; 24 h, deleted at its end
 //! P:leases                 zset    running generation id → its owner's lease deadline (ms, Redis clock)
 //! P:instance:{instance}    string  an instance's liveness, renewed with its leases; one lease
@@ -59,6 +61,9 @@ struct ClusterInner {
     timeout: Duration,
     /// Whether the last command succeeded; a change is logged once.
     up: AtomicBool,
+    /// Redis answered again after failing: it may have restarted empty, so this instance's generations are
+    /// published again at the next lease renewal.
+    republish: AtomicBool,
     /// Writes queued for the writer task ([`Cluster::run_writer`]), in order.
     writes: mpsc::UnboundedSender<Write>,
     writes_rx: Mutex<Option<mpsc::UnboundedReceiver<Write>>>,
@@ -97,6 +102,8 @@ enum Write {
     Commands(Vec<redis::Cmd>),
     /// Commands built by the writer, off the caller's path (an event's: serializing it is the writer's work).
     Lazy(Box<dyn FnOnce() -> Vec<redis::Cmd> + Send>),
+    /// Called once every write queued before it reached Redis.
+    Then(Box<dyn FnOnce() + Send>),
 }
 
 impl Cluster {
@@ -122,6 +129,7 @@ impl Cluster {
             lease: Duration::from_millis(config.lease_ms),
             timeout,
             up: AtomicBool::new(true),
+            republish: AtomicBool::new(false),
             writes,
             writes_rx: Mutex::new(Some(writes_rx)),
             held: Mutex::new(HashMap::new()),
@@ -202,7 +210,10 @@ impl Cluster {
                 "redis is unreachable: generations keep streaming to this instance's followers; \
                  cross-instance resume and cancel, owner leases and shared limits pause (limits fall back to this instance's)"
             ),
-            (false, false) => tracing::warn!("redis is reachable again: shared state resumes"),
+            (false, false) => {
+                tracing::warn!("redis is reachable again: shared state resumes");
+                self.0.republish.store(true, Ordering::SeqCst);
+            }
             _ => {}
         }
     }
@@ -235,6 +246,11 @@ impl Cluster {
         let _ = self.0.writes.send(Write::Commands(commands));
     }
 
+    /// Calls `done` once every write queued before it reached Redis.
+    fn then(&self, done: impl FnOnce() + Send + 'static) {
+        let _ = self.0.writes.send(Write::Then(Box::new(done)));
+    }
+
     /// As [`Cluster::write`], the commands built by the writer task when it sends them.
     fn write_lazy(&self, build: impl FnOnce() -> Vec<redis::Cmd> + Send + 'static) {
         let _ = self.0.writes.send(Write::Lazy(Box::new(build)));
@@ -254,23 +270,29 @@ impl Cluster {
             return;
         };
         let mut batch: Vec<redis::Cmd> = Vec::new();
+        let mut after: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
         let mut backoff = Duration::from_millis(50);
-        let take = |write: Write, batch: &mut Vec<redis::Cmd>| match write {
+        let take = |write: Write, batch: &mut Vec<redis::Cmd>, after: &mut Vec<_>| match write {
             Write::Commands(commands) => batch.extend(commands),
             Write::Lazy(build) => batch.extend(build()),
+            Write::Then(done) => after.push(done),
         };
         loop {
-            if batch.is_empty() {
+            if batch.is_empty() && after.is_empty() {
                 match rx.recv().await {
-                    Some(write) => take(write, &mut batch),
+                    Some(write) => take(write, &mut batch, &mut after),
                     None => return,
                 }
             }
             while batch.len() < 2048 {
                 match rx.try_recv() {
-                    Ok(write) => take(write, &mut batch),
+                    Ok(write) => take(write, &mut batch, &mut after),
                     Err(_) => break,
                 }
+            }
+            if batch.is_empty() {
+                after.drain(..).for_each(|done| done());
+                continue;
             }
             // Redis runs every command of a pipeline whatever the others answer; one it refuses (a duplicate
             // event after a retry) is not a reason to send the batch again.
@@ -282,6 +304,7 @@ impl Cluster {
             match self.pipeline::<()>(&pipe).await {
                 Ok(()) => {
                     batch.clear();
+                    after.drain(..).for_each(|done| done());
                     backoff = Duration::from_millis(50);
                 }
                 Err(RedisError(err)) => {
@@ -323,11 +346,12 @@ fn renew_script() -> redis::Script {
     ))
 }
 
-/// Renews, per key, one member's deadline and the key's own expiry (two leases).
+/// Renews, per key, one member's deadline and the key's own expiry (two leases). Without `XX`: a Redis that
+/// restarted empty gets the holds back (a hold released meanwhile lingers one lease at most).
 fn renew_members_script() -> redis::Script {
     redis::Script::new(&format!(
         "{NOW_MS} local lease = tonumber(ARGV[1]) \
-         for i = 1, #KEYS do redis.call('ZADD', KEYS[i], 'XX', now + lease, ARGV[i + 1]) \
+         for i = 1, #KEYS do redis.call('ZADD', KEYS[i], now + lease, ARGV[i + 1]) \
          redis.call('PEXPIRE', KEYS[i], lease * 2) end return #KEYS"
     ))
 }
@@ -347,6 +371,12 @@ impl Cluster {
             let Some(logs) = logs.upgrade() else {
                 return;
             };
+            if self.0.republish.swap(false, Ordering::SeqCst) {
+                // Finished ones too: their followers elsewhere may re-attach within the retention time.
+                for log in logs.owned_all() {
+                    logs.publish_owned(&log, true);
+                }
+            }
             let owned = logs.owned_running();
             let mut invocation = renew.key(self.key("leases"));
             invocation.key(self.key(&format!("instance:{}", self.0.instance_id)));
@@ -359,7 +389,7 @@ impl Cluster {
                     for id in missing.iter().filter_map(|id| id.parse::<Id>().ok()) {
                         if let Some((_, log)) = owned.iter().find(|(owned, _)| *owned == id) {
                             tracing::info!(generation_id = %id, "redis had lost a running generation: publishing it again");
-                            logs.publish_owned(log);
+                            logs.publish_owned(log, true);
                         }
                     }
                 }

@@ -132,6 +132,11 @@ impl Generation {
         }
     }
 
+    /// Resolves once other instances can find it (see [`EventLog::published`]).
+    pub async fn published(&self) {
+        self.log.published().await;
+    }
+
     /// The text streamed so far.
     pub fn text(&self) -> String {
         self.log.text()
@@ -252,14 +257,20 @@ impl Generation {
                 let generation = Arc::clone(self);
                 let grace = hub.policy.grace;
                 hub.tasks.spawn(async move {
-                    tokio::select! {
-                        () = tokio::time::sleep(grace) => {
-                            if generation.subscribers() == 0 {
-                                tracing::info!(generation_id = %generation.id(), "no subscriber came back: cancelling");
-                                generation.cancel(CancelReason::Disconnected);
-                            }
+                    loop {
+                        tokio::select! {
+                            () = tokio::time::sleep(grace) => {}
+                            _ = generation.finished() => return,
                         }
-                        _ = generation.finished() => {}
+                        // A subscriber here re-arms this when it leaves; one on another instance is asked for.
+                        if generation.subscribers() > 0 {
+                            return;
+                        }
+                        if !generation.log.followed_elsewhere().await {
+                            tracing::info!(generation_id = %generation.id(), "no subscriber came back: cancelling");
+                            generation.cancel(CancelReason::Disconnected);
+                            return;
+                        }
                     }
                 });
             }

@@ -94,6 +94,19 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Resolves once [`EventLog::cancel`] was called.
     fn cancelled(&self) -> BoxFuture<'_, ()>;
+
+    /// Resolves once another instance can open it (its owner's record reached the shared store), or once that
+    /// has taken too long; at once for the in-process log. A 202 waits for it, since its client may re-attach
+    /// anywhere.
+    fn published(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
+
+    /// Whether a follower on another instance is reading it now (the unattended policy counts it). The
+    /// in-process log has no other instance: false.
+    fn followed_elsewhere(&self) -> BoxFuture<'_, bool> {
+        Box::pin(std::future::ready(false))
+    }
 }
 
 /// Where the logs of generations are created and found.

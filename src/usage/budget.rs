@@ -5,7 +5,8 @@
 //! plus the reply's token allowance) under the ledger's lock, so concurrent requests see each other's
 //! reservations; when the generation's usage is saved, the reservation is swapped for the actual figures. The
 //! overshoot is therefore bounded by how far one request's actual usage exceeds its reservation. Several
-//! instances sharing a database see each other's usage within [`REFRESH`].
+//! instances sharing only a database see each other's usage within [`REFRESH`]; sharing Redis too, they
+//! reserve and settle there first ([`crate::cluster::limits`]), so each sees the others' at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{Datelike, NaiveDate, Utc};
 
+use crate::cluster::limits::BudgetFigures;
 use crate::config::LimitsConfig;
 use crate::store::{Store, StoreError};
 
@@ -78,6 +80,8 @@ struct Ledger {
 pub struct Budgets {
     limits: BudgetLimits,
     ledgers: Mutex<HashMap<String, Ledger>>,
+    /// With Redis, reservations are made there first, so that every instance sees every other's at once.
+    cluster: Option<crate::cluster::Cluster>,
 }
 
 impl std::fmt::Debug for Budgets {
@@ -96,6 +100,8 @@ pub struct Reservation {
     estimate: Estimate,
     /// The cluster-wide concurrency slot the request holds, given back with the reservation.
     hold: Option<crate::cluster::limits::Hold>,
+    /// The estimate as reserved in Redis, when it was.
+    shared: Option<crate::cluster::limits::SharedBudget>,
 }
 
 impl Reservation {
@@ -106,6 +112,7 @@ impl Reservation {
             user_id: String::new(),
             estimate: Estimate::default(),
             hold: None,
+            shared: None,
         }
     }
 
@@ -117,6 +124,9 @@ impl Reservation {
 
     /// The usage was saved: count it and release the reservation.
     pub fn settle(mut self, tokens: u64, nanousd: u64) {
+        if let Some(shared) = self.shared.take() {
+            shared.settle(tokens, nanousd);
+        }
         if let Some(budgets) = self.budgets.take() {
             budgets.release(
                 &self.user_id,
@@ -154,10 +164,18 @@ fn next_month(day: NaiveDate) -> NaiveDate {
 }
 
 impl Budgets {
+    /// Budgets counted by this instance (reloaded from the database every [`REFRESH`]).
     pub fn new(limits: BudgetLimits) -> Arc<Self> {
+        Self::shared(limits, None)
+    }
+
+    /// Budgets reserved in Redis first when `cluster` is given (this instance's ledger still counts, and
+    /// decides alone while Redis does not answer).
+    pub fn shared(limits: BudgetLimits, cluster: Option<crate::cluster::Cluster>) -> Arc<Self> {
         Arc::new(Self {
             limits,
             ledgers: Mutex::new(HashMap::new()),
+            cluster,
         })
     }
 
@@ -199,6 +217,50 @@ impl Budgets {
             ledger.month_nanousd = month_nanousd.max(0) as u64;
             ledger.loaded_at = Some(Instant::now());
         }
+        let shared = match &self.cluster {
+            Some(cluster) => {
+                let spent = {
+                    let ledgers = self.ledgers();
+                    let ledger = ledgers.get(user_id).cloned().unwrap_or_default();
+                    BudgetFigures {
+                        day_tokens: ledger.day_tokens,
+                        day_nanousd: ledger.day_nanousd,
+                        month_tokens: ledger.month_tokens,
+                        month_nanousd: ledger.month_nanousd,
+                    }
+                };
+                let limits = BudgetFigures {
+                    day_tokens: self.limits.daily_tokens,
+                    day_nanousd: self.limits.daily_nanousd,
+                    month_tokens: self.limits.monthly_tokens,
+                    month_nanousd: self.limits.monthly_nanousd,
+                };
+                let asked = (estimate.tokens, estimate.nanousd);
+                match cluster
+                    .reserve_budget(user_id, today, spent, asked, limits)
+                    .await
+                {
+                    Ok(Ok(shared)) => Some(shared),
+                    Ok(Err(refused)) => {
+                        let (limit, resets) = match refused {
+                            1 => ("daily_token_budget", today.succ_opt()),
+                            2 => ("monthly_token_budget", Some(next_month(today))),
+                            3 => ("daily_cost_budget_usd", today.succ_opt()),
+                            _ => ("monthly_cost_budget_usd", Some(next_month(today))),
+                        };
+                        return Ok(Err(OverBudget {
+                            limit,
+                            retry_after_secs: resets.map_or(60, seconds_until),
+                        }));
+                    }
+                    Err(err) => {
+                        tracing::debug!(error = %err, "budgets checked by this instance alone");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
         let mut ledgers = self.ledgers();
         let ledger = ledgers.entry(user_id.to_string()).or_default();
         let reserved = ledger.reserved;
@@ -229,7 +291,8 @@ impl Budgets {
             ),
         ];
         for (limit, budget, would_be, resets) in checks {
-            if budget > 0 && would_be > budget {
+            // Redis's count (every instance's) decided already when it answered.
+            if shared.is_none() && budget > 0 && would_be > budget {
                 let retry_after_secs = resets.map_or(60, seconds_until);
                 return Ok(Err(OverBudget {
                     limit,
@@ -244,6 +307,7 @@ impl Budgets {
             user_id: user_id.to_string(),
             estimate,
             hold: None,
+            shared,
         }))
     }
 

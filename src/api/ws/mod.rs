@@ -84,6 +84,75 @@ async fn upgrade(
         })
 }
 
+/// The sockets open per user on this instance (`ws.max_connections_per_user`; with Redis, the count across
+/// instances decides and this one serves while Redis does not answer).
+#[derive(Debug, Default)]
+pub struct UserSockets(std::sync::Mutex<HashMap<String, usize>>);
+
+/// One socket counted for its user until dropped.
+struct SocketHold {
+    sockets: AppState,
+    user_id: String,
+    _shared: Option<crate::cluster::limits::Hold>,
+}
+
+impl Drop for SocketHold {
+    fn drop(&mut self) {
+        let mut open = self
+            .sockets
+            .ws_sockets
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.user_id) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.user_id);
+            }
+        }
+    }
+}
+
+/// Counts a socket for `user_id`, or says the user has too many open (`None` when there is no limit).
+async fn hold_socket(state: &AppState, user_id: &str) -> Result<Option<SocketHold>, (u16, String)> {
+    let max = state.config.ws.max_connections_per_user;
+    if max == 0 {
+        return Ok(None);
+    }
+    let refused = || {
+        (
+            close::TOO_MANY,
+            format!("too many open sockets for this user (at most {max})"),
+        )
+    };
+    let shared = match &state.cluster {
+        Some(cluster) => match cluster
+            .hold(crate::cluster::limits::HoldKind::WebSocket, user_id, max)
+            .await
+        {
+            Ok(Some(hold)) => Some(Some(hold)),
+            Ok(None) => return Err(refused()),
+            Err(_) => None,
+        },
+        None => None,
+    };
+    let mut open = state
+        .ws_sockets
+        .0
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let count = open.entry(user_id.to_string()).or_insert(0);
+    if shared.is_none() && *count >= max {
+        return Err(refused());
+    }
+    *count += 1;
+    Ok(Some(SocketHold {
+        sockets: state.clone(),
+        user_id: user_id.to_string(),
+        _shared: shared.flatten(),
+    }))
+}
+
 /// A request running on the socket.
 struct Active {
     generation: Option<Arc<Generation>>,
@@ -114,10 +183,22 @@ pub async fn serve_socket<S, R, E>(
     let auth_deadline = tokio::time::Instant::now() + Duration::from_millis(config.auth_timeout_ms);
     let mut bucket = TokenBucket::new(config.max_frames_per_second, config.frame_burst);
 
-    if let Some(user) = &user {
-        push(&out, &slow, frames::ready_frame(&user.user_id));
-    }
+    let mut socket_hold = None;
+    let refused = match &user {
+        Some(user) => match hold_socket(&state, &user.user_id).await {
+            Ok(hold) => {
+                socket_hold = hold;
+                push(&out, &slow, frames::ready_frame(&user.user_id));
+                None
+            }
+            Err(refused) => Some(refused),
+        },
+        None => None,
+    };
     let closing: (u16, String) = loop {
+        if let Some(refused) = refused {
+            break refused;
+        }
         let expiry = user.as_ref().and_then(|u| u.expires_at).map(expiry_instant);
         tokio::select! {
             frame = incoming.next() => {
@@ -145,11 +226,14 @@ pub async fn serve_socket<S, R, E>(
                     ClientFrame::Ping => push(&out, &slow, frames::PONG.to_string()),
                     ClientFrame::Auth { token } => match state.auth.verify(&token.0).await {
                         Ok(verified) if user.as_ref().is_none_or(|u| u.user_id == verified.user_id) => {
-                            let first = user.is_none();
-                            user = Some(verified.clone());
-                            if first {
+                            if user.is_none() {
+                                match hold_socket(&state, &verified.user_id).await {
+                                    Ok(hold) => socket_hold = hold,
+                                    Err(refused) => break refused,
+                                }
                                 push(&out, &slow, frames::ready_frame(&verified.user_id));
                             }
+                            user = Some(verified.clone());
                         }
                         Ok(_) => break (close::UNAUTHORIZED, "a socket cannot change user".into()),
                         Err(err) => break (close::UNAUTHORIZED, err.message),
@@ -231,6 +315,8 @@ pub async fn serve_socket<S, R, E>(
     for (_, entry) in active.drain() {
         entry.task.abort();
     }
+    // The user's count goes down as the socket closes.
+    drop(socket_hold);
     // The writer may be stuck behind a full queue (a slow reader): make room for the close frame.
     let (code, reason) = closing;
     if out.try_send(Outbound::Close(code, reason.clone())).is_err() {
