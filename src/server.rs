@@ -146,7 +146,7 @@ async fn sweep_stale_replies(state: AppState) {
         tick.tick().await;
         let stale_before =
             store::now() - chrono::Duration::from_std(stale_after).unwrap_or(chrono::Duration::MAX);
-        match recover_interrupted(&*state.store, &state.models, "", stale_before).await {
+        match recover_interrupted(&*state.store, &state.models, "", stale_before, None).await {
             Ok(0) => {}
             Ok(recovered) => tracing::warn!(
                 recovered,

@@ -134,8 +134,14 @@ impl AppState {
             .map(|r| (r.alias.clone(), r.provider.name().to_string()))
             .collect();
         crate::telemetry::metrics::register(&labels);
-        let recovered =
-            recover_interrupted(&*store, &models, &instance_id, store::now() - stale_after).await?;
+        let recovered = recover_interrupted(
+            &*store,
+            &models,
+            &instance_id,
+            store::now() - stale_after,
+            None,
+        )
+        .await?;
         if recovered > 0 {
             tracing::warn!(
                 recovered,

@@ -51,6 +51,11 @@ impl Tasks {
         self.stopping.cancelled()
     }
 
+    /// Whether [`Tasks::stop`] was called.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.is_cancelled()
+    }
+
     /// Stops the services; finite work runs on.
     pub fn stop(&self) {
         self.stopping.cancel();

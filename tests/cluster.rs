@@ -64,6 +64,7 @@ struct Instance {
     child: Child,
     url: String,
     port: u16,
+    config_path: std::path::PathBuf,
 }
 
 impl Instance {
@@ -96,6 +97,12 @@ impl Instance {
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Starts the same instance again (same name, same configuration).
+    async fn restart(&mut self) {
+        self.child = Self::spawn(&self.config_path);
+        self.wait_ready().await;
     }
 }
 
@@ -179,6 +186,7 @@ impl Pair {
                 child: Instance::spawn(&config_path),
                 url: format!("http://127.0.0.1:{port}"),
                 port,
+                config_path,
             });
         }
         for instance in &mut instances {
@@ -630,7 +638,7 @@ async fn websocket_subscribe_across_instances() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_of_the_owner_ends_followers_elsewhere_billed_once() {
+async fn sigkill_of_the_owner_ends_followers_elsewhere_billed_once_even_if_it_restarts() {
     let Some(mut pair) = Pair::start(None, "", "").await else {
         return;
     };
@@ -652,6 +660,17 @@ async fn sigkill_of_the_owner_ends_followers_elsewhere_billed_once() {
     tokio::time::sleep(Duration::from_millis(200)).await; // a checkpoint or more
     pair.a.kill();
     let killed = Instant::now();
+    // The instance comes back at once under the same name, and takes a new reply: its previous life's replies
+    // are still closed (it is another process), and its new one is not.
+    pair.a.restart().await;
+    let a = pair.a.url.clone();
+    let new_reply = send_async(
+        &a,
+        "alice",
+        &conversation(&a, "alice").await,
+        "after the restart",
+    )
+    .await;
     let deadline = killed + Duration::from_millis(LEASE_MS) + Duration::from_secs(5);
     let mut terminal = None;
     while let Ok(Some(event)) = tokio::time::timeout_at(deadline.into(), events.next()).await {
@@ -704,6 +723,18 @@ async fn sigkill_of_the_owner_ends_followers_elsewhere_billed_once() {
     )
     .await;
     assert_eq!(status["status"], "interrupted");
+    let events = collect(
+        follow(&b, "alice", &new_reply, 0).await,
+        None,
+        Duration::from_secs(20),
+    )
+    .await;
+    let done = events.last().expect("events");
+    assert_eq!(
+        done.data["message"]["status"], "complete",
+        "{:?}",
+        done.data
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

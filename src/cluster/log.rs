@@ -4,8 +4,9 @@
 //! read it there: the hot path gains nothing but a queue push per event), and mirrors every event into
 //! `P:gen:{id}:events` with the entry id `{seq}-0`, one pipelined batch for all its generations at a time. An
 //! instance asked for a generation it does not run opens the stream: it reads it from the start into a local
-//! copy, then follows it, woken by `P:notify:{id}` and re-reading every second whatever it heard, so a missed
-//! message costs a second, never an event. Entry ids are the seqs, so a reader knows at once what it has not
+//! copy, then follows it: each `P:notify:{id}` message carries the event, appended at once when it is the next
+//! one; on a gap, and every second whatever it heard, the copy reads the stream, so a missed message costs a
+//! read, never an event. Entry ids are the seqs, so a reader knows at once what it has not
 //! seen: seq-exact, no gap, no duplicate.
 
 use std::collections::HashMap;
@@ -87,7 +88,10 @@ impl RedisLogs {
     /// generations (which needs the store to close their replies: see [`super::reaper`]).
     pub fn start(&self, reaper: super::reaper::Reaper) {
         let cluster = self.0.cluster.clone();
-        self.0.tasks.spawn_service(cluster.clone().run_writer());
+        // Finite work, not a service: at shutdown it sends what the ending generations queued, then returns.
+        self.0
+            .tasks
+            .spawn(cluster.clone().run_writer(self.0.tasks.clone()));
         self.0
             .tasks
             .spawn_service(run_pubsub(cluster.clone(), self.inner()));
@@ -146,6 +150,12 @@ impl LogsInner {
         }
     }
 
+    /// Appends a wake-up's event to the followed copy here; false when that copy must read its stream.
+    fn deliver(&self, id: Id, notice: &str) -> bool {
+        let log = lock(&self.remote).get(&id).and_then(Weak::upgrade);
+        log.is_some_and(|log| log.offer(notice))
+    }
+
     fn owned(&self, id: Id) -> Option<Arc<OwnedLog>> {
         lock(&self.owned).get(&id).and_then(Weak::upgrade)
     }
@@ -193,6 +203,8 @@ impl LogsInner {
                 .arg(&meta.model)
                 .arg("owner")
                 .arg(cluster.instance_id())
+                .arg("boot")
+                .arg(cluster.boot())
                 .to_owned(),
             redis::cmd("EXPIRE")
                 .arg(&meta_key)
@@ -247,6 +259,9 @@ impl LogsInner {
         let id = meta.id;
         let events_key = cluster.key(&format!("gen:{id}:events"));
         let json = serde_json::to_string(&event.event).unwrap_or_else(|_| "{}".into());
+        // The wake-up carries the event itself, so that a follower elsewhere appends it without reading the
+        // stream back (it reads the stream only on a gap).
+        let notice = format!("{} {json}", event.seq);
         let mut commands = vec![
             redis::cmd("XADD")
                 .arg(&events_key)
@@ -264,7 +279,7 @@ impl LogsInner {
                 .to_owned(),
             redis::cmd("PUBLISH")
                 .arg(cluster.key(&format!("notify:{id}")))
-                .arg(event.seq)
+                .arg(notice)
                 .to_owned(),
         ];
         if event.kind().is_terminal() {
@@ -342,6 +357,7 @@ impl EventLogs for RedisLogs {
                 model: fields.get("model").cloned().unwrap_or_default(),
             };
             let log = Arc::new(RemoteLog {
+                appending: Mutex::new(()),
                 cache: MemoryLog::new(LogBounds {
                     max_events: usize::MAX,
                     max_text_bytes: usize::MAX,
@@ -351,24 +367,26 @@ impl EventLogs for RedisLogs {
                 reason: AtomicU8::new(0),
                 cancelled: CancellationToken::new(),
             });
-            // What exists now is read before the log is handed out: a finished generation is whole at once.
+            // Wake-ups first, then what exists now: no event falls between the two. What exists is read before
+            // the log is handed out, so a finished generation is whole at once.
+            let notify = Arc::new(Notify::new());
+            lock(&self.0.wakeups).insert(id, Arc::downgrade(&notify));
+            {
+                let mut remote = lock(&self.0.remote);
+                remote.retain(|_, log| log.strong_count() > 0);
+                remote.insert(id, Arc::downgrade(&log));
+            }
+            self.0.subscribe(id).await;
             if log.fill().await.is_err() {
+                lock(&self.0.wakeups).remove(&id);
+                self.0.unsubscribe(id).await;
                 return None;
             }
-            if log.cache.terminal().is_none() {
-                let notify = Arc::new(Notify::new());
-                lock(&self.0.wakeups).insert(id, Arc::downgrade(&notify));
-                self.0.subscribe(id).await;
-                self.0.tasks.spawn(follow(
-                    Arc::downgrade(&log),
-                    notify,
-                    Arc::downgrade(&self.0),
-                ));
-            }
-            let mut remote = lock(&self.0.remote);
-            remote.retain(|_, log| log.strong_count() > 0);
-            remote.insert(id, Arc::downgrade(&log));
-            drop(remote);
+            self.0.tasks.spawn(follow(
+                Arc::downgrade(&log),
+                notify,
+                Arc::downgrade(&self.0),
+            ));
             Some((meta, log as Arc<dyn EventLog>))
         })
     }
@@ -527,6 +545,8 @@ impl EventLog for OwnedLog {
 /// Another instance's generation, as read from its stream.
 pub struct RemoteLog {
     cache: MemoryLog,
+    /// Held while an event is checked and appended (wake-ups and stream reads both append).
+    appending: Mutex<()>,
     meta: GenerationMeta,
     cluster: Cluster,
     /// The cancel reason asked here (1-based index in [`CancelReason::ALL`]; 0: none).
@@ -536,6 +556,28 @@ pub struct RemoteLog {
 
 impl RemoteLog {
     /// Reads the events past the copy's last one into it.
+    /// Appends the event `seq` if it is the next one; true when the copy has it now (or had it), false when
+    /// events before it are missing (the stream must be read).
+    fn push(&self, seq: u64, event: GenerationEvent) -> bool {
+        let _one_at_a_time = lock(&self.appending);
+        let expected = self.cache.last_seq() + 1;
+        if seq < expected {
+            return true;
+        }
+        seq == expected && self.cache.append_logged(event).is_ok()
+    }
+
+    /// A wake-up's `"{seq} {event}"`: appended when it is the next event; false when the stream must be read.
+    fn offer(&self, notice: &str) -> bool {
+        let Some((seq, json)) = notice.split_once(' ') else {
+            return false;
+        };
+        let (Ok(seq), Ok(event)) = (seq.parse::<u64>(), serde_json::from_str(json)) else {
+            return false;
+        };
+        self.push(seq, event)
+    }
+
     async fn fill(&self) -> Result<(), super::RedisError> {
         let key = self.cluster.key(&format!("gen:{}:events", self.meta.id));
         loop {
@@ -570,7 +612,8 @@ impl RemoteLog {
                     tracing::warn!(generation_id = %self.meta.id, seq, expected, "a generation's shared log has a gap; its followers here stop at it");
                     return Ok(());
                 };
-                if self.cache.append_logged(event).is_err() {
+                // A wake-up may have brought it meanwhile: `push` keeps each seq once.
+                if !self.push(seq, event) {
                     return Ok(());
                 }
             }
@@ -691,7 +734,10 @@ async fn run_pubsub(cluster: Cluster, logs: Weak<LogsInner>) {
             } else if let Some(id) = channel.strip_prefix(&notify_prefix)
                 && let Ok(id) = id.parse::<Id>()
             {
-                inner.wakeup(id);
+                let notice: String = message.get_payload().unwrap_or_default();
+                if !inner.deliver(id, &notice) {
+                    inner.wakeup(id);
+                }
             }
         }
         if let Some(inner) = logs.upgrade() {

@@ -11,7 +11,7 @@
 //! Every key starts with `redis.key_prefix` (`P` below). The keys, their types and expiries:
 //!
 //! ```text
-//! P:gen:{id}               hash    the generation's meta: user_id, conversation_id, model, owner
+//! P:gen:{id}               hash    the generation's meta: user_id, conversation_id, model, owner, boot
 //!                                  24 h while it runs; generation.retention_secs after its end
 //! P:gen:{id}:events        stream  its events, entry id `{seq}-0`, field `e` = the event as JSON
 //!                                  (trimmed to generation.max_events), expiry as its meta
@@ -20,7 +20,8 @@
 //!                                  counts it); 3 s, renewed every second while it follows
 //! P:conv:{id}:running      string  the id of the generation running in a conversation; 24 h, deleted at its end
 //! P:leases                 zset    running generation id → its owner's lease deadline (ms, Redis clock)
-//! P:instance:{instance}    string  an instance's liveness, renewed with its leases; one lease
+//! P:instance:{instance}    string  an instance's liveness (its process's boot id), renewed with its leases;
+//!                                  one lease
 //! P:slots:{user}           zset    a user's running generations (slot id → lease deadline); 2 leases
 //! P:ws:{user}              zset    a user's open WebSockets (connection id → lease deadline); 2 leases
 //! P:rate:{user|ip}         string  the GCRA theoretical arrival time (ms); until it passes
@@ -57,6 +58,8 @@ struct ClusterInner {
     conn: ConnectionManager,
     prefix: String,
     instance_id: Arc<str>,
+    /// This process's id: an instance restarted under the same name is another owner.
+    boot: String,
     lease: Duration,
     timeout: Duration,
     /// Whether the last command succeeded; a change is logged once.
@@ -126,6 +129,7 @@ impl Cluster {
             conn,
             prefix: config.key_prefix.clone(),
             instance_id,
+            boot: Id::new().to_string(),
             lease: Duration::from_millis(config.lease_ms),
             timeout,
             up: AtomicBool::new(true),
@@ -148,6 +152,11 @@ impl Cluster {
     /// This instance's name (`server.instance_id`).
     pub fn instance_id(&self) -> &str {
         &self.0.instance_id
+    }
+
+    /// This process's id (a fresh one at every start), kept in its liveness key and its generations' meta.
+    pub fn boot(&self) -> &str {
+        &self.0.boot
     }
 
     /// The owner lease (`redis.lease_ms`).
@@ -258,8 +267,9 @@ impl Cluster {
 
     /// Sends the queued writes in order, many at once in one pipeline (one round trip however many generations
     /// stream). A batch that could not reach Redis is sent again once it answers: every command is idempotent
-    /// (an event's explicit stream id refuses a second copy).
-    pub async fn run_writer(self) {
+    /// (an event's explicit stream id refuses a second copy). At shutdown (`tasks` stopping, once the
+    /// generations have ended) what is queued is sent once more, within a command timeout, and it returns.
+    pub async fn run_writer(self, tasks: crate::tasks::Tasks) {
         let Some(mut rx) = self
             .0
             .writes_rx
@@ -277,11 +287,18 @@ impl Cluster {
             Write::Lazy(build) => batch.extend(build()),
             Write::Then(done) => after.push(done),
         };
+        let mut last_round = false;
         loop {
             if batch.is_empty() && after.is_empty() {
-                match rx.recv().await {
-                    Some(write) => take(write, &mut batch, &mut after),
-                    None => return,
+                if last_round {
+                    return;
+                }
+                tokio::select! {
+                    write = rx.recv() => match write {
+                        Some(write) => take(write, &mut batch, &mut after),
+                        None => return,
+                    },
+                    () = tasks.stopping() => last_round = true,
                 }
             }
             while batch.len() < 2048 {
@@ -306,6 +323,10 @@ impl Cluster {
                     batch.clear();
                     after.drain(..).for_each(|done| done());
                     backoff = Duration::from_millis(50);
+                }
+                Err(RedisError(err)) if last_round || tasks.is_stopping() => {
+                    tracing::warn!(error = %err, commands = batch.len(), "shutting down with writes redis did not take");
+                    return;
                 }
                 Err(RedisError(err)) => {
                     tracing::debug!(error = %err, commands = batch.len(), "redis writes wait for redis");
@@ -333,13 +354,13 @@ fn is_server_error(err: &redis::RedisError) -> bool {
     ) && !err.is_timeout()
 }
 
-/// Renews the owner's leases: `ZADD P:leases XX (now + lease) id` for every id given, and the instance's own
-/// liveness key; returns the ids Redis no longer had (it restarted, or a reaper took them), to publish again.
+/// Renews the owner's leases: `ZADD P:leases XX (now + lease) id` for every id given (from `ARGV[3]`), and the
+/// instance's own liveness key (its boot id, `ARGV[2]`); returns the ids Redis no longer had (it restarted, or a reaper took them), to publish again.
 fn renew_script() -> redis::Script {
     redis::Script::new(&format!(
         "{NOW_MS} local lease = tonumber(ARGV[1]) local missing = {{}} \
-         redis.call('SET', KEYS[2], '1', 'PX', lease) \
-         for i = 2, #ARGV do \
+         redis.call('SET', KEYS[2], ARGV[2], 'PX', lease) \
+         for i = 3, #ARGV do \
            if redis.call('ZSCORE', KEYS[1], ARGV[i]) then redis.call('ZADD', KEYS[1], 'XX', now + lease, ARGV[i]) \
            else missing[#missing + 1] = ARGV[i] end \
          end return missing"
@@ -380,7 +401,9 @@ impl Cluster {
             let owned = logs.owned_running();
             let mut invocation = renew.key(self.key("leases"));
             invocation.key(self.key(&format!("instance:{}", self.0.instance_id)));
-            invocation.arg(self.0.lease.as_millis() as u64);
+            invocation
+                .arg(self.0.lease.as_millis() as u64)
+                .arg(&self.0.boot);
             for (id, _) in &owned {
                 invocation.arg(id.to_string());
             }

@@ -73,21 +73,13 @@ impl Reaper {
         let (Some(user_id), Some(owner)) = (fields.get("user_id"), fields.get("owner")) else {
             return Ok(());
         };
+        let boot = fields.get("boot").map(String::as_str).unwrap_or_default();
         let meta = GenerationMeta {
             id,
             user_id: user_id.clone(),
             conversation_id: fields.get("conversation_id").and_then(|c| c.parse().ok()),
             model: fields.get("model").cloned().unwrap_or_default(),
         };
-        let alive: bool = cluster
-            .query(redis::cmd("EXISTS").arg(cluster.key(&format!("instance:{owner}"))))
-            .await
-            .map_err(|e| e.to_string())?;
-        if alive || (owner == cluster.instance_id() && logs.owns_running(id)) {
-            // A renewal missed (Redis was slow or away): the owner keeps it.
-            give_back(cluster, id).await;
-            return Ok(());
-        }
         let events_key = cluster.key(&format!("gen:{id}:events"));
         let last: redis::streams::StreamRangeReply = cluster
             .query(
@@ -117,6 +109,19 @@ impl Reaper {
             }
             None => 0,
         };
+        // Alive means the same process (its boot id), not merely the same instance name: a restarted instance
+        // does not run its previous life's generations.
+        let running: Option<String> = cluster
+            .query(redis::cmd("GET").arg(cluster.key(&format!("instance:{owner}"))))
+            .await
+            .map_err(|e| e.to_string())?;
+        if running.as_deref() == Some(boot)
+            || (owner == cluster.instance_id() && logs.owns_running(id))
+        {
+            // A renewal missed (Redis was slow or away): the owner keeps it.
+            give_back(cluster, id).await;
+            return Ok(());
+        }
         tracing::warn!(generation_id = %id, %owner, "the instance running this generation stopped renewing its lease: closing it");
         let terminal = self.closing_event(&meta, owner).await;
         let json = serde_json::to_string(&terminal).map_err(|e| e.to_string())?;
@@ -150,8 +155,14 @@ impl Reaper {
         if meta.conversation_id.is_some() {
             let stale_before = crate::store::now()
                 - chrono::Duration::from_std(self.stale_after).unwrap_or(chrono::Duration::MAX);
-            if let Err(err) =
-                recover_interrupted(&*self.store, &self.models, owner, stale_before).await
+            if let Err(err) = recover_interrupted(
+                &*self.store,
+                &self.models,
+                owner,
+                stale_before,
+                Some(meta.id),
+            )
+            .await
             {
                 tracing::warn!(error = %err, %owner, "closing a dead instance's replies failed");
             }
