@@ -262,7 +262,8 @@ impl LogsInner {
         // The wake-up carries the event itself, so that a follower elsewhere appends it without reading the
         // stream back (it reads the stream only on a gap).
         let notice = format!("{} {json}", event.seq);
-        let mut commands = vec![
+        let mut commands = Vec::with_capacity(3);
+        commands.push(
             redis::cmd("XADD")
                 .arg(&events_key)
                 .arg("MAXLEN")
@@ -272,16 +273,22 @@ impl LogsInner {
                 .arg("e")
                 .arg(json)
                 .to_owned(),
-            redis::cmd("EXPIRE")
-                .arg(&events_key)
-                .arg(RUNNING_TTL_SECS)
-                .arg("NX")
-                .to_owned(),
+        );
+        if event.seq == 1 {
+            // The first event creates the stream: it expires with the generation's meta.
+            commands.push(
+                redis::cmd("EXPIRE")
+                    .arg(&events_key)
+                    .arg(RUNNING_TTL_SECS)
+                    .to_owned(),
+            );
+        }
+        commands.push(
             redis::cmd("PUBLISH")
                 .arg(cluster.key(&format!("notify:{id}")))
                 .arg(notice)
                 .to_owned(),
-        ];
+        );
         if event.kind().is_terminal() {
             commands.extend(end_commands(cluster, meta, self.retention));
         }

@@ -46,6 +46,9 @@ use tokio::sync::mpsc;
 use crate::config::RedisConfig;
 use crate::id::Id;
 
+/// While Redis is unreachable, how often a command is let through to find out whether it is back.
+const PROBE: Duration = Duration::from_millis(250);
+
 /// Lua: the server's clock in ms, shared by every script (so that no instance's clock matters).
 const NOW_MS: &str = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)";
 
@@ -64,6 +67,10 @@ struct ClusterInner {
     timeout: Duration,
     /// Whether the last command succeeded; a change is logged once.
     up: AtomicBool,
+    /// While Redis is unreachable, commands fail at once but for one try every [`PROBE`]: no request waits a
+    /// command timeout for each of its Redis calls. Ms since `started`.
+    last_try_ms: std::sync::atomic::AtomicU64,
+    started: Instant,
     /// Redis answered again after failing: it may have restarted empty, so this instance's generations are
     /// published again at the next lease renewal.
     republish: AtomicBool,
@@ -133,6 +140,8 @@ impl Cluster {
             lease: Duration::from_millis(config.lease_ms),
             timeout,
             up: AtomicBool::new(true),
+            last_try_ms: std::sync::atomic::AtomicU64::new(0),
+            started: Instant::now(),
             republish: AtomicBool::new(false),
             writes,
             writes_rx: Mutex::new(Some(writes_rx)),
@@ -178,6 +187,7 @@ impl Cluster {
     /// # Errors
     /// [`RedisError`] when it failed or timed out (`redis.command_timeout_ms`).
     pub async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, RedisError> {
+        self.gate()?;
         let result = cmd.query_async(&mut self.conn()).await;
         self.note(result.as_ref().err());
         Ok(result?)
@@ -191,6 +201,7 @@ impl Cluster {
         &self,
         invocation: redis::ScriptInvocation<'_>,
     ) -> Result<T, RedisError> {
+        self.gate()?;
         let result = invocation.invoke_async(&mut self.conn()).await;
         self.note(result.as_ref().err());
         Ok(result?)
@@ -204,9 +215,27 @@ impl Cluster {
         &self,
         pipe: &redis::Pipeline,
     ) -> Result<T, RedisError> {
+        self.gate()?;
         let result = pipe.query_async(&mut self.conn()).await;
         self.note(result.as_ref().err());
         Ok(result?)
+    }
+
+    /// Lets a command through unless Redis is known unreachable and was tried less than [`PROBE`] ago.
+    fn gate(&self) -> Result<(), RedisError> {
+        if self.0.up.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let now = self.0.started.elapsed().as_millis() as u64;
+        let last = self.0.last_try_ms.load(Ordering::SeqCst);
+        if now.saturating_sub(last) < PROBE.as_millis() as u64 {
+            return Err(RedisError(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "redis is unreachable (tried again every 250 ms)",
+            ))));
+        }
+        self.0.last_try_ms.store(now, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Logs once when Redis stops answering and once when it is back.
@@ -279,13 +308,24 @@ impl Cluster {
         else {
             return;
         };
-        let mut batch: Vec<redis::Cmd> = Vec::new();
+        // The batch is the pipeline itself, kept as it is for a retry.
+        let fresh = || {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            pipe
+        };
+        let mut batch = fresh();
         let mut after: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
         let mut backoff = Duration::from_millis(50);
-        let take = |write: Write, batch: &mut Vec<redis::Cmd>, after: &mut Vec<_>| match write {
-            Write::Commands(commands) => batch.extend(commands),
-            Write::Lazy(build) => batch.extend(build()),
-            Write::Then(done) => after.push(done),
+        let take = |write: Write, batch: &mut redis::Pipeline, after: &mut Vec<_>| {
+            let commands = match write {
+                Write::Commands(commands) => commands,
+                Write::Lazy(build) => build(),
+                Write::Then(done) => return after.push(done),
+            };
+            for cmd in commands {
+                batch.add_command(cmd).ignore();
+            }
         };
         let mut last_round = false;
         loop {
@@ -313,14 +353,9 @@ impl Cluster {
             }
             // Redis runs every command of a pipeline whatever the others answer; one it refuses (a duplicate
             // event after a retry) is not a reason to send the batch again.
-            let mut pipe = redis::pipe();
-            pipe.ignore_errors();
-            for cmd in &batch {
-                pipe.add_command(cmd.clone()).ignore();
-            }
-            match self.pipeline::<()>(&pipe).await {
+            match self.pipeline::<()>(&batch).await {
                 Ok(()) => {
-                    batch.clear();
+                    batch = fresh();
                     after.drain(..).for_each(|done| done());
                     backoff = Duration::from_millis(50);
                 }
