@@ -353,10 +353,32 @@ impl EventLogs for RedisLogs {
                 return Some((log.meta.clone(), log as Arc<dyn EventLog>));
             }
             let cluster = &self.0.cluster;
-            let fields: HashMap<String, String> = cluster
-                .query(redis::cmd("HGETALL").arg(cluster.key(&format!("gen:{id}"))))
-                .await
-                .ok()?;
+            // One round trip: the meta and the events so far, read while the wake-ups are subscribed to (an
+            // event published before the subscription took is found by the next one's seq, or the re-read).
+            let notify = Arc::new(Notify::new());
+            lock(&self.0.wakeups).insert(id, Arc::downgrade(&notify));
+            let mut pipe = redis::pipe();
+            pipe.cmd("HGETALL")
+                .arg(cluster.key(&format!("gen:{id}")))
+                .cmd("XRANGE")
+                .arg(cluster.key(&format!("gen:{id}:events")))
+                .arg("1-0")
+                .arg("+")
+                .arg("COUNT")
+                .arg(READ_COUNT);
+            let (read, ()) = tokio::join!(
+                cluster
+                    .pipeline::<(HashMap<String, String>, redis::streams::StreamRangeReply)>(&pipe),
+                self.0.subscribe(id)
+            );
+            let found = read
+                .ok()
+                .filter(|(fields, _)| fields.contains_key("user_id"));
+            let Some((fields, events)) = found else {
+                lock(&self.0.wakeups).remove(&id);
+                self.0.unsubscribe(id).await;
+                return None;
+            };
             let meta = GenerationMeta {
                 id,
                 user_id: fields.get("user_id")?.clone(),
@@ -374,17 +396,13 @@ impl EventLogs for RedisLogs {
                 reason: AtomicU8::new(0),
                 cancelled: CancellationToken::new(),
             });
-            // Wake-ups first, then what exists now: no event falls between the two. What exists is read before
-            // the log is handed out, so a finished generation is whole at once.
-            let notify = Arc::new(Notify::new());
-            lock(&self.0.wakeups).insert(id, Arc::downgrade(&notify));
             {
                 let mut remote = lock(&self.0.remote);
                 remote.retain(|_, log| log.strong_count() > 0);
                 remote.insert(id, Arc::downgrade(&log));
             }
-            self.0.subscribe(id).await;
-            if log.fill().await.is_err() {
+            // What exists is read before the log is handed out, so a finished generation is whole at once.
+            if log.absorb(events) == READ_COUNT && log.fill().await.is_err() {
                 lock(&self.0.wakeups).remove(&id);
                 self.0.unsubscribe(id).await;
                 return None;
@@ -600,7 +618,16 @@ impl RemoteLog {
                         .arg(READ_COUNT),
                 )
                 .await?;
-            let read = reply.ids.len();
+            if self.absorb(reply) < READ_COUNT {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Appends a stream read's events that follow the copy's last one; returns how many were read.
+    fn absorb(&self, reply: redis::streams::StreamRangeReply) -> usize {
+        let read = reply.ids.len();
+        {
             for entry in reply.ids {
                 let seq = entry
                     .id
@@ -617,17 +644,15 @@ impl RemoteLog {
                 let Some(event) = event.filter(|_| seq == expected) else {
                     // Trimmed or unreadable: nothing past it can be relayed in order.
                     tracing::warn!(generation_id = %self.meta.id, seq, expected, "a generation's shared log has a gap; its followers here stop at it");
-                    return Ok(());
+                    return 0;
                 };
                 // A wake-up may have brought it meanwhile: `push` keeps each seq once.
                 if !self.push(seq, event) {
-                    return Ok(());
+                    return 0;
                 }
             }
-            if read < READ_COUNT {
-                return Ok(());
-            }
         }
+        read
     }
 }
 
