@@ -79,19 +79,7 @@ impl Instance {
     }
 
     async fn wait_ready(&mut self) {
-        let client = reqwest::Client::new();
-        for _ in 0..400 {
-            if let Ok(response) = client.get(format!("{}/health", self.url)).send().await
-                && response.status() == 200
-            {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("chatgate exited early: {status}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("chatgate did not become ready in 20 s");
+        common::wait_until_healthy(&mut self.child, &self.url).await;
     }
 
     fn kill(&mut self) {
@@ -424,30 +412,31 @@ async fn reattach_on_the_other_instance_is_seq_exact() {
 
     // Another user's id is unknown on every instance.
     for base in [a, b] {
-        let response = call(
-            reqwest::Method::GET,
-            &format!("{base}/api/v1/generations/{id}/stream"),
-            "mallory",
-            None,
-        )
-        .await;
-        assert_eq!(response.status(), 204, "someone else's stream on {base}");
-        let response = call(
-            reqwest::Method::GET,
-            &format!("{base}/api/v1/generations/{id}"),
-            "mallory",
-            None,
-        )
-        .await;
-        assert_eq!(response.status(), 404, "someone else's status on {base}");
-        let response = call(
-            reqwest::Method::POST,
-            &format!("{base}/api/v1/generations/{id}/cancel"),
-            "mallory",
-            None,
-        )
-        .await;
-        assert_eq!(response.status(), 404, "someone else's cancel on {base}");
+        let answers = [
+            (
+                reqwest::Method::GET,
+                format!("{base}/api/v1/generations/{id}/stream"),
+                204,
+            ),
+            (
+                reqwest::Method::GET,
+                format!("{base}/api/v1/generations/{id}"),
+                404,
+            ),
+            (
+                reqwest::Method::POST,
+                format!("{base}/api/v1/generations/{id}/cancel"),
+                404,
+            ),
+        ];
+        for (method, url, status) in answers {
+            let response = call(method, &url, "mallory", None).await;
+            assert_eq!(
+                response.status(),
+                status,
+                "someone else's generation: {url}"
+            );
+        }
     }
 
     // The AI SDK's resume (by conversation) finds the reply running on the other instance, from its start.

@@ -79,19 +79,7 @@ impl Gateway {
     }
 
     async fn wait_ready(&mut self) {
-        let client = reqwest::Client::new();
-        for _ in 0..200 {
-            if let Ok(response) = client.get(format!("{}/health", self.url)).send().await
-                && response.status() == 200
-            {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("chatgate exited early: {status}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("chatgate did not become ready in 10 s");
+        common::wait_until_healthy(&mut self.child, &self.url).await;
     }
 
     fn token(&self) -> String {

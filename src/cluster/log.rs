@@ -10,20 +10,21 @@
 //! seen: seq-exact, no gap, no duplicate.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use super::{Cluster, NOW_MS};
 use crate::domain::CancelReason;
 use crate::event::{GenerationEvent, LoggedEvent};
 use crate::id::Id;
-use crate::stream::{EventLog, EventLogs, GenerationMeta, LogBounds, LogFull, MemoryLog};
+use crate::stream::{
+    EventLog, EventLogs, GenerationMeta, LogBounds, LogFull, MemoryLog, StopSignal,
+};
 use crate::tasks::Tasks;
 
 /// How long a generation's keys live while it runs (a dead owner's are closed by the reaper long before).
@@ -393,8 +394,7 @@ impl EventLogs for RedisLogs {
                 }),
                 meta: meta.clone(),
                 cluster: cluster.clone(),
-                reason: AtomicU8::new(0),
-                cancelled: CancellationToken::new(),
+                stop: StopSignal::default(),
             });
             {
                 let mut remote = lock(&self.0.remote);
@@ -574,9 +574,8 @@ pub struct RemoteLog {
     appending: Mutex<()>,
     meta: GenerationMeta,
     cluster: Cluster,
-    /// The cancel reason asked here (1-based index in [`CancelReason::ALL`]; 0: none).
-    reason: AtomicU8,
-    cancelled: CancellationToken,
+    /// A cancel asked here.
+    stop: StopSignal,
 }
 
 impl RemoteLog {
@@ -627,29 +626,27 @@ impl RemoteLog {
     /// Appends a stream read's events that follow the copy's last one; returns how many were read.
     fn absorb(&self, reply: redis::streams::StreamRangeReply) -> usize {
         let read = reply.ids.len();
-        {
-            for entry in reply.ids {
-                let seq = entry
-                    .id
-                    .split_once('-')
-                    .and_then(|(ms, _)| ms.parse::<u64>().ok())
-                    .unwrap_or(0);
-                let expected = self.cache.last_seq() + 1;
-                if seq < expected {
-                    continue;
-                }
-                let event = entry
-                    .get::<String>("e")
-                    .and_then(|json| serde_json::from_str::<GenerationEvent>(&json).ok());
-                let Some(event) = event.filter(|_| seq == expected) else {
-                    // Trimmed or unreadable: nothing past it can be relayed in order.
-                    tracing::warn!(generation_id = %self.meta.id, seq, expected, "a generation's shared log has a gap; its followers here stop at it");
-                    return 0;
-                };
-                // A wake-up may have brought it meanwhile: `push` keeps each seq once.
-                if !self.push(seq, event) {
-                    return 0;
-                }
+        for entry in reply.ids {
+            let seq = entry
+                .id
+                .split_once('-')
+                .and_then(|(ms, _)| ms.parse::<u64>().ok())
+                .unwrap_or(0);
+            let expected = self.cache.last_seq() + 1;
+            if seq < expected {
+                continue;
+            }
+            let event = entry
+                .get::<String>("e")
+                .and_then(|json| serde_json::from_str::<GenerationEvent>(&json).ok());
+            let Some(event) = event.filter(|_| seq == expected) else {
+                // Trimmed or unreadable: nothing past it can be relayed in order.
+                tracing::warn!(generation_id = %self.meta.id, seq, expected, "a generation's shared log has a gap; its followers here stop at it");
+                return 0;
+            };
+            // A wake-up may have brought it meanwhile: `push` keeps each seq once.
+            if !self.push(seq, event) {
+                return 0;
             }
         }
         read
@@ -688,14 +685,7 @@ impl EventLog for RemoteLog {
     /// Records the cancel where the owner reads it (`P:gen:{id}:cancel`, durable) and wakes the owner
     /// (`P:cancel`); both go through the writer, so a Redis hiccup delays them but does not lose them.
     fn cancel(&self, reason: CancelReason) {
-        let code = CancelReason::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .map_or(0, |i| i as u8 + 1);
-        let _ = self
-            .reason
-            .compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst);
-        self.cancelled.cancel();
+        self.stop.cancel(reason);
         let id = self.meta.id;
         self.cluster.write(vec![
             redis::cmd("SET")
@@ -713,14 +703,11 @@ impl EventLog for RemoteLog {
     }
 
     fn cancel_reason(&self) -> Option<CancelReason> {
-        match self.reason.load(Ordering::SeqCst) {
-            0 => None,
-            code => CancelReason::ALL.get(usize::from(code) - 1).copied(),
-        }
+        self.stop.reason()
     }
 
     fn cancelled(&self) -> BoxFuture<'_, ()> {
-        Box::pin(self.cancelled.cancelled())
+        Box::pin(self.stop.cancelled())
     }
 }
 

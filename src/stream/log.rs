@@ -132,8 +132,7 @@ pub struct MemoryLog {
     state: Mutex<LogState>,
     latest: watch::Sender<u64>,
     bounds: LogBounds,
-    cancel: CancellationToken,
-    cancel_reason: AtomicU8,
+    stop: StopSignal,
 }
 
 #[derive(Debug, Default)]
@@ -150,8 +149,7 @@ impl MemoryLog {
             state: Mutex::new(LogState::default()),
             latest: watch::Sender::new(0),
             bounds,
-            cancel: CancellationToken::new(),
-            cancel_reason: AtomicU8::new(0),
+            stop: StopSignal::default(),
         }
     }
 
@@ -240,25 +238,50 @@ impl EventLog for MemoryLog {
     }
 
     fn cancel(&self, reason: CancelReason) {
+        self.stop.cancel(reason);
+    }
+
+    fn cancel_reason(&self) -> Option<CancelReason> {
+        self.stop.reason()
+    }
+
+    fn cancelled(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.stop.cancelled())
+    }
+}
+
+/// A generation's request to stop, with its reason: the first reason given wins.
+#[derive(Debug, Default)]
+pub struct StopSignal {
+    token: CancellationToken,
+    /// 1-based index in [`CancelReason::ALL`]; 0: not asked.
+    reason: AtomicU8,
+}
+
+impl StopSignal {
+    /// Asks to stop; a later reason does not replace the first.
+    pub fn cancel(&self, reason: CancelReason) {
         let code = CancelReason::ALL
             .iter()
             .position(|r| *r == reason)
             .map_or(0, |i| i as u8 + 1);
         let _ = self
-            .cancel_reason
+            .reason
             .compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst);
-        self.cancel.cancel();
+        self.token.cancel();
     }
 
-    fn cancel_reason(&self) -> Option<CancelReason> {
-        match self.cancel_reason.load(Ordering::SeqCst) {
+    /// The first reason given, if any.
+    pub fn reason(&self) -> Option<CancelReason> {
+        match self.reason.load(Ordering::SeqCst) {
             0 => None,
             code => CancelReason::ALL.get(usize::from(code) - 1).copied(),
         }
     }
 
-    fn cancelled(&self) -> BoxFuture<'_, ()> {
-        Box::pin(self.cancel.cancelled())
+    /// Resolves once [`StopSignal::cancel`] was called.
+    pub async fn cancelled(&self) {
+        self.token.cancelled().await;
     }
 }
 

@@ -6,5 +6,5 @@ pub mod log;
 
 pub use self::hub::{Generation, Hub, ShuttingDown, SubscriberGuard, UnattendedPolicy};
 pub use self::log::{
-    EventLog, EventLogs, GenerationMeta, LogBounds, LogFull, MemoryLog, MemoryLogs,
+    EventLog, EventLogs, GenerationMeta, LogBounds, LogFull, MemoryLog, MemoryLogs, StopSignal,
 };

@@ -128,6 +128,24 @@ impl ChildServer {
     }
 }
 
+/// Waits (up to 20 s) until the chatgate process `child` answers `{url}/health` with 200; panics if it exits
+/// first.
+pub async fn wait_until_healthy(child: &mut std::process::Child, url: &str) {
+    let client = reqwest::Client::new();
+    for _ in 0..400 {
+        if let Ok(response) = client.get(format!("{url}/health")).send().await
+            && response.status() == 200
+        {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("chatgate exited early: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("chatgate did not become ready in 20 s");
+}
+
 /// Which database a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
