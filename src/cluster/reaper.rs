@@ -57,7 +57,9 @@ impl Reaper {
             };
             for id in taken.iter().filter_map(|id| id.parse::<Id>().ok()) {
                 if let Err(err) = self.close(&inner, id).await {
-                    tracing::warn!(generation_id = %id, error = %err, "closing a dead instance's generation failed; the database sweep closes its reply later");
+                    // Taken but not closed: put it back, so that the next look (here or elsewhere) tries again.
+                    tracing::warn!(generation_id = %id, error = %err, "closing a dead instance's generation failed; trying again");
+                    give_back(&cluster, id).await;
                 }
             }
         }

@@ -91,7 +91,7 @@ pub struct UserSockets(std::sync::Mutex<HashMap<String, usize>>);
 
 /// One socket counted for its user until dropped.
 struct SocketHold {
-    sockets: AppState,
+    state: AppState,
     user_id: String,
     _shared: Option<crate::cluster::limits::Hold>,
 }
@@ -99,7 +99,7 @@ struct SocketHold {
 impl Drop for SocketHold {
     fn drop(&mut self) {
         let mut open = self
-            .sockets
+            .state
             .ws_sockets
             .0
             .lock()
@@ -147,7 +147,7 @@ async fn hold_socket(state: &AppState, user_id: &str) -> Result<Option<SocketHol
     }
     *count += 1;
     Ok(Some(SocketHold {
-        sockets: state.clone(),
+        state: state.clone(),
         user_id: user_id.to_string(),
         _shared: shared.flatten(),
     }))
