@@ -5,8 +5,8 @@
 //!   instance replays and follows it, and a cancel reaches its owner from anywhere.
 //! - Owner leases ([`Cluster::run_leases`]): an instance renews its hold on its running generations; when a hold
 //!   lapses, another instance closes the reply (`interrupted`, billed once) and ends its stream.
-//! - [`limits`]: request rates (GCRA), concurrent generations and the per-user WebSocket connections counted
-//!   cluster-wide.
+//! - [`limits`]: request rates (GCRA), concurrent generations, the per-user WebSocket connections and the token
+//!   and cost budgets, counted cluster-wide.
 //!
 //! Every key starts with `redis.key_prefix` (`P` below). The keys, their types and expiries:
 //!
@@ -16,7 +16,7 @@
 //! P:gen:{id}:events        stream  its events, entry id `{seq}-0`, field `e` = the event as JSON
 //!                                  (trimmed to generation.max_events), expiry as its meta
 //! P:gen:{id}:cancel        string  the cancel reason, once someone asked; expiry as its meta
-//! P:gen:{id}:watched      string  a follower on another instance reads it (the owner's unattended policy
+//! P:gen:{id}:watched       string  a follower on another instance reads it (the owner's unattended policy
 //!                                  counts it); 3 s, renewed every second while it follows
 //! P:conv:{id}:running      string  the id of the generation running in a conversation; 24 h, deleted at its end
 //! P:leases                 zset    running generation id → its owner's lease deadline (ms, Redis clock)
@@ -25,7 +25,9 @@
 //! P:slots:{user}           zset    a user's running generations (slot id → lease deadline); 2 leases
 //! P:ws:{user}              zset    a user's open WebSockets (connection id → lease deadline); 2 leases
 //! P:rate:{user|ip}         string  the GCRA theoretical arrival time (ms); until it passes
-//! channel P:notify:{id}    the seq just appended (wakes followers on other instances)
+//! P:budget:{user}:{day}    hash    tokens, nanousd spent plus reserved that UTC day (YYYY-MM-DD); 2 days
+//! P:budget:{user}:{month}  hash    the same for the UTC month (YYYY-MM); 32 days
+//! channel P:notify:{id}    "{seq} {event JSON}": the event just appended, for followers on other instances
 //! channel P:cancel         "{id} {reason}" (wakes the owner; the cancel key is the durable copy)
 //! ```
 
