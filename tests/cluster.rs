@@ -69,13 +69,7 @@ struct Instance {
 
 impl Instance {
     fn spawn(config_path: &std::path::Path) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_chatgate"))
-            .args(["--config", config_path.to_str().expect("path"), "serve"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn chatgate")
+        common::spawn_chatgate(config_path)
     }
 
     async fn wait_ready(&mut self) {
@@ -285,22 +279,36 @@ async fn conversation(base: &str, user: &str) -> String {
     conversation["id"].as_str().expect("id").to_string()
 }
 
-/// Sends `content` and returns the generation id without waiting (`Prefer: respond-async`).
-async fn send_async(base: &str, user: &str, conversation_id: &str, content: &str) -> String {
-    let response = reqwest::Client::new()
+/// `POST .../messages` with `body` and `Prefer: respond-async`: the answer as it comes (202, or a refusal).
+async fn post_async(
+    base: &str,
+    user: &str,
+    conversation_id: &str,
+    body: Value,
+) -> reqwest::Response {
+    reqwest::Client::new()
         .post(format!(
             "{base}/api/v1/conversations/{conversation_id}/messages"
         ))
         .bearer_auth(token(user))
         .header("prefer", "respond-async")
-        .json(&json!({ "content": content }))
+        .json(&body)
         .send()
         .await
-        .expect("send");
-    json_ok(response).await["generation_id"]
+        .expect("send")
+}
+
+/// Sends `body` and returns the generation id without waiting (`Prefer: respond-async`).
+async fn send_body(base: &str, user: &str, conversation_id: &str, body: Value) -> String {
+    json_ok(post_async(base, user, conversation_id, body).await).await["generation_id"]
         .as_str()
         .expect("generation_id")
         .to_string()
+}
+
+/// Sends `content` and returns the generation id without waiting.
+async fn send_async(base: &str, user: &str, conversation_id: &str, content: &str) -> String {
+    send_body(base, user, conversation_id, json!({ "content": content })).await
 }
 
 /// The SSE stream of a generation on `base`, from after `after`.
@@ -765,17 +773,13 @@ async fn limits_hold_once_across_two_instances() {
     // One running reply per user, whichever instance is asked (users with their own rate budget).
     let conversation_id = conversation(&pair.a.url, "carol").await;
     let first = send_async(&pair.a.url, "carol", &conversation_id, &long_prompt()).await;
-    let second = reqwest::Client::new()
-        .post(format!(
-            "{}/api/v1/conversations/{conversation_id}/messages",
-            pair.b.url
-        ))
-        .bearer_auth(token("carol"))
-        .header("prefer", "respond-async")
-        .json(&json!({ "content": "and another" }))
-        .send()
-        .await
-        .expect("send");
+    let second = post_async(
+        &pair.b.url,
+        "carol",
+        &conversation_id,
+        json!({ "content": "and another" }),
+    )
+    .await;
     assert_eq!(second.status(), 429);
     let body: Value = second.json().await.expect("json");
     assert_eq!(
@@ -951,22 +955,13 @@ async fn redis_killed_and_restarted_degrades_then_recovers() {
     // A longer reply, still running when Redis comes back empty: its shared log must be written anew.
     let long_conversation = conversation(&a, "alice").await;
     let very_long = long_prompt();
-    let before = json_ok(
-        reqwest::Client::new()
-            .post(format!(
-                "{a}/api/v1/conversations/{long_conversation}/messages"
-            ))
-            .bearer_auth(token("alice"))
-            .header("prefer", "respond-async")
-            .json(&json!({ "content": very_long, "model": "slow" }))
-            .send()
-            .await
-            .expect("send"),
+    let before = send_body(
+        &a,
+        "alice",
+        &long_conversation,
+        json!({ "content": very_long, "model": "slow" }),
     )
-    .await["generation_id"]
-        .as_str()
-        .expect("generation_id")
-        .to_string();
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     redis.kill();
@@ -1043,17 +1038,13 @@ async fn budgets_are_reserved_once_across_two_instances() {
     // reservation for up to 30 s.
     let other_conversation = conversation(&pair.b.url, "dave").await;
     let first = send_async(&pair.a.url, "dave", &conversation_id, &long_prompt()).await;
-    let refused = reqwest::Client::new()
-        .post(format!(
-            "{}/api/v1/conversations/{other_conversation}/messages",
-            pair.b.url
-        ))
-        .bearer_auth(token("dave"))
-        .header("prefer", "respond-async")
-        .json(&json!({ "content": "hello" }))
-        .send()
-        .await
-        .expect("send");
+    let refused = post_async(
+        &pair.b.url,
+        "dave",
+        &other_conversation,
+        json!({ "content": "hello" }),
+    )
+    .await;
     let status = refused.status();
     let body: Value = refused.json().await.expect("json");
     assert_eq!(status, 429, "{body}");
@@ -1076,17 +1067,13 @@ async fn budgets_are_reserved_once_across_two_instances() {
     );
     let mut accepted = false;
     for _ in 0..20 {
-        let response = reqwest::Client::new()
-            .post(format!(
-                "{}/api/v1/conversations/{other_conversation}/messages",
-                pair.b.url
-            ))
-            .bearer_auth(token("dave"))
-            .header("prefer", "respond-async")
-            .json(&json!({ "content": "hello" }))
-            .send()
-            .await
-            .expect("send");
+        let response = post_async(
+            &pair.b.url,
+            "dave",
+            &other_conversation,
+            json!({ "content": "hello" }),
+        )
+        .await;
         if response.status() == 202 || response.status() == 200 {
             accepted = true;
             break;

@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use common::{Backend, TestDb};
@@ -64,13 +64,7 @@ impl Gateway {
     }
 
     fn spawn(config_path: &std::path::Path) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_chatgate"))
-            .args(["--config", config_path.to_str().expect("path"), "serve"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn chatgate")
+        common::spawn_chatgate(config_path)
     }
 
     async fn restart(&mut self) {

@@ -128,6 +128,17 @@ impl ChildServer {
     }
 }
 
+/// Runs the chatgate binary on `config_path` (`serve`, warnings only, output discarded).
+pub fn spawn_chatgate(config_path: &std::path::Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_chatgate"))
+        .args(["--config", config_path.to_str().expect("path"), "serve"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn chatgate")
+}
+
 /// Waits (up to 20 s) until the chatgate process `child` answers `{url}/health` with 200; panics if it exits
 /// first.
 pub async fn wait_until_healthy(child: &mut std::process::Child, url: &str) {
