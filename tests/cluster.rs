@@ -255,17 +255,13 @@ async fn json_ok(response: reqwest::Response) -> Value {
     body
 }
 
+/// GET `url` as `user`: its JSON, asserting a 2xx.
+async fn get_json(url: &str, user: &str) -> Value {
+    json_ok(call(reqwest::Method::GET, url, user, None).await).await
+}
+
 async fn conversation(base: &str, user: &str) -> String {
-    let personas = json_ok(
-        call(
-            reqwest::Method::GET,
-            &format!("{base}/api/v1/personas"),
-            user,
-            None,
-        )
-        .await,
-    )
-    .await;
+    let personas = get_json(&format!("{base}/api/v1/personas"), user).await;
     let conversation = json_ok(
         call(
             reqwest::Method::POST,
@@ -396,16 +392,7 @@ async fn reattach_on_the_other_instance_is_seq_exact() {
     assert_eq!(done.data["message"]["content"], streamed.as_str());
 
     // Status and a whole replay on the other instance, and through the balancer (which alternates).
-    let status = json_ok(
-        call(
-            reqwest::Method::GET,
-            &format!("{b}/api/v1/generations/{id}"),
-            "alice",
-            None,
-        )
-        .await,
-    )
-    .await;
+    let status = get_json(&format!("{b}/api/v1/generations/{id}"), "alice").await;
     assert_eq!(status["status"], "complete");
     assert_eq!(status["text"], streamed.as_str());
     for _ in 0..2 {
@@ -709,16 +696,7 @@ async fn sigkill_of_the_owner_ends_followers_elsewhere_billed_once_even_if_it_re
             .await
             .expect("count");
     assert_eq!(count, 1, "one usage record for the interrupted reply");
-    let status = json_ok(
-        call(
-            reqwest::Method::GET,
-            &format!("{b}/api/v1/generations/{id}"),
-            "alice",
-            None,
-        )
-        .await,
-    )
-    .await;
+    let status = get_json(&format!("{b}/api/v1/generations/{id}"), "alice").await;
     assert_eq!(status["status"], "interrupted");
     let events = collect(
         follow(&b, "alice", &new_reply, 0).await,
@@ -1129,15 +1107,6 @@ async fn a_follower_on_the_other_instance_keeps_a_reply_under_the_cancel_policy(
     )
     .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let status = json_ok(
-        call(
-            reqwest::Method::GET,
-            &format!("{}/api/v1/generations/{id}", pair.b.url),
-            "erin",
-            None,
-        )
-        .await,
-    )
-    .await;
+    let status = get_json(&format!("{}/api/v1/generations/{id}", pair.b.url), "erin").await;
     assert_eq!(status["status"], "cancelled", "{status}");
 }
