@@ -178,7 +178,7 @@ impl Checkpointer {
 /// Bills and closes the replies a dead process left `streaming` (this instance's previous life, or any whose
 /// heartbeat is older than `stale_before`): status `interrupted`, the last checkpointed text, and one usage
 /// record with estimated counts (the prompt estimate taken when the reply started, the text counted now).
-/// With `only`, that reply alone (another instance closing one generation whose owner's lease lapsed: the
+/// With `only`, those replies alone (another instance closing generations whose owner's lease lapsed: the
 /// owner's instance id may already belong to its next life). Returns how many were closed.
 ///
 /// # Errors
@@ -188,13 +188,13 @@ pub async fn recover_interrupted(
     models: &Models,
     instance_id: &str,
     stale_before: chrono::DateTime<chrono::Utc>,
-    only: Option<Id>,
+    only: Option<&[Id]>,
 ) -> Result<usize, StoreError> {
     let mut recovered = 0;
     let stale = store.stale_replies(instance_id, stale_before).await?;
     for stale in stale
         .into_iter()
-        .filter(|s| only.is_none_or(|id| s.message.id == id))
+        .filter(|s| only.is_none_or(|ids| ids.contains(&s.message.id)))
     {
         let message = &stale.message;
         let route = message.model.as_deref().and_then(|alias| models.get(alias));

@@ -134,10 +134,6 @@ impl LogsInner {
         &self.cluster
     }
 
-    pub(super) fn retention(&self) -> Duration {
-        self.retention
-    }
-
     /// Wakes every follower of another instance's generation (after a reconnect: they re-read).
     fn wake_all(&self) {
         for notify in lock(&self.wakeups).values().filter_map(Weak::upgrade) {
@@ -255,7 +251,11 @@ impl LogsInner {
 
     /// The commands that append one event (and, for the terminal one, let the generation's keys expire and
     /// release its lease).
-    fn event_commands(&self, meta: &GenerationMeta, event: &LoggedEvent) -> Vec<redis::Cmd> {
+    pub(super) fn event_commands(
+        &self,
+        meta: &GenerationMeta,
+        event: &LoggedEvent,
+    ) -> Vec<redis::Cmd> {
         let cluster = &self.cluster;
         let id = meta.id;
         let events_key = cluster.key(&format!("gen:{id}:events"));
@@ -299,11 +299,7 @@ impl LogsInner {
 
 /// Once a generation ended: its keys expire after the retention time, its lease and its conversation's
 /// running mark go.
-pub(super) fn end_commands(
-    cluster: &Cluster,
-    meta: &GenerationMeta,
-    retention: Duration,
-) -> Vec<redis::Cmd> {
+fn end_commands(cluster: &Cluster, meta: &GenerationMeta, retention: Duration) -> Vec<redis::Cmd> {
     let id = meta.id;
     let retention = retention.as_secs().max(1);
     let mut commands: Vec<redis::Cmd> = ["", ":events", ":cancel"]

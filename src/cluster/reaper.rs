@@ -8,13 +8,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use super::log::{LogsInner, end_commands};
+use super::log::LogsInner;
 use super::{Cluster, NOW_MS};
 use crate::catalog::Models;
 use crate::chat::checkpoints::recover_interrupted;
 use crate::domain::{FinishReason, MessageStatus};
 use crate::error::ErrorKind;
-use crate::event::{Done, Failed, Failure, GenerationEvent, UsageReport};
+use crate::event::{Done, Failed, Failure, GenerationEvent, LoggedEvent, UsageReport};
 use crate::id::Id;
 use crate::store::Store;
 use crate::stream::GenerationMeta;
@@ -37,6 +37,14 @@ fn take_script() -> redis::Script {
     ))
 }
 
+/// A generation whose owner is gone, about to be closed.
+struct Dead {
+    meta: GenerationMeta,
+    owner: String,
+    /// The seq of its last shared event; the terminal one follows it.
+    last_seq: u64,
+}
+
 impl Reaper {
     /// Runs every third of a lease until the logs are gone.
     pub async fn run(self, logs: Weak<LogsInner>) {
@@ -55,38 +63,38 @@ impl Reaper {
                 Ok(taken) => taken,
                 Err(_) => continue,
             };
+            let mut dead = Vec::new();
             for id in taken.iter().filter_map(|id| id.parse::<Id>().ok()) {
-                if let Err(err) = self.close(&inner, id).await {
-                    // Taken but not closed: put it back, so that the next look (here or elsewhere) tries again.
-                    tracing::warn!(generation_id = %id, error = %err, "closing a dead instance's generation failed; trying again");
-                    give_back(&cluster, id).await;
+                match self.check(&inner, id).await {
+                    Ok(Some(gone)) => dead.push(gone),
+                    Ok(None) => {}
+                    // Taken but not checked: put it back, so that the next look (here or elsewhere) tries again.
+                    Err(err) => {
+                        tracing::warn!(generation_id = %id, error = %err, "checking a lapsed lease failed; trying again");
+                        give_back(&cluster, id).await;
+                    }
                 }
             }
+            self.close(&inner, dead).await;
         }
     }
 
-    /// Closes one generation whose lease lapsed, unless its owner turns out to be alive.
-    async fn close(&self, logs: &LogsInner, id: Id) -> Result<(), String> {
+    /// Whether a generation whose lease lapsed belongs to a process that is gone (`Some`), or needs nothing:
+    /// it ended already, its owner is alive (the lease is given back), or it is unknown.
+    async fn check(&self, logs: &LogsInner, id: Id) -> Result<Option<Dead>, String> {
         let cluster = logs.cluster();
         let fields: HashMap<String, String> = cluster
             .query(redis::cmd("HGETALL").arg(cluster.key(&format!("gen:{id}"))))
             .await
             .map_err(|e| e.to_string())?;
         let (Some(user_id), Some(owner)) = (fields.get("user_id"), fields.get("owner")) else {
-            return Ok(());
+            return Ok(None);
         };
         let boot = fields.get("boot").map(String::as_str).unwrap_or_default();
-        let meta = GenerationMeta {
-            id,
-            user_id: user_id.clone(),
-            conversation_id: fields.get("conversation_id").and_then(|c| c.parse().ok()),
-            model: fields.get("model").cloned().unwrap_or_default(),
-        };
-        let events_key = cluster.key(&format!("gen:{id}:events"));
         let last: redis::streams::StreamRangeReply = cluster
             .query(
                 redis::cmd("XREVRANGE")
-                    .arg(&events_key)
+                    .arg(cluster.key(&format!("gen:{id}:events")))
                     .arg("+")
                     .arg("-")
                     .arg("COUNT")
@@ -101,7 +109,7 @@ impl Reaper {
                     .and_then(|json| serde_json::from_str::<GenerationEvent>(&json).ok())
                     .is_some_and(|event| event.kind().is_terminal());
                 if ended {
-                    return Ok(());
+                    return Ok(None);
                 }
                 entry
                     .id
@@ -122,74 +130,88 @@ impl Reaper {
         {
             // A renewal missed (Redis was slow or away): the owner keeps it.
             give_back(cluster, id).await;
-            return Ok(());
+            return Ok(None);
         }
-        tracing::warn!(generation_id = %id, %owner, "the instance running this generation stopped renewing its lease: closing it");
-        let terminal = self.closing_event(&meta, owner).await;
-        let json = serde_json::to_string(&terminal).map_err(|e| e.to_string())?;
-        let mut commands = vec![
-            redis::cmd("XADD")
-                .arg(&events_key)
-                .arg(format!("{}-0", last_seq + 1))
-                .arg("e")
-                .arg(json)
-                .to_owned(),
-            redis::cmd("PUBLISH")
-                .arg(cluster.key(&format!("notify:{id}")))
-                .arg(last_seq + 1)
-                .to_owned(),
-        ];
-        commands.extend(end_commands(cluster, &meta, logs.retention()));
+        Ok(Some(Dead {
+            meta: GenerationMeta {
+                id,
+                user_id: user_id.clone(),
+                conversation_id: fields.get("conversation_id").and_then(|c| c.parse().ok()),
+                model: fields.get("model").cloned().unwrap_or_default(),
+            },
+            owner: owner.clone(),
+            last_seq,
+        }))
+    }
+
+    /// Closes the replies of gone owners in the database, one pass per owner, then ends each generation's
+    /// shared log with its terminal event, written as its owner would have written it.
+    async fn close(&self, logs: &LogsInner, dead: Vec<Dead>) {
+        let mut owners: HashMap<&str, Vec<Id>> = HashMap::new();
+        for gone in dead.iter().filter(|d| d.meta.conversation_id.is_some()) {
+            owners.entry(&gone.owner).or_default().push(gone.meta.id);
+        }
+        let stale_before = crate::store::now()
+            - chrono::Duration::from_std(self.stale_after).unwrap_or(chrono::Duration::MAX);
+        for (owner, ids) in &owners {
+            if let Err(err) =
+                recover_interrupted(&*self.store, &self.models, owner, stale_before, Some(ids))
+                    .await
+            {
+                tracing::warn!(error = %err, %owner, "closing a dead instance's replies failed; the database sweep closes them later");
+            }
+        }
+        let cluster = logs.cluster();
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        for cmd in commands {
-            pipe.add_command(cmd).ignore();
+        for gone in &dead {
+            tracing::warn!(generation_id = %gone.meta.id, owner = %gone.owner, "the instance running this generation stopped renewing its lease: closed");
+            let terminal = LoggedEvent {
+                seq: gone.last_seq + 1,
+                event: self.closing_event(&gone.meta).await,
+            };
+            for cmd in logs.event_commands(&gone.meta, &terminal) {
+                pipe.add_command(cmd).ignore();
+            }
         }
-        cluster
-            .pipeline::<()>(&pipe)
-            .await
-            .map_err(|e| e.to_string())
+        if !pipe.is_empty()
+            && let Err(err) = cluster.pipeline::<()>(&pipe).await
+        {
+            // Their leases were taken: put them back, so that the next look ends their logs (the database
+            // rows are closed already; closing them again changes nothing).
+            tracing::warn!(error = %err, "ending dead generations' shared logs failed; trying again");
+            for gone in &dead {
+                give_back(cluster, gone.meta.id).await;
+            }
+        }
     }
 
     /// The terminal event of a dead owner's generation: `done` with the reply as the database now holds it
-    /// (closed `interrupted` here if it was still `streaming`), or an `error` when nothing was saved.
-    async fn closing_event(&self, meta: &GenerationMeta, owner: &str) -> GenerationEvent {
-        if meta.conversation_id.is_some() {
-            let stale_before = crate::store::now()
-                - chrono::Duration::from_std(self.stale_after).unwrap_or(chrono::Duration::MAX);
-            if let Err(err) = recover_interrupted(
-                &*self.store,
-                &self.models,
-                owner,
-                stale_before,
-                Some(meta.id),
-            )
-            .await
-            {
-                tracing::warn!(error = %err, %owner, "closing a dead instance's replies failed");
-            }
-            if let Ok(Some(message)) = self.store.get_message(&meta.user_id, meta.id).await
-                && message.status != MessageStatus::Streaming
-            {
-                let prompt = message.prompt_tokens.unwrap_or(0).max(0) as u64;
-                let completion = message.completion_tokens.unwrap_or(0).max(0) as u64;
-                return GenerationEvent::Done(Box::new(Done {
-                    usage: UsageReport {
-                        prompt_tokens: prompt,
-                        completion_tokens: completion,
-                        cached_tokens: 0,
-                        reasoning_tokens: 0,
-                        estimated: message.status == MessageStatus::Interrupted,
-                        cost_usd: message.cost_usd.unwrap_or(0.0),
-                    },
-                    finish_reason: message
-                        .finish_reason
-                        .clone()
-                        .unwrap_or(FinishReason::Interrupted),
-                    message,
-                    tool_calls: Vec::new(),
-                }));
-            }
+    /// (closed `interrupted` by [`Reaper::close`] if it was still `streaming`), or an `error` when nothing was
+    /// saved.
+    async fn closing_event(&self, meta: &GenerationMeta) -> GenerationEvent {
+        if meta.conversation_id.is_some()
+            && let Ok(Some(message)) = self.store.get_message(&meta.user_id, meta.id).await
+            && message.status != MessageStatus::Streaming
+        {
+            let prompt = message.prompt_tokens.unwrap_or(0).max(0) as u64;
+            let completion = message.completion_tokens.unwrap_or(0).max(0) as u64;
+            return GenerationEvent::Done(Box::new(Done {
+                usage: UsageReport {
+                    prompt_tokens: prompt,
+                    completion_tokens: completion,
+                    cached_tokens: 0,
+                    reasoning_tokens: 0,
+                    estimated: message.status == MessageStatus::Interrupted,
+                    cost_usd: message.cost_usd.unwrap_or(0.0),
+                },
+                finish_reason: message
+                    .finish_reason
+                    .clone()
+                    .unwrap_or(FinishReason::Interrupted),
+                message,
+                tool_calls: Vec::new(),
+            }));
         }
         GenerationEvent::Error(Box::new(Failed {
             failure: Failure {
