@@ -55,6 +55,11 @@ struct Args {
     /// JWT secret of the gateway (native, ws): each stream is its own user.
     #[arg(long, default_value = "chatgate-dev-secret-change-me")]
     secret: String,
+    /// Openai mode: the bearer token sent (another gateway's key, e.g. LiteLLM's master key). Without it each
+    /// stream sends a JWT of its own user signed with `--secret`, which chatgate's `/v1` accepts and the mock
+    /// ignores.
+    #[arg(long)]
+    api_key: Option<String>,
     /// Model alias (native, ws) or model name (openai).
     #[arg(long)]
     model: Option<String>,
@@ -71,6 +76,11 @@ struct Args {
     /// Spread the streams' starts evenly over this many ms (steady arrivals rather than one burst).
     #[arg(long, default_value_t = 0)]
     ramp_ms: u64,
+    /// Native and ws modes: keep each stream's user and conversation in this file (one `token conversation`
+    /// line a stream), made on the first run and reused by the next, so that runs in a row (a soak) keep
+    /// growing the same conversations.
+    #[arg(long)]
+    sessions: Option<String>,
     /// A name for this run in the report.
     #[arg(long, default_value = "")]
     label: String,
@@ -374,7 +384,12 @@ async fn ws_stream(args: Arc<Args>, token: String, conversation: String) -> Timi
     timings
 }
 
-async fn openai_stream(client: reqwest::Client, args: Arc<Args>, target: String) -> Timings {
+async fn openai_stream(
+    client: reqwest::Client,
+    args: Arc<Args>,
+    target: String,
+    bearer: String,
+) -> Timings {
     let mut timings = Timings::default();
     for round in 0..args.rounds {
         let body = json!({
@@ -386,7 +401,7 @@ async fn openai_stream(client: reqwest::Client, args: Arc<Args>, target: String)
         let sent = Instant::now();
         let response = client
             .post(format!("{target}/chat/completions"))
-            .bearer_auth("load")
+            .bearer_auth(&bearer)
             .json(&body)
             .send()
             .await;
@@ -423,8 +438,31 @@ async fn run(
         .tcp_nodelay(true)
         .build()?;
     let sessions = match mode {
-        Mode::Openai => vec![(String::new(), String::new()); args.streams],
-        _ => setup(&args, &client).await?,
+        Mode::Openai => (0..args.streams)
+            .map(|i| {
+                let bearer = (args.api_key.clone())
+                    .unwrap_or_else(|| token(&args.secret, &format!("load-{i}")));
+                (bearer, String::new())
+            })
+            .collect(),
+        _ => match args.sessions.as_deref() {
+            None => setup(&args, &client).await?,
+            Some(path) => match std::fs::read_to_string(path) {
+                Ok(saved) => saved
+                    .lines()
+                    .filter_map(|l| l.split_once(' '))
+                    .map(|(t, c)| (t.to_string(), c.to_string()))
+                    .take(args.streams)
+                    .collect(),
+                Err(_) => {
+                    let sessions = setup(&args, &client).await?;
+                    let lines: String =
+                        sessions.iter().map(|(t, c)| format!("{t} {c}\n")).collect();
+                    std::fs::write(path, lines)?;
+                    sessions
+                }
+            },
+        },
     };
     let pid = Some(args.pid.clone())
         .filter(|pids| !pids.is_empty())
@@ -457,7 +495,7 @@ async fn run(
                 match mode {
                     Mode::Native => native_stream(client, args, token, conversation).await,
                     Mode::Ws => ws_stream(args, token, conversation).await,
-                    Mode::Openai => openai_stream(client, args, target).await,
+                    Mode::Openai => openai_stream(client, args, target, token).await,
                 }
             })
         })

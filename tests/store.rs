@@ -8,8 +8,8 @@
 mod common;
 
 use chatgate::store::{
-    ConversationFilter, HistoryPage, Id, MessageStatus, MessageType, NewMessage, NewPersona,
-    PersonaFilter, Role, Store, StoreError, UsageRecord, now,
+    ConversationFilter, HistoryPage, HistoryTurn, Id, MessageStatus, MessageType, NewMessage,
+    NewPersona, PersonaFilter, Role, Store, StoreError, UsageRecord, now,
 };
 use common::{Backend, TestDb};
 use serde_json::json;
@@ -22,6 +22,7 @@ backend_tests!(
     generation_saves_message_and_usage_together,
     deleting_a_conversation_takes_its_messages,
     token_counts_are_recorded_once,
+    prompt_history_is_the_latest_branch_newest_first,
 );
 
 async fn open(backend: Backend) -> Option<(TestDb, std::sync::Arc<dyn Store>)> {
@@ -540,4 +541,119 @@ async fn token_counts_are_recorded_once(backend: Backend) {
         .map(|m| m.content_tokens)
         .collect();
     assert_eq!(counts, [Some(7), Some(3)]);
+}
+
+/// The one-row history read a prompt uses gives what the paged listing gives, field for field.
+async fn prompt_history_is_the_latest_branch_newest_first(backend: Backend) {
+    let Some((_db, store)) = open(backend).await else {
+        return;
+    };
+    let p = store.create_persona(&persona("p")).await.expect("persona");
+    let c = store
+        .create_conversation("alice", p.id, None)
+        .await
+        .expect("create");
+    assert!(
+        store
+            .prompt_history(c.id, None, 10)
+            .await
+            .expect("empty")
+            .is_empty(),
+        "a conversation without messages has no history"
+    );
+    let media_id = Id::new();
+    store
+        .insert_media(&chatgate::store::Media {
+            id: media_id,
+            user_id: "alice".into(),
+            content_type: "image/png".into(),
+            size_bytes: 4,
+            sha256: "00".repeat(32),
+            storage_key: format!("alice/{media_id}"),
+            created_at: now(),
+        })
+        .await
+        .expect("media");
+    let mut question = None;
+    for i in 0..3 {
+        let asked = store
+            .insert_message(&NewMessage {
+                message_type: if i == 1 {
+                    MessageType::Image
+                } else {
+                    MessageType::Text
+                },
+                media: if i == 1 {
+                    json!([{ "id": media_id, "kind": "image" }])
+                } else {
+                    json!([])
+                },
+                content_tokens: (i == 0).then_some(4),
+                ..user_message(c.id, &format!("question {i} with \"quotes\" and ünïcode"))
+            })
+            .await
+            .expect("insert");
+        // Two replies to each question: the first was regenerated, so history keeps only the second.
+        for reply in ["first reply", "regenerated reply"] {
+            store
+                .insert_message(&NewMessage {
+                    parent_id: Some(asked.id),
+                    role: Role::Assistant,
+                    content: format!("{reply} {i}"),
+                    content_tokens: Some(3),
+                    ..user_message(c.id, "")
+                })
+                .await
+                .expect("reply");
+        }
+        question = Some(asked.id);
+    }
+    let turns = |page, limit| {
+        let store = store.clone();
+        async move {
+            store
+                .list_messages(c.id, page, limit, false, false)
+                .await
+                .expect("list")
+                .into_iter()
+                .map(|m| HistoryTurn {
+                    id: m.id,
+                    role: m.role,
+                    content: m.content,
+                    message_type: m.message_type,
+                    media: m.media,
+                    content_tokens: m.content_tokens,
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let all = store.prompt_history(c.id, None, 100).await.expect("all");
+    assert_eq!(all, turns(HistoryPage::Offset(0), 100).await);
+    assert_eq!(all.len(), 6, "three questions and their latest replies");
+    assert_eq!(all[0].content, "regenerated reply 2");
+    assert_eq!(all[3].media, json!([{ "id": media_id, "kind": "image" }]));
+    assert_eq!(all[5].content_tokens, Some(4));
+    assert_eq!(
+        store.prompt_history(c.id, None, 3).await.expect("limited"),
+        turns(HistoryPage::Offset(0), 3).await
+    );
+    let question = question.expect("asked");
+    let before = store
+        .prompt_history(c.id, Some(question), 100)
+        .await
+        .expect("before");
+    assert_eq!(before, turns(HistoryPage::Before(question), 100).await);
+    assert_eq!(before.len(), 4, "what came before the last question");
+    // A cursor from another conversation selects nothing.
+    let other = store
+        .create_conversation("alice", p.id, None)
+        .await
+        .expect("create");
+    assert!(
+        store
+            .prompt_history(other.id, Some(question), 100)
+            .await
+            .expect("foreign")
+            .is_empty()
+    );
 }

@@ -38,7 +38,9 @@ use crate::id::Id;
 use crate::media::MediaStore;
 use crate::personas::PersonaCache;
 use crate::providers::{ChatMessage, ChatRequest, Sampling, Tools};
-use crate::store::{Conversation, HistoryPage, Message, NewMessage, Persona, PersonaFilter, Store};
+use crate::store::{
+    Conversation, HistoryPage, HistoryTurn, Message, NewMessage, Persona, PersonaFilter, Store,
+};
 use crate::stream::{Generation, GenerationMeta, Hub};
 use crate::tasks::Tasks;
 use crate::usage::budget::{Budgets, Reservation};
@@ -223,9 +225,7 @@ impl Chat {
         if attendance == Attendance::Unattended {
             admission::refuse_if_unattended_full(&self.hub)?;
         }
-        let history = self
-            .history(conversation.id, HistoryPage::Offset(0))
-            .await?;
+        let history = self.history(conversation.id, None).await?;
         let earlier_images = prompt::history_images(self, user_id, &route, &history).await?;
         // Limits first, on an estimate (the text, and IMAGE_TOKENS an image to come): nothing is fetched,
         // transcribed or stored for a request that would be refused.
@@ -380,9 +380,7 @@ impl Chat {
         if attendance == Attendance::Unattended {
             admission::refuse_if_unattended_full(&self.hub)?;
         }
-        let history = self
-            .history(conversation.id, HistoryPage::Before(question.id))
-            .await?;
+        let history = self.history(conversation.id, Some(question.id)).await?;
         let earlier_images = prompt::history_images(self, user_id, &route, &history).await?;
         let question_images = if question.message_type.has_images() {
             if !route.accepts_images {
@@ -664,12 +662,17 @@ impl Chat {
             .ok_or_else(|| Error::not_found("generation"))
     }
 
-    /// The newest history first, `generation.max_history_messages` of it.
-    async fn history(&self, conversation_id: Id, page: HistoryPage) -> Result<Vec<Message>, Error> {
+    /// The history a prompt sends, newest first, `generation.max_history_messages` of it (those before message
+    /// `before`, when given).
+    async fn history(
+        &self,
+        conversation_id: Id,
+        before: Option<Id>,
+    ) -> Result<Vec<HistoryTurn>, Error> {
         let limit = i64::from(self.config.generation.max_history_messages);
         Ok(self
             .store
-            .list_messages(conversation_id, page, limit, false, false)
+            .prompt_history(conversation_id, before, limit)
             .await?)
     }
 

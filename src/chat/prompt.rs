@@ -13,7 +13,7 @@ use crate::error::{Error, ErrorKind};
 use crate::id::Id;
 use crate::media::Kind;
 use crate::providers::{ChatMessage, MediaData};
-use crate::store::{Message, Persona};
+use crate::store::{HistoryTurn, Persona};
 
 /// Prompt tokens counted for one image when fitting history and reserving budget: an upper estimate (Anthropic
 /// bills about 1,600 tokens for a 1092×1092 image; OpenAI at most 1,105 for a high-detail 1024×1024 one).
@@ -34,7 +34,7 @@ pub struct Prompt {
 ///
 /// The budget is the smaller of `generation.max_history_tokens` and the model's context window less the system
 /// prompt and `generation.reserve_output_tokens`. History turns cost their stored token count
-/// ([`Message::content_tokens`]: a reply's, from its usage) plus 3 of framing and [`IMAGE_TOKENS`] an image.
+/// ([`HistoryTurn::content_tokens`]: a reply's, from its usage) plus 3 of framing and [`IMAGE_TOKENS`] an image.
 /// A turn without one (a user message, or a row from before counts were stored) costs its byte length, which
 /// bounds its tokens (byte-level BPE), as long as the whole history fits by those bounds: then no tokenizer runs.
 /// When it does not, such turns are counted with tiktoken (once: they are returned in [`Prompt::counted`] for
@@ -48,7 +48,7 @@ pub fn build(
     config: &GenerationConfig,
     persona: &Persona,
     route: &ModelRoute,
-    history_newest_first: &[Message],
+    history_newest_first: &[HistoryTurn],
     history_images: &HashMap<Id, Vec<MediaData>>,
     new_message: ChatMessage,
 ) -> Result<Prompt, Error> {
@@ -93,11 +93,11 @@ pub fn build(
     }
     // What each turn costs beyond its text: framing, its images, and a trace added to its text (" [image]",
     // at most its bytes). Turns are shaped first and built (their text copied) only once included.
-    let shaped: Vec<(&Message, Shape<'_>)> = history_newest_first
+    let shaped: Vec<(&HistoryTurn, Shape<'_>)> = history_newest_first
         .iter()
         .filter_map(|message| Some((message, shape(message, history_images)?)))
         .collect();
-    let stored = |message: &Message| message.content_tokens.and_then(|t| u64::try_from(t).ok());
+    let stored = |message: &HistoryTurn| message.content_tokens.and_then(|t| u64::try_from(t).ok());
     let bound: u64 = shaped
         .iter()
         .map(|(message, shape)| {
@@ -152,7 +152,7 @@ const IMAGE_TRACE: &str = " [image]";
 
 /// How `message` goes into the prompt; `None` for what is not sent (empty replies, system rows).
 fn shape<'a>(
-    message: &Message,
+    message: &HistoryTurn,
     history_images: &'a HashMap<Id, Vec<MediaData>>,
 ) -> Option<Shape<'a>> {
     match message.role {
@@ -181,7 +181,7 @@ impl Shape<'_> {
     }
 
     /// The turn itself.
-    fn turn(&self, message: &Message) -> ChatMessage {
+    fn turn(&self, message: &HistoryTurn) -> ChatMessage {
         let text = message.content.clone();
         match (self, message.role) {
             (Shape::WithImages(images), _) => ChatMessage::user(text).with_images(images.to_vec()),
@@ -204,7 +204,7 @@ pub async fn history_images(
     chat: &Chat,
     user_id: &str,
     route: &ModelRoute,
-    history_newest_first: &[Message],
+    history_newest_first: &[HistoryTurn],
 ) -> Result<HashMap<Id, Vec<MediaData>>, Error> {
     let mut found = HashMap::new();
     if !route.accepts_images {

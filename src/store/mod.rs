@@ -356,6 +356,20 @@ pub struct NewMessage {
     pub content_tokens: Option<i64>,
 }
 
+/// A stored message as a prompt sends it again: what history fitting and the images of earlier messages need,
+/// and nothing else ([`Store::prompt_history`]).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct HistoryTurn {
+    pub id: Id,
+    pub role: Role,
+    pub content: String,
+    pub message_type: MessageType,
+    /// The message's `media` JSON (`[{"id", ...}]`), for the images sent again.
+    pub media: Value,
+    /// Tokens of `content` ([`Message::content_tokens`]); `null` until known.
+    pub content_tokens: Option<i64>,
+}
+
 /// Page of a conversation's history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HistoryPage {
@@ -576,6 +590,16 @@ pub trait Store: Send + Sync + 'static {
         ascending: bool,
         all_branches: bool,
     ) -> StoreResult<Vec<Message>>;
+    /// The history a prompt sends: the newest `limit` messages of the conversation (only those before message
+    /// `before`, when given), newest first, a regenerated reply left out as in [`Store::list_messages`]. Read as
+    /// one row, the turns aggregated into a JSON array by the database: on SQLite each row read costs a
+    /// hand-off between sqlx's worker thread and the caller, which made this read most of a message's CPU.
+    async fn prompt_history(
+        &self,
+        conversation_id: Id,
+        before: Option<Id>,
+        limit: i64,
+    ) -> StoreResult<Vec<HistoryTurn>>;
     /// Deletes one of the caller's messages; `false` when it is not theirs or does not exist.
     async fn delete_message(&self, user_id: &str, id: Id) -> StoreResult<bool>;
     /// Creates or updates assistant messages while they stream (status `streaming`), in one transaction:

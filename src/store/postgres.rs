@@ -112,6 +112,14 @@ type Db = Postgres;
 type Backend = PgStore;
 const BACKEND: &str = "postgres";
 
+/// The history turns of [`Store::prompt_history`] as one JSON array, newest first (the subquery `h`).
+macro_rules! history_turns_json {
+    () => {
+        "json_agg(json_build_array(h.id, h.role, h.content, h.message_type, h.media, h.content_tokens) \
+         ORDER BY h.created_at DESC, h.id DESC)"
+    };
+}
+
 #[path = "sql.rs"]
 #[expect(
     clippy::duplicate_mod,

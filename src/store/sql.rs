@@ -535,6 +535,47 @@ impl Store for Backend {
         Ok(messages)
     }
 
+    async fn prompt_history(
+        &self,
+        conversation_id: Id,
+        before: Option<Id>,
+        limit: i64,
+    ) -> StoreResult<Vec<HistoryTurn>> {
+        // The turns, newest first, as `[[id, role, content, message_type, media, content_tokens], ...]`: the
+        // aggregate and the array builder are the backend's (`history_turns_json!`); NULL for no turn at all.
+        let query = match before {
+            None => sqlx::query_scalar::<_, Option<Json<Vec<HistoryTurn>>>>(concat!(
+                "SELECT ",
+                history_turns_json!(),
+                " FROM (SELECT m.id, m.role, m.content, m.message_type, m.media, m.content_tokens, \
+                 m.created_at FROM messages m WHERE m.conversation_id = $1 ",
+                branch_filter!(),
+                "ORDER BY m.created_at DESC, m.id DESC LIMIT $2 OFFSET $3) h"
+            ))
+            .bind(conversation_id)
+            .bind(limit)
+            .bind(0_i64),
+            Some(before) => sqlx::query_scalar::<_, Option<Json<Vec<HistoryTurn>>>>(concat!(
+                "SELECT ",
+                history_turns_json!(),
+                " FROM (SELECT m.id, m.role, m.content, m.message_type, m.media, m.content_tokens, \
+                 m.created_at FROM messages m WHERE m.conversation_id = $1 AND (m.created_at, m.id) < \
+                 (SELECT x.created_at, x.id FROM messages x WHERE x.id = $3 AND x.conversation_id = $1) ",
+                branch_filter!(),
+                "ORDER BY m.created_at DESC, m.id DESC LIMIT $2) h"
+            ))
+            .bind(conversation_id)
+            .bind(limit)
+            .bind(before),
+        };
+        let turns = query
+            .bind(false)
+            .bind(Role::Assistant)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(turns.map(|Json(turns)| turns).unwrap_or_default())
+    }
+
     async fn delete_message(&self, user_id: &str, id: Id) -> StoreResult<bool> {
         let result = sqlx::query(
             "DELETE FROM messages WHERE id = $1 AND conversation_id IN \

@@ -54,6 +54,15 @@ type Db = Sqlite;
 type Backend = SqliteStore;
 const BACKEND: &str = "sqlite";
 
+/// The history turns of [`Store::prompt_history`] as one JSON array, newest first (the subquery `h`); `media`
+/// is stored as JSON text, made JSON again with `json()`. Aggregate `ORDER BY` needs SQLite ≥ 3.44.
+macro_rules! history_turns_json {
+    () => {
+        "json_group_array(json_array(h.id, h.role, h.content, h.message_type, json(h.media), h.content_tokens) \
+         ORDER BY h.created_at DESC, h.id DESC)"
+    };
+}
+
 #[path = "sql.rs"]
 #[expect(
     clippy::duplicate_mod,
