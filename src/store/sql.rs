@@ -69,6 +69,17 @@ macro_rules! message_select {
     };
 }
 
+/// Only the latest reply to each message (a regenerated reply left out), with no parameter: SQLite re-prepares
+/// a statement on every execution when a bound value takes part in its plan, as `$4 OR ...` in
+/// [`branch_filter!`] does.
+macro_rules! latest_branch_only {
+    () => {
+        "AND (m.role <> 'assistant' OR m.parent_id IS NULL OR NOT EXISTS \
+         (SELECT 1 FROM messages s WHERE s.parent_id = m.parent_id AND s.role = 'assistant' \
+          AND (s.created_at, s.id) > (m.created_at, m.id))) "
+    };
+}
+
 macro_rules! branch_filter {
     () => {
         "AND ($4 OR m.role <> $5 OR m.parent_id IS NULL OR NOT EXISTS \
@@ -543,36 +554,35 @@ impl Store for Backend {
     ) -> StoreResult<Vec<HistoryTurn>> {
         // The turns, newest first, as `[[id, role, content, message_type, media, content_tokens], ...]`: the
         // aggregate and the array builder are the backend's (`history_turns_json!`); NULL for no turn at all.
-        let query = match before {
-            None => sqlx::query_scalar::<_, Option<Json<Vec<HistoryTurn>>>>(concat!(
-                "SELECT ",
-                history_turns_json!(),
-                " FROM (SELECT m.id, m.role, m.content, m.message_type, m.media, m.content_tokens, \
-                 m.created_at FROM messages m WHERE m.conversation_id = $1 ",
-                branch_filter!(),
-                "ORDER BY m.created_at DESC, m.id DESC LIMIT $2 OFFSET $3) h"
-            ))
-            .bind(conversation_id)
-            .bind(limit)
-            .bind(0_i64),
-            Some(before) => sqlx::query_scalar::<_, Option<Json<Vec<HistoryTurn>>>>(concat!(
-                "SELECT ",
-                history_turns_json!(),
-                " FROM (SELECT m.id, m.role, m.content, m.message_type, m.media, m.content_tokens, \
-                 m.created_at FROM messages m WHERE m.conversation_id = $1 AND (m.created_at, m.id) < \
-                 (SELECT x.created_at, x.id FROM messages x WHERE x.id = $3 AND x.conversation_id = $1) ",
-                branch_filter!(),
-                "ORDER BY m.created_at DESC, m.id DESC LIMIT $2) h"
-            ))
-            .bind(conversation_id)
-            .bind(limit)
-            .bind(before),
+        // The limit is written into the statement, not bound: SQLite plans with a bound LIMIT's value and then
+        // re-prepares the statement on every execution (half of this read's cost). It is an integer, and the
+        // same one on every call (`generation.max_history_messages`), so the statement cache still hits.
+        let cursor = if before.is_some() {
+            "AND (m.created_at, m.id) < \
+             (SELECT x.created_at, x.id FROM messages x WHERE x.id = $2 AND x.conversation_id = $1) "
+        } else {
+            ""
         };
-        let turns = query
-            .bind(false)
-            .bind(Role::Assistant)
-            .fetch_one(&self.pool)
-            .await?;
+        let sql = format!(
+            concat!(
+                "SELECT ",
+                history_turns_json!(),
+                " FROM (SELECT m.id, m.role, m.content, m.message_type, m.media, m.content_tokens, \
+                 m.created_at FROM messages m WHERE m.conversation_id = $1 {cursor}",
+                latest_branch_only!(),
+                "ORDER BY m.created_at DESC, m.id DESC LIMIT {limit}) h"
+            ),
+            cursor = cursor,
+            limit = limit.max(0),
+        );
+        let query =
+            sqlx::query_scalar::<_, Option<Json<Vec<HistoryTurn>>>>(sqlx::AssertSqlSafe(sql))
+                .bind(conversation_id);
+        let query = match before {
+            Some(before) => query.bind(before),
+            None => query,
+        };
+        let turns = query.fetch_one(&self.pool).await?;
         Ok(turns.map(|Json(turns)| turns).unwrap_or_default())
     }
 
