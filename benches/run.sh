@@ -19,6 +19,7 @@ OUT=$WORK/results
 mkdir -p "$OUT"
 MOCK_PORT=9100
 GW_PORT=8100
+LITELLM_PORT=4100
 pids=()
 cleanup() { for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
@@ -127,6 +128,8 @@ for entry in "${databases[@]}"; do
     load "sse-$db_name-$streams" native "$streams" 3 2000 --compare-direct "http://127.0.0.1:$MOCK_PORT/v1"
     load "ws-$db_name-$streams" ws "$streams" 3 2000 --compare-direct "http://127.0.0.1:$MOCK_PORT/v1"
   done
+  # A burst: 300 new messages at the same instant (their conversations made beforehand).
+  load "burst-$db_name-300" native 300 1 0 --compare-direct "http://127.0.0.1:$MOCK_PORT/v1"
   stop_gateway
   # Startup on an existing database: migrations already applied, personas already there.
   start_gateway "$db_url"
@@ -166,6 +169,65 @@ SQL
     | tee "$OUT/notes-slowdb.txt"
 fi
 
+# 5. The peer beside us: chatgate's OpenAI-compatible endpoint and LiteLLM proxy (its defaults, from a venv made
+#    here: `pip install 'litellm[proxy]'`, the offline cost map, a master key) in front of the same mock, with the
+#    same load: 40 tokens 20 ms apart, starts spread over 1 s, 3 messages a stream.
+LITELLM_VENV=${CHATGATE_BENCH_LITELLM_VENV:-$HOME/.cache/chatgate-bench/litellm-venv}
+if [ ! -x "$LITELLM_VENV/bin/litellm" ]; then
+  echo "== making the LiteLLM venv in $LITELLM_VENV"
+  { python3 -m venv "$LITELLM_VENV" && "$LITELLM_VENV/bin/pip" install -q 'litellm[proxy]'; } >"$WORK/litellm-install.log" 2>&1 || true
+fi
+start_mock 40 20
+start_gateway "sqlite://$WORK/peer.db"
+for streams in 10 50 200; do
+  echo "== openai-chatgate-$streams"
+  "$BIN/examples/loadgen" --mode openai --target "http://127.0.0.1:$GW_PORT/v1" --model default \
+    --streams "$streams" --rounds 3 --ramp-ms 1000 --pid "$GW_PID" --label "openai-chatgate-$streams" \
+    --json "$OUT/openai-chatgate-$streams.json" --compare-direct "http://127.0.0.1:$MOCK_PORT/v1"
+done
+stop_gateway
+if [ -x "$LITELLM_VENV/bin/litellm" ]; then
+  cat >"$WORK/litellm.yaml" <<YAML
+model_list:
+  - model_name: default
+    litellm_params:
+      model: openai/gpt-4o-mini
+      api_base: http://127.0.0.1:$MOCK_PORT/v1
+      api_key: bench
+general_settings:
+  master_key: sk-bench
+YAML
+  LITELLM_LOCAL_MODEL_COST_MAP=True "$LITELLM_VENV/bin/litellm" --config "$WORK/litellm.yaml" --host 127.0.0.1 \
+    --port "$LITELLM_PORT" >"$WORK/litellm.log" 2>&1 &
+  LITELLM_PID=$!; pids+=("$LITELLM_PID")
+  for _ in $(seq 1 600); do
+    curl -sf "http://127.0.0.1:$LITELLM_PORT/health/liveliness" >/dev/null && break
+    kill -0 "$LITELLM_PID" 2>/dev/null || break
+    sleep 0.2
+  done
+  if curl -sf "http://127.0.0.1:$LITELLM_PORT/health/liveliness" >/dev/null; then
+    echo "LiteLLM proxy $("$LITELLM_VENV/bin/pip" show litellm | awk '/^Version/ {print $2}') (its defaults: one worker)" \
+      >"$OUT/notes-litellm.txt"
+    # The proxy and any worker processes it started, summed.
+    litellm_pids=$(echo "$LITELLM_PID" $(pgrep -P "$LITELLM_PID" || true) | tr ' ' ',')
+    for streams in 10 50 200; do
+      echo "== openai-litellm-$streams"
+      "$BIN/examples/loadgen" --mode openai --target "http://127.0.0.1:$LITELLM_PORT/v1" --api-key sk-bench \
+        --model default --streams "$streams" --rounds 3 --ramp-ms 1000 --pid "$litellm_pids" \
+        --label "openai-litellm-$streams" --json "$OUT/openai-litellm-$streams.json" \
+        --compare-direct "http://127.0.0.1:$MOCK_PORT/v1"
+    done
+  else
+    echo "LiteLLM proxy did not start, so its rows are skipped: $(tail -1 "$WORK/litellm.log")" | tee "$OUT/notes-litellm.txt"
+  fi
+  kill "$LITELLM_PID" 2>/dev/null || true
+  wait "$LITELLM_PID" 2>/dev/null || true
+else
+  echo "The LiteLLM venv could not be made in $LITELLM_VENV, so its rows are skipped: $(tail -1 "$WORK/litellm-install.log")" \
+    | tee "$OUT/notes-litellm.txt"
+fi
+stop_mock
+
 if [ -n "${CHATGATE_BENCH_POSTGRES_URL:-}" ]; then
   for name in "$db" "${db}_cost"; do psql "$CHATGATE_BENCH_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS $name WITH (FORCE)" || true; done
 fi
@@ -204,6 +266,22 @@ row() { # file
   echo "| run | streams | TTFT p50 ms | TTFT p99 ms | overhead p50 ms | overhead p99 ms | gap p50 ms | gap p99 ms | deltas/s | errors | RSS peak MB | RSS growth KB/stream | RSS end MB | CPU s | CPU µs/delta | CPU µs/request |"
   echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
   for f in "$OUT"/*.json; do row "$f"; done
+  echo
+  echo "chatgate's OpenAI-compatible endpoint and LiteLLM proxy side by side (same mock: 40 tokens 20 ms apart;"
+  echo "starts over 1 s; 3 messages a stream; overheads against the same load straight to the mock):"
+  echo
+  echo "| streams | gateway | TTFT overhead p50 ms | TTFT overhead p99 ms | gap p99 ms | CPU µs/delta | RSS peak MB | errors |"
+  echo "|---|---|---|---|---|---|---|---|"
+  for streams in 10 50 200; do
+    for gateway in chatgate litellm; do
+      f="$OUT/openai-$gateway-$streams.json"
+      [ -e "$f" ] || continue
+      jq -r --arg g "$gateway" '[(.target.streams|tostring), $g,
+          (.overhead_ms.ttft_p50*100|round/100|tostring), (.overhead_ms.ttft_p99*100|round/100|tostring),
+          (.target.gap_ms.p99|tostring), ((.target.cpu_us_per_delta // 0)*10|round/10|tostring),
+          ((.target.rss_peak_mb // 0)*10|round/10|tostring), (.target.errors|tostring)] | "| " + join(" | ") + " |"' "$f"
+    done
+  done
   echo
   echo "Startup (time until \`/health\` answers, on an existing database) and idle RSS:"
   echo

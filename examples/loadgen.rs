@@ -73,6 +73,13 @@ struct Args {
     /// Run the same load in openai mode against this URL first, and report the difference.
     #[arg(long)]
     compare_direct: Option<String>,
+    /// Instead of `--rounds`: each stream sends messages one after the other until this many seconds have
+    /// passed (a message under way is finished).
+    #[arg(long)]
+    duration_secs: Option<u64>,
+    /// When the run's `--duration-secs` ends (set per run).
+    #[arg(skip)]
+    deadline: Option<Instant>,
     /// Spread the streams' starts evenly over this many ms (steady arrivals rather than one burst).
     #[arg(long, default_value_t = 0)]
     ramp_ms: u64,
@@ -119,6 +126,7 @@ impl Report {
             "streams": self.streams,
             "ttft_ms": { "p50": ms(self.ttft.value_at_quantile(0.5)), "p90": ms(self.ttft.value_at_quantile(0.9)), "p99": ms(self.ttft.value_at_quantile(0.99)) },
             "gap_ms": { "p50": ms(self.gaps.value_at_quantile(0.5)), "p99": ms(self.gaps.value_at_quantile(0.99)) },
+            "requests": self.requests,
             "deltas": self.deltas,
             "deltas_per_sec": self.deltas as f64 / self.wall.as_secs_f64(),
             "errors": self.errors,
@@ -164,6 +172,16 @@ struct Timings {
     gaps_us: Vec<u64>,
     deltas: u64,
     errors: u64,
+    /// Messages sent.
+    requests: u64,
+}
+
+/// The rounds a stream sends: `--rounds` of them, or as many as start before the `--duration-secs` deadline.
+fn rounds(args: &Args) -> impl Iterator<Item = usize> + '_ {
+    (0..).take_while(move |&round| match args.deadline {
+        Some(deadline) => Instant::now() < deadline,
+        None => round < args.rounds,
+    })
 }
 
 impl Timings {
@@ -267,7 +285,8 @@ async fn native_stream(
     conversation: String,
 ) -> Timings {
     let mut timings = Timings::default();
-    for round in 0..args.rounds {
+    for round in rounds(&args) {
+        timings.requests += 1;
         let mut body = json!({ "content": format!("Hello number {round}, tell me something.") });
         if let Some(model) = &args.model {
             body["model"] = json!(model);
@@ -345,7 +364,8 @@ async fn ws_stream(args: Arc<Args>, token: String, conversation: String) -> Timi
         timings.errors += args.rounds as u64;
         return timings;
     };
-    for round in 0..args.rounds {
+    for round in rounds(&args) {
+        timings.requests += 1;
         let mut frame = json!({ "type": "send", "id": round.to_string(), "conversation_id": conversation,
                                 "content": format!("Hello number {round}, tell me something.") });
         if let Some(model) = &args.model {
@@ -391,7 +411,8 @@ async fn openai_stream(
     bearer: String,
 ) -> Timings {
     let mut timings = Timings::default();
-    for round in 0..args.rounds {
+    for round in rounds(&args) {
+        timings.requests += 1;
         let body = json!({
             "model": args.model.clone().unwrap_or_else(|| "mock-1".into()),
             "stream": true,
@@ -466,7 +487,8 @@ async fn run(
     };
     let pid = Some(args.pid.clone())
         .filter(|pids| !pids.is_empty())
-        .filter(|_| mode != Mode::Openai || args.compare_direct.is_none());
+        // The direct run (`--compare-direct`) measures the upstream, not the sampled gateway.
+        .filter(|_| args.compare_direct.as_deref() != Some(target.as_str()));
     let rss_start_kb = pid.as_deref().and_then(rss_kb);
     let cpu_start = pid.as_deref().and_then(cpu_secs);
     let peak = Arc::new(AtomicU64::new(rss_start_kb.unwrap_or(0)));
@@ -483,6 +505,12 @@ async fn run(
         })
     });
     let started = Instant::now();
+    let args = Arc::new(Args {
+        deadline: args
+            .duration_secs
+            .map(|secs| started + Duration::from_secs(secs)),
+        ..(*args).clone()
+    });
     let tasks: Vec<_> = sessions
         .into_iter()
         .enumerate()
@@ -502,7 +530,7 @@ async fn run(
         .collect();
     let mut ttft = Histogram::<u64>::new(3)?;
     let mut gaps = Histogram::<u64>::new(3)?;
-    let (mut deltas, mut errors) = (0, 0);
+    let (mut deltas, mut errors, mut requests) = (0, 0, 0);
     for task in tasks {
         let timings = task.await.unwrap_or_else(|_| Timings {
             errors: 1,
@@ -516,6 +544,7 @@ async fn run(
         }
         deltas += timings.deltas;
         errors += timings.errors;
+        requests += timings.requests;
     }
     let wall = started.elapsed();
     running.store(false, Ordering::Relaxed);
@@ -525,7 +554,7 @@ async fn run(
     Ok(Report {
         mode,
         streams: args.streams,
-        requests: (args.streams * args.rounds) as u64,
+        requests,
         rss_end_kb: pid.as_deref().and_then(rss_kb),
         ttft,
         gaps,
