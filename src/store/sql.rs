@@ -69,9 +69,8 @@ macro_rules! message_select {
     };
 }
 
-/// Only the latest reply to each message (a regenerated reply left out), with no parameter: SQLite re-prepares
-/// a statement on every execution when a bound value takes part in its plan, as `$4 OR ...` in
-/// [`branch_filter!`] does.
+/// Only the latest reply to each message (a regenerated reply left out): [`branch_filter!`] for a read that
+/// never shows every branch, with no parameter to bind.
 macro_rules! latest_branch_only {
     () => {
         "AND (m.role <> 'assistant' OR m.parent_id IS NULL OR NOT EXISTS \
@@ -554,9 +553,10 @@ impl Store for Backend {
     ) -> StoreResult<Vec<HistoryTurn>> {
         // The turns, newest first, as `[[id, role, content, message_type, media, content_tokens], ...]`: the
         // aggregate and the array builder are the backend's (`history_turns_json!`); NULL for no turn at all.
-        // The limit is written into the statement, not bound: SQLite plans with a bound LIMIT's value and then
-        // re-prepares the statement on every execution (half of this read's cost). It is an integer, and the
-        // same one on every call (`generation.max_history_messages`), so the statement cache still hits.
+        // The limit is written into the statement, not bound: SQLite plans with a bound LIMIT's value, so each
+        // new binding expired the statement and every message re-prepared it (`sqlite3Reprepare`, 9 % of a
+        // message's CPU in the profile). It is an integer, and the same one on every call
+        // (`generation.max_history_messages`), so the statement cache still hits.
         let cursor = if before.is_some() {
             "AND (m.created_at, m.id) < \
              (SELECT x.created_at, x.id FROM messages x WHERE x.id = $2 AND x.conversation_id = $1) "
