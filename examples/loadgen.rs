@@ -361,7 +361,12 @@ async fn ws_stream(args: Arc<Args>, token: String, conversation: String) -> Timi
         request.headers_mut().insert("authorization", value);
     }
     let Ok((mut socket, _)) = tokio_tungstenite::connect_async(request).await else {
-        timings.errors += args.rounds as u64;
+        // Every message this stream would have sent (one, when it runs for a duration).
+        timings.errors += if args.deadline.is_some() {
+            1
+        } else {
+            args.rounds as u64
+        };
         return timings;
     };
     for round in rounds(&args) {
@@ -469,12 +474,23 @@ async fn run(
         _ => match args.sessions.as_deref() {
             None => setup(&args, &client).await?,
             Some(path) => match std::fs::read_to_string(path) {
-                Ok(saved) => saved
-                    .lines()
-                    .filter_map(|l| l.split_once(' '))
-                    .map(|(t, c)| (t.to_string(), c.to_string()))
-                    .take(args.streams)
-                    .collect(),
+                Ok(saved) => {
+                    let saved: Vec<(String, String)> = saved
+                        .lines()
+                        .filter_map(|l| l.split_once(' '))
+                        .map(|(t, c)| (t.to_string(), c.to_string()))
+                        .take(args.streams)
+                        .collect();
+                    if saved.len() < args.streams {
+                        return Err(format!(
+                            "{path} holds {} sessions, fewer than --streams {}",
+                            saved.len(),
+                            args.streams
+                        )
+                        .into());
+                    }
+                    saved
+                }
                 Err(_) => {
                     let sessions = setup(&args, &client).await?;
                     let lines: String =
