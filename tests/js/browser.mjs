@@ -119,11 +119,14 @@ try {
   };
   seen.regenerateShown = await page.$$eval('.msg.assistant .regenerate', (buttons) =>
     buttons.map((b) => !b.hidden));
+  // The replies on screen before: while the stopped one is taken away, the last reply shown can be an older one,
+  // which must not be taken for the new reply.
+  const shownBefore = new Set(await page.$$eval('.msg.assistant', (nodes) => nodes.map((n) => n.dataset.id)));
   await page.click(`.msg[data-id="${stopping.id}"] .regenerate`);
   let regenerated;
   for (let i = 0; i < 1500 && !regenerated; i++) {
     const reply = await lastReply();
-    if (reply && reply.id !== stopping.id && reply.text.length > 0) regenerated = reply;
+    if (reply && !shownBefore.has(reply.id) && reply.text.length > 0) regenerated = reply;
     else await sleep(10);
   }
   seen.regenerated = {
