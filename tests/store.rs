@@ -39,6 +39,18 @@ fn persona(slug: &str) -> NewPersona {
     .expect("persona")
 }
 
+/// A persona and a conversation of alice's with it.
+async fn alice_conversation(
+    store: &std::sync::Arc<dyn Store>,
+) -> (chatgate::store::Persona, chatgate::store::Conversation) {
+    let p = store.create_persona(&persona("p")).await.expect("persona");
+    let c = store
+        .create_conversation("alice", p.id, None)
+        .await
+        .expect("create");
+    (p, c)
+}
+
 fn user_message(conversation_id: Id, content: &str) -> NewMessage {
     NewMessage {
         id: Id::new(),
@@ -321,11 +333,7 @@ async fn history_pages_by_offset_and_cursor_in_both_orders(backend: Backend) {
     let Some((_db, store)) = open(backend).await else {
         return;
     };
-    let p = store.create_persona(&persona("p")).await.expect("persona");
-    let c = store
-        .create_conversation("alice", p.id, None)
-        .await
-        .expect("create");
+    let (p, c) = alice_conversation(&store).await;
     let mut ids = Vec::new();
     for i in 0..6 {
         ids.push(
@@ -399,11 +407,7 @@ async fn generation_saves_message_and_usage_together(backend: Backend) {
     let Some((_db, store)) = open(backend).await else {
         return;
     };
-    let p = store.create_persona(&persona("p")).await.expect("persona");
-    let c = store
-        .create_conversation("alice", p.id, None)
-        .await
-        .expect("create");
+    let (p, c) = alice_conversation(&store).await;
     let question = store
         .insert_message(&user_message(c.id, "q"))
         .await
@@ -464,11 +468,7 @@ async fn deleting_a_conversation_takes_its_messages(backend: Backend) {
     let Some((_db, store)) = open(backend).await else {
         return;
     };
-    let p = store.create_persona(&persona("p")).await.expect("persona");
-    let c = store
-        .create_conversation("alice", p.id, None)
-        .await
-        .expect("create");
+    let (_, c) = alice_conversation(&store).await;
     let m = store
         .insert_message(&user_message(c.id, "bye"))
         .await
@@ -499,11 +499,7 @@ async fn token_counts_are_recorded_once(backend: Backend) {
     let Some((_db, store)) = open(backend).await else {
         return;
     };
-    let p = store.create_persona(&persona("p")).await.expect("persona");
-    let c = store
-        .create_conversation("alice", p.id, None)
-        .await
-        .expect("create");
+    let (_, c) = alice_conversation(&store).await;
     let known = store
         .insert_message(&NewMessage {
             content_tokens: Some(7),
@@ -548,11 +544,7 @@ async fn prompt_history_is_the_latest_branch_newest_first(backend: Backend) {
     let Some((_db, store)) = open(backend).await else {
         return;
     };
-    let p = store.create_persona(&persona("p")).await.expect("persona");
-    let c = store
-        .create_conversation("alice", p.id, None)
-        .await
-        .expect("create");
+    let (p, c) = alice_conversation(&store).await;
     assert!(
         store
             .prompt_history(c.id, None, 10)

@@ -69,21 +69,26 @@ macro_rules! message_select {
     };
 }
 
-/// Only the latest reply to each message (a regenerated reply left out): [`branch_filter!`] for a read that
-/// never shows every branch, with no parameter to bind.
+/// Only the latest reply to each message (a regenerated reply left out), for a read that never shows every branch.
 macro_rules! latest_branch_only {
     () => {
-        "AND (m.role <> 'assistant' OR m.parent_id IS NULL OR NOT EXISTS \
-         (SELECT 1 FROM messages s WHERE s.parent_id = m.parent_id AND s.role = 'assistant' \
-          AND (s.created_at, s.id) > (m.created_at, m.id))) "
+        concat!("AND (", latest_reply!(), ") ")
     };
 }
 
+/// [`latest_branch_only!`] unless `$4` (show every branch) is true.
 macro_rules! branch_filter {
     () => {
-        "AND ($4 OR m.role <> $5 OR m.parent_id IS NULL OR NOT EXISTS \
-         (SELECT 1 FROM messages s WHERE s.parent_id = m.parent_id AND s.role = $5 \
-          AND (s.created_at, s.id) > (m.created_at, m.id))) "
+        concat!("AND ($4 OR ", latest_reply!(), ") ")
+    };
+}
+
+/// True for a message that is not an assistant reply a later sibling replaced.
+macro_rules! latest_reply {
+    () => {
+        "m.role <> 'assistant' OR m.parent_id IS NULL OR NOT EXISTS \
+         (SELECT 1 FROM messages s WHERE s.parent_id = m.parent_id AND s.role = 'assistant' \
+          AND (s.created_at, s.id) > (m.created_at, m.id))"
     };
 }
 
@@ -526,7 +531,7 @@ impl Store for Backend {
             HistoryPage::Offset(offset) => query.bind(offset),
             HistoryPage::Before(id) | HistoryPage::After(id) => query.bind(id),
         };
-        let query = query.bind(all_branches).bind(Role::Assistant);
+        let query = query.bind(all_branches);
         let mut messages: Vec<Message> = query
             .fetch_all(&self.pool)
             .await?
