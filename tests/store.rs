@@ -8,8 +8,9 @@
 mod common;
 
 use chatgate::store::{
-    ConversationFilter, HistoryPage, HistoryTurn, Id, MessageStatus, MessageType, NewMessage,
-    NewPersona, PersonaFilter, Role, Store, StoreError, UsageRecord, now,
+    ConversationFilter, GroupCommit, HistoryPage, HistoryTurn, Id, Media, MessageStatus,
+    MessageType, MessageWrite, NewMessage, NewPersona, PersonaFilter, Role, Store, StoreError,
+    UsageBucket, UsageGroup, UsageQuery, UsageRecord, now,
 };
 use common::{Backend, TestDb};
 use serde_json::json;
@@ -23,6 +24,8 @@ backend_tests!(
     deleting_a_conversation_takes_its_messages,
     token_counts_are_recorded_once,
     prompt_history_is_the_latest_branch_newest_first,
+    a_batch_of_writes_is_one_transaction,
+    group_commit_isolates_a_refused_write,
 );
 
 async fn open(backend: Backend) -> Option<(TestDb, std::sync::Arc<dyn Store>)> {
@@ -68,6 +71,57 @@ fn user_message(conversation_id: Id, content: &str) -> NewMessage {
         created_at: now(),
         content_tokens: None,
     }
+}
+
+/// An assistant reply to `question`, in its conversation.
+fn reply_to(question: &NewMessage, content: &str) -> NewMessage {
+    NewMessage {
+        role: Role::Assistant,
+        parent_id: Some(question.id),
+        ..user_message(question.conversation_id, content)
+    }
+}
+
+/// Alice's usage record of `reply` (12,450 nano-USD, TTFT 120 ms, 900 ms long).
+fn usage_of(
+    reply: &NewMessage,
+    persona_id: Option<Id>,
+    prompt: i64,
+    completion: i64,
+) -> UsageRecord {
+    UsageRecord {
+        id: Id::new(),
+        user_id: "alice".into(),
+        conversation_id: Some(reply.conversation_id),
+        message_id: Some(reply.id),
+        persona_id,
+        model: "default".into(),
+        upstream_model: "gpt-4o-mini".into(),
+        provider: "openai".into(),
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+        cached_tokens: 0,
+        reasoning_tokens: 0,
+        estimated: false,
+        cost_nanousd: 12_450,
+        ttft_ms: Some(120),
+        duration_ms: 900,
+        created_at: now(),
+    }
+}
+
+/// Alice's usage today, by persona.
+async fn usage_by_persona(store: &std::sync::Arc<dyn Store>) -> Vec<UsageBucket> {
+    let today = chatgate::store::day_of(now());
+    store
+        .usage_buckets(&UsageQuery {
+            user_id: Some("alice".into()),
+            from_day: today.clone(),
+            to_day: today,
+            group_by: UsageGroup::Persona,
+        })
+        .await
+        .expect("usage")
 }
 
 async fn personas_seed_idempotently_and_crud(backend: Backend) {
@@ -408,32 +462,10 @@ async fn generation_saves_message_and_usage_together(backend: Backend) {
         return;
     };
     let (p, c) = alice_conversation(&store).await;
-    let question = store
-        .insert_message(&user_message(c.id, "q"))
-        .await
-        .expect("insert");
-    let mut reply = user_message(c.id, "answer");
-    reply.role = Role::Assistant;
-    reply.parent_id = Some(question.id);
-    let usage = UsageRecord {
-        id: Id::new(),
-        user_id: "alice".into(),
-        conversation_id: Some(c.id),
-        message_id: Some(reply.id),
-        persona_id: Some(p.id),
-        model: "default".into(),
-        upstream_model: "gpt-4o-mini".into(),
-        provider: "openai".into(),
-        prompt_tokens: 79,
-        completion_tokens: 1,
-        cached_tokens: 0,
-        reasoning_tokens: 0,
-        estimated: false,
-        cost_nanousd: 12_450,
-        ttft_ms: Some(120),
-        duration_ms: 900,
-        created_at: now(),
-    };
+    let question = user_message(c.id, "q");
+    store.insert_message(&question).await.expect("insert");
+    let reply = reply_to(&question, "answer");
+    let usage = usage_of(&reply, Some(p.id), 79, 1);
     let saved = store.save_generation(&reply, &usage).await.expect("save");
     assert_eq!(
         (saved.tokens_used, saved.ttft_ms, saved.response_time_ms),
@@ -648,4 +680,195 @@ async fn prompt_history_is_the_latest_branch_newest_first(backend: Backend) {
             .expect("foreign")
             .is_empty()
     );
+}
+
+async fn a_batch_of_writes_is_one_transaction(backend: Backend) {
+    let Some((_db, store)) = open(backend).await else {
+        return;
+    };
+    let (p, c) = alice_conversation(&store).await;
+    let other = store
+        .create_conversation("alice", p.id, None)
+        .await
+        .expect("create");
+    let photo = Media {
+        id: Id::new(),
+        user_id: "alice".into(),
+        content_type: "image/png".into(),
+        size_bytes: 3,
+        sha256: "00".into(),
+        storage_key: "photo".into(),
+        created_at: now(),
+    };
+    store.insert_media(&photo).await.expect("media");
+
+    // Two questions (one with a photo) and their replies, and a usage record of no message, in one batch.
+    let question = user_message(c.id, "q1");
+    let with_photo = NewMessage {
+        message_type: MessageType::Image,
+        media: json!([{ "id": photo.id.to_string(), "content_type": "image/png" }]),
+        ..user_message(other.id, "look")
+    };
+    let (first, second) = (reply_to(&question, "a1"), reply_to(&with_photo, "a2"));
+    let mut stateless = usage_of(&first, None, 5, 7);
+    (stateless.conversation_id, stateless.message_id) = (None, None);
+    let writes = [
+        MessageWrite::Insert(question.clone()),
+        MessageWrite::Insert(with_photo.clone()),
+        MessageWrite::Reply(first.clone(), usage_of(&first, Some(p.id), 10, 2)),
+        MessageWrite::Reply(second.clone(), usage_of(&second, Some(p.id), 20, 3)),
+        MessageWrite::Usage(stateless),
+    ];
+    let at = store.write_messages(&writes).await.expect("batch");
+    for (id, content) in [
+        (question.id, "q1"),
+        (with_photo.id, "look"),
+        (first.id, "a1"),
+        (second.id, "a2"),
+    ] {
+        let read = store
+            .get_message("alice", id)
+            .await
+            .expect("get")
+            .expect("written");
+        assert_eq!(read.content, content);
+    }
+    let reply = store
+        .get_message("alice", second.id)
+        .await
+        .expect("get")
+        .expect("reply");
+    assert_eq!((reply.updated_at, reply.tokens_used), (at, Some(23)));
+    // The rollup holds both replies summed in one row of the persona, and the stateless record in its own.
+    let mut expected = UsageBucket::empty(p.id.to_string());
+    (
+        expected.requests,
+        expected.prompt_tokens,
+        expected.completion_tokens,
+        expected.cost_nanousd,
+    ) = (2, 30, 5, 24_900);
+    let mut none = UsageBucket::empty(String::new());
+    (
+        none.requests,
+        none.prompt_tokens,
+        none.completion_tokens,
+        none.cost_nanousd,
+    ) = (1, 5, 7, 12_450);
+    let mut buckets = usage_by_persona(&store).await;
+    buckets.sort_by(|a, b| a.key.cmp(&b.key));
+    assert_eq!(buckets, vec![none, expected.clone()]);
+    // The photo is linked to its message: deleting that conversation takes the upload's record with it.
+    assert!(
+        store
+            .delete_conversation("alice", other.id)
+            .await
+            .expect("delete")
+    );
+    assert!(
+        store
+            .get_media("alice", photo.id)
+            .await
+            .expect("media")
+            .is_none()
+    );
+
+    // One refused write (a question in a conversation that is gone) fails the whole batch: nothing of it is
+    // written, neither the messages nor the usage nor the rollup.
+    let (third, orphan) = (
+        user_message(c.id, "q3"),
+        user_message(other.id, "into the void"),
+    );
+    let third_reply = reply_to(&third, "a3");
+    let refused = store
+        .write_messages(&[
+            MessageWrite::Insert(third.clone()),
+            MessageWrite::Reply(
+                third_reply.clone(),
+                usage_of(&third_reply, Some(p.id), 1, 1),
+            ),
+            MessageWrite::Insert(orphan),
+        ])
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Conflict(_))),
+        "{refused:?}"
+    );
+    for id in [third.id, third_reply.id] {
+        assert!(store.get_message("alice", id).await.expect("get").is_none());
+    }
+    assert!(
+        store
+            .usage_for_message(third_reply.id)
+            .await
+            .expect("usage")
+            .is_empty()
+    );
+    assert_eq!(
+        usage_by_persona(&store)
+            .await
+            .iter()
+            .map(|b| b.requests)
+            .sum::<i64>(),
+        3
+    );
+    // And an empty batch writes nothing and does not fail.
+    store.write_messages(&[]).await.expect("empty batch");
+}
+
+async fn group_commit_isolates_a_refused_write(backend: Backend) {
+    let Some((_db, store)) = open(backend).await else {
+        return;
+    };
+    let (p, c) = alice_conversation(&store).await;
+    let writes = GroupCommit::new(std::sync::Arc::clone(&store), chatgate::tasks::Tasks::new());
+    // 60 questions with their replies at once, and one question for a conversation that does not exist: they
+    // share transactions, and the refused one must fail alone.
+    let questions: Vec<NewMessage> = (0..60)
+        .map(|i| user_message(c.id, &format!("q{i}")))
+        .collect();
+    let orphan = user_message(Id::new(), "nowhere");
+    let mut calls = Vec::new();
+    for question in &questions {
+        let writes = writes.clone();
+        let (question, reply) = (question.clone(), reply_to(question, "a"));
+        let usage = usage_of(&reply, Some(p.id), 3, 4);
+        calls.push(tokio::spawn(async move {
+            writes.write(MessageWrite::Insert(question)).await?;
+            writes.write(MessageWrite::Reply(reply, usage)).await
+        }));
+    }
+    let refused = writes.write(MessageWrite::Insert(orphan.clone())).await;
+    assert!(
+        matches!(refused, Err(StoreError::Conflict(_))),
+        "{refused:?}"
+    );
+    for call in calls {
+        call.await.expect("join").expect("written");
+    }
+    let history = store
+        .prompt_history(c.id, None, 1_000)
+        .await
+        .expect("history");
+    assert_eq!(history.len(), 120, "every question and reply is stored");
+    let buckets = usage_by_persona(&store).await;
+    assert_eq!(
+        buckets
+            .iter()
+            .map(|b| (b.requests, b.prompt_tokens, b.completion_tokens))
+            .collect::<Vec<_>>(),
+        vec![(60, 180, 240)]
+    );
+    // A write whose caller went away is still written.
+    let question = user_message(c.id, "abandoned");
+    let abandoned = writes.write(MessageWrite::Insert(question.clone()));
+    let _ = tokio::time::timeout(std::time::Duration::ZERO, abandoned).await;
+    let mut stored = None;
+    for _ in 0..200 {
+        stored = store.get_message("alice", question.id).await.expect("get");
+        if stored.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(stored.map(|m| m.content).as_deref(), Some("abandoned"));
 }

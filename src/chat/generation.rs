@@ -16,7 +16,7 @@ use crate::event::{Done, Failed, Failure, GenerationEvent, Start, UsageReport};
 use crate::id::Id;
 use crate::providers::tools::ToolCalls;
 use crate::providers::{ChatMessage, ChatRequest, ProviderError, ProviderEvent, Sampling};
-use crate::store::{self, Message, NewMessage, StoreError, UsageRecord};
+use crate::store::{self, Message, MessageWrite, NewMessage, StoreError, UsageRecord};
 use crate::stream::Generation;
 use crate::usage::budget::Reservation;
 use crate::usage::{TokenCounts, Usage, nanousd_to_usd};
@@ -542,11 +542,15 @@ async fn persist(
     loop {
         let written = match target {
             Persist::UsageOnly => chat
-                .store
-                .record_usage(usage)
+                .writes
+                .write(MessageWrite::Usage(usage.clone()))
                 .await
-                .map(|()| Message::from_new(message, Some(usage))),
-            Persist::Conversation { .. } => chat.store.save_generation(message, usage).await,
+                .map(|_| Message::from_new(message, Some(usage))),
+            Persist::Conversation { .. } => chat
+                .writes
+                .write(MessageWrite::Reply(message.clone(), usage.clone()))
+                .await
+                .map(|updated_at| Message::saved(message, usage, updated_at)),
         };
         match written {
             Ok(saved) => return Ok(saved),

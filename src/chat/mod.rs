@@ -39,7 +39,8 @@ use crate::media::MediaStore;
 use crate::personas::PersonaCache;
 use crate::providers::{ChatMessage, ChatRequest, Sampling, Tools};
 use crate::store::{
-    Conversation, HistoryPage, HistoryTurn, Message, NewMessage, Persona, PersonaFilter, Store,
+    Conversation, GroupCommit, HistoryPage, HistoryTurn, Message, MessageWrite, NewMessage,
+    Persona, PersonaFilter, Store,
 };
 use crate::stream::{Generation, GenerationMeta, Hub};
 use crate::tasks::Tasks;
@@ -170,6 +171,8 @@ pub struct Chat(Arc<Inner>);
 pub struct Inner {
     pub config: Arc<Config>,
     pub store: Arc<dyn Store>,
+    /// New messages, replies and usage records, group-committed.
+    pub writes: GroupCommit,
     pub models: Arc<Models>,
     pub hub: Hub,
     /// What the instances share through Redis, when configured.
@@ -271,26 +274,26 @@ impl Chat {
                 )?
                 .messages
             };
-            let user_message = self
-                .store
-                .insert_message(&NewMessage {
-                    id: Id::new(),
-                    conversation_id: conversation.id,
-                    parent_id: request.parent_id,
-                    role: Role::User,
-                    content: attached.content,
-                    message_type: request.message_type,
-                    media: attached.media,
-                    status: MessageStatus::Complete,
-                    model: None,
-                    provider: None,
-                    finish_reason: None,
-                    error: None,
-                    created_at: crate::store::now(),
-                    content_tokens: None,
-                })
+            let user_message = NewMessage {
+                id: Id::new(),
+                conversation_id: conversation.id,
+                parent_id: request.parent_id,
+                role: Role::User,
+                content: attached.content,
+                message_type: request.message_type,
+                media: attached.media,
+                status: MessageStatus::Complete,
+                model: None,
+                provider: None,
+                finish_reason: None,
+                error: None,
+                created_at: crate::store::now(),
+                content_tokens: None,
+            };
+            self.writes
+                .write(MessageWrite::Insert(user_message.clone()))
                 .await?;
-            Ok::<_, Error>((messages, user_message))
+            Ok::<_, Error>((messages, Message::from_new(&user_message, None)))
         }
         .await;
         let (messages, user_message) = match committed {

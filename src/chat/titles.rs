@@ -13,7 +13,7 @@ use crate::domain::{MessageStatus, Role};
 use crate::error::{Error, ErrorKind};
 use crate::event::GenerationEvent;
 use crate::providers::{ChatMessage, ChatRequest, ProviderEvent};
-use crate::store::{self, Conversation, HistoryPage, Id, UsageRecord};
+use crate::store::{self, Conversation, HistoryPage, Id, MessageWrite, UsageRecord};
 use crate::stream::Generation;
 use crate::usage::Usage;
 
@@ -242,7 +242,7 @@ async fn record_usage(
         duration_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
         created_at: store::now(),
     };
-    if let Err(err) = chat.store.record_usage(&record).await {
+    if let Err(err) = chat.writes.write(MessageWrite::Usage(record)).await {
         tracing::warn!(%conversation_id, %err, "recording a title's usage failed");
     }
 }

@@ -4,6 +4,7 @@
 //! own migrations folder (`migrations/sqlite`, `migrations/postgres`). Timestamps are bound from Rust (UTC,
 //! microsecond precision) so both backends order and compare them the same way.
 
+mod group_commit;
 mod postgres;
 mod sqlite;
 
@@ -12,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::types::Json;
 
+pub use self::group_commit::GroupCommit;
 pub use self::postgres::PgStore;
 pub use self::sqlite::SqliteStore;
 pub use crate::domain::{FinishReason, MessageStatus, MessageType, Role};
@@ -281,6 +283,14 @@ impl From<MessageRow> for Message {
 
 impl Message {
     /// The stored form of a message just inserted, with its usage when it has one.
+    /// A reply as [`Store::save_generation`] stored it, `updated_at` the time it was written.
+    pub fn saved(m: &NewMessage, usage: &UsageRecord, updated_at: DateTime<Utc>) -> Self {
+        Self {
+            updated_at,
+            ..Self::from_new(m, Some(usage))
+        }
+    }
+
     pub fn from_new(m: &NewMessage, usage: Option<&UsageRecord>) -> Self {
         Message {
             id: m.id,
@@ -334,6 +344,21 @@ pub fn media_ids_of(media: &Value) -> Vec<Id> {
         .flatten()
         .filter_map(|m| m["id"].as_str()?.parse().ok())
         .collect()
+}
+
+/// One write of [`Store::write_messages`] (and of [`GroupCommit`]).
+#[derive(Debug, Clone)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a write is moved once, into the queue; boxing would add an allocation per write"
+)]
+pub enum MessageWrite {
+    /// A new message (a user's): refused when its id exists; its media ([`media_ids_of`]) linked to it.
+    Insert(NewMessage),
+    /// A finished reply, over its checkpoint if there is one, and its usage record.
+    Reply(NewMessage, UsageRecord),
+    /// A usage record that belongs to no stored message (stateless completions, titles).
+    Usage(UsageRecord),
 }
 
 /// A message to insert.
@@ -573,8 +598,26 @@ pub trait Store: Send + Sync + 'static {
     /// messages used (the files go in the background sweep), in one transaction.
     async fn delete_conversation(&self, user_id: &str, id: Id) -> StoreResult<bool>;
 
-    /// Inserts a message and bumps its conversation's `last_message_at`, in one transaction.
-    async fn insert_message(&self, message: &NewMessage) -> StoreResult<Message>;
+    /// Writes every one of `writes` in one transaction, or none of them: each kind of row in one multi-row
+    /// statement (new messages, their media links, replies, usage records), and the usage rollup summed per
+    /// (user, day, model, persona) in one more. A lone new message without media is one statement and no
+    /// transaction. [`GroupCommit`] sends concurrent writes through here together.
+    ///
+    /// Returns the time written as the replies' `updated_at`.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when a new message's id exists, a reply already has a usage record, or a
+    /// conversation is gone; [`StoreError::Database`] when the database fails. Nothing is written then.
+    async fn write_messages(&self, writes: &[MessageWrite]) -> StoreResult<DateTime<Utc>>;
+    /// Inserts a message (its conversation's `last_message_at` bumped by a trigger), linking its media.
+    ///
+    /// # Errors
+    /// As [`Store::write_messages`].
+    async fn insert_message(&self, message: &NewMessage) -> StoreResult<Message> {
+        self.write_messages(&[MessageWrite::Insert(message.clone())])
+            .await?;
+        Ok(Message::from_new(message, None))
+    }
     async fn get_message(&self, user_id: &str, id: Id) -> StoreResult<Option<Message>>;
     /// Records messages' [`Message::content_tokens`] (id, tokens), each only where none is recorded yet, in
     /// one transaction; a message deleted meanwhile is skipped.
@@ -625,7 +668,12 @@ pub trait Store: Send + Sync + 'static {
         &self,
         message: &NewMessage,
         usage: &UsageRecord,
-    ) -> StoreResult<Message>;
+    ) -> StoreResult<Message> {
+        let updated_at = self
+            .write_messages(&[MessageWrite::Reply(message.clone(), usage.clone())])
+            .await?;
+        Ok(Message::saved(message, usage, updated_at))
+    }
     /// Replies left `streaming` by a dead process: those of `instance_id` (this process's previous life), and
     /// any whose heartbeat is older than `stale_before`.
     async fn stale_replies(
@@ -639,7 +687,11 @@ pub trait Store: Send + Sync + 'static {
     -> StoreResult<bool>;
     /// Writes a usage record that belongs to no stored message (the stateless OpenAI-compatible endpoint), with
     /// its rollup, in one transaction.
-    async fn record_usage(&self, usage: &UsageRecord) -> StoreResult<()>;
+    async fn record_usage(&self, usage: &UsageRecord) -> StoreResult<()> {
+        self.write_messages(&[MessageWrite::Usage(usage.clone())])
+            .await
+            .map(drop)
+    }
     /// Usage from the daily rollup, grouped, for one user or (`None`) everyone.
     async fn usage_buckets(&self, query: &UsageQuery) -> StoreResult<Vec<UsageBucket>>;
     /// A version of a user's (or everyone's) usage: the last rollup change and the number of rollup rows.

@@ -50,15 +50,6 @@ macro_rules! message_columns {
     };
 }
 
-macro_rules! message_insert {
-    () => {
-        "INSERT INTO messages (id, conversation_id, parent_id, role, content, message_type, media, status, \
-         model, provider, finish_reason, error, created_at, updated_at, instance_id, prompt_tokens_estimate, \
-         content_tokens) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
-    };
-}
-
 macro_rules! message_select {
     () => {
         concat!(
@@ -392,26 +383,56 @@ impl Store for Backend {
         Ok(result.rows_affected() > 0)
     }
 
-    async fn insert_message(&self, m: &NewMessage) -> StoreResult<Message> {
-        let media_ids = crate::store::media_ids_of(&m.media);
-        if media_ids.is_empty() {
-            // One statement: a trigger marks the conversation active (migration 0004).
-            let mut conn = self.pool.acquire().await?;
-            write_message(&mut conn, m, m.created_at, None, OnConflict::Fail).await?;
-        } else {
-            let mut tx = self.pool.begin().await?;
-            write_message(&mut tx, m, m.created_at, None, OnConflict::Fail).await?;
-            for media_id in media_ids {
-                sqlx::query("INSERT INTO message_media (message_id, media_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-                    .bind(m.id)
-                    .bind(media_id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| map_write_error(e, "the message's media"))?;
+    async fn write_messages(&self, writes: &[MessageWrite]) -> StoreResult<DateTime<Utc>> {
+        let updated_at = now();
+        let (mut inserts, mut replies, mut usage) = (Vec::new(), Vec::new(), Vec::new());
+        for write in writes {
+            match write {
+                MessageWrite::Insert(m) => inserts.push(MessageInsert::new(m, m.created_at)),
+                MessageWrite::Reply(m, u) => {
+                    replies.push(MessageInsert::new(m, updated_at));
+                    usage.push(u);
+                }
+                MessageWrite::Usage(u) => usage.push(u),
             }
-            tx.commit().await?;
         }
-        Ok(Message::from_new(m, None))
+        let links: Vec<(Id, Id)> = inserts
+            .iter()
+            .flat_map(|row| {
+                let id = row.message.id;
+                media_ids_of(&row.message.media)
+                    .into_iter()
+                    .map(move |media| (id, media))
+            })
+            .collect();
+        if replies.is_empty() && usage.is_empty() && links.is_empty() {
+            // One statement (the common send: a user message without media) needs no transaction.
+            if !inserts.is_empty() {
+                let mut conn = self.pool.acquire().await?;
+                write_message_rows(&mut conn, &inserts, OnConflict::Fail).await?;
+            }
+            return Ok(updated_at);
+        }
+        let mut tx = self.pool.begin().await?;
+        write_message_rows(&mut tx, &inserts, OnConflict::Fail).await?;
+        if !links.is_empty() {
+            let mut query =
+                sqlx::QueryBuilder::<Db>::new("INSERT INTO message_media (message_id, media_id) ");
+            query.push_values(&links, |mut row, (message, media)| {
+                row.push_bind(*message).push_bind(*media);
+            });
+            query.push(" ON CONFLICT DO NOTHING");
+            query
+                .build()
+                .persistent(links.len() == 1)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| map_write_error(e, "the message's media"))?;
+        }
+        write_message_rows(&mut tx, &replies, OnConflict::Update).await?;
+        insert_usage(&mut tx, &usage).await?;
+        tx.commit().await?;
+        Ok(updated_at)
     }
 
     async fn set_content_tokens(&self, counts: &[(Id, i64)]) -> StoreResult<()> {
@@ -633,17 +654,6 @@ impl Store for Backend {
         Ok(written)
     }
 
-    async fn save_generation(&self, m: &NewMessage, u: &UsageRecord) -> StoreResult<Message> {
-        let mut tx = self.background.begin().await?;
-        let updated_at = now();
-        write_message(&mut tx, m, updated_at, None, OnConflict::Update).await?;
-        insert_usage(&mut tx, u).await?;
-        tx.commit().await?;
-        let mut saved = Message::from_new(m, Some(u));
-        saved.updated_at = updated_at;
-        Ok(saved)
-    }
-
     async fn stale_replies(
         &self,
         instance_id: &str,
@@ -690,16 +700,9 @@ impl Store for Backend {
         if updated.rows_affected() == 0 {
             return Ok(false);
         }
-        insert_usage(&mut tx, u).await?;
+        insert_usage(&mut tx, &[u]).await?;
         tx.commit().await?;
         Ok(true)
-    }
-
-    async fn record_usage(&self, u: &UsageRecord) -> StoreResult<()> {
-        let mut tx = self.background.begin().await?;
-        insert_usage(&mut tx, u).await?;
-        tx.commit().await?;
-        Ok(())
     }
 
     async fn usage_buckets(&self, q: &UsageQuery) -> StoreResult<Vec<UsageBucket>> {
@@ -850,7 +853,7 @@ async fn insert_persona(
         .map_err(|e| map_write_error(e, "a persona with this slug"))
 }
 
-/// What [`write_message`] does when the message's row exists.
+/// What [`write_message_rows`] does when a message's row exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum OnConflict {
     /// Fails (a new message).
@@ -862,118 +865,199 @@ enum OnConflict {
     Update,
 }
 
-/// Writes checkpoint rows in one transaction.
+impl OnConflict {
+    fn clause(self) -> &'static str {
+        match self {
+            OnConflict::Fail => "",
+            OnConflict::UpdateWhileStreaming => {
+                " ON CONFLICT (id) DO UPDATE SET content = excluded.content, updated_at = excluded.updated_at \
+                 WHERE messages.status = excluded.status"
+            }
+            OnConflict::Update => {
+                " ON CONFLICT (id) DO UPDATE SET content = excluded.content, status = excluded.status, \
+                 model = excluded.model, provider = excluded.provider, finish_reason = excluded.finish_reason, \
+                 error = excluded.error, updated_at = excluded.updated_at, content_tokens = excluded.content_tokens"
+            }
+        }
+    }
+}
+
+/// One row of the `messages` INSERT. `updated_at` is the row's heartbeat; `checkpoint` is the instance writing
+/// a streaming reply and the prompt's estimated tokens, for billing it should that instance die.
+struct MessageInsert<'a> {
+    message: &'a NewMessage,
+    updated_at: DateTime<Utc>,
+    checkpoint: Option<(&'a str, i64)>,
+}
+
+impl<'a> MessageInsert<'a> {
+    fn new(message: &'a NewMessage, updated_at: DateTime<Utc>) -> Self {
+        Self {
+            message,
+            updated_at,
+            checkpoint: None,
+        }
+    }
+}
+
+/// Writes checkpoint rows in one statement.
 async fn write_checkpoint_rows(
     pool: &sqlx::Pool<Db>,
     rows: &[Checkpoint],
     instance_id: &str,
 ) -> StoreResult<()> {
-    let mut tx = pool.begin().await?;
     let now = now();
-    for row in rows {
-        let streaming = NewMessage {
+    let streaming: Vec<NewMessage> = rows
+        .iter()
+        .map(|row| NewMessage {
             status: MessageStatus::Streaming,
             finish_reason: None,
             error: None,
             ..row.message.clone()
-        };
-        write_message(
-            &mut tx,
-            &streaming,
-            now,
-            Some((instance_id, row.prompt_tokens_estimate)),
-            OnConflict::UpdateWhileStreaming,
-        )
-        .await?;
-    }
-    tx.commit().await?;
-    Ok(())
+        })
+        .collect();
+    let message_rows: Vec<MessageInsert<'_>> = streaming
+        .iter()
+        .zip(rows)
+        .map(|(message, row)| MessageInsert {
+            checkpoint: Some((instance_id, row.prompt_tokens_estimate)),
+            ..MessageInsert::new(message, now)
+        })
+        .collect();
+    let mut conn = pool.acquire().await?;
+    write_message_rows(&mut conn, &message_rows, OnConflict::UpdateWhileStreaming).await
 }
 
-/// The one INSERT of the `messages` table. `updated_at` is the row's heartbeat; `checkpoint` is the instance
-/// writing a streaming reply and the prompt's estimated tokens, for billing it should that instance die.
-async fn write_message(
+/// The one INSERT of the `messages` table: every row in one statement (none: nothing is run).
+async fn write_message_rows(
     conn: &mut <Db as sqlx::Database>::Connection,
-    m: &NewMessage,
-    updated_at: DateTime<Utc>,
-    checkpoint: Option<(&str, i64)>,
+    rows: &[MessageInsert<'_>],
     on_conflict: OnConflict,
 ) -> StoreResult<()> {
-    let sql = match on_conflict {
-        OnConflict::Fail => concat!(message_insert!(), ""),
-        OnConflict::UpdateWhileStreaming => concat!(
-            message_insert!(),
-            " ON CONFLICT (id) DO UPDATE SET content = excluded.content, updated_at = excluded.updated_at \
-             WHERE messages.status = excluded.status"
-        ),
-        OnConflict::Update => concat!(
-            message_insert!(),
-            " ON CONFLICT (id) DO UPDATE SET content = excluded.content, status = excluded.status, \
-             model = excluded.model, provider = excluded.provider, finish_reason = excluded.finish_reason, \
-             error = excluded.error, updated_at = excluded.updated_at, content_tokens = excluded.content_tokens"
-        ),
-    };
-    let (instance_id, prompt_tokens_estimate) = checkpoint.unzip();
-    sqlx::query(sql)
-        .bind(m.id)
-        .bind(m.conversation_id)
-        .bind(m.parent_id)
-        .bind(m.role)
-        .bind(&m.content)
-        .bind(m.message_type)
-        .bind(Json(&m.media))
-        .bind(m.status)
-        .bind(&m.model)
-        .bind(&m.provider)
-        .bind(&m.finish_reason)
-        .bind(&m.error)
-        .bind(m.created_at)
-        .bind(updated_at)
-        .bind(instance_id)
-        .bind(prompt_tokens_estimate)
-        .bind(m.content_tokens)
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut query = sqlx::QueryBuilder::<Db>::new(
+        "INSERT INTO messages (id, conversation_id, parent_id, role, content, message_type, media, status, \
+         model, provider, finish_reason, error, created_at, updated_at, instance_id, prompt_tokens_estimate, \
+         content_tokens) ",
+    );
+    query.push_values(rows, |mut row, r| {
+        let (instance_id, prompt_tokens_estimate) = r.checkpoint.unzip();
+        let m = r.message;
+        row.push_bind(m.id)
+            .push_bind(m.conversation_id)
+            .push_bind(m.parent_id)
+            .push_bind(m.role)
+            .push_bind(m.content.clone())
+            .push_bind(m.message_type)
+            .push_bind(Json(m.media.clone()))
+            .push_bind(m.status)
+            .push_bind(m.model.clone())
+            .push_bind(m.provider.clone())
+            .push_bind(m.finish_reason.clone())
+            .push_bind(m.error.clone())
+            .push_bind(m.created_at)
+            .push_bind(r.updated_at)
+            .push_bind(instance_id.map(str::to_string))
+            .push_bind(prompt_tokens_estimate)
+            .push_bind(m.content_tokens);
+    });
+    query.push(on_conflict.clause());
+    query
+        .build()
+        .persistent(rows.len() == 1)
         .execute(conn)
         .await
         .map_err(|e| map_write_error(e, "the message"))?;
     Ok(())
 }
 
-/// Writes a usage record and adds it to the daily rollup, inside the caller's transaction.
+/// Writes usage records and adds them to the daily rollup, inside the caller's transaction: the records in one
+/// statement, the rollup summed per (user, day, model, persona) in another (none: nothing is run).
 async fn insert_usage(
     conn: &mut <Db as sqlx::Database>::Connection,
-    u: &UsageRecord,
+    records: &[&UsageRecord],
 ) -> StoreResult<()> {
-    sqlx::query(concat!(
+    if records.is_empty() {
+        return Ok(());
+    }
+    let mut query = sqlx::QueryBuilder::<Db>::new(concat!(
         "INSERT INTO usage_records (",
         usage_columns!(),
-        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
-    ))
-    .bind(u.id)
-    .bind(&u.user_id)
-    .bind(u.conversation_id)
-    .bind(u.message_id)
-    .bind(u.persona_id)
-    .bind(&u.model)
-    .bind(&u.upstream_model)
-    .bind(&u.provider)
-    .bind(u.prompt_tokens)
-    .bind(u.completion_tokens)
-    .bind(u.cached_tokens)
-    .bind(u.reasoning_tokens)
-    .bind(u.estimated)
-    .bind(u.cost_nanousd)
-    .bind(u.ttft_ms)
-    .bind(u.duration_ms)
-    .bind(u.created_at)
-    .execute(&mut *conn)
-    .await
-    .map_err(|e| map_write_error(e, "a usage record for this message"))?;
-    sqlx::query(
+        ") "
+    ));
+    query.push_values(records, |mut row, u| {
+        row.push_bind(u.id)
+            .push_bind(u.user_id.clone())
+            .push_bind(u.conversation_id)
+            .push_bind(u.message_id)
+            .push_bind(u.persona_id)
+            .push_bind(u.model.clone())
+            .push_bind(u.upstream_model.clone())
+            .push_bind(u.provider.clone())
+            .push_bind(u.prompt_tokens)
+            .push_bind(u.completion_tokens)
+            .push_bind(u.cached_tokens)
+            .push_bind(u.reasoning_tokens)
+            .push_bind(u.estimated)
+            .push_bind(u.cost_nanousd)
+            .push_bind(u.ttft_ms)
+            .push_bind(u.duration_ms)
+            .push_bind(u.created_at);
+    });
+    query
+        .build()
+        .persistent(records.len() == 1)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| map_write_error(e, "a usage record for this message"))?;
+
+    // Summed per rollup row first: one row may appear only once in an upsert, and the sorted order keeps
+    // concurrent writers taking the rows' locks in the same order.
+    let mut rollup: std::collections::BTreeMap<(&str, String, &str, String), Rollup> =
+        std::collections::BTreeMap::new();
+    for u in records {
+        let key = (
+            u.user_id.as_str(),
+            day_of(u.created_at),
+            u.model.as_str(),
+            u.persona_id.map(|p| p.to_string()).unwrap_or_default(),
+        );
+        let sum = rollup.entry(key).or_default();
+        sum.requests += 1;
+        sum.estimated_requests += i64::from(u.estimated);
+        sum.prompt_tokens += u.prompt_tokens;
+        sum.completion_tokens += u.completion_tokens;
+        sum.cached_tokens += u.cached_tokens;
+        sum.reasoning_tokens += u.reasoning_tokens;
+        sum.cost_nanousd += u.cost_nanousd;
+    }
+    let updated_at = now();
+    let mut query = sqlx::QueryBuilder::<Db>::new(
         "INSERT INTO usage_daily (user_id, day, model, persona_id, requests, estimated_requests, prompt_tokens, \
-         completion_tokens, cached_tokens, reasoning_tokens, cost_nanousd, updated_at) \
-         VALUES ($1, $2, $3, $4, 1, $5, $6, $7, $8, $9, $10, $11) \
-         ON CONFLICT (user_id, day, model, persona_id) DO UPDATE SET \
-         requests = usage_daily.requests + 1, \
+         completion_tokens, cached_tokens, reasoning_tokens, cost_nanousd, updated_at) ",
+    );
+    query.push_values(
+        &rollup,
+        |mut row, ((user_id, day, model, persona_id), sum)| {
+            row.push_bind(user_id.to_string())
+                .push_bind(day.clone())
+                .push_bind(model.to_string())
+                .push_bind(persona_id.clone())
+                .push_bind(sum.requests)
+                .push_bind(sum.estimated_requests)
+                .push_bind(sum.prompt_tokens)
+                .push_bind(sum.completion_tokens)
+                .push_bind(sum.cached_tokens)
+                .push_bind(sum.reasoning_tokens)
+                .push_bind(sum.cost_nanousd)
+                .push_bind(updated_at);
+        },
+    );
+    query.push(
+        " ON CONFLICT (user_id, day, model, persona_id) DO UPDATE SET \
+         requests = usage_daily.requests + excluded.requests, \
          estimated_requests = usage_daily.estimated_requests + excluded.estimated_requests, \
          prompt_tokens = usage_daily.prompt_tokens + excluded.prompt_tokens, \
          completion_tokens = usage_daily.completion_tokens + excluded.completion_tokens, \
@@ -981,19 +1065,23 @@ async fn insert_usage(
          reasoning_tokens = usage_daily.reasoning_tokens + excluded.reasoning_tokens, \
          cost_nanousd = usage_daily.cost_nanousd + excluded.cost_nanousd, \
          updated_at = excluded.updated_at",
-    )
-    .bind(&u.user_id)
-    .bind(day_of(u.created_at))
-    .bind(&u.model)
-    .bind(u.persona_id.map(|p| p.to_string()).unwrap_or_default())
-    .bind(i64::from(u.estimated))
-    .bind(u.prompt_tokens)
-    .bind(u.completion_tokens)
-    .bind(u.cached_tokens)
-    .bind(u.reasoning_tokens)
-    .bind(u.cost_nanousd)
-    .bind(now())
-    .execute(&mut *conn)
-    .await?;
+    );
+    query
+        .build()
+        .persistent(rollup.len() == 1)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
+}
+
+/// One row of the daily rollup's increment.
+#[derive(Default)]
+struct Rollup {
+    requests: i64,
+    estimated_requests: i64,
+    prompt_tokens: i64,
+    completion_tokens: i64,
+    cached_tokens: i64,
+    reasoning_tokens: i64,
+    cost_nanousd: i64,
 }

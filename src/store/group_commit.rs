@@ -1,0 +1,133 @@
+//! Group commit: message writes that arrive while a transaction is being written wait for it and then go
+//! together, in the next one ([`Store::write_messages`]).
+//!
+//! One writer at a time per process. A burst of new messages or of finished replies costs one transaction and
+//! a handful of multi-row statements per batch instead of a transaction (or a statement) each, and on SQLite,
+//! whose database has one writer, the writers no longer queue on its lock one by one. When nothing is being
+//! written a write goes at once: batching never waits for company.
+//!
+//! The writer is a tracked task ([`Tasks::spawn`]) that exists only while writes are queued: a caller that goes
+//! away (a client that disconnected) does not cancel the others' writes, and shutdown waits for what is queued.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::oneshot;
+
+use super::{MessageWrite, Store, StoreError, StoreResult};
+use crate::tasks::Tasks;
+
+/// The most writes one transaction takes. A message row binds 17 values: 128 rows stay far below SQLite's
+/// (32,766) and PostgreSQL's (65,535) limits on a statement's parameters.
+pub const MAX_BATCH: usize = 128;
+
+/// The write queue in front of a [`Store`]. Cheap to clone.
+#[derive(Clone)]
+pub struct GroupCommit(Arc<Inner>);
+
+struct Inner {
+    store: Arc<dyn Store>,
+    tasks: Tasks,
+    queue: Mutex<Queue>,
+}
+
+#[derive(Default)]
+struct Queue {
+    pending: VecDeque<Pending>,
+    /// Whether a writer task is running; it takes everything queued before it exits.
+    writing: bool,
+}
+
+struct Pending {
+    write: MessageWrite,
+    done: oneshot::Sender<StoreResult<DateTime<Utc>>>,
+}
+
+impl GroupCommit {
+    pub fn new(store: Arc<dyn Store>, tasks: Tasks) -> Self {
+        Self(Arc::new(Inner {
+            store,
+            tasks,
+            queue: Mutex::default(),
+        }))
+    }
+
+    /// Writes `write` in the next transaction and returns when it is committed, with the time the transaction
+    /// wrote as replies' `updated_at`.
+    ///
+    /// # Errors
+    /// The write's own error, as [`Store::write_messages`] gives it: when a batch fails, each of its writes is
+    /// tried again alone, so one refused write (a conversation deleted meanwhile) never fails the others.
+    pub async fn write(&self, write: MessageWrite) -> StoreResult<DateTime<Utc>> {
+        let (done, committed) = oneshot::channel();
+        let start_writer = {
+            let mut queue = self.0.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            queue.pending.push_back(Pending { write, done });
+            !std::mem::replace(&mut queue.writing, true)
+        };
+        if start_writer {
+            let this = self.clone();
+            self.0.tasks.spawn(async move { this.drain().await });
+        }
+        committed
+            .await
+            .unwrap_or(Err(StoreError::Database(sqlx::Error::WorkerCrashed)))
+    }
+
+    /// Writes batches until the queue is empty.
+    async fn drain(&self) {
+        // Should a write panic, the writer is marked gone so that the next caller starts one again.
+        struct Stopped<'a>(&'a Mutex<Queue>);
+        impl Drop for Stopped<'_> {
+            fn drop(&mut self) {
+                self.0
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .writing = false;
+            }
+        }
+        let stopped = Stopped(&self.0.queue);
+        loop {
+            let batch: Vec<Pending> = {
+                let mut queue = stopped.0.lock().unwrap_or_else(PoisonError::into_inner);
+                if queue.pending.is_empty() {
+                    queue.writing = false;
+                    break;
+                }
+                let n = queue.pending.len().min(MAX_BATCH);
+                queue.pending.drain(..n).collect()
+            };
+            self.commit(batch).await;
+        }
+        std::mem::forget(stopped);
+    }
+
+    async fn commit(&self, batch: Vec<Pending>) {
+        let (writes, done): (Vec<MessageWrite>, Vec<_>) =
+            batch.into_iter().map(|p| (p.write, p.done)).unzip();
+        match self.0.store.write_messages(&writes).await {
+            Ok(at) => {
+                for done in done {
+                    // The caller may be gone (its client disconnected); the write stands.
+                    let _ = done.send(Ok(at));
+                }
+            }
+            Err(err) if writes.len() == 1 => {
+                let _ = done.into_iter().next().map(|done| done.send(Err(err)));
+            }
+            Err(err) => {
+                tracing::debug!(writes = writes.len(), error = %err, "a batch failed; writing each alone");
+                for (write, done) in writes.into_iter().zip(done) {
+                    let _ = done.send(self.0.store.write_messages(&[write]).await);
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for GroupCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCommit").finish_non_exhaustive()
+    }
+}
