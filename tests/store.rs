@@ -110,6 +110,21 @@ fn usage_of(
     }
 }
 
+/// The turns of alice's conversation's next prompt.
+async fn history(
+    store: &std::sync::Arc<dyn Store>,
+    conversation: Id,
+    before: Option<Id>,
+    limit: i64,
+) -> Vec<HistoryTurn> {
+    store
+        .prompt_history("alice", conversation, before, limit)
+        .await
+        .expect("history")
+        .expect("alice's conversation")
+        .turns
+}
+
 /// Alice's usage today, by persona.
 async fn usage_by_persona(store: &std::sync::Arc<dyn Store>) -> Vec<UsageBucket> {
     let today = chatgate::store::day_of(now());
@@ -578,11 +593,7 @@ async fn prompt_history_is_the_latest_branch_newest_first(backend: Backend) {
     };
     let (p, c) = alice_conversation(&store).await;
     assert!(
-        store
-            .prompt_history(c.id, None, 10)
-            .await
-            .expect("empty")
-            .is_empty(),
+        history(&store, c.id, None, 10).await.is_empty(),
         "a conversation without messages has no history"
     );
     let media_id = Id::new();
@@ -651,21 +662,18 @@ async fn prompt_history_is_the_latest_branch_newest_first(backend: Backend) {
                 .collect::<Vec<_>>()
         }
     };
-    let all = store.prompt_history(c.id, None, 100).await.expect("all");
+    let all = history(&store, c.id, None, 100).await;
     assert_eq!(all, turns(HistoryPage::Offset(0), 100).await);
     assert_eq!(all.len(), 6, "three questions and their latest replies");
     assert_eq!(all[0].content, "regenerated reply 2");
     assert_eq!(all[3].media, json!([{ "id": media_id, "kind": "image" }]));
     assert_eq!(all[5].content_tokens, Some(4));
     assert_eq!(
-        store.prompt_history(c.id, None, 3).await.expect("limited"),
+        history(&store, c.id, None, 3).await,
         turns(HistoryPage::Offset(0), 3).await
     );
     let question = question.expect("asked");
-    let before = store
-        .prompt_history(c.id, Some(question), 100)
-        .await
-        .expect("before");
+    let before = history(&store, c.id, Some(question), 100).await;
     assert_eq!(before, turns(HistoryPage::Before(question), 100).await);
     assert_eq!(before.len(), 4, "what came before the last question");
     // A cursor from another conversation selects nothing.
@@ -674,12 +682,32 @@ async fn prompt_history_is_the_latest_branch_newest_first(backend: Backend) {
         .await
         .expect("create");
     assert!(
-        store
-            .prompt_history(other.id, Some(question), 100)
+        history(&store, other.id, Some(question), 100)
             .await
-            .expect("foreign")
             .is_empty()
     );
+    // The conversation comes with its history, and only to its owner.
+    let read = store
+        .prompt_history("alice", c.id, None, 1)
+        .await
+        .expect("read")
+        .expect("alice's");
+    let listed = store
+        .get_conversation("alice", c.id)
+        .await
+        .expect("get")
+        .expect("alice's");
+    assert_eq!((read.conversation, read.turns.len()), (listed, 1));
+    for (user, id) in [("bob", c.id), ("alice", Id::new())] {
+        assert!(
+            store
+                .prompt_history(user, id, None, 10)
+                .await
+                .expect("read")
+                .is_none(),
+            "{user} has no conversation {id}"
+        );
+    }
 }
 
 async fn a_batch_of_writes_is_one_transaction(backend: Backend) {
@@ -845,11 +873,8 @@ async fn group_commit_isolates_a_refused_write(backend: Backend) {
     for call in calls {
         call.await.expect("join").expect("written");
     }
-    let history = store
-        .prompt_history(c.id, None, 1_000)
-        .await
-        .expect("history");
-    assert_eq!(history.len(), 120, "every question and reply is stored");
+    let stored = history(&store, c.id, None, 1_000).await;
+    assert_eq!(stored.len(), 120, "every question and reply is stored");
     let buckets = usage_by_persona(&store).await;
     assert_eq!(
         buckets

@@ -40,7 +40,7 @@ use crate::personas::PersonaCache;
 use crate::providers::{ChatMessage, ChatRequest, Sampling, Tools};
 use crate::store::{
     Conversation, GroupCommit, HistoryPage, HistoryTurn, Message, MessageWrite, NewMessage,
-    Persona, PersonaFilter, Store,
+    Persona, PersonaFilter, PromptHistory, Store,
 };
 use crate::stream::{Generation, GenerationMeta, Hub};
 use crate::tasks::Tasks;
@@ -212,7 +212,9 @@ impl Chat {
         attendance: Attendance,
     ) -> Result<Started, Error> {
         let content = admission::validate(&self.config, &self.media, &request)?;
-        let conversation = self.conversation(user_id, conversation_id).await?;
+        let (conversation, history) = self
+            .conversation_and_history(user_id, conversation_id, None)
+            .await?;
         let (persona, route) = self
             .persona_and_route(&conversation, request.model.as_deref())
             .await?;
@@ -228,7 +230,6 @@ impl Chat {
         if attendance == Attendance::Unattended {
             admission::refuse_if_unattended_full(&self.hub)?;
         }
-        let history = self.history(conversation.id, None).await?;
         let earlier_images = prompt::history_images(self, user_id, &route, &history).await?;
         // Limits first, on an estimate (the text, and IMAGE_TOKENS an image to come): nothing is fetched,
         // transcribed or stored for a request that would be refused.
@@ -378,12 +379,13 @@ impl Chat {
             .get_message(user_id, question_id)
             .await?
             .ok_or_else(|| Error::not_found("message"))?;
-        let conversation = self.conversation(user_id, question.conversation_id).await?;
+        let (conversation, history) = self
+            .conversation_and_history(user_id, question.conversation_id, Some(question.id))
+            .await?;
         let (persona, route) = self.persona_and_route(&conversation, model).await?;
         if attendance == Attendance::Unattended {
             admission::refuse_if_unattended_full(&self.hub)?;
         }
-        let history = self.history(conversation.id, Some(question.id)).await?;
         let earlier_images = prompt::history_images(self, user_id, &route, &history).await?;
         let question_images = if question.message_type.has_images() {
             if !route.accepts_images {
@@ -665,18 +667,27 @@ impl Chat {
             .ok_or_else(|| Error::not_found("generation"))
     }
 
-    /// The history a prompt sends, newest first, `generation.max_history_messages` of it (those before message
-    /// `before`, when given).
-    async fn history(
+    /// The caller's conversation and the history its prompt sends, newest first,
+    /// `generation.max_history_messages` of it (those before message `before`, when given): one read.
+    ///
+    /// # Errors
+    /// `not_found` when the conversation is not the caller's; `unavailable` (the database).
+    async fn conversation_and_history(
         &self,
+        user_id: &str,
         conversation_id: Id,
         before: Option<Id>,
-    ) -> Result<Vec<HistoryTurn>, Error> {
+    ) -> Result<(Conversation, Vec<HistoryTurn>), Error> {
         let limit = i64::from(self.config.generation.max_history_messages);
-        Ok(self
+        let PromptHistory {
+            conversation,
+            turns,
+        } = self
             .store
-            .prompt_history(conversation_id, before, limit)
-            .await?)
+            .prompt_history(user_id, conversation_id, before, limit)
+            .await?
+            .ok_or_else(|| Error::not_found("conversation"))?;
+        Ok((conversation, turns))
     }
 
     /// The conversation's persona and the model to answer with: the request's alias, else the persona's, else

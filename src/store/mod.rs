@@ -381,6 +381,14 @@ pub struct NewMessage {
     pub content_tokens: Option<i64>,
 }
 
+/// A conversation and the history of its next prompt ([`Store::prompt_history`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptHistory {
+    pub conversation: Conversation,
+    /// Newest first.
+    pub turns: Vec<HistoryTurn>,
+}
+
 /// A stored message as a prompt sends it again: what history fitting and the images of earlier messages need,
 /// and nothing else ([`Store::prompt_history`]).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -633,16 +641,21 @@ pub trait Store: Send + Sync + 'static {
         ascending: bool,
         all_branches: bool,
     ) -> StoreResult<Vec<Message>>;
-    /// The history a prompt sends: the newest `limit` messages of the conversation (only those before message
-    /// `before`, when given), newest first, a regenerated reply left out as in [`Store::list_messages`]. Read as
-    /// one row, the turns aggregated into a JSON array by the database: on SQLite each row read costs a
-    /// hand-off between sqlx's worker thread and the caller, which made this read most of a message's CPU.
+    /// The caller's conversation and the history a prompt sends, in one statement: the newest `limit` messages
+    /// of the conversation (only those before message `before`, when given), newest first, a regenerated reply
+    /// left out as in [`Store::list_messages`]. The turns come as one JSON array aggregated by the database: on
+    /// SQLite each row read costs a hand-off between sqlx's worker thread and the caller, and each statement a
+    /// read transaction that starts with a page cache emptied by the last write; together these made the two
+    /// reads most of a message's CPU.
+    ///
+    /// `None` when the conversation is not the caller's; no turns when `before` is not a message of it.
     async fn prompt_history(
         &self,
+        user_id: &str,
         conversation_id: Id,
         before: Option<Id>,
         limit: i64,
-    ) -> StoreResult<Vec<HistoryTurn>>;
+    ) -> StoreResult<Option<PromptHistory>>;
     /// Deletes one of the caller's messages; `false` when it is not theirs or does not exist.
     async fn delete_message(&self, user_id: &str, id: Id) -> StoreResult<bool>;
     /// Creates or updates assistant messages while they stream (status `streaming`), in one transaction:

@@ -573,10 +573,11 @@ impl Store for Backend {
 
     async fn prompt_history(
         &self,
+        user_id: &str,
         conversation_id: Id,
         before: Option<Id>,
         limit: i64,
-    ) -> StoreResult<Vec<HistoryTurn>> {
+    ) -> StoreResult<Option<PromptHistory>> {
         // The turns, newest first, as `[[id, role, content, message_type, media, content_tokens], ...]`: the
         // aggregate and the array builder are the backend's (`history_turns_json!`); NULL for no turn at all.
         // The limit is written into the statement, not bound: SQLite plans with a bound LIMIT's value, so each
@@ -585,31 +586,39 @@ impl Store for Backend {
         // (`generation.max_history_messages`), so the statement cache still hits.
         let cursor = if before.is_some() {
             "AND (m.created_at, m.id) < \
-             (SELECT x.created_at, x.id FROM messages x WHERE x.id = $2 AND x.conversation_id = $1) "
+             (SELECT x.created_at, x.id FROM messages x WHERE x.id = $3 AND x.conversation_id = $1) "
         } else {
             ""
         };
         let sql = format!(
             concat!(
                 "SELECT ",
+                conversation_columns!(),
+                ", (SELECT ",
                 history_turns_json!(),
                 " FROM (SELECT m.id, m.role, m.content, m.message_type, m.media, m.content_tokens, \
                  m.created_at FROM messages m WHERE m.conversation_id = $1 {cursor}",
                 latest_branch_only!(),
-                "ORDER BY m.created_at DESC, m.id DESC LIMIT {limit}) h"
+                "ORDER BY m.created_at DESC, m.id DESC LIMIT {limit}) h) AS turns \
+                 FROM conversations c WHERE c.id = $1 AND c.user_id = $2"
             ),
             cursor = cursor,
             limit = limit.max(0),
         );
-        let query =
-            sqlx::query_scalar::<_, Option<Json<Vec<HistoryTurn>>>>(sqlx::AssertSqlSafe(sql))
-                .bind(conversation_id);
+        let query = sqlx::query_as::<_, PromptHistoryRow>(sqlx::AssertSqlSafe(sql))
+            .bind(conversation_id)
+            .bind(user_id);
         let query = match before {
             Some(before) => query.bind(before),
             None => query,
         };
-        let turns = query.fetch_one(&self.pool).await?;
-        Ok(turns.map(|Json(turns)| turns).unwrap_or_default())
+        Ok(query
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| PromptHistory {
+                conversation: row.conversation,
+                turns: row.turns.map(|Json(turns)| turns).unwrap_or_default(),
+            }))
     }
 
     async fn delete_message(&self, user_id: &str, id: Id) -> StoreResult<bool> {
@@ -851,6 +860,14 @@ async fn insert_persona(
         .fetch_optional(conn)
         .await
         .map_err(|e| map_write_error(e, "a persona with this slug"))
+}
+
+/// The row of [`Store::prompt_history`].
+#[derive(sqlx::FromRow)]
+struct PromptHistoryRow {
+    #[sqlx(flatten)]
+    conversation: Conversation,
+    turns: Option<Json<Vec<HistoryTurn>>>,
 }
 
 /// What [`write_message_rows`] does when a message's row exists.
