@@ -190,7 +190,7 @@ impl AppState {
         let chat = Chat::new(crate::chat::Inner {
             config: Arc::clone(&config),
             store: Arc::clone(&store),
-            writes: store::GroupCommit::new(Arc::clone(&store), tasks.clone()),
+            writes: store::Writes::new(&store, &tasks),
             models: Arc::clone(&models),
             hub: hub.clone(),
             cluster: cluster.clone(),

@@ -543,12 +543,12 @@ async fn persist(
         let written = match target {
             Persist::UsageOnly => chat
                 .writes
-                .write(MessageWrite::Usage(usage.clone()))
+                .reply(MessageWrite::Usage(usage.clone()))
                 .await
                 .map(|_| Message::from_new(message, Some(usage))),
             Persist::Conversation { .. } => chat
                 .writes
-                .write(MessageWrite::Reply(message.clone(), usage.clone()))
+                .reply(MessageWrite::Reply(message.clone(), usage.clone()))
                 .await
                 .map(|updated_at| Message::saved(message, usage, updated_at)),
         };

@@ -39,8 +39,8 @@ use crate::media::MediaStore;
 use crate::personas::PersonaCache;
 use crate::providers::{ChatMessage, ChatRequest, Sampling, Tools};
 use crate::store::{
-    Conversation, GroupCommit, HistoryPage, HistoryTurn, Message, MessageWrite, NewMessage,
-    Persona, PersonaFilter, PromptHistory, Store,
+    Conversation, HistoryPage, HistoryTurn, Message, MessageWrite, NewMessage, Persona,
+    PersonaFilter, PromptHistory, Store, Writes,
 };
 use crate::stream::{Generation, GenerationMeta, Hub};
 use crate::tasks::Tasks;
@@ -171,8 +171,8 @@ pub struct Chat(Arc<Inner>);
 pub struct Inner {
     pub config: Arc<Config>,
     pub store: Arc<dyn Store>,
-    /// New messages, replies and usage records, group-committed.
-    pub writes: GroupCommit,
+    /// New messages, and replies and usage records, group-committed.
+    pub writes: Writes,
     pub models: Arc<Models>,
     pub hub: Hub,
     /// What the instances share through Redis, when configured.
@@ -292,7 +292,7 @@ impl Chat {
                 content_tokens: None,
             };
             self.writes
-                .write(MessageWrite::Insert(user_message.clone()))
+                .message(MessageWrite::Insert(user_message.clone()))
                 .await?;
             Ok::<_, Error>((messages, Message::from_new(&user_message, None)))
         }

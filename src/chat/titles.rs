@@ -242,7 +242,7 @@ async fn record_usage(
         duration_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
         created_at: store::now(),
     };
-    if let Err(err) = chat.writes.write(MessageWrite::Usage(record)).await {
+    if let Err(err) = chat.writes.reply(MessageWrite::Usage(record)).await {
         tracing::warn!(%conversation_id, %err, "recording a title's usage failed");
     }
 }

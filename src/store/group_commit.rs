@@ -1,7 +1,7 @@
 //! Group commit: message writes that arrive while a transaction is being written wait for it and then go
 //! together, in the next one ([`Store::write_messages`]).
 //!
-//! One writer at a time per process. A burst of new messages or of finished replies costs one transaction and
+//! One writer at a time per queue ([`Writes`] says which writes share one). A burst of new messages or of finished replies costs one transaction and
 //! a handful of multi-row statements per batch instead of a transaction (or a statement) each, and on SQLite,
 //! whose database has one writer, the writers no longer queue on its lock one by one. When nothing is being
 //! written a write goes at once: batching never waits for company.
@@ -22,6 +22,65 @@ use crate::tasks::Tasks;
 /// (32,766) and PostgreSQL's (65,535) limits on a statement's parameters.
 pub const MAX_BATCH: usize = 128;
 
+/// How the chat service writes: new messages, which a request waits for, and replies' saves and usage records,
+/// written after a reply's last token.
+///
+/// On SQLite both go through one [`GroupCommit`]: its database takes one writer at a time, so separate writers
+/// would only wait on each other's lock (SQLite's busy handler sleeps a millisecond and more per try). On
+/// PostgreSQL new messages are group-committed and each reply is saved in its own transaction on the background
+/// pool, as many at once as that pool allows: its writers do not exclude each other, and a slow save (a trigger,
+/// a lock) then never delays a new message nor serializes the other saves behind it.
+#[derive(Clone)]
+pub struct Writes {
+    store: Arc<dyn Store>,
+    messages: GroupCommit,
+    /// `None`: each reply written on its own.
+    replies: Option<GroupCommit>,
+}
+
+impl Writes {
+    pub fn new(store: &Arc<dyn Store>, tasks: &Tasks) -> Self {
+        let messages = GroupCommit::new(Arc::clone(store), tasks.clone());
+        let replies = (store.backend() == "sqlite").then(|| messages.clone());
+        Self {
+            store: Arc::clone(store),
+            messages,
+            replies,
+        }
+    }
+
+    /// Writes a new message ([`MessageWrite::Insert`]); returns once it is committed.
+    ///
+    /// # Errors
+    /// As [`GroupCommit::write`].
+    pub async fn message(&self, write: MessageWrite) -> StoreResult<DateTime<Utc>> {
+        self.messages.write(write).await
+    }
+
+    /// Writes a reply and its usage, or a usage record alone; returns once it is committed.
+    ///
+    /// # Errors
+    /// As [`Store::write_messages`].
+    pub async fn reply(&self, write: MessageWrite) -> StoreResult<DateTime<Utc>> {
+        match &self.replies {
+            Some(queue) => queue.write(write).await,
+            None => {
+                self.store
+                    .write_messages(std::slice::from_ref(&write))
+                    .await
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Writes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writes")
+            .field("replies_group_committed", &self.replies.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 /// The write queue in front of a [`Store`]. Cheap to clone.
 #[derive(Clone)]
 pub struct GroupCommit(Arc<Inner>);
@@ -35,7 +94,7 @@ struct Inner {
 #[derive(Default)]
 struct Queue {
     pending: VecDeque<Pending>,
-    /// Whether a writer task is running; it takes everything queued before it exits.
+    /// Whether a writer task is running; it takes batches until the queue is empty.
     writing: bool,
 }
 

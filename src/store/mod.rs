@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::types::Json;
 
-pub use self::group_commit::GroupCommit;
+pub use self::group_commit::{GroupCommit, Writes};
 pub use self::postgres::PgStore;
 pub use self::sqlite::SqliteStore;
 pub use crate::domain::{FinishReason, MessageStatus, MessageType, Role};
@@ -609,7 +609,8 @@ pub trait Store: Send + Sync + 'static {
     /// Writes every one of `writes` in one transaction, or none of them: each kind of row in one multi-row
     /// statement (new messages, their media links, replies, usage records), and the usage rollup summed per
     /// (user, day, model, persona) in one more. A lone new message without media is one statement and no
-    /// transaction. [`GroupCommit`] sends concurrent writes through here together.
+    /// transaction. A batch with a new message uses the request pool, one of replies and usage records the
+    /// background pool. [`GroupCommit`] sends concurrent writes through here together.
     ///
     /// Returns the time written as the replies' `updated_at`.
     ///

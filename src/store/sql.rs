@@ -396,6 +396,10 @@ impl Store for Backend {
                 MessageWrite::Usage(u) => usage.push(u),
             }
         }
+        // By conversation: writers on PostgreSQL (a batch of new messages, replies saved beside it) then bump
+        // conversation rows (a trigger does) in one order, and cannot deadlock.
+        inserts.sort_by_key(|row| row.message.conversation_id);
+        replies.sort_by_key(|row| row.message.conversation_id);
         let links: Vec<(Id, Id)> = inserts
             .iter()
             .flat_map(|row| {
@@ -413,7 +417,13 @@ impl Store for Backend {
             }
             return Ok(updated_at);
         }
-        let mut tx = self.pool.begin().await?;
+        // A request waits for its new message; replies and usage are background writes, on their own pool.
+        let pool = if inserts.is_empty() {
+            &self.background
+        } else {
+            &self.pool
+        };
+        let mut tx = pool.begin().await?;
         write_message_rows(&mut tx, &inserts, OnConflict::Fail).await?;
         if !links.is_empty() {
             let mut query =
