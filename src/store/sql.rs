@@ -432,10 +432,7 @@ impl Store for Backend {
                 row.push_bind(*message).push_bind(*media);
             });
             query.push(" ON CONFLICT DO NOTHING");
-            query
-                .build()
-                .persistent(links.len() == 1)
-                .execute(&mut *tx)
+            execute_rows(&mut tx, &mut query, links.len())
                 .await
                 .map_err(|e| map_write_error(e, "the message's media"))?;
         }
@@ -927,6 +924,18 @@ impl<'a> MessageInsert<'a> {
     }
 }
 
+/// Runs a multi-row statement of `rows` rows. Only a one-row statement stays prepared in sqlx's statement cache
+/// (100 per connection): the text changes with the number of rows, and caching every size would evict the
+/// statements that run on every message.
+async fn execute_rows(
+    conn: &mut <Db as sqlx::Database>::Connection,
+    query: &mut sqlx::QueryBuilder<Db>,
+    rows: usize,
+) -> Result<(), sqlx::Error> {
+    query.build().persistent(rows == 1).execute(conn).await?;
+    Ok(())
+}
+
 /// Writes checkpoint rows in one statement.
 async fn write_checkpoint_rows(
     pool: &sqlx::Pool<Db>,
@@ -991,10 +1000,7 @@ async fn write_message_rows(
             .push_bind(m.content_tokens);
     });
     query.push(on_conflict.clause());
-    query
-        .build()
-        .persistent(rows.len() == 1)
-        .execute(conn)
+    execute_rows(conn, &mut query, rows.len())
         .await
         .map_err(|e| map_write_error(e, "the message"))?;
     Ok(())
@@ -1033,10 +1039,7 @@ async fn insert_usage(
             .push_bind(u.duration_ms)
             .push_bind(u.created_at);
     });
-    query
-        .build()
-        .persistent(records.len() == 1)
-        .execute(&mut *conn)
+    execute_rows(conn, &mut query, records.len())
         .await
         .map_err(|e| map_write_error(e, "a usage record for this message"))?;
 
@@ -1093,11 +1096,7 @@ async fn insert_usage(
          cost_nanousd = usage_daily.cost_nanousd + excluded.cost_nanousd, \
          updated_at = excluded.updated_at",
     );
-    query
-        .build()
-        .persistent(rollup.len() == 1)
-        .execute(&mut *conn)
-        .await?;
+    execute_rows(conn, &mut query, rollup.len()).await?;
     Ok(())
 }
 
