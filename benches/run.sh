@@ -145,7 +145,14 @@ load "throughput-sse" native 50 20 0
 stop_gateway
 stop_mock
 
-# 3. 10,000 concurrent open streams on a slow upstream (20 tokens, 500 ms apart: 10 s a stream).
+# 3. 10,000 concurrent open streams on a slow upstream (20 tokens, 500 ms apart: 10 s a stream). chatgate holds two
+#    sockets a stream (the client's and the upstream's): under a hard limit of about 20,000 descriptors the last
+#    streams fail to reach the upstream (EMFILE), so the report says what the limit was.
+fd_limit=$(ulimit -n)
+if [ "$fd_limit" != unlimited ] && [ "$fd_limit" -lt 20100 ]; then
+  echo "open-streams-sse-10000 ran with a descriptor limit of $fd_limit (\`ulimit -n\`): chatgate needs two a stream, so streams past about $(( (fd_limit - 100) / 2 )) fail to reach the upstream" \
+    | tee "$OUT/notes-fd-limit.txt"
+fi
 start_mock 20 500
 start_gateway "sqlite://$WORK/many.db"
 load "open-streams-sse-10000" native 10000 1 5000
