@@ -9,9 +9,10 @@
 //! 4. Limits: concurrent replies, token and cost budgets, with a reservation ([`admission::admit`]).
 //! 5. Media: uploads stored, URLs fetched, images read, voice notes transcribed ([`attachments::attach`]),
 //!    only now that the request is admitted, and removed again if a later step fails.
-//! 6. The user message, committed; then the generation starts ([`Chat::start`]) as a tracked task that no
-//!    connection owns ([`generation::run`]): it relays each delta to the event log, its text is checkpointed
-//!    ([`checkpoints`]), and at the end its message and usage are written in one transaction before `done`.
+//! 6. The user message, committed (group-committed with those that arrive at the same time: [`Writes`]); then
+//!    the generation starts ([`Chat::start`]) as a tracked task that no connection owns ([`generation::run`]): it
+//!    relays each delta to the event log, its text is checkpointed ([`checkpoints`]), and at the end its message
+//!    and usage are written in one transaction before `done`.
 //! 7. After a conversation's first reply, a title ([`titles`]).
 
 mod admission;
@@ -171,7 +172,7 @@ pub struct Chat(Arc<Inner>);
 pub struct Inner {
     pub config: Arc<Config>,
     pub store: Arc<dyn Store>,
-    /// New messages, and replies and usage records, group-committed.
+    /// How new messages, replies and usage records are written: group-committed ([`Writes`]).
     pub writes: Writes,
     pub models: Arc<Models>,
     pub hub: Hub,

@@ -1,10 +1,10 @@
 //! Group commit: message writes that arrive while a transaction is being written wait for it and then go
 //! together, in the next one ([`Store::write_messages`]).
 //!
-//! One writer at a time per queue ([`Writes`] says which writes share one). A burst of new messages or of finished replies costs one transaction and
-//! a handful of multi-row statements per batch instead of a transaction (or a statement) each, and on SQLite,
-//! whose database has one writer, the writers no longer queue on its lock one by one. When nothing is being
-//! written a write goes at once: batching never waits for company.
+//! One writer at a time per queue ([`Writes`] says which writes share one). A burst of new messages or of
+//! finished replies costs one transaction and a handful of multi-row statements per batch instead of a
+//! transaction (or a statement) each, and on SQLite, whose database has one writer, the writers no longer queue
+//! on its lock one by one. When nothing is being written a write goes at once: batching never waits for company.
 //!
 //! The writer is a tracked task ([`Tasks::spawn`]) that exists only while writes are queued: a caller that goes
 //! away (a client that disconnected) does not cancel the others' writes, and shutdown waits for what is queued.
