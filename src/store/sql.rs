@@ -396,8 +396,9 @@ impl Store for Backend {
                 MessageWrite::Usage(u) => usage.push(u),
             }
         }
-        // By conversation: writers on PostgreSQL (a batch of new messages, replies saved beside it) then bump
-        // conversation rows (a trigger does) in one order, and cannot deadlock.
+        // In conversation order, as checkpoints are: concurrent multi-row statements on PostgreSQL (a batch of new
+        // messages, a checkpoint) then bump the conversations' rows (a trigger does) in one order, and cannot
+        // deadlock.
         inserts.sort_by_key(|row| row.message.conversation_id);
         replies.sort_by_key(|row| row.message.conversation_id);
         let links: Vec<(Id, Id)> = inserts
@@ -952,7 +953,7 @@ async fn write_checkpoint_rows(
             ..row.message.clone()
         })
         .collect();
-    let message_rows: Vec<MessageInsert<'_>> = streaming
+    let mut message_rows: Vec<MessageInsert<'_>> = streaming
         .iter()
         .zip(rows)
         .map(|(message, row)| MessageInsert {
@@ -960,6 +961,8 @@ async fn write_checkpoint_rows(
             ..MessageInsert::new(message, now)
         })
         .collect();
+    // In conversation order, as `write_messages` writes (see there).
+    message_rows.sort_by_key(|row| row.message.conversation_id);
     let mut conn = pool.acquire().await?;
     write_message_rows(&mut conn, &message_rows, OnConflict::UpdateWhileStreaming).await
 }
