@@ -235,8 +235,10 @@ impl Jwks {
 
     /// The key set's state, for `/health`.
     pub fn status(&self) -> JwksStatus {
-        let cached = read(&self.cached);
+        // The same order as `refresh` (attempts, then the cache): taken the other way round, a `/health` during a
+        // successful refresh deadlocked both, each holding the lock the other waited for.
         let attempts = lock(&self.attempts);
+        let cached = read(&self.cached);
         let age = cached.fetched_at.map(|(at, _)| at.elapsed());
         JwksStatus {
             ok: cached.fetched_at.is_some(),
