@@ -75,8 +75,11 @@ async fn llmock_finds_no_resilience_error_in_chatgate() {
         return;
     };
     let url = &llmock.0.url;
+    // No background provider checks: their `GET /v1/models` would race the message for the failures queued
+    // below (LLMock hands a queued failure to the first request that matches) and take one of them.
     let toml = format!(
-        "[database]\nurl = \"{}\"\n[auth]\njwt_secret = \"{}\"\n\
+        "[server]\nprovider_check_secs = 0\n\
+         [database]\nurl = \"{}\"\n[auth]\njwt_secret = \"{}\"\n\
          [generation]\nretry_attempts = 2\nretry_base_ms = 200\nretry_max_ms = 5000\n\
          [providers.openai]\nkind = \"openai\"\nbase_url = \"{url}/v1\"\napi_key = \"k\"\n\
          [providers.anthropic]\nkind = \"anthropic\"\nbase_url = \"{url}/anthropic/v1\"\napi_key = \"k\"\n\
