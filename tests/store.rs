@@ -817,8 +817,9 @@ async fn a_batch_of_writes_is_one_transaction(backend: Backend) {
             MessageWrite::Insert(orphan),
         ])
         .await;
+    // The error names what was refused (on PostgreSQL the batch is one statement; its failing table says).
     assert!(
-        matches!(refused, Err(StoreError::Conflict(_))),
+        matches!(&refused, Err(StoreError::Conflict(what)) if what.starts_with("the message ")),
         "{refused:?}"
     );
     for id in [third.id, third_reply.id] {
@@ -830,6 +831,28 @@ async fn a_batch_of_writes_is_one_transaction(backend: Backend) {
             .await
             .expect("usage")
             .is_empty()
+    );
+    assert_eq!(
+        usage_by_persona(&store)
+            .await
+            .iter()
+            .map(|b| b.requests)
+            .sum::<i64>(),
+        3
+    );
+    // A usage record of a message that was never written is refused as such, and leaves no rollup behind.
+    let never_written = reply_to(&third, "never written");
+    let refused = store
+        .write_messages(&[MessageWrite::Usage(usage_of(
+            &never_written,
+            Some(p.id),
+            5,
+            5,
+        ))])
+        .await;
+    assert!(
+        matches!(&refused, Err(StoreError::Conflict(what)) if what.starts_with("a usage record")),
+        "{refused:?}"
     );
     assert_eq!(
         usage_by_persona(&store)

@@ -9,7 +9,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 
-use super::{BACKEND, Backend, Db};
+use super::{BACKEND, Backend, Db, WRITES_IN_ONE_STATEMENT};
 use crate::domain::{MessageStatus, Role};
 use crate::store::*;
 
@@ -424,15 +424,16 @@ impl Store for Backend {
         } else {
             &self.pool
         };
+        if WRITES_IN_ONE_STATEMENT {
+            let mut conn = pool.acquire().await?;
+            write_in_one_statement(&mut conn, &inserts, &links, &replies, &usage).await?;
+            return Ok(updated_at);
+        }
         let mut tx = pool.begin().await?;
         write_message_rows(&mut tx, &inserts, OnConflict::Fail).await?;
         if !links.is_empty() {
-            let mut query =
-                sqlx::QueryBuilder::<Db>::new("INSERT INTO message_media (message_id, media_id) ");
-            query.push_values(&links, |mut row, (message, media)| {
-                row.push_bind(*message).push_bind(*media);
-            });
-            query.push(" ON CONFLICT DO NOTHING");
+            let mut query = sqlx::QueryBuilder::<Db>::new("");
+            push_media_links(&mut query, &links);
             execute_rows(&mut tx, &mut query, links.len())
                 .await
                 .map_err(|e| map_write_error(e, "the message's media"))?;
@@ -967,6 +968,95 @@ async fn write_checkpoint_rows(
     write_message_rows(&mut conn, &message_rows, OnConflict::UpdateWhileStreaming).await
 }
 
+/// Writes a batch of [`Store::write_messages`] as one statement (PostgreSQL: `WRITES_IN_ONE_STATEMENT`), each
+/// table's rows in a data-modifying `WITH` part: one round trip where a transaction took one for `BEGIN`, one
+/// a table and one for `COMMIT`, and as atomic (a statement is). Foreign keys are checked when the statement
+/// ends, so media links and usage may refer to messages written in the same statement.
+async fn write_in_one_statement(
+    conn: &mut <Db as sqlx::Database>::Connection,
+    inserts: &[MessageInsert<'_>],
+    links: &[(Id, Id)],
+    replies: &[MessageInsert<'_>],
+    usage: &[&UsageRecord],
+) -> StoreResult<()> {
+    #[derive(Clone, Copy)]
+    enum Part {
+        Inserts,
+        Links,
+        Replies,
+        Usage,
+        Rollup,
+    }
+    let rollup = rollup_of(usage);
+    let parts: Vec<Part> = [
+        (!inserts.is_empty(), Part::Inserts),
+        (!links.is_empty(), Part::Links),
+        (!replies.is_empty(), Part::Replies),
+        (!usage.is_empty(), Part::Usage),
+        (!rollup.is_empty(), Part::Rollup),
+    ]
+    .into_iter()
+    .filter_map(|(present, part)| present.then_some(part))
+    .collect();
+    let Some(last) = parts.len().checked_sub(1) else {
+        return Ok(());
+    };
+    let mut query = sqlx::QueryBuilder::<Db>::new("");
+    // `WITH w0 AS (...), w1 AS (...) <the last part>`.
+    for (index, part) in parts.into_iter().enumerate() {
+        if index < last {
+            query.push(if index == 0 { "WITH w" } else { ", w" });
+            query.push(index);
+            query.push(" AS (");
+        } else if index > 0 {
+            query.push(" ");
+        }
+        match part {
+            Part::Inserts => push_message_rows(&mut query, inserts, OnConflict::Fail),
+            Part::Links => push_media_links(&mut query, links),
+            Part::Replies => push_message_rows(&mut query, replies, OnConflict::Update),
+            Part::Usage => push_usage_rows(&mut query, usage),
+            Part::Rollup => push_rollup_rows(&mut query, &rollup, now()),
+        }
+        if index < last {
+            query.push(")");
+        }
+    }
+    // The usual batch (one reply and its usage) has one text: prepared once per connection. Larger batches'
+    // texts vary with their row counts and stay out of the statement cache (see `execute_rows`).
+    let usual = [inserts.len(), links.len(), replies.len(), usage.len()]
+        .iter()
+        .all(|rows| *rows <= 1);
+    query
+        .build()
+        .persistent(usual)
+        .execute(conn)
+        .await
+        .map_err(|err| {
+            let what = match &err {
+                sqlx::Error::Database(db) if db.table() == Some("message_media") => {
+                    "the message's media"
+                }
+                sqlx::Error::Database(db) if db.table() == Some("usage_records") => {
+                    "a usage record for this message"
+                }
+                _ => "the message",
+            };
+            map_write_error(err, what)
+        })?;
+    Ok(())
+}
+
+/// Appends the `message_media` INSERT of `(message, media)` links (at least one) to `query`; a link that exists
+/// is left alone.
+fn push_media_links(query: &mut sqlx::QueryBuilder<Db>, links: &[(Id, Id)]) {
+    query.push("INSERT INTO message_media (message_id, media_id) ");
+    query.push_values(links, |mut row, (message, media)| {
+        row.push_bind(*message).push_bind(*media);
+    });
+    query.push(" ON CONFLICT DO NOTHING");
+}
+
 /// The one INSERT of the `messages` table: every row in one statement (none: nothing is run).
 async fn write_message_rows(
     conn: &mut <Db as sqlx::Database>::Connection,
@@ -976,7 +1066,21 @@ async fn write_message_rows(
     if rows.is_empty() {
         return Ok(());
     }
-    let mut query = sqlx::QueryBuilder::<Db>::new(
+    let mut query = sqlx::QueryBuilder::<Db>::new("");
+    push_message_rows(&mut query, rows, on_conflict);
+    execute_rows(conn, &mut query, rows.len())
+        .await
+        .map_err(|e| map_write_error(e, "the message"))?;
+    Ok(())
+}
+
+/// Appends the `messages` INSERT of `rows` (at least one) to `query`.
+fn push_message_rows(
+    query: &mut sqlx::QueryBuilder<Db>,
+    rows: &[MessageInsert<'_>],
+    on_conflict: OnConflict,
+) {
+    query.push(
         "INSERT INTO messages (id, conversation_id, parent_id, role, content, message_type, media, status, \
          model, provider, finish_reason, error, created_at, updated_at, instance_id, prompt_tokens_estimate, \
          content_tokens) ",
@@ -1003,10 +1107,6 @@ async fn write_message_rows(
             .push_bind(m.content_tokens);
     });
     query.push(on_conflict.clause());
-    execute_rows(conn, &mut query, rows.len())
-        .await
-        .map_err(|e| map_write_error(e, "the message"))?;
-    Ok(())
 }
 
 /// Writes usage records and adds them to the daily rollup, inside the caller's transaction: the records in one
@@ -1018,7 +1118,21 @@ async fn insert_usage(
     if records.is_empty() {
         return Ok(());
     }
-    let mut query = sqlx::QueryBuilder::<Db>::new(concat!(
+    let mut query = sqlx::QueryBuilder::<Db>::new("");
+    push_usage_rows(&mut query, records);
+    execute_rows(conn, &mut query, records.len())
+        .await
+        .map_err(|e| map_write_error(e, "a usage record for this message"))?;
+    let rollup = rollup_of(records);
+    let mut query = sqlx::QueryBuilder::<Db>::new("");
+    push_rollup_rows(&mut query, &rollup, now());
+    execute_rows(conn, &mut query, rollup.len()).await?;
+    Ok(())
+}
+
+/// Appends the `usage_records` INSERT of `records` (at least one) to `query`.
+fn push_usage_rows(query: &mut sqlx::QueryBuilder<Db>, records: &[&UsageRecord]) {
+    query.push(concat!(
         "INSERT INTO usage_records (",
         usage_columns!(),
         ") "
@@ -1042,14 +1156,15 @@ async fn insert_usage(
             .push_bind(u.duration_ms)
             .push_bind(u.created_at);
     });
-    execute_rows(conn, &mut query, records.len())
-        .await
-        .map_err(|e| map_write_error(e, "a usage record for this message"))?;
+}
 
-    // Summed per rollup row first: one row may appear only once in an upsert, and the sorted order keeps
-    // concurrent writers taking the rows' locks in the same order.
-    let mut rollup: std::collections::BTreeMap<(&str, String, &str, String), Rollup> =
-        std::collections::BTreeMap::new();
+/// The daily rollup's increments of `records`, keyed by (user, day, model, persona; "" for none).
+type RollupRows<'a> = std::collections::BTreeMap<(&'a str, String, &'a str, String), Rollup>;
+
+/// Sums `records` per rollup row: one row may appear only once in an upsert, and the sorted order keeps
+/// concurrent writers taking the rows' locks in the same order.
+fn rollup_of<'a>(records: &[&'a UsageRecord]) -> RollupRows<'a> {
+    let mut rollup = RollupRows::new();
     for u in records {
         let key = (
             u.user_id.as_str(),
@@ -1066,13 +1181,21 @@ async fn insert_usage(
         sum.reasoning_tokens += u.reasoning_tokens;
         sum.cost_nanousd += u.cost_nanousd;
     }
-    let updated_at = now();
-    let mut query = sqlx::QueryBuilder::<Db>::new(
+    rollup
+}
+
+/// Appends the `usage_daily` upsert of `rollup` (at least one row) to `query`.
+fn push_rollup_rows(
+    query: &mut sqlx::QueryBuilder<Db>,
+    rollup: &RollupRows<'_>,
+    updated_at: DateTime<Utc>,
+) {
+    query.push(
         "INSERT INTO usage_daily (user_id, day, model, persona_id, requests, estimated_requests, prompt_tokens, \
          completion_tokens, cached_tokens, reasoning_tokens, cost_nanousd, updated_at) ",
     );
     query.push_values(
-        &rollup,
+        rollup,
         |mut row, ((user_id, day, model, persona_id), sum)| {
             row.push_bind(*user_id)
                 .push_bind(day.as_str())
@@ -1099,8 +1222,6 @@ async fn insert_usage(
          cost_nanousd = usage_daily.cost_nanousd + excluded.cost_nanousd, \
          updated_at = excluded.updated_at",
     );
-    execute_rows(conn, &mut query, rollup.len()).await?;
-    Ok(())
 }
 
 /// One row of the daily rollup's increment.

@@ -53,6 +53,8 @@ impl SqliteStore {
 type Db = Sqlite;
 type Backend = SqliteStore;
 const BACKEND: &str = "sqlite";
+/// Whether a batch of message writes is one statement (SQLite has no data-modifying `WITH`) rather than a transaction.
+const WRITES_IN_ONE_STATEMENT: bool = false;
 
 /// The history turns of [`Store::prompt_history`] as one JSON array, newest first (the subquery `h`); `media`
 /// is stored as JSON text, made JSON again with `json()`. Aggregate `ORDER BY` needs SQLite ≥ 3.44.
