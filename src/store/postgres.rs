@@ -111,7 +111,8 @@ async fn transaction_pooled(url: &str) -> Result<bool, sqlx::Error> {
 type Db = Postgres;
 type Backend = PgStore;
 const BACKEND: &str = "postgres";
-/// Whether a batch of message writes is one statement (PostgreSQL runs data-modifying `WITH` parts) rather than a transaction.
+/// Whether a batch of message writes is one statement (PostgreSQL runs data-modifying `WITH` parts) rather than
+/// a transaction of one statement a table.
 const WRITES_IN_ONE_STATEMENT: bool = true;
 
 /// The history turns of [`Store::prompt_history`] as one JSON array, newest first (the subquery `h`).

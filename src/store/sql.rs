@@ -971,7 +971,9 @@ async fn write_checkpoint_rows(
 /// Writes a batch of [`Store::write_messages`] as one statement (PostgreSQL: `WRITES_IN_ONE_STATEMENT`), each
 /// table's rows in a data-modifying `WITH` part: one round trip where a transaction took one for `BEGIN`, one
 /// a table and one for `COMMIT`, and as atomic (a statement is). Foreign keys are checked when the statement
-/// ends, so media links and usage may refer to messages written in the same statement.
+/// ends, so media links and usage may refer to messages written in the same statement. PostgreSQL runs the
+/// last part (the statement itself) before the `WITH` parts nothing reads, so every batch with usage locks its
+/// rollup rows (sorted) before any message or conversation row: one order for all of them.
 async fn write_in_one_statement(
     conn: &mut <Db as sqlx::Database>::Connection,
     inserts: &[MessageInsert<'_>],

@@ -53,7 +53,8 @@ impl SqliteStore {
 type Db = Sqlite;
 type Backend = SqliteStore;
 const BACKEND: &str = "sqlite";
-/// Whether a batch of message writes is one statement (SQLite has no data-modifying `WITH`) rather than a transaction.
+/// Whether a batch of message writes is one statement (SQLite has no data-modifying `WITH`) rather than
+/// a transaction of one statement a table.
 const WRITES_IN_ONE_STATEMENT: bool = false;
 
 /// The history turns of [`Store::prompt_history`] as one JSON array, newest first (the subquery `h`); `media`
