@@ -86,7 +86,9 @@ impl Models {
                     connect: pc.connect_timeout(),
                     first_token: pc.first_token_timeout(),
                     idle: pc.idle_timeout(),
+                    http2: pc.http2,
                     http2_prior_knowledge: pc.http2_prior_knowledge,
+                    ca_file: pc.ca_file.as_deref().map(std::path::PathBuf::from),
                 };
                 if kind == ProviderKind::Mock {
                     mocks.push(name.as_str());

@@ -477,10 +477,20 @@ pub struct ProviderConfig {
     pub idle_timeout_ms: Option<u64>,
     /// Mock only: delay between two streamed tokens, in ms (default 20).
     pub delay_ms: Option<u64>,
-    /// Speak HTTP/2 to a plain-`http` base URL from the start (h2c), multiplexing streams over few
-    /// connections (vLLM, a local proxy). `https` URLs negotiate HTTP/2 anyway.
+    /// Offer HTTP/2 to an `https` base URL (ALPN, RFC 7301). Off by default, so each concurrent stream has an
+    /// HTTP/1.1 connection of its own, as the OpenAI and Anthropic SDKs do: over HTTP/2 every stream to the
+    /// provider shares one connection, and past the provider's limit of concurrent streams
+    /// (`SETTINGS_MAX_CONCURRENT_STREAMS`, RFC 9113 §6.5.2; often 100–250) a new generation waits until a running
+    /// one ends — the client opens no second connection.
+    #[serde(default)]
+    pub http2: bool,
+    /// Speak HTTP/2 to a plain-`http` base URL from the start (h2c, RFC 9113 §3.3), multiplexing streams over
+    /// one connection (vLLM, a local proxy); the same limit of concurrent streams as `http2` applies.
     #[serde(default)]
     pub http2_prior_knowledge: bool,
+    /// A PEM file of root certificates trusted for this provider besides the system's (a self-hosted server
+    /// behind a private certificate authority). Unreadable or without a certificate: startup fails naming it.
+    pub ca_file: Option<String>,
 }
 
 impl ProviderConfig {

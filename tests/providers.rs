@@ -104,7 +104,9 @@ fn timeouts() -> HttpOptions {
         connect: Duration::from_secs(2),
         first_token: Duration::from_secs(5),
         idle: Duration::from_secs(5),
+        http2: false,
         http2_prior_knowledge: false,
+        ca_file: None,
     }
 }
 
@@ -704,6 +706,252 @@ async fn an_upstream_can_be_reached_over_h2c() {
     let collected = collect(&provider, "mock-1").await;
     assert_eq!(collected.error, None);
     assert_eq!(collected.deltas, 5);
+}
+
+/// An `https` upstream (the mock, behind TLS with a certificate of a throwaway authority) that offers HTTP/2
+/// and HTTP/1.1 by ALPN and allows `max_streams` concurrent HTTP/2 streams, as a provider's edge does
+/// (`SETTINGS_MAX_CONCURRENT_STREAMS`). It records the HTTP version of each request.
+struct TlsUpstream {
+    url: String,
+    ca_file: std::path::PathBuf,
+    versions: std::sync::Arc<std::sync::Mutex<Vec<axum::http::Version>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsUpstream {
+    /// `None` (the test says SKIPPED) without the `openssl` command, which makes the certificates.
+    async fn start(max_streams: u32, config: chatgate::testkit::MockConfig) -> Option<Self> {
+        use std::sync::{Arc, Mutex};
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = |name: &str| dir.path().join(name).display().to_string();
+        let openssl = |args: &[&str]| {
+            std::process::Command::new("openssl")
+                .args(args)
+                .output()
+                .is_ok_and(|out| out.status.success())
+        };
+        let made = openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=chatgate test authority",
+            "-keyout",
+            &path("ca.key"),
+            "-out",
+            &path("ca.pem"),
+        ]) && openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            &path("key.pem"),
+            "-out",
+            &path("leaf.csr"),
+        ]) && std::fs::write(
+            path("leaf.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .is_ok()
+            && openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &path("leaf.csr"),
+                "-CA",
+                &path("ca.pem"),
+                "-CAkey",
+                &path("ca.key"),
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-extfile",
+                &path("leaf.ext"),
+                "-out",
+                &path("leaf.pem"),
+            ]);
+        if !made {
+            eprintln!("SKIPPED the TLS upstream test: the openssl command is missing or failed");
+            return None;
+        }
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(path("leaf.pem"))
+            .expect("leaf.pem")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("certificate");
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(path("key.pem")).expect("key");
+        let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocols")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("server config");
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+
+        let versions = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&versions);
+        let app = chatgate::testkit::router(config).layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                seen.lock().expect("versions").push(request.version());
+                next.run(request)
+            },
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("https://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut server = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    );
+                    server.http2().max_concurrent_streams(max_streams);
+                    let _ = server
+                        .serve_connection(
+                            hyper_util::rt::TokioIo::new(stream),
+                            hyper_util::service::TowerToHyperService::new(app),
+                        )
+                        .await;
+                });
+            }
+        });
+        Some(Self {
+            url,
+            ca_file: dir.path().join("ca.pem"),
+            versions,
+            _dir: dir,
+        })
+    }
+
+    /// Streams `n` replies at once through an OpenAI adapter; returns the order of their first deltas and ends,
+    /// as `(stream, "first" | "end")`, and the HTTP versions the upstream saw.
+    async fn streams_at_once(
+        &self,
+        n: usize,
+        http2: bool,
+    ) -> (Vec<(usize, &'static str)>, Vec<axum::http::Version>) {
+        use std::sync::{Arc, Mutex};
+        self.versions.lock().expect("versions").clear();
+        let options = HttpOptions {
+            http2,
+            ca_file: Some(self.ca_file.clone()),
+            ..timeouts()
+        };
+        let provider: Arc<dyn Provider> = Arc::new(
+            OpenAiProvider::new(
+                "tls",
+                &format!("{}/v1", self.url),
+                Some("k".into()),
+                options,
+            )
+            .expect("provider"),
+        );
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let streams: Vec<_> = (0..n)
+            .map(|i| {
+                let (provider, order) = (Arc::clone(&provider), Arc::clone(&order));
+                tokio::spawn(async move {
+                    let mut stream = provider.stream(request("mock-1"));
+                    let mut first = true;
+                    while let Some(event) = stream.next().await {
+                        match event {
+                            Ok(ProviderEvent::TextDelta(_)) if first => {
+                                first = false;
+                                order.lock().expect("order").push((i, "first"));
+                            }
+                            Ok(_) => {}
+                            Err(error) => panic!("stream {i}: {error}"),
+                        }
+                    }
+                    order.lock().expect("order").push((i, "end"));
+                })
+            })
+            .collect();
+        for stream in streams {
+            stream.await.expect("stream task");
+        }
+        let order = order.lock().expect("order").clone();
+        let versions = self.versions.lock().expect("versions").clone();
+        (order, versions)
+    }
+}
+
+/// Four replies at once from an `https` provider that allows two concurrent HTTP/2 streams. By default each has
+/// an HTTP/1.1 connection of its own, so all four start before any ends; with `http2` on they share one HTTP/2
+/// connection and the last two wait for the first two to end — the queue the default avoids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_streams_to_an_https_provider_do_not_queue_behind_its_http2_stream_limit() {
+    let config = chatgate::testkit::MockConfig {
+        tokens: 8,
+        token_delay: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let Some(upstream) = TlsUpstream::start(2, config).await else {
+        return;
+    };
+    let starts_before_any_end =
+        |order: &[(usize, &str)]| order.iter().take(4).all(|(_, what)| *what == "first");
+
+    let (order, versions) = upstream.streams_at_once(4, false).await;
+    assert_eq!(versions, vec![axum::http::Version::HTTP_11; 4], "{order:?}");
+    assert!(starts_before_any_end(&order), "{order:?}");
+
+    let (order, versions) = upstream.streams_at_once(4, true).await;
+    assert_eq!(versions.len(), 4);
+    assert!(
+        versions.iter().all(|v| *v == axum::http::Version::HTTP_2),
+        "{versions:?}"
+    );
+    assert!(!starts_before_any_end(&order), "{order:?}");
+}
+
+/// A `ca_file` that cannot be read, or holds no certificate, stops startup with a message naming the provider's
+/// setting and the file; it is never ignored.
+#[test]
+fn a_bad_ca_file_is_refused_naming_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "not a certificate\n").expect("write");
+    for (file, says) in [
+        (dir.path().join("missing.pem"), "cannot read"),
+        (not_pem, "holds no PEM certificate"),
+    ] {
+        let options = HttpOptions {
+            ca_file: Some(file.clone()),
+            ..timeouts()
+        };
+        let Err(err) = OpenAiProvider::new("private", "https://127.0.0.1:1/v1", None, options)
+        else {
+            panic!("{} was accepted", file.display());
+        };
+        assert!(
+            err.starts_with("providers.private.ca_file: ")
+                && err.contains(&file.display().to_string())
+                && err.contains(says),
+            "{err}"
+        );
+    }
 }
 
 // Tool calls as each provider streams them (OpenAI API reference, "Streaming" with `tool_calls` deltas;

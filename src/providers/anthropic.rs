@@ -217,7 +217,7 @@ impl Provider for AnthropicProvider {
         );
         http::drive(
             self.upstream.name.clone(),
-            self.upstream.options,
+            self.upstream.options.clone(),
             builder,
             Framing::Sse,
             AnthropicDecoder::default(),

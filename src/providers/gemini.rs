@@ -208,7 +208,7 @@ impl Provider for GeminiProvider {
         let builder = self.authorized(self.upstream.client.post(url).json(&request_body(&request)));
         http::drive(
             self.upstream.name.clone(),
-            self.upstream.options,
+            self.upstream.options.clone(),
             builder,
             Framing::Sse,
             GeminiDecoder::default(),

@@ -5,6 +5,7 @@
 //! ends, `data:` with or without a space, multi-line data, comment lines, events split across reads at any
 //! byte. NDJSON lines end with LF (a CR before it is dropped) and may be split across reads too.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_stream::try_stream;
@@ -19,7 +20,7 @@ use tokio::time::Instant;
 use super::{ProviderError, ProviderEvent, ProviderStream, TimeoutKind};
 
 /// How chatgate talks HTTP to one provider.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct HttpOptions {
     /// TCP + TLS connect timeout.
     pub connect: Duration,
@@ -27,25 +28,58 @@ pub struct HttpOptions {
     pub first_token: Duration,
     /// Between two streamed frames.
     pub idle: Duration,
+    /// Offer HTTP/2 to an `https` upstream (ALPN). Otherwise HTTP/1.1 only: a connection per concurrent stream,
+    /// never a queue behind the upstream's limit of concurrent streams on one shared HTTP/2 connection
+    /// (`providers.NAME.http2` says more).
+    pub http2: bool,
     /// Speak HTTP/2 to a plain-`http` upstream from the first byte (h2c, RFC 9113 §3.3), multiplexing every
-    /// stream over a few connections; over `https`, HTTP/2 is negotiated by ALPN anyway.
+    /// stream over one connection.
     pub http2_prior_knowledge: bool,
+    /// A PEM file of extra root certificates for this upstream's TLS.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Builds the HTTP client of one provider: connect timeout, `TCP_NODELAY`, a pool of kept-alive connections
-/// reused across generations.
+/// reused across generations, HTTP/1.1 unless HTTP/2 is asked for, and the extra roots of `ca_file`.
 ///
 /// # Errors
-/// When the TLS backend cannot be initialised.
-pub fn client(name: &str, timeouts: &HttpOptions) -> Result<reqwest::Client, String> {
+/// When `ca_file` cannot be read or holds no PEM certificate, or the TLS backend cannot be initialised; the
+/// message names the provider.
+pub fn client(name: &str, options: &HttpOptions) -> Result<reqwest::Client, String> {
     let builder = reqwest::Client::builder();
-    let builder = if timeouts.http2_prior_knowledge {
+    let mut builder = if options.http2_prior_knowledge {
         builder.http2_prior_knowledge()
-    } else {
+    } else if options.http2 {
         builder
+    } else {
+        builder.http1_only()
     };
+    if let Some(path) = &options.ca_file {
+        let pem = std::fs::read(path).map_err(|e| {
+            format!(
+                "providers.{name}.ca_file: cannot read {}: {e}",
+                path.display()
+            )
+        })?;
+        let roots = match reqwest::Certificate::from_pem_bundle(&pem) {
+            Ok(roots) if !roots.is_empty() => roots,
+            Ok(_) => {
+                return Err(format!(
+                    "providers.{name}.ca_file: {} holds no PEM certificate",
+                    path.display()
+                ));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "providers.{name}.ca_file: {} is not a PEM certificate bundle: {e}",
+                    path.display()
+                ));
+            }
+        };
+        builder = builder.tls_certs_merge(roots);
+    }
     builder
-        .connect_timeout(timeouts.connect)
+        .connect_timeout(options.connect)
         .tcp_nodelay(true)
         .pool_idle_timeout(Duration::from_secs(90))
         .build()

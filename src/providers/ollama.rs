@@ -111,7 +111,7 @@ impl Provider for OllamaProvider {
         );
         http::drive(
             self.upstream.name.clone(),
-            self.upstream.options,
+            self.upstream.options.clone(),
             builder,
             Framing::Ndjson,
             OllamaDecoder::default(),

@@ -159,7 +159,7 @@ impl Provider for OpenAiProvider {
         );
         http::drive(
             self.upstream.name.clone(),
-            self.upstream.options,
+            self.upstream.options.clone(),
             builder,
             Framing::Sse,
             OpenAiDecoder,
