@@ -10,9 +10,12 @@
 //! away (a client that disconnected) does not cancel the others' writes, and shutdown waits for what is queued.
 
 use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 
 use super::{MessageWrite, Store, StoreError, StoreResult};
@@ -85,8 +88,13 @@ impl std::fmt::Debug for Writes {
 #[derive(Clone)]
 pub struct GroupCommit(Arc<Inner>);
 
+/// What writes a batch: [`Store::write_messages`] of the queue's store.
+type WriteBatch = Box<
+    dyn for<'a> Fn(&'a [MessageWrite]) -> BoxFuture<'a, StoreResult<DateTime<Utc>>> + Send + Sync,
+>;
+
 struct Inner {
-    store: Arc<dyn Store>,
+    write_batch: WriteBatch,
     tasks: Tasks,
     queue: Mutex<Queue>,
 }
@@ -105,8 +113,18 @@ struct Pending {
 
 impl GroupCommit {
     pub fn new(store: Arc<dyn Store>, tasks: Tasks) -> Self {
+        Self::writing_with(
+            Box::new(move |writes| {
+                let store = Arc::clone(&store);
+                Box::pin(async move { store.write_messages(writes).await })
+            }),
+            tasks,
+        )
+    }
+
+    fn writing_with(write_batch: WriteBatch, tasks: Tasks) -> Self {
         Self(Arc::new(Inner {
-            store,
+            write_batch,
             tasks,
             queue: Mutex::default(),
         }))
@@ -134,22 +152,13 @@ impl GroupCommit {
             .unwrap_or(Err(StoreError::Database(sqlx::Error::WorkerCrashed)))
     }
 
-    /// Writes batches until the queue is empty.
+    /// Writes batches until the queue is empty. A batch whose write panics (not expected: it would be a bug)
+    /// fails its own writes — their callers get an error, as when the writer is gone — and the queue goes on:
+    /// the writes behind it are never left waiting for a writer.
     async fn drain(&self) {
-        // Should a write panic, the writer is marked gone so that the next caller starts one again.
-        struct Stopped<'a>(&'a Mutex<Queue>);
-        impl Drop for Stopped<'_> {
-            fn drop(&mut self) {
-                self.0
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .writing = false;
-            }
-        }
-        let stopped = Stopped(&self.0.queue);
         loop {
             let batch: Vec<Pending> = {
-                let mut queue = stopped.0.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut queue = self.0.queue.lock().unwrap_or_else(PoisonError::into_inner);
                 if queue.pending.is_empty() {
                     queue.writing = false;
                     break;
@@ -157,15 +166,24 @@ impl GroupCommit {
                 let n = queue.pending.len().min(MAX_BATCH);
                 queue.pending.drain(..n).collect()
             };
-            self.commit(batch).await;
+            let writes = batch.len();
+            if AssertUnwindSafe(self.commit(batch))
+                .catch_unwind()
+                .await
+                .is_err()
+            {
+                tracing::error!(
+                    writes,
+                    "a batch of message writes panicked; its writes failed, the queue goes on"
+                );
+            }
         }
-        std::mem::forget(stopped);
     }
 
     async fn commit(&self, batch: Vec<Pending>) {
         let (writes, done): (Vec<MessageWrite>, Vec<_>) =
             batch.into_iter().map(|p| (p.write, p.done)).unzip();
-        match self.0.store.write_messages(&writes).await {
+        match (self.0.write_batch)(&writes).await {
             Ok(at) => {
                 for done in done {
                     // The caller may be gone (its client disconnected); the write stands.
@@ -178,7 +196,7 @@ impl GroupCommit {
             Err(err) => {
                 tracing::debug!(writes = writes.len(), error = %err, "a batch failed; writing each alone");
                 for (write, done) in writes.into_iter().zip(done) {
-                    let _ = done.send(self.0.store.write_messages(&[write]).await);
+                    let _ = done.send((self.0.write_batch)(std::slice::from_ref(&write)).await);
                 }
             }
         }
@@ -188,5 +206,104 @@ impl GroupCommit {
 impl std::fmt::Debug for GroupCommit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GroupCommit").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::sync::Notify;
+
+    use super::*;
+    use crate::store::{Id, UsageRecord};
+
+    fn usage(model: &str) -> MessageWrite {
+        MessageWrite::Usage(UsageRecord {
+            id: Id::new(),
+            user_id: "alice".into(),
+            conversation_id: None,
+            message_id: None,
+            persona_id: None,
+            model: model.into(),
+            upstream_model: model.into(),
+            provider: "test".into(),
+            prompt_tokens: 1,
+            completion_tokens: 1,
+            cached_tokens: 0,
+            reasoning_tokens: 0,
+            estimated: false,
+            cost_nanousd: 0,
+            ttft_ms: None,
+            duration_ms: 1,
+            created_at: Utc::now(),
+        })
+    }
+
+    /// A batch whose write panics fails its own writes, and a write queued behind it is still written — with no
+    /// other write arriving to start a writer. (The writer here panics on a marked write; a store never should.)
+    #[tokio::test]
+    async fn a_panicking_batch_fails_alone_and_the_queue_goes_on() {
+        let tasks = Tasks::new();
+        let (started, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let written = Arc::new(Mutex::new(Vec::<String>::new()));
+        let queue = {
+            let (started, release, written) = (started.clone(), release.clone(), written.clone());
+            GroupCommit::writing_with(
+                Box::new(move |writes| {
+                    let (started, release, written) =
+                        (started.clone(), release.clone(), written.clone());
+                    let models: Vec<String> = writes
+                        .iter()
+                        .filter_map(|w| match w {
+                            MessageWrite::Usage(u) => Some(u.model.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    Box::pin(async move {
+                        if models.iter().any(|m| m == "panic") {
+                            started.notify_one();
+                            release.notified().await;
+                            panic!("a batch write panicked (on purpose)");
+                        }
+                        written.lock().expect("written").extend(models);
+                        Ok(Utc::now())
+                    })
+                }),
+                tasks.clone(),
+            )
+        };
+        let panicking = tasks.spawn({
+            let queue = queue.clone();
+            async move { queue.write(usage("panic")).await }
+        });
+        // The panicking batch is being written; a write arrives behind it, then the batch panics.
+        started.notified().await;
+        let behind = tasks.spawn({
+            let queue = queue.clone();
+            async move { queue.write(usage("behind")).await }
+        });
+        while queue.0.queue.lock().expect("queue").pending.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        release.notify_one();
+
+        let failed = panicking.await.expect("task");
+        assert!(
+            matches!(
+                failed,
+                Err(StoreError::Database(sqlx::Error::WorkerCrashed))
+            ),
+            "{failed:?}"
+        );
+        let behind = tokio::time::timeout(Duration::from_secs(5), behind)
+            .await
+            .expect("the write behind the panicking batch was left waiting")
+            .expect("task");
+        assert!(behind.is_ok(), "{behind:?}");
+        assert_eq!(
+            *written.lock().expect("written"),
+            vec!["behind".to_string()]
+        );
     }
 }
