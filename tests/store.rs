@@ -126,6 +126,15 @@ async fn history(
 }
 
 /// Alice's usage today, by persona.
+/// Alice's requests in today's rollup, over every persona.
+async fn requests_today(store: &std::sync::Arc<dyn Store>) -> i64 {
+    usage_by_persona(store)
+        .await
+        .iter()
+        .map(|b| b.requests)
+        .sum()
+}
+
 async fn usage_by_persona(store: &std::sync::Arc<dyn Store>) -> Vec<UsageBucket> {
     let today = chatgate::store::day_of(now());
     store
@@ -832,14 +841,7 @@ async fn a_batch_of_writes_is_one_transaction(backend: Backend) {
             .expect("usage")
             .is_empty()
     );
-    assert_eq!(
-        usage_by_persona(&store)
-            .await
-            .iter()
-            .map(|b| b.requests)
-            .sum::<i64>(),
-        3
-    );
+    assert_eq!(requests_today(&store).await, 3);
     // A usage record of a message that was never written is refused as such, and leaves no rollup behind.
     let never_written = reply_to(&third, "never written");
     let refused = store
@@ -854,14 +856,7 @@ async fn a_batch_of_writes_is_one_transaction(backend: Backend) {
         matches!(&refused, Err(StoreError::Conflict(what)) if what.starts_with("a usage record")),
         "{refused:?}"
     );
-    assert_eq!(
-        usage_by_persona(&store)
-            .await
-            .iter()
-            .map(|b| b.requests)
-            .sum::<i64>(),
-        3
-    );
+    assert_eq!(requests_today(&store).await, 3);
     // And an empty batch writes nothing and does not fail.
     store.write_messages(&[]).await.expect("empty batch");
 }
