@@ -481,7 +481,8 @@ pub struct ProviderConfig {
     /// HTTP/1.1 connection of its own, as the OpenAI and Anthropic SDKs do: over HTTP/2 every stream to the
     /// provider shares one connection, and past the provider's limit of concurrent streams
     /// (`SETTINGS_MAX_CONCURRENT_STREAMS`, RFC 9113 §6.5.2; often 100–250) a new generation waits until a running
-    /// one ends — the client opens no second connection.
+    /// one ends — the client opens no second connection. The price of HTTP/1.1: a new concurrent stream beyond
+    /// the idle connections pays a connection (and TLS) handshake; connections stay open 90 s for reuse.
     #[serde(default)]
     pub http2: bool,
     /// Speak HTTP/2 to a plain-`http` base URL from the start (h2c, RFC 9113 §3.3), multiplexing streams over
