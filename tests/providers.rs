@@ -727,63 +727,29 @@ impl TlsUpstream {
 
         let dir = tempfile::tempdir().expect("tempdir");
         let path = |name: &str| dir.path().join(name).display().to_string();
-        let openssl = |args: &[&str]| {
+        let d = dir.path().display().to_string();
+        // A throwaway authority and a leaf for 127.0.0.1 that it signs (webpki refuses a CA certificate as the
+        // server's own). The temporary directory's path has no spaces.
+        let openssl = |args: String| {
             std::process::Command::new("openssl")
-                .args(args)
+                .args(args.split_whitespace())
                 .output()
                 .is_ok_and(|out| out.status.success())
         };
-        let made = openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=chatgate test authority",
-            "-keyout",
-            &path("ca.key"),
-            "-out",
-            &path("ca.pem"),
-        ]) && openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            &path("key.pem"),
-            "-out",
-            &path("leaf.csr"),
-        ]) && std::fs::write(
+        let p256 = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
+        let made = openssl(format!(
+            "req -x509 {p256} -days 1 -subj /CN=chatgate-test-authority -keyout {d}/ca.key -out {d}/ca.pem"
+        )) && openssl(format!(
+            "req {p256} -subj /CN=127.0.0.1 -keyout {d}/key.pem -out {d}/leaf.csr"
+        )) && std::fs::write(
             path("leaf.ext"),
             "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
         )
         .is_ok()
-            && openssl(&[
-                "x509",
-                "-req",
-                "-in",
-                &path("leaf.csr"),
-                "-CA",
-                &path("ca.pem"),
-                "-CAkey",
-                &path("ca.key"),
-                "-CAcreateserial",
-                "-days",
-                "1",
-                "-extfile",
-                &path("leaf.ext"),
-                "-out",
-                &path("leaf.pem"),
-            ]);
+            && openssl(format!(
+                "x509 -req -in {d}/leaf.csr -CA {d}/ca.pem -CAkey {d}/ca.key -CAcreateserial -days 1 \
+                 -extfile {d}/leaf.ext -out {d}/leaf.pem"
+            ));
         if !made {
             eprintln!("SKIPPED the TLS upstream test: the openssl command is missing or failed");
             return None;
