@@ -609,8 +609,9 @@ pub trait Store: Send + Sync + 'static {
     /// Writes every one of `writes` in one transaction, or none of them: each kind of row in one multi-row
     /// statement (new messages, their media links, replies, usage records), and the usage rollup summed per
     /// (user, day, model, persona) in one more. A lone new message without media is one statement and no
-    /// transaction. A batch with a new message uses the request pool, one of replies and usage records the
-    /// background pool. [`GroupCommit`] sends concurrent writes through here together.
+    /// transaction. On PostgreSQL a batch is one statement instead, each table's rows in a data-modifying `WITH`
+    /// part (as atomic, one round trip). A batch with a new message uses the request pool, one of replies and
+    /// usage records the background pool. [`GroupCommit`] sends concurrent writes through here together.
     ///
     /// Returns the time written as the replies' `updated_at`.
     ///
