@@ -28,9 +28,9 @@ pub const MAX_BATCH: usize = 128;
 /// How the chat service writes: new messages, which a request waits for, and replies' saves and usage records,
 /// written after a reply's last token.
 ///
-/// On SQLite both go through one [`GroupCommit`]: its database takes one writer at a time, so separate writers
-/// would only wait on each other's lock (SQLite's busy handler sleeps a millisecond and more per try). On
-/// PostgreSQL new messages are group-committed and each reply is saved in its own transaction on the background
+/// On a database that takes one writer at a time ([`Store::one_writer_at_a_time`]: SQLite) both go through one
+/// [`GroupCommit`], since separate writers would only wait on each other's lock (SQLite's busy handler sleeps a
+/// millisecond and more per try). On PostgreSQL new messages are group-committed and each reply is saved in its own transaction on the background
 /// pool, as many at once as that pool allows: its writers do not exclude each other, and a slow save (a trigger,
 /// a lock) then never delays a new message nor serializes the other saves behind it.
 #[derive(Clone)]
@@ -44,7 +44,7 @@ pub struct Writes {
 impl Writes {
     pub fn new(store: &Arc<dyn Store>, tasks: &Tasks) -> Self {
         let messages = GroupCommit::new(Arc::clone(store), tasks.clone());
-        let replies = (store.backend() == "sqlite").then(|| messages.clone());
+        let replies = store.one_writer_at_a_time().then(|| messages.clone());
         Self {
             store: Arc::clone(store),
             messages,

@@ -542,6 +542,9 @@ pub fn day_of(at: DateTime<Utc>) -> String {
 pub trait Store: Send + Sync + 'static {
     /// Backend name: `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
+    /// Whether write transactions exclude each other (SQLite: one writer holds the database's lock, the others
+    /// wait for it), so that writes are best queued in one line rather than run side by side ([`Writes`]).
+    fn one_writer_at_a_time(&self) -> bool;
     /// Applies pending migrations.
     async fn migrate(&self) -> StoreResult<()>;
     /// A trivial query, for health checks.

@@ -114,6 +114,9 @@ const BACKEND: &str = "postgres";
 /// Whether a batch of message writes is one statement (PostgreSQL runs data-modifying `WITH` parts) rather than
 /// a transaction of one statement a table.
 const WRITES_IN_ONE_STATEMENT: bool = true;
+/// Write transactions run side by side; rows they both touch are locked row by row
+/// ([`Store::one_writer_at_a_time`]).
+const ONE_WRITER_AT_A_TIME: bool = false;
 
 /// The history turns of [`Store::prompt_history`] as one JSON array, newest first (the subquery `h`).
 macro_rules! history_turns_json {

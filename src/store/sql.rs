@@ -9,7 +9,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 
-use super::{BACKEND, Backend, Db, WRITES_IN_ONE_STATEMENT};
+use super::{BACKEND, Backend, Db, ONE_WRITER_AT_A_TIME, WRITES_IN_ONE_STATEMENT};
 use crate::domain::{MessageStatus, Role};
 use crate::store::*;
 
@@ -107,6 +107,10 @@ macro_rules! usage_columns {
 impl Store for Backend {
     fn backend(&self) -> &'static str {
         BACKEND
+    }
+
+    fn one_writer_at_a_time(&self) -> bool {
+        ONE_WRITER_AT_A_TIME
     }
 
     async fn migrate(&self) -> StoreResult<()> {
@@ -436,7 +440,7 @@ impl Store for Backend {
             push_media_links(&mut query, &links);
             execute_rows(&mut tx, &mut query, links.len())
                 .await
-                .map_err(|e| map_write_error(e, "the message's media"))?;
+                .map_err(|e| map_write_error(e, MESSAGE_MEDIA))?;
         }
         write_message_rows(&mut tx, &replies, OnConflict::Update).await?;
         insert_usage(&mut tx, &usage).await?;
@@ -1036,18 +1040,19 @@ async fn write_in_one_statement(
         .await
         .map_err(|err| {
             let what = match &err {
-                sqlx::Error::Database(db) if db.table() == Some("message_media") => {
-                    "the message's media"
-                }
-                sqlx::Error::Database(db) if db.table() == Some("usage_records") => {
-                    "a usage record for this message"
-                }
+                sqlx::Error::Database(db) if db.table() == Some("message_media") => MESSAGE_MEDIA,
+                sqlx::Error::Database(db) if db.table() == Some("usage_records") => MESSAGE_USAGE,
                 _ => "the message",
             };
             map_write_error(err, what)
         })?;
     Ok(())
 }
+
+/// What a refused write of a message's media links names ([`map_write_error`]), whichever path wrote them.
+const MESSAGE_MEDIA: &str = "the message's media";
+/// What a refused write of a message's usage record names.
+const MESSAGE_USAGE: &str = "a usage record for this message";
 
 /// Appends the `message_media` INSERT of `(message, media)` links (at least one) to `query`; a link that exists
 /// is left alone.
@@ -1124,7 +1129,7 @@ async fn insert_usage(
     push_usage_rows(&mut query, records);
     execute_rows(conn, &mut query, records.len())
         .await
-        .map_err(|e| map_write_error(e, "a usage record for this message"))?;
+        .map_err(|e| map_write_error(e, MESSAGE_USAGE))?;
     let rollup = rollup_of(records);
     let mut query = sqlx::QueryBuilder::<Db>::new("");
     push_rollup_rows(&mut query, &rollup, now());

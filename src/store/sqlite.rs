@@ -56,6 +56,8 @@ const BACKEND: &str = "sqlite";
 /// Whether a batch of message writes is one statement (SQLite has no data-modifying `WITH`) rather than
 /// a transaction of one statement a table.
 const WRITES_IN_ONE_STATEMENT: bool = false;
+/// A write transaction holds the database's one write lock ([`Store::one_writer_at_a_time`]).
+const ONE_WRITER_AT_A_TIME: bool = true;
 
 /// The history turns of [`Store::prompt_history`] as one JSON array, newest first (the subquery `h`); `media`
 /// is stored as JSON text, made JSON again with `json()`. Aggregate `ORDER BY` needs SQLite ≥ 3.44.
