@@ -172,8 +172,8 @@ pub struct DatabaseConfig {
     pub url: SecretString,
     /// Connections for requests; half as many more are opened for background writes (finished replies,
     /// checkpoints, usage), so that a slow database never queues a request behind them. On SQLite no more than
-    /// one a CPU core (at least two) are opened: its queries only compute, and each connection past the cores
-    /// costs CPU (see `SqliteStore::connect`).
+    /// one a CPU core (two on a one-core machine) are opened: its queries only compute, and each connection past
+    /// the cores costs CPU (see `SqliteStore::connect`).
     pub max_connections: u32,
     /// Apply pending migrations at startup.
     pub migrate_on_start: bool,

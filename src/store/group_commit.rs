@@ -30,9 +30,10 @@ pub const MAX_BATCH: usize = 128;
 ///
 /// On a database that takes one writer at a time ([`Store::one_writer_at_a_time`]: SQLite) both go through one
 /// [`GroupCommit`], since separate writers would only wait on each other's lock (SQLite's busy handler sleeps a
-/// millisecond and more per try). On PostgreSQL new messages are group-committed and each reply is saved in its own transaction on the background
-/// pool, as many at once as that pool allows: its writers do not exclude each other, and a slow save (a trigger,
-/// a lock) then never delays a new message nor serializes the other saves behind it.
+/// millisecond and more per try). On PostgreSQL new messages are group-committed and each reply is saved in its
+/// own transaction on the background pool, as many at once as that pool allows: its writers do not exclude each
+/// other, and a slow save (a trigger, a lock) then never delays a new message nor serializes the other saves
+/// behind it.
 #[derive(Clone)]
 pub struct Writes {
     store: Arc<dyn Store>,

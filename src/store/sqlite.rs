@@ -19,10 +19,10 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating when missing, with its folder) the database at `url`, e.g. `sqlite://data/chatgate.db`.
     ///
+    /// The request pool opens no more than [`request_connections`] of `max_connections`: one a CPU core.
+    ///
     /// # Errors
     /// [`StoreError::Database`] when the file cannot be opened.
-    ///
-    /// The request pool opens [`request_connections`] of `max_connections`: one a CPU core, at least two.
     pub async fn connect(url: &str, max_connections: u32) -> StoreResult<Self> {
         let max_connections = request_connections(max_connections);
         let options = SqliteConnectOptions::from_str(url)?
@@ -53,7 +53,7 @@ impl SqliteStore {
 }
 
 /// The connections a SQLite request pool opens: `max_connections`, but no more than the machine's CPU cores
-/// (at least two, so that a write waiting for SQLite's lock leaves a read its connection).
+/// (two on a one-core machine, so that a write waiting for SQLite's lock leaves a read its connection).
 ///
 /// A SQLite query runs on its connection's thread and, with the database in the kernel's page cache, only
 /// computes: more connections than cores run no more queries at once. Each one more costs: its own page
