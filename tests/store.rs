@@ -915,3 +915,59 @@ async fn group_commit_isolates_a_refused_write(backend: Backend) {
     }
     assert_eq!(stored.map(|m| m.content).as_deref(), Some("abandoned"));
 }
+
+/// Ends every other connection to the test database from the server's side, as a restart or a failover does;
+/// returns how many it ended.
+async fn end_server_connections(db: &TestDb) -> i64 {
+    use sqlx::Connection;
+    let mut admin = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    let ended: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()) t",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .expect("terminate");
+    let _ = admin.close().await;
+    ended
+}
+
+/// PostgreSQL ended the store's connections. Once they have been idle past the ping window (500 ms), queries find
+/// them dead before use and open new ones: none fails. A connection ended within the window fails its next query
+/// once (the price of not pinging in front of every query), and the pool replaces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_the_server_ended_are_replaced() {
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let store = db.store().await;
+    store.ping().await.expect("ping");
+    assert!(
+        end_server_connections(&db).await >= 1,
+        "no connection to end"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    for attempt in 0..10 {
+        store.ping().await.unwrap_or_else(|e| {
+            panic!("query {attempt} after the server ended the idle connections: {e}")
+        });
+    }
+
+    assert!(
+        end_server_connections(&db).await >= 1,
+        "no connection to end"
+    );
+    let mut failures = 0;
+    while let Err(err) = store.ping().await {
+        assert!(
+            matches!(&err, StoreError::Database(_)),
+            "a broken connection is a database error: {err:?}"
+        );
+        failures += 1;
+        // The test's store has 5 request connections: each fails once at most.
+        assert!(
+            failures <= 5,
+            "still failing after {failures} queries: {err}"
+        );
+    }
+}

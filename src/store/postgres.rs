@@ -35,11 +35,15 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .min_connections(warm)
+            .test_before_acquire(false)
+            .before_acquire(ping_if_idle)
             .acquire_timeout(Duration::from_secs(10))
             .connect_lazy(url)?;
         let background = PgPoolOptions::new()
             .max_connections(background_connections(max_connections))
             .min_connections(1)
+            .test_before_acquire(false)
+            .before_acquire(ping_if_idle)
             .acquire_timeout(BACKGROUND_ACQUIRE_TIMEOUT)
             .connect_lazy(url)?;
         // Open the first connections of both pools side by side. A TLS handshake costs about 90 ms with sqlx
@@ -63,6 +67,27 @@ impl PgStore {
     fn migrator(&self) -> sqlx::migrate::Migrator {
         sqlx::migrate!("migrations/postgres")
     }
+}
+
+/// A pooled connection idle for less than this is handed out without a ping (HikariCP's
+/// `aliveBypassWindowMs`, 500 ms by default, for the same reason).
+const PING_WHEN_IDLE_FOR: Duration = Duration::from_millis(500);
+
+/// sqlx's `test_before_acquire`, but only for a connection idle past [`PING_WHEN_IDLE_FOR`]: a ping is a round
+/// trip to the server in front of every query, and under load connections come back within milliseconds of
+/// their last query. A connection that broke since is found by its next query, which fails (`unavailable`), and
+/// the pool then closes it (sqlx pings every connection on its way back to the pool).
+fn ping_if_idle(
+    conn: &mut sqlx::PgConnection,
+    meta: sqlx::pool::PoolConnectionMetadata,
+) -> futures::future::BoxFuture<'_, Result<bool, sqlx::Error>> {
+    use sqlx::Connection;
+    Box::pin(async move {
+        if meta.idle_for >= PING_WHEN_IDLE_FOR {
+            conn.ping().await?;
+        }
+        Ok(true)
+    })
 }
 
 /// Why chatgate refuses a transaction pooler, and what to use instead.
