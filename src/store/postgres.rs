@@ -121,9 +121,11 @@ async fn transaction_pooled(url: &str) -> Result<bool, sqlx::Error> {
             .await?
             .try_get(0)
     }
-    let mut a = PgConnection::connect(url).await?;
+    // Both connect at once: each TLS handshake costs ~90 ms (see `connect`). A client connection holds no server
+    // process under a transaction pooler until its transaction, so B connecting early changes nothing below.
+    let (mut a, mut b) =
+        futures::future::try_join(PgConnection::connect(url), PgConnection::connect(url)).await?;
     let a_first = pid(&mut a).await?;
-    let mut b = PgConnection::connect(url).await?;
     sqlx::raw_sql("BEGIN").execute(&mut b).await?;
     let b_pid = pid(&mut b).await?;
     let a_second = pid(&mut a).await?;
