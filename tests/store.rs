@@ -677,10 +677,14 @@ async fn prompt_history_is_the_latest_branch_newest_first(backend: Backend) {
     assert_eq!(all[0].content, "regenerated reply 2");
     assert_eq!(all[3].media, json!([{ "id": media_id, "kind": "image" }]));
     assert_eq!(all[5].content_tokens, Some(4));
-    assert_eq!(
-        history(&store, c.id, None, 3).await,
-        turns(HistoryPage::Offset(0), 3).await
-    );
+    // Every window, whether it ends on a replaced reply (read again with the branch filter) or not.
+    for limit in 0..=10 {
+        assert_eq!(
+            history(&store, c.id, None, limit).await,
+            turns(HistoryPage::Offset(0), limit).await,
+            "the newest {limit}"
+        );
+    }
     let question = question.expect("asked");
     let before = history(&store, c.id, Some(question), 100).await;
     assert_eq!(before, turns(HistoryPage::Before(question), 100).await);
@@ -695,6 +699,23 @@ async fn prompt_history_is_the_latest_branch_newest_first(backend: Backend) {
             .await
             .is_empty()
     );
+    // Ordered by creation time, not by the order of the writes.
+    let t0 = now();
+    let mut written = Vec::new();
+    for (i, secs) in [2, 0, 1].into_iter().enumerate() {
+        let message = NewMessage {
+            created_at: t0 + chrono::Duration::seconds(secs),
+            ..user_message(other.id, &format!("written {i}"))
+        };
+        store.insert_message(&message).await.expect("insert");
+        written.push(message.id);
+    }
+    let ids: Vec<_> = history(&store, other.id, None, 10)
+        .await
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(ids, [written[0], written[2], written[1]], "newest first");
     // The conversation comes with its history, and only to its owner.
     let read = store
         .prompt_history("alice", c.id, None, 1)

@@ -9,7 +9,9 @@
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 
-use super::{BACKEND, Backend, Db, ONE_WRITER_AT_A_TIME, WRITES_IN_ONE_STATEMENT};
+use super::{
+    BACKEND, Backend, Db, HISTORY_TURNS_ORDERED, ONE_WRITER_AT_A_TIME, WRITES_IN_ONE_STATEMENT,
+};
 use crate::domain::{MessageStatus, Role};
 use crate::store::*;
 
@@ -591,47 +593,34 @@ impl Store for Backend {
         before: Option<Id>,
         limit: i64,
     ) -> StoreResult<Option<PromptHistory>> {
-        // The turns, newest first, as `[[id, role, content, message_type, media, content_tokens], ...]`: the
-        // aggregate and the array builder are the backend's (`history_turns_json!`); NULL for no turn at all.
-        // The limit is written into the statement, not bound: SQLite plans with a bound LIMIT's value, so each
-        // new binding expired the statement and every message re-prepared it (`sqlite3Reprepare`, 9 % of a
-        // message's CPU in the profile). It is an integer, and the same one on every call
-        // (`generation.max_history_messages`), so the statement cache still hits.
-        let cursor = if before.is_some() {
-            "AND (m.created_at, m.id) < \
-             (SELECT x.created_at, x.id FROM messages x WHERE x.id = $3 AND x.conversation_id = $1) "
-        } else {
-            ""
-        };
-        let sql = format!(
-            concat!(
-                "SELECT ",
-                conversation_columns!(),
-                ", (SELECT ",
-                history_turns_json!(),
-                " FROM (SELECT m.id, m.role, m.content, m.message_type, m.media, m.content_tokens, \
-                 m.created_at FROM messages m WHERE m.conversation_id = $1 {cursor}",
-                latest_branch_only!(),
-                "ORDER BY m.created_at DESC, m.id DESC LIMIT {limit}) h) AS turns \
-                 FROM conversations c WHERE c.id = $1 AND c.user_id = $2"
-            ),
-            cursor = cursor,
-            limit = limit.max(0),
-        );
-        let query = sqlx::query_as::<_, PromptHistoryRow>(sqlx::AssertSqlSafe(sql))
-            .bind(conversation_id)
-            .bind(user_id);
-        let query = match before {
-            Some(before) => query.bind(before),
-            None => query,
-        };
-        Ok(query
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|row| PromptHistory {
-                conversation: row.conversation,
-                turns: row.turns.map(|Json(turns)| turns).unwrap_or_default(),
-            }))
+        // Without a cursor, the newest `limit` messages are read as they are and a replaced reply is dropped
+        // here: every later sibling of a message in that window is in it too, since the window is the newest.
+        // In SQL, that filter is a correlated subquery a reply (a fifth of the statement's instructions at 200
+        // turns, callgrind). When it dropped a turn from a full window, the exact statement fills the window.
+        if before.is_none() {
+            let Some((conversation, turns)) =
+                read_prompt_history(&self.pool, user_id, conversation_id, None, limit, false)
+                    .await?
+            else {
+                return Ok(None);
+            };
+            let fetched = turns.len();
+            let turns = history_turns(turns, true);
+            if turns.len() == fetched || i64::try_from(fetched).is_ok_and(|n| n < limit) {
+                return Ok(Some(PromptHistory {
+                    conversation,
+                    turns,
+                }));
+            }
+        }
+        Ok(
+            read_prompt_history(&self.pool, user_id, conversation_id, before, limit, true)
+                .await?
+                .map(|(conversation, turns)| PromptHistory {
+                    conversation,
+                    turns: history_turns(turns, false),
+                }),
+        )
     }
 
     async fn delete_message(&self, user_id: &str, id: Id) -> StoreResult<bool> {
@@ -875,12 +864,122 @@ async fn insert_persona(
         .map_err(|e| map_write_error(e, "a persona with this slug"))
 }
 
-/// The row of [`Store::prompt_history`].
+/// The caller's conversation and the newest `limit` messages of its history (those before message `before`,
+/// when given), newest first, in one statement; `latest_branch` leaves out the replies a later sibling replaced.
+/// `None` when the conversation is not the caller's.
+async fn read_prompt_history(
+    pool: &sqlx::Pool<Db>,
+    user_id: &str,
+    conversation_id: Id,
+    before: Option<Id>,
+    limit: i64,
+    latest_branch: bool,
+) -> StoreResult<Option<(Conversation, Vec<TurnRow>)>> {
+    // The turns, as `[[id, role, content, message_type, media, content_tokens, parent_id, created_at?], ...]`:
+    // the aggregate and the array builder are the backend's (`history_turns_json!`); NULL for no turn at all.
+    // The limit is written into the statement, not bound: SQLite plans with a bound LIMIT's value, so each
+    // new binding expired the statement and every message re-prepared it (`sqlite3Reprepare`, 9 % of a
+    // message's CPU in the profile). It is an integer, and the same one on every call
+    // (`generation.max_history_messages`), so the statement cache still hits.
+    let cursor = if before.is_some() {
+        "AND (m.created_at, m.id) < \
+         (SELECT x.created_at, x.id FROM messages x WHERE x.id = $3 AND x.conversation_id = $1) "
+    } else {
+        ""
+    };
+    let sql = format!(
+        concat!(
+            "SELECT ",
+            conversation_columns!(),
+            ", (SELECT ",
+            history_turns_json!(),
+            " FROM (SELECT m.id, m.role, m.content, m.message_type, m.media, m.content_tokens, m.parent_id, \
+             m.created_at FROM messages m WHERE m.conversation_id = $1 {cursor}{branch}\
+             ORDER BY m.created_at DESC, m.id DESC LIMIT {limit}) h) AS turns \
+             FROM conversations c WHERE c.id = $1 AND c.user_id = $2"
+        ),
+        cursor = cursor,
+        branch = if latest_branch {
+            latest_branch_only!()
+        } else {
+            ""
+        },
+        limit = limit.max(0),
+    );
+    let query = sqlx::query_as::<_, PromptHistoryRow>(sqlx::AssertSqlSafe(sql))
+        .bind(conversation_id)
+        .bind(user_id);
+    let query = match before {
+        Some(before) => query.bind(before),
+        None => query,
+    };
+    Ok(query.fetch_optional(pool).await?.map(|row| {
+        let mut turns = row.turns.map(|Json(turns)| turns).unwrap_or_default();
+        if !HISTORY_TURNS_ORDERED {
+            // Newest first, as `ORDER BY created_at DESC, id DESC` orders them: both are TEXT there, compared
+            // byte by byte, and an id's text sorts as its bytes do. Linear on turns already in order.
+            turns.sort_by(|a, b| (&b.created_at, b.id).cmp(&(&a.created_at, a.id)));
+        }
+        (row.conversation, turns)
+    }))
+}
+
+/// The [`HistoryTurn`]s of a window of history read newest first, without the replies a later sibling (a
+/// regenerated reply to the same message) replaced when `latest_replies_only`: the first reply met to each
+/// message is its latest.
+///
+/// Into a new `Vec` of their own size: `collect()` would reuse the rows' larger buffer in place and shrink it
+/// with a `realloc`, which left glibc's heap fragmented: the 4-minute soak's RSS went from 185 to 405 MB.
+fn history_turns(rows: Vec<TurnRow>, latest_replies_only: bool) -> Vec<HistoryTurn> {
+    let mut answered = std::collections::HashSet::new();
+    let mut turns = Vec::with_capacity(rows.len());
+    for row in rows {
+        let replaced = latest_replies_only
+            && row.role == Role::Assistant
+            && row.parent_id.is_some_and(|parent| !answered.insert(parent));
+        if !replaced {
+            turns.push(HistoryTurn::from(row));
+        }
+    }
+    turns
+}
+
+/// The row of [`read_prompt_history`].
 #[derive(sqlx::FromRow)]
 struct PromptHistoryRow {
     #[sqlx(flatten)]
     conversation: Conversation,
-    turns: Option<Json<Vec<HistoryTurn>>>,
+    turns: Option<Json<Vec<TurnRow>>>,
+}
+
+/// A turn as [`read_prompt_history`] reads it (a JSON array): the [`HistoryTurn`], then what ordering and the
+/// branch filter need.
+#[derive(Deserialize)]
+struct TurnRow {
+    id: Id,
+    role: Role,
+    content: String,
+    message_type: MessageType,
+    media: serde_json::Value,
+    content_tokens: Option<i64>,
+    parent_id: Option<Id>,
+    /// The stored `created_at` text, where the backend's aggregate leaves the turns unordered
+    /// ([`HISTORY_TURNS_ORDERED`]); absent otherwise.
+    #[serde(default)]
+    created_at: Option<String>,
+}
+
+impl From<TurnRow> for HistoryTurn {
+    fn from(t: TurnRow) -> Self {
+        HistoryTurn {
+            id: t.id,
+            role: t.role,
+            content: t.content,
+            message_type: t.message_type,
+            media: t.media,
+            content_tokens: t.content_tokens,
+        }
+    }
 }
 
 /// What [`write_message_rows`] does when a message's row exists.
