@@ -54,10 +54,20 @@ macro_rules! text_enum {
         impl_text_traits!($name);
 
         impl<'de> serde::Deserialize<'de> for $name {
+            /// Reads the text where it lies: no `String` allocated, as a `Cow<str>` would (serde's own
+            /// `Cow` always owns), for each role and type of each turn of a history.
             fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-                text.parse()
-                    .map_err(|_| serde::de::Error::unknown_variant(&text, Self::NAMES))
+                struct Text;
+                impl serde::de::Visitor<'_> for Text {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str(concat!("one of: ", $($text, " "),+))
+                    }
+                    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<$name, E> {
+                        text.parse().map_err(|_| E::unknown_variant(text, $name::NAMES))
+                    }
+                }
+                deserializer.deserialize_str(Text)
             }
         }
 
