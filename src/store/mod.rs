@@ -646,12 +646,12 @@ pub trait Store: Send + Sync + 'static {
         ascending: bool,
         all_branches: bool,
     ) -> StoreResult<Vec<Message>>;
-    /// The caller's conversation and the history a prompt sends, in one statement: the newest `limit` messages
-    /// of the conversation (only those before message `before`, when given), newest first, a regenerated reply
-    /// left out as in [`Store::list_messages`]. The turns come as one JSON array aggregated by the database: on
-    /// SQLite each row read costs a hand-off between sqlx's worker thread and the caller, and each statement a
-    /// read transaction that starts with a page cache emptied by the last write; together these made the two
-    /// reads most of a message's CPU.
+    /// The caller's conversation and the history a prompt sends, in one statement (two when a regenerated reply
+    /// falls in a full window): the newest `limit` messages of the conversation (only those before message
+    /// `before`, when given), newest first, a regenerated reply left out as in [`Store::list_messages`]. The
+    /// turns come as one JSON array aggregated by the database: on SQLite each row read costs a hand-off between
+    /// sqlx's worker thread and the caller, and each statement a read transaction that starts with a page cache
+    /// emptied by the last write; together these made the two reads most of a message's CPU.
     ///
     /// `None` when the conversation is not the caller's; no turns when `before` is not a message of it.
     async fn prompt_history(
