@@ -391,7 +391,7 @@ pub struct PromptHistory {
 
 /// A stored message as a prompt sends it again: what history fitting and the images of earlier messages need,
 /// and nothing else ([`Store::prompt_history`]).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HistoryTurn {
     pub id: Id,
     pub role: Role,
