@@ -80,6 +80,31 @@ async fn rate_limited_primary_retries_then_the_fallback_answers() {
     assert_eq!(reply["model_used"], "gpt-4o-mini");
     assert_eq!(primary.requests().len(), 3, "the first try and two retries");
     assert_eq!(backup.requests().len(), 1);
+    // Every try sends the same prompt; each route under its own upstream model name.
+    let bodies: Vec<Value> = primary
+        .requests()
+        .into_iter()
+        .chain(backup.requests())
+        .map(|(_, body)| body)
+        .collect();
+    let models: Vec<_> = bodies.iter().map(|b| b["model"].as_str()).collect();
+    assert_eq!(
+        models,
+        [
+            Some("gpt-4o"),
+            Some("gpt-4o"),
+            Some("gpt-4o"),
+            Some("gpt-4o-mini")
+        ]
+    );
+    for body in &bodies {
+        assert_eq!(body["messages"], bodies[0]["messages"]);
+    }
+    assert_eq!(
+        bodies[0]["messages"].as_array().map(Vec::len),
+        Some(2),
+        "system prompt and the question"
+    );
     // Billed at the backup's prices: 10 × 150 + 2 × 600 nano-USD.
     let usage = server
         .state

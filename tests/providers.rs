@@ -154,7 +154,7 @@ async fn collect(provider: &dyn Provider, model: &str) -> Collected {
         error: None,
         calls: ToolCalls::default(),
     };
-    let mut stream = provider.stream(request(model));
+    let mut stream = provider.stream(&request(model));
     while let Some(event) = stream.next().await {
         match event {
             Ok(ProviderEvent::TextDelta(text)) => {
@@ -488,7 +488,7 @@ async fn request_shapes_match_each_api() {
             sampling,
             ..request("model-x")
         };
-        let _ = provider.stream(request).collect::<Vec<_>>().await;
+        let _ = provider.stream(&request).collect::<Vec<_>>().await;
     }
     let seen = seen.lock().expect("lock");
     let (uri, headers, body) = &seen[0];
@@ -838,7 +838,7 @@ impl TlsUpstream {
             .map(|i| {
                 let (provider, order) = (Arc::clone(&provider), Arc::clone(&order));
                 tokio::spawn(async move {
-                    let mut stream = provider.stream(request("mock-1"));
+                    let mut stream = provider.stream(&request("mock-1"));
                     let mut first = true;
                     while let Some(event) = stream.next().await {
                         match event {
@@ -1055,7 +1055,7 @@ async fn tool_requests_match_each_api() {
         ..request("model-x")
     };
     for make in [openai as Make, anthropic, gemini, ollama] {
-        let _ = make(&url).stream(request.clone()).collect::<Vec<_>>().await;
+        let _ = make(&url).stream(&request).collect::<Vec<_>>().await;
     }
     let seen = seen.lock().expect("lock");
     let body = |i: usize| seen[i].2.clone();

@@ -24,7 +24,8 @@ use crate::usage::{TokenCounts, Usage, nanousd_to_usd};
 /// Everything a generation needs, prepared by the service.
 pub struct Job {
     pub route: ModelRoute,
-    /// The request for `route`; a fallback gets the same messages with its own model name.
+    /// The request for `route`, sent to it as it is (its `model` is `route.upstream_model`); a fallback gets the
+    /// same messages with its own model name.
     pub request: ChatRequest,
     /// Routes tried in order when `route` fails before its first token.
     pub fallbacks: Vec<ModelRoute>,
@@ -283,28 +284,26 @@ async fn relay(generation: &Generation, job: &Job, reply: &RunningReply) -> Stre
     let candidates = std::iter::once(&job.route).chain(job.fallbacks.iter());
     'candidates: for route in candidates {
         out.route = route.clone();
+        // The primary's request is the job's, sent as it is (the prompt is not copied: it can be 100 turns); a
+        // fallback's is a copy with its own model name, its output cap, and the settings its provider takes.
+        let fallback_request;
+        let request = if std::ptr::eq(route, &job.route) {
+            &job.request
+        } else {
+            fallback_request = ChatRequest {
+                model: route.upstream_model.clone(),
+                max_tokens: route.max_output_tokens,
+                sampling: supported(&*route.provider, job.request.sampling.clone()),
+                ..job.request.clone()
+            };
+            &fallback_request
+        };
         let mut attempt = 0;
         loop {
             // Each attempt's own usage: a failed one reported nothing that was relayed.
             out.usage = Usage::default();
             out.finish_reason = None;
             out.tool_calls = ToolCalls::default();
-            let primary = std::ptr::eq(route, &job.route);
-            let request = ChatRequest {
-                model: route.upstream_model.clone(),
-                max_tokens: if primary {
-                    job.request.max_tokens
-                } else {
-                    route.max_output_tokens
-                },
-                // A fallback takes what its provider can: settings it has no counterpart for are left out.
-                sampling: if primary {
-                    job.request.sampling.clone()
-                } else {
-                    supported(&*route.provider, job.request.sampling.clone())
-                },
-                ..job.request.clone()
-            };
             let error = match relay_once(generation, route, request, started, reply, &mut out).await
             {
                 None => return out,
@@ -344,7 +343,7 @@ async fn relay(generation: &Generation, job: &Job, reply: &RunningReply) -> Stre
 async fn relay_once(
     generation: &Generation,
     route: &ModelRoute,
-    request: ChatRequest,
+    request: &ChatRequest,
     started: Instant,
     reply: &RunningReply,
     out: &mut Streamed,

@@ -166,7 +166,7 @@ async fn write(
     let started = Instant::now();
     let (text, usage) = tokio::time::timeout(
         Duration::from_millis(config.timeout_ms),
-        collect(&route, request),
+        collect(&route, &request),
     )
     .await
     .map_err(|_| {
@@ -197,7 +197,7 @@ async fn write(
 }
 
 /// The whole reply of one provider request.
-async fn collect(route: &ModelRoute, request: ChatRequest) -> Result<(String, Usage), Error> {
+async fn collect(route: &ModelRoute, request: &ChatRequest) -> Result<(String, Usage), Error> {
     let mut stream = route.provider.stream(request);
     let mut text = String::new();
     let mut usage = Usage::default();

@@ -208,12 +208,12 @@ impl Provider for AnthropicProvider {
         }
     }
 
-    fn stream(&self, request: ChatRequest) -> ProviderStream {
+    fn stream(&self, request: &ChatRequest) -> ProviderStream {
         let builder = self.authorized(
             self.upstream
                 .client
                 .post(format!("{}/messages", self.upstream.base_url))
-                .json(&request_body(&request)),
+                .json(&request_body(request)),
         );
         http::drive(
             self.upstream.name.clone(),

@@ -200,12 +200,12 @@ impl Provider for GeminiProvider {
         matches!(content_type, "audio/wav" | "audio/mpeg" | "audio/ogg")
     }
 
-    fn stream(&self, request: ChatRequest) -> ProviderStream {
+    fn stream(&self, request: &ChatRequest) -> ProviderStream {
         let url = format!(
             "{}/models/{}:streamGenerateContent?alt=sse",
             self.upstream.base_url, request.model
         );
-        let builder = self.authorized(self.upstream.client.post(url).json(&request_body(&request)));
+        let builder = self.authorized(self.upstream.client.post(url).json(&request_body(request)));
         http::drive(
             self.upstream.name.clone(),
             self.upstream.options.clone(),

@@ -117,9 +117,9 @@ impl Provider for MockProvider {
         &self.name
     }
 
-    fn stream(&self, request: ChatRequest) -> ProviderStream {
+    fn stream(&self, request: &ChatRequest) -> ProviderStream {
         let delay = self.delay;
-        if let Some(call) = Self::tool_call_for(&request) {
+        if let Some(call) = Self::tool_call_for(request) {
             return Box::pin(stream! {
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
@@ -128,7 +128,7 @@ impl Provider for MockProvider {
                 yield Ok(ProviderEvent::Finish(FinishReason::ToolCalls));
             });
         }
-        let reply = Self::reply_to(&request);
+        let reply = Self::reply_to(request);
         Box::pin(stream! {
             for word in reply.split_inclusive(' ') {
                 if !delay.is_zero() {
@@ -167,7 +167,7 @@ mod tests {
             ..ChatRequest::default()
         };
         let mock = MockProvider::new("mock", Duration::ZERO);
-        let events: Vec<_> = mock.stream(request.clone()).collect().await;
+        let events: Vec<_> = mock.stream(&request).collect().await;
         let Some(Ok(ProviderEvent::ToolCall(ToolCallDelta {
             id: Some(id),
             name: Some(name),
@@ -203,7 +203,7 @@ mod tests {
             reply.contains(r#"Your tools answered: {"celsius": 21}."#),
             "{reply}"
         );
-        let events: Vec<_> = mock.stream(request).collect().await;
+        let events: Vec<_> = mock.stream(&request).collect().await;
         assert!(matches!(events[0], Ok(ProviderEvent::TextDelta(_))));
     }
 
@@ -220,7 +220,7 @@ mod tests {
             tools: Default::default(),
         };
         let events: Vec<_> = MockProvider::new("mock", Duration::ZERO)
-            .stream(request.clone())
+            .stream(&request)
             .collect()
             .await;
         let text: String = events

@@ -240,9 +240,9 @@ pub type ProviderStream = BoxStream<'static, Result<ProviderEvent, ProviderError
 pub trait Provider: Send + Sync + 'static {
     /// The configured name (`[providers.NAME]`).
     fn name(&self) -> &str;
-    /// Starts a streaming request. The connection is made when the stream is first polled; dropping the stream
-    /// cancels the upstream request.
-    fn stream(&self, request: ChatRequest) -> ProviderStream;
+    /// Starts a streaming request. The body is written from `request` here, so the stream borrows nothing; the
+    /// connection is made when the stream is first polled; dropping the stream cancels the upstream request.
+    fn stream(&self, request: &ChatRequest) -> ProviderStream;
     /// A cheap authenticated request whose 2xx answer means the provider is reachable and accepts the key
     /// (listing models); `None` for providers with nothing to check.
     fn check(&self) -> Option<reqwest::RequestBuilder> {

@@ -102,12 +102,12 @@ impl Provider for OllamaProvider {
         &self.upstream.name
     }
 
-    fn stream(&self, request: ChatRequest) -> ProviderStream {
+    fn stream(&self, request: &ChatRequest) -> ProviderStream {
         let builder = self.authorized(
             self.upstream
                 .client
                 .post(format!("{}/api/chat", self.upstream.base_url))
-                .json(&request_body(&request)),
+                .json(&request_body(request)),
         );
         http::drive(
             self.upstream.name.clone(),

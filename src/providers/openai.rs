@@ -198,8 +198,8 @@ impl Provider for OpenAiProvider {
         matches!(content_type, "audio/wav" | "audio/mpeg")
     }
 
-    fn stream(&self, request: ChatRequest) -> ProviderStream {
-        let body = RequestBody::new(&request);
+    fn stream(&self, request: &ChatRequest) -> ProviderStream {
+        let body = RequestBody::new(request);
         let builder = self.authorized(
             self.upstream
                 .client
