@@ -108,7 +108,7 @@ pub fn build(
     // tokenizer is never loaded for them). Otherwise each turn costs its exact count: the stored one, else
     // counted now (once: the caller records it).
     let exact = spent + bound > budget;
-    let mut included = Vec::new();
+    let mut included = Vec::with_capacity(shaped.len());
     let mut counted_now = Vec::new();
     for (message, shape) in shaped {
         let content_tokens = match stored(message) {

@@ -147,11 +147,11 @@ const ONE_WRITER_AT_A_TIME: bool = false;
 
 /// The history turns of [`Store::prompt_history`] as one JSON array, newest first (the subquery `h`). The
 /// aggregate orders them itself, so they carry no `created_at`: `json_build_array` writes a `timestamptz` in
-/// the session's time zone, whose text does not sort across a change of offset.
+/// the session's time zone, whose text does not sort across a change of offset. Read as text (`JsonText`).
 macro_rules! history_turns_json {
     () => {
         "json_agg(json_build_array(h.id, h.role, h.content, h.message_type, h.media, h.content_tokens, \
-         h.parent_id) ORDER BY h.created_at DESC, h.id DESC)"
+         h.parent_id) ORDER BY h.created_at DESC, h.id DESC)::text"
     };
 }
 /// Whether [`history_turns_json!`] gives the turns newest first: yes.
