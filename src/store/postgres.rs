@@ -154,6 +154,12 @@ macro_rules! history_turns_json {
          h.parent_id) ORDER BY h.created_at DESC, h.id DESC)::text"
     };
 }
+/// What the subquery of [`history_turns_json!`] selects from message `m`: the columns it aggregates.
+macro_rules! history_turn {
+    () => {
+        "m.id, m.role, m.content, m.message_type, m.media, m.content_tokens, m.parent_id, m.created_at"
+    };
+}
 /// Whether [`history_turns_json!`] gives the turns newest first: yes.
 const HISTORY_TURNS_ORDERED: bool = true;
 

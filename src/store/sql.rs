@@ -876,7 +876,7 @@ async fn read_prompt_history(
     latest_branch: bool,
 ) -> StoreResult<Option<(Conversation, Vec<TurnRow>)>> {
     // The turns, as `[[id, role, content, message_type, media, content_tokens, parent_id, created_at?], ...]`:
-    // the aggregate and the array builder are the backend's (`history_turns_json!`); NULL for no turn at all.
+    // the aggregate and what it reads are the backend's (`history_turns_json!`, `history_turn!`); NULL for no turn.
     // The limit is written into the statement, not bound: SQLite plans with a bound LIMIT's value, so each
     // new binding expired the statement and every message re-prepared it (`sqlite3Reprepare`, 9 % of a
     // message's CPU in the profile). It is an integer, and the same one on every call
@@ -893,8 +893,9 @@ async fn read_prompt_history(
             conversation_columns!(),
             ", (SELECT ",
             history_turns_json!(),
-            " FROM (SELECT m.id, m.role, m.content, m.message_type, m.media, m.content_tokens, m.parent_id, \
-             m.created_at FROM messages m WHERE m.conversation_id = $1 {cursor}{branch}\
+            " FROM (SELECT ",
+            history_turn!(),
+            " FROM messages m WHERE m.conversation_id = $1 {cursor}{branch}\
              ORDER BY m.created_at DESC, m.id DESC LIMIT {limit}) h) AS turns \
              FROM conversations c WHERE c.id = $1 AND c.user_id = $2"
         ),
