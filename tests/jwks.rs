@@ -504,6 +504,35 @@ async fn a_rotated_in_key_is_accepted_after_one_refetch_and_random_kids_fetch_on
     server.stop().await;
 }
 
+/// A token is remembered once it verified, but never past its key: when the key set drops the key (rotated out,
+/// revoked), the next request with the token is verified again and refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_dropped_from_the_key_set_stops_its_tokens_even_after_they_verified() {
+    let (es, _, _) = signers();
+    let idp = IdentityProvider::start(vec![es.jwk()]).await;
+    let server = gateway(&idp, "").await;
+    let old = es.sign(&idp.claims("old", json!({})));
+    assert_eq!(status(&server, &old).await, StatusCode::OK);
+    assert_eq!(status(&server, &old).await, StatusCode::OK);
+
+    // The provider's set now holds only the next key; the first token signed by it makes chatgate refetch.
+    let next = Signer::new("es-2", Algorithm::ES256, ES256_NEXT);
+    *idp.keys.lock().expect("keys") = vec![next.jwk()];
+    let new = next.sign(&idp.claims("new", json!({})));
+    assert_eq!(status(&server, &new).await, StatusCode::OK);
+    assert_eq!(idp.fetches(), 2, "one refetch for the new kid");
+    let (code, body) = get(&server, "/api/v1/conversations", &old).await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not in the key set")),
+        "{body}"
+    );
+    assert_eq!(status(&server, &new).await, StatusCode::OK);
+    server.stop().await;
+}
+
 async fn jwks_health(server: &TestServer) -> Value {
     let health: Value = reqwest::get(format!("{}/health", server.url))
         .await

@@ -13,6 +13,12 @@
 //! Admin routes need the claim at `admin_claim` (a dotted path, default `role`) to be `"admin"` or an array
 //! holding it. Tokens with `is_anonymous: true` (Supabase anonymous sign-ins) are 403 unless `allow_anonymous`.
 //! The HTTP side (the bearer header, the public routes) is `api::auth`.
+//!
+//! A token that verified is remembered ([`VERIFIED_TOKENS_BYTES`] of them at most, by its whole text), so a client
+//! that sends the same token with every request pays for its signature once: a later request with it checks
+//! only `exp` and `nbf` against the clock, and for a key-set token that its key is still the one the key set
+//! holds (a refetch that drops or replaces the key sends the token through full verification again). Envoy's
+//! JWT filter does the same (`jwt_cache_config`). A token that failed is never remembered.
 
 pub mod jwks;
 
@@ -27,7 +33,13 @@ use serde_json::{Map, Value};
 use crate::config::AuthConfig;
 use crate::error::Error;
 use crate::tasks::Tasks;
-use jwks::{Jwks, JwksStatus, Lookup};
+use jwks::{Jwks, JwksStatus, Lookup, VerifyingKey};
+
+/// How many bytes of verified tokens are remembered (each token's length plus its caller's id and
+/// [`VERIFIED_ENTRY_BYTES`]); the least used are forgotten past it. 4 MiB holds about 4,000 Supabase tokens.
+pub const VERIFIED_TOKENS_BYTES: u64 = 4 << 20;
+/// What one remembered token costs besides its text and its user id: the entry and the cache's slot.
+const VERIFIED_ENTRY_BYTES: u64 = 96;
 
 /// The authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +113,32 @@ struct Inner {
     audience: Option<String>,
     admin_claim: Vec<String>,
     allow_anonymous: bool,
+    /// `leeway_secs`, for the clock checks of a remembered token.
+    leeway_secs: u64,
+    /// Tokens that verified, by their whole text.
+    verified: quick_cache::sync::Cache<String, Verified, VerifiedWeight>,
+}
+
+/// A token that verified: its caller, what the clock must still allow, and the key-set key that verified it.
+#[derive(Clone)]
+struct Verified {
+    user: AuthUser,
+    /// `exp` (required, so always present), seconds since the Unix epoch.
+    expires_at: u64,
+    /// `nbf`, when the token has one.
+    not_before: Option<u64>,
+    /// The key-set key (and its kid) that verified it; `None` for HS256.
+    key: Option<(String, Arc<VerifyingKey>)>,
+}
+
+/// Weighs a remembered token by the bytes it holds.
+#[derive(Clone, Copy)]
+struct VerifiedWeight;
+
+impl quick_cache::Weighter<String, Verified> for VerifiedWeight {
+    fn weight(&self, token: &String, verified: &Verified) -> u64 {
+        (token.len() + verified.user.user_id.len()) as u64 + VERIFIED_ENTRY_BYTES
+    }
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -161,6 +199,12 @@ impl Authenticator {
             audience,
             admin_claim: admin_claim.split('.').map(str::to_string).collect(),
             allow_anonymous: config.allow_anonymous,
+            leeway_secs: config.leeway_secs,
+            verified: quick_cache::sync::Cache::with_weighter(
+                256,
+                VERIFIED_TOKENS_BYTES,
+                VerifiedWeight,
+            ),
         }))
     }
 
@@ -193,12 +237,15 @@ impl Authenticator {
     /// wrong or missing issuer/audience, no user id); 403 `forbidden` for an anonymous sign-in when
     /// `allow_anonymous` is off; 503 `unavailable` when the token needs the key set and it was never fetched.
     pub async fn verify(&self, token: &str) -> Result<AuthUser, Error> {
+        if let Some(user) = self.remembered(token) {
+            return Ok(user);
+        }
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| Error::unauthorized("the token is malformed"))?;
         let inner = &*self.0;
         let user = match header.alg {
             Algorithm::HS256 => match &inner.hmac {
-                Some((key, _)) => self.decode(token, key, Algorithm::HS256)?,
+                Some((key, _)) => self.decode(token, key, Algorithm::HS256, None)?,
                 None => {
                     return Err(Error::unauthorized(
                         "HS256 tokens are not accepted: no auth.jwt_secret is configured, keys come from auth.jwks_url",
@@ -237,7 +284,7 @@ impl Authenticator {
                         key.algorithm
                     )));
                 }
-                self.decode(token, &key.key, alg)?
+                self.decode(token, &key.key, alg, Some((kid, &key)))?
             }
             alg => {
                 return Err(Error::unauthorized(format!(
@@ -248,12 +295,41 @@ impl Authenticator {
         Ok(user)
     }
 
-    /// Checks the signature with `key` under `algorithm` and the claims, and reads the caller.
+    /// The caller of a token that verified before, when the clock still allows it (`exp`, `nbf`, with
+    /// `leeway_secs`, as jsonwebtoken checks them) and, for a key-set token, the key set still holds the very key
+    /// that verified it. `None` sends the token through [`Authenticator::verify`]'s full check, which also says
+    /// why it fails.
+    fn remembered(&self, token: &str) -> Option<AuthUser> {
+        let inner = &*self.0;
+        let verified = inner.verified.get(token)?;
+        let now = jsonwebtoken::get_current_timestamp();
+        let clock_allows = verified.expires_at.saturating_add(inner.leeway_secs) >= now
+            && verified
+                .not_before
+                .is_none_or(|nbf| nbf <= now.saturating_add(inner.leeway_secs));
+        let key_current = match (&verified.key, &inner.jwks) {
+            (None, _) => true,
+            (Some((kid, key)), Some(jwks)) => jwks
+                .cached(kid)
+                .is_some_and(|current| Arc::ptr_eq(&current, key)),
+            (Some(_), None) => false,
+        };
+        if clock_allows && key_current {
+            Some(verified.user)
+        } else {
+            inner.verified.remove(token);
+            None
+        }
+    }
+
+    /// Checks the signature with `key` under `algorithm` and the claims, reads the caller, and remembers the
+    /// token; `jwks_key` is the key-set key (and its kid) when `key` is one.
     fn decode(
         &self,
         token: &str,
         key: &DecodingKey,
         algorithm: Algorithm,
+        jwks_key: Option<(&str, &Arc<VerifyingKey>)>,
     ) -> Result<AuthUser, Error> {
         use jsonwebtoken::errors::ErrorKind;
         let inner = &*self.0;
@@ -282,14 +358,25 @@ impl Authenticator {
                 "anonymous sign-ins are not accepted (set auth.allow_anonymous = true to accept them)",
             ));
         }
-        Ok(AuthUser {
+        let user = AuthUser {
             user_id,
             admin: claim_is_admin(&claims, &inner.admin_claim),
             // NumericDate may be fractional (RFC 7519 §2).
             expires_at: claims
                 .get("exp")
                 .and_then(|exp| exp.as_u64().or_else(|| exp.as_f64().map(|f| f as u64))),
-        })
+        };
+        // jsonwebtoken accepted `exp` and `nbf` only as whole numbers, so these are the figures it checked.
+        if let Some(expires_at) = claims.get("exp").and_then(Value::as_u64) {
+            let verified = Verified {
+                user: user.clone(),
+                expires_at,
+                not_before: claims.get("nbf").and_then(Value::as_u64),
+                key: jwks_key.map(|(kid, key)| (kid.to_string(), Arc::clone(key))),
+            };
+            inner.verified.insert(token.to_string(), verified);
+        }
+        Ok(user)
     }
 
     /// Signs an HS256 token for `sub` valid for `ttl`, with `"admin"` at the admin claim (`role` by default)
@@ -410,6 +497,44 @@ mod tests {
             ))
             .expect("valid");
         assert_eq!(user.user_id, "u-1", "sub wins over user_id");
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires_and_a_refused_one_is_never_remembered() {
+        let auth = authenticator("leeway_secs = 0");
+        let now = jsonwebtoken::get_current_timestamp();
+        let token = sign(serde_json::json!({"sub": "a", "exp": now + 1}), "s3cret");
+        assert_eq!(auth.verify_blocking(&token).expect("valid").user_id, "a");
+        assert_eq!(auth.0.verified.len(), 1);
+        assert_eq!(
+            auth.verify_blocking(&token).expect("remembered").user_id,
+            "a"
+        );
+        for refused in [
+            sign(
+                serde_json::json!({"sub": "a", "exp": now + 60}),
+                "other-secret",
+            ),
+            sign(
+                serde_json::json!({"sub": "a", "exp": now + 60, "nbf": now + 60}),
+                "s3cret",
+            ),
+            sign(
+                serde_json::json!({"sub": "b", "exp": now + 60, "is_anonymous": true}),
+                "s3cret",
+            ),
+        ] {
+            assert!(auth.verify_blocking(&refused).is_err());
+        }
+        assert_eq!(auth.0.verified.len(), 1, "only the token that verified");
+
+        // `exp` passes while the token is remembered: refused, with the reason, and forgotten.
+        while jsonwebtoken::get_current_timestamp() <= now + 1 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let err = auth.verify_blocking(&token).expect_err("expired");
+        assert!(err.message.contains("expired"), "{}", err.message);
+        assert_eq!(auth.0.verified.len(), 0);
     }
 
     #[test]
