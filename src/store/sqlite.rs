@@ -152,4 +152,209 @@ mod tests {
         let one = SqliteStore::connect(&url, 1).await.expect("store");
         assert_eq!(one.pool.options().get_max_connections(), 1);
     }
+
+    /// Migration 0007 rebuilds `messages` with the same checks written without `IN`: every row, reference,
+    /// index and the trigger survive it, the checks still refuse what they refused, and a message insert no
+    /// longer builds a temporary B-tree.
+    #[tokio::test]
+    async fn the_messages_rebuild_keeps_every_row_reference_and_rule() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let url = format!("sqlite://{}", dir.path().join("rebuild.db").display());
+        let store = SqliteStore::connect(&url, 1).await.expect("store");
+        let migrator = store.migrator();
+        migrator
+            .run_to(6, &store.pool)
+            .await
+            .expect("migrations up to 0006");
+        let insert_message = "INSERT INTO messages (id, conversation_id, parent_id, role, content, message_type, \
+             media, status, model, provider, finish_reason, error, created_at, updated_at, instance_id, \
+             prompt_tokens_estimate, content_tokens) \
+             VALUES ($1, 'c', $2, $3, $4, 'text', '[]', $5, NULL, NULL, NULL, NULL, $6, $6, NULL, NULL, $7)";
+        sqlx::raw_sql(
+            "INSERT INTO personas (id, slug, display_name, relationship, system_prompt, created_at, updated_at) \
+                 VALUES ('p', 'p', 'P', 'friend', 's', 't', 't'); \
+             INSERT INTO conversations (id, user_id, persona_id, created_at, updated_at, last_message_at) \
+                 VALUES ('c', 'u', 'p', 't', 't', '2026-01-01'); \
+             INSERT INTO media (id, user_id, content_type, size_bytes, sha256, storage_key, created_at) \
+                 VALUES ('img', 'u', 'image/png', 1, 'h', 'k', 't');",
+        )
+        .execute(&store.pool)
+        .await
+        .expect("a persona, a conversation and a media record");
+        let rows = [
+            (
+                "m1",
+                None,
+                "user",
+                "hello",
+                "complete",
+                "2026-01-02",
+                Some(5),
+            ),
+            (
+                "m2",
+                Some("m1"),
+                "assistant",
+                "hi — \"there\"",
+                "complete",
+                "2026-01-03",
+                Some(4),
+            ),
+            (
+                "m3",
+                Some("m1"),
+                "assistant",
+                "a second try",
+                "streaming",
+                "2026-01-04",
+                None,
+            ),
+        ];
+        for (id, parent, role, content, status, at, tokens) in rows {
+            sqlx::query(insert_message)
+                .bind(id)
+                .bind(parent)
+                .bind(role)
+                .bind(content)
+                .bind(status)
+                .bind(at)
+                .bind(tokens)
+                .execute(&store.pool)
+                .await
+                .expect("a message");
+        }
+        sqlx::raw_sql(
+            "UPDATE messages SET instance_id = 'i', prompt_tokens_estimate = 9 WHERE id = 'm3'; \
+             INSERT INTO message_media (message_id, media_id) VALUES ('m1', 'img'); \
+             INSERT INTO usage_records (id, user_id, conversation_id, message_id, persona_id, model, upstream_model, \
+                 provider, prompt_tokens, completion_tokens, estimated, cost_nanousd, duration_ms, created_at) \
+                 VALUES ('r', 'u', 'c', 'm2', 'p', 'm', 'm', 'p', 1, 1, 0, 0, 1, 't');",
+        )
+        .execute(&store.pool)
+        .await
+        .expect("links to the messages");
+        // Every column as an SQL literal (`quote`), so a value and its type are compared.
+        let all = "SELECT quote(id), quote(conversation_id), quote(parent_id), quote(role), quote(content), \
+             quote(message_type), quote(media), quote(status), quote(model), quote(provider), \
+             quote(finish_reason), quote(error), quote(created_at), quote(updated_at), quote(instance_id), \
+             quote(prompt_tokens_estimate), quote(content_tokens) FROM messages ORDER BY id";
+        let dump = |rows: Vec<sqlx::sqlite::SqliteRow>| -> Vec<Vec<String>> {
+            use sqlx::Row;
+            rows.iter()
+                .map(|row| (0..17).map(|i| row.get::<String, _>(i)).collect())
+                .collect()
+        };
+        let before = dump(sqlx::query(all).fetch_all(&store.pool).await.expect("rows"));
+        assert_eq!(before.len(), 3);
+
+        store.migrate().await.expect("the rebuild");
+
+        let after = dump(sqlx::query(all).fetch_all(&store.pool).await.expect("rows"));
+        assert_eq!(after, before);
+        let on: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+            .fetch_one(&store.pool)
+            .await
+            .expect("pragma");
+        assert_eq!(
+            on, 1,
+            "foreign keys are on again on the migration's connection"
+        );
+        let broken: Vec<(String,)> =
+            sqlx::query_as("SELECT \"table\" FROM pragma_foreign_key_check")
+                .fetch_all(&store.pool)
+                .await
+                .expect("foreign key check");
+        assert!(broken.is_empty(), "{broken:?}");
+        let mut objects: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_schema WHERE tbl_name = 'messages' ORDER BY name",
+        )
+        .fetch_all(&store.pool)
+        .await
+        .expect("schema");
+        objects.sort();
+        assert_eq!(
+            objects,
+            [
+                "messages",
+                "messages_conversation_time",
+                "messages_parent",
+                "messages_streaming",
+                "messages_touch_conversation",
+                "sqlite_autoindex_messages_1",
+            ]
+        );
+
+        // The rules: the same values refused, and nothing needs a temporary B-tree any more.
+        for (role, status) in [
+            ("robot", "complete"),
+            ("user", "done"),
+            ("User", "complete"),
+        ] {
+            let refused = sqlx::query(insert_message)
+                .bind("bad")
+                .bind(None::<&str>)
+                .bind(role)
+                .bind("x")
+                .bind(status)
+                .bind("2026-01-05")
+                .bind(None::<i64>)
+                .execute(&store.pool)
+                .await;
+            assert!(
+                refused
+                    .as_ref()
+                    .is_err_and(|e| e.to_string().contains("CHECK")),
+                "{role}/{status}: {refused:?}"
+            );
+        }
+        let plan: Vec<String> =
+            sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN {insert_message}")))
+                .bind("m9")
+                .bind(None::<&str>)
+                .bind("user")
+                .bind("x")
+                .bind("complete")
+                .bind("2026-01-05")
+                .bind(None::<i64>)
+                .fetch_all(&store.pool)
+                .await
+                .expect("explain")
+                .iter()
+                .map(|op| sqlx::Row::get::<String, _>(op, "opcode"))
+                .collect();
+        assert!(plan.iter().any(|op| op == "Insert"), "{plan:?}");
+        assert!(!plan.iter().any(|op| op == "OpenEphemeral"), "{plan:?}");
+
+        // The trigger and the references: a new message touches its conversation; deleting the conversation
+        // deletes its messages and their media links, and keeps the usage record without its message.
+        sqlx::query(insert_message)
+            .bind("m4")
+            .bind(Some("m2"))
+            .bind("user")
+            .bind("and now")
+            .bind("complete")
+            .bind("2026-01-06")
+            .bind(None::<i64>)
+            .execute(&store.pool)
+            .await
+            .expect("a message after the rebuild");
+        let last: String =
+            sqlx::query_scalar("SELECT last_message_at FROM conversations WHERE id = 'c'")
+                .fetch_one(&store.pool)
+                .await
+                .expect("conversation");
+        assert_eq!(last, "2026-01-06");
+        sqlx::query("DELETE FROM conversations WHERE id = 'c'")
+            .execute(&store.pool)
+            .await
+            .expect("delete");
+        let left: (i64, i64, Option<String>) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM messages), (SELECT count(*) FROM message_media), \
+                    (SELECT message_id FROM usage_records WHERE id = 'r')",
+        )
+        .fetch_one(&store.pool)
+        .await
+        .expect("counts");
+        assert_eq!(left, (0, 0, None));
+    }
 }
