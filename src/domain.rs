@@ -308,9 +308,47 @@ pub fn nanousd_to_usd(nanousd: i64) -> f64 {
     nanousd as f64 / 1e9
 }
 
+/// Serializes a UTC time exactly as chrono's own `Serialize` does (RFC 3339 with `Z` and as many fractional
+/// digits as it has, chrono's `SecondsFormat::AutoSi`: `2026-12-01T21:19:26.123456Z`), for
+/// `#[serde(serialize_with)]`. chrono writes it through `collect_str`, so serde_json escaped each character
+/// chrono wrote as a string of its own (2.5 k instructions a time, callgrind); here it is formatted into one
+/// string first and written once.
+///
+/// # Errors
+/// Only the serializer's own.
+pub fn serialize_utc<S: serde::Serializer>(
+    at: &chrono::DateTime<chrono::Utc>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_serialize_exactly_as_chrono_serializes_them() {
+        use chrono::{DateTime, TimeZone, Utc};
+        #[derive(serde::Serialize)]
+        struct Ours(#[serde(serialize_with = "serialize_utc")] DateTime<Utc>);
+        let second = Utc.with_ymd_and_hms(2026, 12, 1, 21, 19, 26).unwrap();
+        for nanos in [0, 1, 120_000_000, 123_456_000, 123_456_789, 999_999_999] {
+            let at = second + chrono::Duration::nanoseconds(nanos);
+            assert_eq!(
+                serde_json::to_string(&Ours(at)).unwrap(),
+                serde_json::to_string(&at).unwrap()
+            );
+        }
+        let leap = chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
+            .and_then(|d| d.and_hms_nano_opt(23, 59, 59, 1_500_000_000))
+            .expect("a leap second")
+            .and_utc();
+        assert_eq!(
+            serde_json::to_string(&Ours(leap)).unwrap(),
+            serde_json::to_string(&leap).unwrap()
+        );
+    }
 
     #[test]
     fn text_forms_round_trip() {

@@ -91,20 +91,59 @@ impl GenerationEvent {
         GenerationEvent::Delta(Delta { text: text.into() })
     }
 
-    /// The event's native SSE `data:` (and WebSocket frame fields): its payload as a JSON object.
-    pub fn data_json(&self) -> String {
-        let json = match self {
-            GenerationEvent::UserMessage(message) => serde_json::to_string(message),
-            GenerationEvent::Start(start) => serde_json::to_string(start),
-            GenerationEvent::Delta(delta) => serde_json::to_string(delta),
-            GenerationEvent::ToolCall(call) => serde_json::to_string(call),
-            GenerationEvent::Usage(usage) => serde_json::to_string(usage),
-            GenerationEvent::Done(done) => serde_json::to_string(done),
-            GenerationEvent::Error(failed) => serde_json::to_string(&failed.failure.body()),
+    /// Appends the event's native SSE `data:` (and WebSocket frame fields) to `out`: its payload as a JSON
+    /// object, written where the frame is built rather than into a string of its own that the frame copies.
+    pub fn write_data_json(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        let written = match self {
+            GenerationEvent::UserMessage(message) => serde_json::to_writer(&mut *out, message),
+            GenerationEvent::Start(start) => serde_json::to_writer(&mut *out, start),
+            GenerationEvent::Delta(delta) => serde_json::to_writer(&mut *out, delta),
+            GenerationEvent::ToolCall(call) => serde_json::to_writer(&mut *out, call),
+            GenerationEvent::Usage(usage) => serde_json::to_writer(&mut *out, usage),
+            GenerationEvent::Done(done) => serde_json::to_writer(&mut *out, done),
+            GenerationEvent::Error(failed) => {
+                serde_json::to_writer(&mut *out, &failed.failure.body())
+            }
         };
         // Serializing these plain structs cannot fail; an empty object keeps the frame valid if it ever did.
-        json.unwrap_or_else(|_| "{}".to_string())
+        if written.is_err() {
+            out.truncate(start);
+            out.extend_from_slice(b"{}");
+        }
     }
+
+    /// About how many bytes [`GenerationEvent::write_data_json`] writes, so a frame is allocated once: exact for
+    /// a delta, whose text is the frame (see [`escaped_len`]); an upper bound for the usual message, tool call
+    /// or error.
+    pub fn data_json_len_hint(&self) -> usize {
+        match self {
+            GenerationEvent::Delta(delta) => r#"{"text":""}"#.len() + escaped_len(&delta.text),
+            GenerationEvent::UserMessage(message) => MESSAGE_JSON_BYTES + message.content.len(),
+            GenerationEvent::Done(done) => 128 + MESSAGE_JSON_BYTES + done.message.content.len(),
+            GenerationEvent::Start(_) | GenerationEvent::Usage(_) => 192,
+            GenerationEvent::ToolCall(call) => 96 + call.arguments.len(),
+            GenerationEvent::Error(failed) => 128 + failed.failure.message.len(),
+        }
+    }
+}
+
+/// The bytes of a [`Message`]'s JSON besides its content, with room for its model names and media: its ids,
+/// times and fields come to about 550.
+const MESSAGE_JSON_BYTES: usize = 768;
+
+/// The length of `text` as a JSON string's contents, escaped as serde_json escapes it (RFC 8259 §7: `"` and `\`
+/// with a backslash; `\b \f \n \r \t` short; the other control characters as `\u00XX`).
+pub fn escaped_len(text: &str) -> usize {
+    text.len()
+        + text
+            .bytes()
+            .map(|b| match b {
+                b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 1,
+                0..=0x1f => 5,
+                _ => 0,
+            })
+            .sum::<usize>()
 }
 
 /// `start`: the generation began; its id is the id of the assistant message it writes.
@@ -234,6 +273,23 @@ impl LoggedEvent {
             _ => Err(Error::internal(
                 "a generation ended without a terminal event",
             )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaped_len_is_the_length_serde_json_writes() {
+        let mut texts: Vec<String> = (0u8..=127).map(|b| char::from(b).to_string()).collect();
+        texts.extend(
+            ["", "plain", "é", "😀", "a\"b\\c\n\u{0}\u{1f}\u{7f}\u{2028}"].map(String::from),
+        );
+        for text in texts {
+            let written = serde_json::to_string(&text).unwrap();
+            assert_eq!(escaped_len(&text), written.len() - 2, "{written}");
         }
     }
 }

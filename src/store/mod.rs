@@ -201,7 +201,9 @@ pub struct Message {
     pub provider: Option<String>,
     pub finish_reason: Option<FinishReason>,
     pub error: Option<String>,
+    #[serde(serialize_with = "crate::domain::serialize_utc")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::domain::serialize_utc")]
     pub updated_at: DateTime<Utc>,
     /// Prompt + completion tokens, as chat UIs expect (`null` for user messages).
     pub tokens_used: Option<i64>,

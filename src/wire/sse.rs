@@ -18,26 +18,20 @@ pub fn frame(event: &LoggedEvent) -> Bytes {
     Bytes::from(encode(event.seq, &event.event))
 }
 
-/// `id: <seq>\nevent: <kind>\ndata: <json>\n\n`, in a string of exactly its length (so that `Bytes` takes it
-/// over without a second allocation).
-pub fn encode(seq: u64, event: &GenerationEvent) -> String {
-    let data = event.data_json();
-    let kind = event.kind().as_str();
+/// `id: <seq>\nevent: <kind>\ndata: <json>\n\n`, the JSON written in place. A delta's frame is allocated at
+/// exactly its length, so that `Bytes` takes it over without a second allocation; the rarer events' at a bound.
+pub fn encode(seq: u64, event: &GenerationEvent) -> Vec<u8> {
     let mut seq_text = itoa::Buffer::new();
     let seq_text = seq_text.format(seq);
-    let parts = [
-        "id: ",
-        seq_text,
-        "\nevent: ",
-        kind,
-        "\ndata: ",
-        &data,
-        "\n\n",
-    ];
-    let mut frame = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-    for part in parts {
-        frame.push_str(part);
+    let kind = event.kind().as_str();
+    let head = ["id: ", seq_text, "\nevent: ", kind, "\ndata: "];
+    let head_len: usize = head.iter().map(|p| p.len()).sum();
+    let mut frame = Vec::with_capacity(head_len + event.data_json_len_hint() + 2);
+    for part in head {
+        frame.extend_from_slice(part.as_bytes());
     }
+    event.write_data_json(&mut frame);
+    frame.extend_from_slice(b"\n\n");
     frame
 }
 
@@ -102,8 +96,48 @@ mod tests {
         let frame = encode(7, &GenerationEvent::delta("a \"b\"\n"));
         assert_eq!(frame.len(), frame.capacity(), "no slack is kept");
         assert_eq!(
-            frame,
+            String::from_utf8(frame).expect("UTF-8"),
             "id: 7\nevent: delta\ndata: {\"text\":\"a \\\"b\\\"\\n\"}\n\n"
         );
+    }
+
+    #[test]
+    fn every_frame_is_its_event_serialized_whatever_its_size() {
+        let long = "x".repeat(5000);
+        let message: Message = serde_json::from_value(serde_json::json!({
+            "id": crate::id::Id::new(), "conversation_id": crate::id::Id::new(), "parent_id": null,
+            "role": "assistant", "content": long, "message_type": "text", "media": [], "status": "complete",
+            "model": "m", "provider": "p", "finish_reason": "stop", "error": null,
+            "created_at": "2026-12-01T21:19:26.123456789Z", "updated_at": "2026-12-01T21:19:27Z",
+            "tokens_used": 3, "prompt_tokens": 1, "completion_tokens": 2, "model_used": "m",
+            "response_time_ms": 5, "ttft_ms": 1, "cost_usd": 0.5, "content_tokens": 2
+        }))
+        .expect("a message");
+        for event in [
+            GenerationEvent::delta(""),
+            GenerationEvent::delta("\u{1}\u{1f}\u{7f}é😀\\"),
+            GenerationEvent::UserMessage(Box::new(message.clone())),
+            GenerationEvent::Done(Box::new(crate::event::Done {
+                message: message.clone(),
+                usage: Default::default(),
+                finish_reason: crate::domain::FinishReason::Stop,
+                tool_calls: vec![],
+            })),
+        ] {
+            let frame = String::from_utf8(encode(12, &event)).expect("UTF-8");
+            let data = frame
+                .strip_prefix(&format!("id: 12\nevent: {}\ndata: ", event.kind().as_str()))
+                .and_then(|rest| rest.strip_suffix("\n\n"))
+                .expect("the frame's head and end");
+            let payload: serde_json::Value = serde_json::from_str(data).expect("JSON");
+            let expected = match &event {
+                GenerationEvent::Delta(delta) => serde_json::to_value(delta),
+                GenerationEvent::UserMessage(message) => serde_json::to_value(message),
+                GenerationEvent::Done(done) => serde_json::to_value(done),
+                _ => unreachable!(),
+            }
+            .expect("the payload as a value");
+            assert_eq!(payload, expected);
+        }
     }
 }

@@ -105,24 +105,32 @@ pub fn parse(text: &str) -> Result<ClientFrame, String> {
 }
 
 /// `{"type": <kind>, "id": <request id>, "seq": <seq>, ...event fields}`; `id_json` is the request id as JSON.
+/// The event's fields are written in place, their object's `{` then turned into the `,` that follows `seq`.
 pub fn event_frame(id_json: &str, event: &LoggedEvent) -> String {
-    let data = event.event.data_json();
-    let rest = data.trim().strip_prefix('{').unwrap_or("}");
-    let separator = if rest.trim_start().starts_with('}') {
-        ""
-    } else {
-        ","
-    };
-    let mut frame = String::with_capacity(data.len() + id_json.len() + 40);
-    frame.push_str(r#"{"type":""#);
-    frame.push_str(event.kind().as_str());
-    frame.push_str(r#"","id":"#);
-    frame.push_str(id_json);
-    frame.push_str(r#","seq":"#);
-    frame.push_str(itoa::Buffer::new().format(event.seq));
-    frame.push_str(separator);
-    frame.push_str(rest);
-    frame
+    let mut seq_text = itoa::Buffer::new();
+    let head = [
+        r#"{"type":""#,
+        event.kind().as_str(),
+        r#"","id":"#,
+        id_json,
+        r#","seq":"#,
+        seq_text.format(event.seq),
+    ];
+    let head_len: usize = head.iter().map(|p| p.len()).sum();
+    let mut frame = Vec::with_capacity(head_len + event.event.data_json_len_hint());
+    for part in head {
+        frame.extend_from_slice(part.as_bytes());
+    }
+    event.event.write_data_json(&mut frame);
+    match frame.get(head_len..head_len + 2) {
+        Some(b"{}") => {
+            frame.remove(head_len);
+        }
+        Some([b'{', _]) => frame[head_len] = b',',
+        _ => {}
+    }
+    // serde_json writes UTF-8, as does everything before it.
+    String::from_utf8(frame).unwrap_or_default()
 }
 
 /// `{"type":"user_message","id","message"}`: the message a `send` saved.
@@ -205,6 +213,18 @@ mod tests {
             frame,
             json!({ "type": "delta", "id": "r1", "seq": 7, "text": "hi" })
         );
+        let usage = crate::event::UsageReport {
+            prompt_tokens: 3,
+            cost_usd: 0.25,
+            ..Default::default()
+        };
+        let event = LoggedEvent::new(8, GenerationEvent::Usage(Box::new(usage)));
+        let frame: Value = serde_json::from_str(&event_frame("42", &event)).expect("json");
+        let mut expected = serde_json::to_value(usage).expect("usage");
+        expected["type"] = json!("usage");
+        expected["id"] = json!(42);
+        expected["seq"] = json!(8);
+        assert_eq!(frame, expected);
     }
 
     #[test]
