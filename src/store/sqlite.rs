@@ -61,12 +61,12 @@ impl SqliteStore {
 /// (two on a one-core machine, so that a write waiting for SQLite's lock leaves a read its connection).
 ///
 /// A SQLite query runs on its connection's thread and, with the database in the kernel's page cache, only
-/// computes: more connections than cores run no more queries at once. Each one more costs: its own page
-/// cache, which in WAL mode is emptied at the start of its next read whenever another connection has written;
-/// contention for the mutex of the page-cache group all connections share (libsqlite3-sys builds with
-/// `SQLITE_ENABLE_MEMORY_MANAGEMENT`); and a thread woken a query. Measured on 2 cores (20 streams × 100
-/// one-token messages, `docs/benchmarks.md`): CPU per message 850 / 795 µs with 16 connections, 695 / 670 with 4,
-/// 650 / 610 with 2.
+/// computes: more connections than cores run no more queries at once. Each one more costs its own page cache,
+/// which in WAL mode is emptied at the start of its next read whenever another connection has written, and a
+/// thread woken a query. Measured on 2 cores (20 streams × 100 one-token messages, `docs/benchmarks.md`): CPU
+/// per message 850 / 795 µs with 16 connections, 695 / 670 with 4, 650 / 610 with 2. (SQLite was then built with
+/// libsqlite3-sys's `SQLITE_ENABLE_MEMORY_MANAGEMENT`, under which all connections share one page cache behind
+/// one mutex; `.cargo/config.toml` now builds it without.)
 fn request_connections(max_connections: u32) -> u32 {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cores = u32::try_from(cores).unwrap_or(u32::MAX);
@@ -151,6 +151,27 @@ mod tests {
 
         let one = SqliteStore::connect(&url, 1).await.expect("store");
         assert_eq!(one.pool.options().get_max_connections(), 1);
+    }
+
+    /// `.cargo/config.toml` builds the bundled SQLite without the page cache all connections share and without
+    /// memory statistics: their two mutexes were 2.6 % of a message's instructions.
+    #[tokio::test]
+    async fn sqlite_is_built_without_the_shared_page_cache_or_memory_statistics() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let url = format!("sqlite://{}", dir.path().join("options.db").display());
+        let store = SqliteStore::connect(&url, 1).await.expect("store");
+        let options: Vec<String> = sqlx::query_scalar("PRAGMA compile_options")
+            .fetch_all(&store.pool)
+            .await
+            .expect("compile options");
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "{options:?}"
+        );
+        assert!(
+            !options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
+            "{options:?}"
+        );
     }
 
     /// Migration 0007 rebuilds `messages` with the same checks written without `IN`: every row, reference,
