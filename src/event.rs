@@ -113,9 +113,9 @@ impl GenerationEvent {
         }
     }
 
-    /// About how many bytes [`GenerationEvent::write_data_json`] writes, so a frame is allocated once: exact for
-    /// a delta, whose text is the frame (see [`escaped_len`]); an upper bound for the usual message, tool call
-    /// or error.
+    /// About how many bytes [`GenerationEvent::write_data_json`] writes, so a frame is allocated once: exactly
+    /// that for a delta (its text escaped, [`escaped_len`]); for the other events a bound that holds for the usual
+    /// message, tool call or error (a longer one grows the frame).
     pub fn data_json_len_hint(&self) -> usize {
         match self {
             GenerationEvent::Delta(delta) => r#"{"text":""}"#.len() + escaped_len(&delta.text),

@@ -14,7 +14,7 @@
 //! holding it. Tokens with `is_anonymous: true` (Supabase anonymous sign-ins) are 403 unless `allow_anonymous`.
 //! The HTTP side (the bearer header, the public routes) is `api::auth`.
 //!
-//! A token that verified is remembered ([`VERIFIED_TOKENS_BYTES`] of them at most, by its whole text), so a client
+//! A token that verified is remembered, by its whole text (up to [`VERIFIED_TOKENS_BYTES`] of tokens), so a client
 //! that sends the same token with every request pays for its signature once: a later request with it checks
 //! only `exp` and `nbf` against the clock, and for a key-set token that its key is still the one the key set
 //! holds (a refetch that drops or replaces the key sends the token through full verification again). Envoy's
