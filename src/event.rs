@@ -91,9 +91,22 @@ impl GenerationEvent {
         GenerationEvent::Delta(Delta { text: text.into() })
     }
 
-    /// Appends the event's native SSE `data:` (and WebSocket frame fields) to `out`: its payload as a JSON
-    /// object, written where the frame is built rather than into a string of its own that the frame copies.
-    pub fn write_data_json(&self, out: &mut Vec<u8>) {
+    /// A frame around the event's native SSE `data:` (and WebSocket frame fields): the `head` parts, the payload
+    /// as a JSON object, then `tail`, in one buffer allocated once. The JSON is written where the frame is built
+    /// rather than into a string of its own that the frame copies.
+    pub fn frame_json(&self, head: &[&str], tail: &str) -> Vec<u8> {
+        let head_len: usize = head.iter().map(|p| p.len()).sum();
+        let mut frame = Vec::with_capacity(head_len + self.data_json_len_hint() + tail.len());
+        for part in head {
+            frame.extend_from_slice(part.as_bytes());
+        }
+        self.write_data_json(&mut frame);
+        frame.extend_from_slice(tail.as_bytes());
+        frame
+    }
+
+    /// Appends the payload as a JSON object to `out`.
+    fn write_data_json(&self, out: &mut Vec<u8>) {
         let start = out.len();
         let written = match self {
             GenerationEvent::UserMessage(message) => serde_json::to_writer(&mut *out, message),
@@ -113,10 +126,10 @@ impl GenerationEvent {
         }
     }
 
-    /// About how many bytes [`GenerationEvent::write_data_json`] writes, so a frame is allocated once: exactly
+    /// About how many bytes `write_data_json` writes, so a frame is allocated once: exactly
     /// that for a delta (its text escaped, [`escaped_len`]); for the other events a bound that holds for the usual
     /// message, tool call or error (a longer one grows the frame).
-    pub fn data_json_len_hint(&self) -> usize {
+    fn data_json_len_hint(&self) -> usize {
         match self {
             GenerationEvent::Delta(delta) => r#"{"text":""}"#.len() + escaped_len(&delta.text),
             GenerationEvent::UserMessage(message) => MESSAGE_JSON_BYTES + message.content.len(),
@@ -134,7 +147,7 @@ const MESSAGE_JSON_BYTES: usize = 768;
 
 /// The length of `text` as a JSON string's contents, escaped as serde_json escapes it (RFC 8259 §7: `"` and `\`
 /// with a backslash; `\b \f \n \r \t` short; the other control characters as `\u00XX`).
-pub fn escaped_len(text: &str) -> usize {
+fn escaped_len(text: &str) -> usize {
     text.len()
         + text
             .bytes()

@@ -122,9 +122,8 @@ struct Inner {
 /// A token that verified: its caller, what the clock must still allow, and the key-set key that verified it.
 #[derive(Clone)]
 struct Verified {
+    /// The caller; its `expires_at` is the token's `exp`, which verification requires.
     user: AuthUser,
-    /// `exp` (required, so always present), seconds since the Unix epoch.
-    expires_at: u64,
     /// `nbf`, when the token has one.
     not_before: Option<u64>,
     /// The key-set key (and its kid) that verified it; `None` for HS256.
@@ -303,7 +302,10 @@ impl Authenticator {
         let inner = &*self.0;
         let verified = inner.verified.get(token)?;
         let now = jsonwebtoken::get_current_timestamp();
-        let clock_allows = verified.expires_at.saturating_add(inner.leeway_secs) >= now
+        let clock_allows = verified
+            .user
+            .expires_at
+            .is_some_and(|exp| exp.saturating_add(inner.leeway_secs) >= now)
             && verified
                 .not_before
                 .is_none_or(|nbf| nbf <= now.saturating_add(inner.leeway_secs));
@@ -366,16 +368,14 @@ impl Authenticator {
                 .get("exp")
                 .and_then(|exp| exp.as_u64().or_else(|| exp.as_f64().map(|f| f as u64))),
         };
-        // jsonwebtoken accepted `exp` and `nbf` only as whole numbers, so these are the figures it checked.
-        if let Some(expires_at) = claims.get("exp").and_then(Value::as_u64) {
-            let verified = Verified {
-                user: user.clone(),
-                expires_at,
-                not_before: claims.get("nbf").and_then(Value::as_u64),
-                key: jwks_key.map(|(kid, key)| (kid.to_string(), Arc::clone(key))),
-            };
-            inner.verified.insert(token.to_string(), verified);
-        }
+        // jsonwebtoken accepted `exp` and `nbf` only as whole numbers, so `expires_at` and these are the
+        // figures it checked.
+        let verified = Verified {
+            user: user.clone(),
+            not_before: claims.get("nbf").and_then(Value::as_u64),
+            key: jwks_key.map(|(kid, key)| (kid.to_string(), Arc::clone(key))),
+        };
+        inner.verified.insert(token.to_string(), verified);
         Ok(user)
     }
 

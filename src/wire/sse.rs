@@ -22,17 +22,14 @@ pub fn frame(event: &LoggedEvent) -> Bytes {
 /// exactly its length, so that `Bytes` takes it over without a second allocation; the rarer events' at a bound.
 pub fn encode(seq: u64, event: &GenerationEvent) -> Vec<u8> {
     let mut seq_text = itoa::Buffer::new();
-    let seq_text = seq_text.format(seq);
-    let kind = event.kind().as_str();
-    let head = ["id: ", seq_text, "\nevent: ", kind, "\ndata: "];
-    let head_len: usize = head.iter().map(|p| p.len()).sum();
-    let mut frame = Vec::with_capacity(head_len + event.data_json_len_hint() + 2);
-    for part in head {
-        frame.extend_from_slice(part.as_bytes());
-    }
-    event.write_data_json(&mut frame);
-    frame.extend_from_slice(b"\n\n");
-    frame
+    let head = [
+        "id: ",
+        seq_text.format(seq),
+        "\nevent: ",
+        event.kind().as_str(),
+        "\ndata: ",
+    ];
+    event.frame_json(&head, "\n\n")
 }
 
 /// The `user_message` frame (seq 0) that opens the stream of the request that sent the message.

@@ -117,11 +117,7 @@ pub fn event_frame(id_json: &str, event: &LoggedEvent) -> String {
         seq_text.format(event.seq),
     ];
     let head_len: usize = head.iter().map(|p| p.len()).sum();
-    let mut frame = Vec::with_capacity(head_len + event.event.data_json_len_hint());
-    for part in head {
-        frame.extend_from_slice(part.as_bytes());
-    }
-    event.event.write_data_json(&mut frame);
+    let mut frame = event.event.frame_json(&head, "");
     match frame.get(head_len..head_len + 2) {
         Some(b"{}") => {
             frame.remove(head_len);
