@@ -8,7 +8,7 @@
 mod common;
 
 use chatgate::store::{
-    ConversationFilter, GroupCommit, HistoryPage, HistoryTurn, Id, Media, MessageStatus,
+    ConversationFilter, GroupCommit, HistoryPage, HistoryTurn, Id, Lane, Media, MessageStatus,
     MessageType, MessageWrite, NewMessage, NewPersona, PersonaFilter, Role, Store, StoreError,
     UsageBucket, UsageGroup, UsageQuery, UsageRecord, now,
 };
@@ -900,11 +900,17 @@ async fn group_commit_isolates_a_refused_write(backend: Backend) {
         let (question, reply) = (question.clone(), reply_to(question, "a"));
         let usage = usage_of(&reply, Some(p.id), 3, 4);
         calls.push(tokio::spawn(async move {
-            writes.write(MessageWrite::Insert(question)).await?;
-            writes.write(MessageWrite::Reply(reply, usage)).await
+            writes
+                .write(MessageWrite::Insert(question), Lane::Request)
+                .await?;
+            writes
+                .write(MessageWrite::Reply(reply, usage), Lane::Background)
+                .await
         }));
     }
-    let refused = writes.write(MessageWrite::Insert(orphan.clone())).await;
+    let refused = writes
+        .write(MessageWrite::Insert(orphan.clone()), Lane::Request)
+        .await;
     assert!(
         matches!(refused, Err(StoreError::Conflict(_))),
         "{refused:?}"
@@ -924,7 +930,7 @@ async fn group_commit_isolates_a_refused_write(backend: Backend) {
     );
     // A write whose caller went away is still written.
     let question = user_message(c.id, "abandoned");
-    let abandoned = writes.write(MessageWrite::Insert(question.clone()));
+    let abandoned = writes.write(MessageWrite::Insert(question.clone()), Lane::Request);
     let _ = tokio::time::timeout(std::time::Duration::ZERO, abandoned).await;
     let mut stored = None;
     for _ in 0..200 {

@@ -6,6 +6,9 @@
 //! transaction (or a statement) each, and on SQLite, whose database has one writer, the writers no longer queue
 //! on its lock one by one. When nothing is being written a write goes at once: batching never waits for company.
 //!
+//! A queue shared by new messages and replies' saves (SQLite's) writes new messages first ([`Lane`]): a request
+//! waits for at most the batch being written, never behind a backlog of saves.
+//!
 //! The writer is a tracked task ([`Tasks::spawn`]) that exists only while writes are queued: a caller that goes
 //! away (a client that disconnected) does not cancel the others' writes, and shutdown waits for what is queued.
 
@@ -30,10 +33,10 @@ pub const MAX_BATCH: usize = 128;
 ///
 /// On a database that takes one writer at a time ([`Store::one_writer_at_a_time`]: SQLite) both go through one
 /// [`GroupCommit`], since separate writers would only wait on each other's lock (SQLite's busy handler sleeps a
-/// millisecond and more per try). On PostgreSQL new messages are group-committed and each reply is saved in its
-/// own transaction on the background pool, as many at once as that pool allows: its writers do not exclude each
-/// other, and a slow save (a trigger, a lock) then never delays a new message nor serializes the other saves
-/// behind it.
+/// millisecond and more per try); new messages go in its [`Lane::Request`], ahead of the saves. On PostgreSQL new
+/// messages are group-committed and each reply is saved in its own transaction on the background pool, as many
+/// at once as that pool allows: its writers do not exclude each other, and a slow save (a trigger, a lock) then
+/// never delays a new message nor serializes the other saves behind it.
 #[derive(Clone)]
 pub struct Writes {
     store: Arc<dyn Store>,
@@ -58,7 +61,7 @@ impl Writes {
     /// # Errors
     /// As [`GroupCommit::write`].
     pub async fn message(&self, write: MessageWrite) -> StoreResult<DateTime<Utc>> {
-        self.messages.write(write).await
+        self.messages.write(write, Lane::Request).await
     }
 
     /// Writes a reply and its usage, or a usage record alone; returns once it is committed.
@@ -67,7 +70,7 @@ impl Writes {
     /// As [`Store::write_messages`].
     pub async fn reply(&self, write: MessageWrite) -> StoreResult<DateTime<Utc>> {
         match &self.replies {
-            Some(queue) => queue.write(write).await,
+            Some(queue) => queue.write(write, Lane::Background).await,
             None => {
                 self.store
                     .write_messages(std::slice::from_ref(&write))
@@ -100,11 +103,40 @@ struct Inner {
     queue: Mutex<Queue>,
 }
 
+/// Which writes of a [`GroupCommit`] go first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// A write a request waits for: a new message, which the reply's first token waits for. Each batch takes
+    /// these first, so one waits for at most the batch being written (and, past [`MAX_BATCH`] of them, for the
+    /// batches of the ones before it).
+    Request,
+    /// A write no first token waits for: a reply's save, after its last token (only its `done` event waits).
+    /// Each batch takes these after the request lane's, oldest first, up to [`MAX_BATCH`] writes in all; as
+    /// long as fewer than [`MAX_BATCH`] new messages arrive a batch, every batch has room for some, so they are
+    /// never starved.
+    Background,
+}
+
 #[derive(Default)]
 struct Queue {
-    pending: VecDeque<Pending>,
+    /// [`Lane::Request`]'s writes, oldest first.
+    requests: VecDeque<Pending>,
+    /// [`Lane::Background`]'s writes, oldest first.
+    background: VecDeque<Pending>,
     /// Whether a writer task is running; it takes batches until the queue is empty.
     writing: bool,
+}
+
+impl Queue {
+    /// The next batch: the request lane's oldest writes, then the background lane's, [`MAX_BATCH`] in all.
+    fn next_batch(&mut self) -> Vec<Pending> {
+        let requests = self.requests.len().min(MAX_BATCH);
+        let background = self.background.len().min(MAX_BATCH - requests);
+        let mut batch = Vec::with_capacity(requests + background);
+        batch.extend(self.requests.drain(..requests));
+        batch.extend(self.background.drain(..background));
+        batch
+    }
 }
 
 struct Pending {
@@ -131,17 +163,22 @@ impl GroupCommit {
         }))
     }
 
-    /// Writes `write` in the next transaction and returns when it is committed, with the time the transaction
-    /// wrote as replies' `updated_at`.
+    /// Writes `write` in the next transaction that has room for it in its `lane` (the next one for
+    /// [`Lane::Request`]) and returns when it is committed, with the time the transaction wrote as replies'
+    /// `updated_at`.
     ///
     /// # Errors
     /// The write's own error, as [`Store::write_messages`] gives it: when a batch fails, each of its writes is
     /// tried again alone, so one refused write (a conversation deleted meanwhile) never fails the others.
-    pub async fn write(&self, write: MessageWrite) -> StoreResult<DateTime<Utc>> {
+    pub async fn write(&self, write: MessageWrite, lane: Lane) -> StoreResult<DateTime<Utc>> {
         let (done, committed) = oneshot::channel();
         let start_writer = {
             let mut queue = self.0.queue.lock().unwrap_or_else(PoisonError::into_inner);
-            queue.pending.push_back(Pending { write, done });
+            let pending = Pending { write, done };
+            match lane {
+                Lane::Request => queue.requests.push_back(pending),
+                Lane::Background => queue.background.push_back(pending),
+            }
             !std::mem::replace(&mut queue.writing, true)
         };
         if start_writer {
@@ -160,12 +197,12 @@ impl GroupCommit {
         loop {
             let batch: Vec<Pending> = {
                 let mut queue = self.0.queue.lock().unwrap_or_else(PoisonError::into_inner);
-                if queue.pending.is_empty() {
+                let batch = queue.next_batch();
+                if batch.is_empty() {
                     queue.writing = false;
                     break;
                 }
-                let n = queue.pending.len().min(MAX_BATCH);
-                queue.pending.drain(..n).collect()
+                batch
             };
             let writes = batch.len();
             if AssertUnwindSafe(self.commit(batch))
@@ -276,15 +313,15 @@ mod tests {
         };
         let panicking = tasks.spawn({
             let queue = queue.clone();
-            async move { queue.write(usage("panic")).await }
+            async move { queue.write(usage("panic"), Lane::Request).await }
         });
         // The panicking batch is being written; a write arrives behind it, then the batch panics.
         started.notified().await;
         let behind = tasks.spawn({
             let queue = queue.clone();
-            async move { queue.write(usage("behind")).await }
+            async move { queue.write(usage("behind"), Lane::Background).await }
         });
-        while queue.0.queue.lock().expect("queue").pending.is_empty() {
+        while queue.0.queue.lock().expect("queue").background.is_empty() {
             tokio::task::yield_now().await;
         }
         release.notify_one();
@@ -306,5 +343,81 @@ mod tests {
             *written.lock().expect("written"),
             vec!["behind".to_string()]
         );
+    }
+
+    /// Writes queued while a batch is written: the next batch takes the new messages first, whatever the backlog
+    /// of saves before them, and fills the rest of its [`MAX_BATCH`] with the oldest saves; every save is written
+    /// in the end, in the order it came.
+    #[tokio::test]
+    async fn new_messages_go_ahead_of_a_backlog_of_saves_and_every_save_is_still_written() {
+        let tasks = Tasks::new();
+        let (started, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let batches = Arc::new(Mutex::new(Vec::<Vec<String>>::new()));
+        let queue = {
+            let (started, release, batches) = (started.clone(), release.clone(), batches.clone());
+            GroupCommit::writing_with(
+                Box::new(move |writes| {
+                    let (started, release, batches) =
+                        (started.clone(), release.clone(), batches.clone());
+                    let models: Vec<String> = writes
+                        .iter()
+                        .filter_map(|w| match w {
+                            MessageWrite::Usage(u) => Some(u.model.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    Box::pin(async move {
+                        if models.iter().any(|m| m == "first") {
+                            started.notify_one();
+                            release.notified().await;
+                        }
+                        batches.lock().expect("batches").push(models);
+                        Ok(Utc::now())
+                    })
+                }),
+                tasks.clone(),
+            )
+        };
+        let write = |model: String, lane: Lane| {
+            let queue = queue.clone();
+            tasks.spawn(async move { queue.write(usage(&model), lane).await })
+        };
+        let first = write("first".into(), Lane::Background);
+        started.notified().await;
+        // While "first" is written: a backlog of saves larger than a batch, then two new messages.
+        let saves: Vec<_> = (0..MAX_BATCH + 10)
+            .map(|i| write(format!("save-{i}"), Lane::Background))
+            .collect();
+        let messages: Vec<_> = (0..2)
+            .map(|i| write(format!("message-{i}"), Lane::Request))
+            .collect();
+        while {
+            let queue = queue.0.queue.lock().expect("queue");
+            queue.background.len() < MAX_BATCH + 10 || queue.requests.len() < 2
+        } {
+            tokio::task::yield_now().await;
+        }
+        release.notify_one();
+        for handle in std::iter::once(first).chain(saves).chain(messages) {
+            let written = tokio::time::timeout(Duration::from_secs(5), handle)
+                .await
+                .expect("a write was left waiting")
+                .expect("task");
+            assert!(written.is_ok(), "{written:?}");
+        }
+
+        let batches = batches.lock().expect("batches").clone();
+        assert_eq!(batches[0], vec!["first".to_string()]);
+        assert_eq!(batches[1][..2], ["message-0", "message-1"]);
+        assert_eq!(batches[1].len(), MAX_BATCH);
+        assert!(batches.iter().all(|b| b.len() <= MAX_BATCH), "{batches:?}");
+        let saves_in_order: Vec<String> = batches[1..]
+            .iter()
+            .flatten()
+            .filter(|m| m.starts_with("save-"))
+            .cloned()
+            .collect();
+        let expected: Vec<String> = (0..MAX_BATCH + 10).map(|i| format!("save-{i}")).collect();
+        assert_eq!(saves_in_order, expected);
     }
 }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::types::Json;
 
-pub use self::group_commit::{GroupCommit, Writes};
+pub use self::group_commit::{GroupCommit, Lane, Writes};
 pub use self::postgres::PgStore;
 pub use self::sqlite::SqliteStore;
 pub use crate::domain::{FinishReason, MessageStatus, MessageType, Role};
