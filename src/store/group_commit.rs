@@ -278,19 +278,25 @@ mod tests {
         })
     }
 
-    /// A batch whose write panics fails its own writes, and a write queued behind it is still written — with no
-    /// other write arriving to start a writer. (The writer here panics on a marked write; a store never should.)
-    #[tokio::test]
-    async fn a_panicking_batch_fails_alone_and_the_queue_goes_on() {
-        let tasks = Tasks::new();
+    /// A queue over a writer that records each batch's usage models. A batch holding the model `hold` waits,
+    /// once it is being written, until `release` is notified (after notifying `started`), then is recorded, or
+    /// panics instead when `panics` (a store never should; the queue must survive it).
+    struct Recorded {
+        queue: GroupCommit,
+        started: Arc<Notify>,
+        release: Arc<Notify>,
+        batches: Arc<Mutex<Vec<Vec<String>>>>,
+    }
+
+    fn recorded(tasks: &Tasks, hold: &'static str, panics: bool) -> Recorded {
         let (started, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-        let written = Arc::new(Mutex::new(Vec::<String>::new()));
+        let batches = Arc::new(Mutex::new(Vec::<Vec<String>>::new()));
         let queue = {
-            let (started, release, written) = (started.clone(), release.clone(), written.clone());
+            let (started, release, batches) = (started.clone(), release.clone(), batches.clone());
             GroupCommit::writing_with(
                 Box::new(move |writes| {
-                    let (started, release, written) =
-                        (started.clone(), release.clone(), written.clone());
+                    let (started, release, batches) =
+                        (started.clone(), release.clone(), batches.clone());
                     let models: Vec<String> = writes
                         .iter()
                         .filter_map(|w| match w {
@@ -299,18 +305,37 @@ mod tests {
                         })
                         .collect();
                     Box::pin(async move {
-                        if models.iter().any(|m| m == "panic") {
+                        if models.iter().any(|m| m == hold) {
                             started.notify_one();
                             release.notified().await;
-                            panic!("a batch write panicked (on purpose)");
+                            assert!(!panics, "a batch write panicked (on purpose)");
                         }
-                        written.lock().expect("written").extend(models);
+                        batches.lock().expect("batches").push(models);
                         Ok(Utc::now())
                     })
                 }),
                 tasks.clone(),
             )
         };
+        Recorded {
+            queue,
+            started,
+            release,
+            batches,
+        }
+    }
+
+    /// A batch whose write panics fails its own writes, and a write queued behind it is still written — with no
+    /// other write arriving to start a writer.
+    #[tokio::test]
+    async fn a_panicking_batch_fails_alone_and_the_queue_goes_on() {
+        let tasks = Tasks::new();
+        let Recorded {
+            queue,
+            started,
+            release,
+            batches,
+        } = recorded(&tasks, "panic", true);
         let panicking = tasks.spawn({
             let queue = queue.clone();
             async move { queue.write(usage("panic"), Lane::Request).await }
@@ -340,8 +365,8 @@ mod tests {
             .expect("task");
         assert!(behind.is_ok(), "{behind:?}");
         assert_eq!(
-            *written.lock().expect("written"),
-            vec!["behind".to_string()]
+            *batches.lock().expect("batches"),
+            vec![vec!["behind".to_string()]]
         );
     }
 
@@ -351,33 +376,12 @@ mod tests {
     #[tokio::test]
     async fn new_messages_go_ahead_of_a_backlog_of_saves_and_every_save_is_still_written() {
         let tasks = Tasks::new();
-        let (started, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-        let batches = Arc::new(Mutex::new(Vec::<Vec<String>>::new()));
-        let queue = {
-            let (started, release, batches) = (started.clone(), release.clone(), batches.clone());
-            GroupCommit::writing_with(
-                Box::new(move |writes| {
-                    let (started, release, batches) =
-                        (started.clone(), release.clone(), batches.clone());
-                    let models: Vec<String> = writes
-                        .iter()
-                        .filter_map(|w| match w {
-                            MessageWrite::Usage(u) => Some(u.model.clone()),
-                            _ => None,
-                        })
-                        .collect();
-                    Box::pin(async move {
-                        if models.iter().any(|m| m == "first") {
-                            started.notify_one();
-                            release.notified().await;
-                        }
-                        batches.lock().expect("batches").push(models);
-                        Ok(Utc::now())
-                    })
-                }),
-                tasks.clone(),
-            )
-        };
+        let Recorded {
+            queue,
+            started,
+            release,
+            batches,
+        } = recorded(&tasks, "first", false);
         let write = |model: String, lane: Lane| {
             let queue = queue.clone();
             tasks.spawn(async move { queue.write(usage(&model), lane).await })
