@@ -278,15 +278,16 @@ mod tests {
         })
     }
 
-    /// A queue over a writer that records each batch's usage models. A batch holding the model `hold` waits,
-    /// once it is being written, until `release` is notified (after notifying `started`), then is recorded, or
-    /// panics instead when `panics` (a store never should; the queue must survive it).
-    struct Recorded {
-        queue: GroupCommit,
-        started: Arc<Notify>,
-        release: Arc<Notify>,
-        batches: Arc<Mutex<Vec<Vec<String>>>>,
-    }
+    /// A queue over a writer that records each batch's usage models, with the `started` and `release` signals
+    /// and the recorded batches. A batch holding the model `hold` waits, once it is being written, until
+    /// `release` is notified (after notifying `started`), then is recorded, or panics instead when `panics` (a
+    /// store never should; the queue must survive it).
+    type Recorded = (
+        GroupCommit,
+        Arc<Notify>,
+        Arc<Notify>,
+        Arc<Mutex<Vec<Vec<String>>>>,
+    );
 
     fn recorded(tasks: &Tasks, hold: &'static str, panics: bool) -> Recorded {
         let (started, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
@@ -317,12 +318,7 @@ mod tests {
                 tasks.clone(),
             )
         };
-        Recorded {
-            queue,
-            started,
-            release,
-            batches,
-        }
+        (queue, started, release, batches)
     }
 
     /// A batch whose write panics fails its own writes, and a write queued behind it is still written — with no
@@ -330,12 +326,7 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_batch_fails_alone_and_the_queue_goes_on() {
         let tasks = Tasks::new();
-        let Recorded {
-            queue,
-            started,
-            release,
-            batches,
-        } = recorded(&tasks, "panic", true);
+        let (queue, started, release, batches) = recorded(&tasks, "panic", true);
         let panicking = tasks.spawn({
             let queue = queue.clone();
             async move { queue.write(usage("panic"), Lane::Request).await }
@@ -376,12 +367,7 @@ mod tests {
     #[tokio::test]
     async fn new_messages_go_ahead_of_a_backlog_of_saves_and_every_save_is_still_written() {
         let tasks = Tasks::new();
-        let Recorded {
-            queue,
-            started,
-            release,
-            batches,
-        } = recorded(&tasks, "first", false);
+        let (queue, started, release, batches) = recorded(&tasks, "first", false);
         let write = |model: String, lane: Lane| {
             let queue = queue.clone();
             tasks.spawn(async move { queue.write(usage(&model), lane).await })
